@@ -1,0 +1,107 @@
+"""The nucleus U-net (torch), in the spirit of the paper's network (DESIGN §2).
+
+Four down-sampling and four up-sampling stages, ``base`` filters doubling per stage
+(16/32/64/128/256 by default, as the paper), skip connections by concatenation, a transposed
+convolution decoder, leaky ReLU, and two sigmoid outputs: channel 0 = nucleus centre,
+channel 1 = nuclear material. The paper used 3–6 convolutions per stage; two per stage
+(batch-normalised) keep CPU training affordable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+DOWNSAMPLING = 16  # 4 pooling stages: input sides must be multiples of 2**4
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    base: int = 16  # filters of the first stage; doubled at each of the 4 down-sampling stages
+    convs_per_stage: int = 2
+    depth: int = 4  # number of down-sampling (and up-sampling) stages
+    negative_slope: float = 0.1  # leaky ReLU, as the paper
+
+    def as_dict(self) -> dict[str, int | float]:
+        return asdict(self)
+
+
+def _stage(cin: int, cout: int, n: int, slope: float) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for k in range(n):
+        layers += [
+            nn.Conv2d(cin if k == 0 else cout, cout, 3, padding=1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.LeakyReLU(slope, inplace=True),
+        ]
+    return nn.Sequential(*layers)
+
+
+class NucleusUNet(nn.Module):
+    """N×3×H×W RGB in [0, 1] (stain-normalised) → N×2×H×W logits (``forward``) or
+    probabilities (``probabilities``, what is exported)."""
+
+    def __init__(self, config: UNetConfig = UNetConfig()) -> None:
+        super().__init__()
+        self.config = config
+        widths = [config.base * 2**k for k in range(config.depth + 1)]
+        n, s = config.convs_per_stage, config.negative_slope
+        self.encoders = nn.ModuleList()
+        cin = 3
+        for w in widths[:-1]:
+            self.encoders.append(_stage(cin, w, n, s))
+            cin = w
+        self.pool = nn.MaxPool2d(2)
+        self.bottleneck = _stage(widths[-2], widths[-1], n, s)
+        self.ups = nn.ModuleList()
+        self.decoders = nn.ModuleList()
+        for w_low, w in zip(widths[:0:-1], widths[-2::-1], strict=True):
+            self.ups.append(nn.ConvTranspose2d(w_low, w, 2, stride=2))
+            self.decoders.append(_stage(2 * w, w, n, s))
+        self.head = nn.Conv2d(widths[0], 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for enc in self.encoders:
+            x = enc(x)
+            skips.append(x)
+            x = self.pool(x)
+        x = self.bottleneck(x)
+        for up, dec, skip in zip(self.ups, self.decoders, reversed(skips), strict=True):
+            x = dec(torch.cat([up(x), skip], dim=1))
+        return self.head(x)
+
+    def probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.forward(x))
+
+
+class ProbabilityHead(nn.Module):
+    """Wraps the U-net so that the exported graph ends in the sigmoid (the model contract)."""
+
+    def __init__(self, net: NucleusUNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.net(image))
+
+
+def theoretical_receptive_field(config: UNetConfig) -> int:
+    """Receptive field (px, side length) of one output pixel, from the layer arithmetic.
+
+    Each 3×3 convolution at sampling step ``j`` widens the field by ``2 j``; each 2×2/2 max
+    pooling by ``j``; a 2×2/2 transposed convolution maps every output to exactly one input
+    position, so it adds nothing; the 1×1 head adds nothing.
+    """
+    rf, jump = 1, 1
+    for _ in range(config.depth):
+        rf += config.convs_per_stage * 2 * jump  # the stage's convolutions
+        rf += jump  # max pooling 2×2, stride 2
+        jump *= 2
+    rf += config.convs_per_stage * 2 * jump  # bottleneck
+    for _ in range(config.depth):
+        jump //= 2
+        rf += config.convs_per_stage * 2 * jump  # decoder convolutions after each up-sampling
+    return rf
