@@ -1,0 +1,321 @@
+"""``build_qc``: a run's folder in, ``DIR/qc/`` out (tables, review sheets, images, report)."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.qc._cohort import read_cohort
+from pipeline.qc._patches import (
+    N_PATCHES,
+    SlidePatches,
+    extract_review_patches,
+    load_slide_patches,
+    write_json_atomic,
+)
+from pipeline.qc._report import render_report
+from pipeline.qc._reviews import (
+    REVIEW_SHEET_COLUMNS,
+    load_patch_store,
+    load_verdict_store,
+    parse_reviews,
+    record_reviews,
+    write_csv_atomic,
+)
+from pipeline.qc._rules import (
+    CANCER_TYPE,
+    DEFAULT_OUTER_PERCENT,
+    NOTE,
+    NUM_BAD_REGIONS,
+    NUM_NUCLEI,
+    NUM_REGIONS,
+    QC_RESULT,
+    RESULT_FAILED,
+    RESULT_NO_REGIONS,
+    RESULT_PENDING,
+    SIZE_MEAN,
+    SIZE_STD,
+    STATISTICS,
+    TIERS,
+    WSI_COMMENT,
+    WSI_ID,
+    WSI_UNACCEPTABLE,
+    qc_result,
+    select_for_review,
+    tier_for,
+)
+
+PATCH_MODES = ("all", "flagged", "none")
+QC_FORMAT_VERSION = 1
+
+SLIDES_TABLE = "slides.csv"
+WSI_QC_TABLE = "wsi_qc.csv"
+REGION_TABLE = "random_region_check.csv"
+TIER_TABLE = "tiers.csv"
+THRESHOLD_TABLE = "thresholds.csv"
+REVIEW_SHEET = "review_sheet.csv"
+WSI_REVIEW_SHEET = "wsi_review_sheet.csv"
+REPORT = "report.html"
+
+SLIDES_COLUMNS = (CANCER_TYPE, WSI_ID, QC_RESULT)
+WSI_QC_COLUMNS = (
+    WSI_ID,
+    CANCER_TYPE,
+    NUM_NUCLEI,
+    SIZE_MEAN,
+    SIZE_STD,
+    NOTE,
+    WSI_UNACCEPTABLE,
+    WSI_COMMENT,
+    "SelectedForReview",
+    "Status",
+)
+REGION_COLUMNS = (
+    WSI_ID,
+    CANCER_TYPE,
+    NUM_BAD_REGIONS,
+    NUM_REGIONS,
+    "NumOfReviewedRegions",
+    "PercentUnacceptable",
+    "Tier",
+    NOTE,
+)
+TIER_COLUMNS = (CANCER_TYPE, *TIERS, RESULT_PENDING, RESULT_NO_REGIONS, RESULT_FAILED, "Total")
+
+
+@contextlib.contextmanager
+def _exclusive(qc_dir: Path) -> Iterator[None]:
+    """One build of a qc folder at a time (two would race on the review store)."""
+    lock_path = qc_dir / ".lock"
+    with open(lock_path, "w") as f:
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no lock
+            yield
+            return
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _write_table(path: Path, df: pd.DataFrame) -> None:
+    tmp = path.with_name("." + path.name + ".tmp")
+    df.to_csv(tmp, index=False, float_format="%.6g")
+    os.replace(tmp, path)
+
+
+def tier_table(slides: pd.DataFrame) -> pd.DataFrame:
+    """The paper's Table 2: per cancer type, slide counts per QCResult, plus a total row."""
+    counts = pd.crosstab(slides[CANCER_TYPE], slides[QC_RESULT])
+    counts = counts.reindex(columns=list(TIER_COLUMNS[1:-1]), fill_value=0)
+    counts["Total"] = counts.sum(axis=1)
+    counts.loc["All"] = counts.sum(axis=0)
+    counts = counts.astype(int).reset_index().rename(columns={"index": CANCER_TYPE})
+    counts.columns.name = None
+    return counts
+
+
+def build_qc(
+    out_dir: Path,
+    reviews: Sequence[Path] = (),
+    outer_percent: float = DEFAULT_OUTER_PERCENT,
+    seed: int = 0,
+    *,
+    patches: str = "all",
+    n_patches: int = N_PATCHES,
+    workers: int = 1,
+    report: bool = True,
+) -> Path:
+    """Build (or rebuild) ``out_dir/qc`` from the slides finished so far.
+
+    Parameters
+    ----------
+    out_dir : the run's output folder (holds ``slides/<slide_id>/stats.json``).
+    reviews : patch review sheets and/or WSI verdict CSVs to fold in; validated first - if any
+        row is malformed, ``ReviewError`` names every bad row and nothing is written.
+    outer_percent : per-tail percent of each cancer type selected for review (paper: 2, then 4).
+    seed : seed of the random review patches (recorded in ``qc/qc.json`` and each
+        ``patches.json``); a slide's patches depend only on (seed, slide id).
+    patches : "all" ok slides get review patches, only the "flagged" ones, or "none" (only
+        patches already extracted are used).
+    n_patches : patches per slide (paper: 15).
+    workers : slides whose patches are extracted at once (threads).
+    report : write report.html.
+
+    Returns
+    -------
+    Path of the qc folder. Recorded reviews (``qc/reviews/``) are never removed by a rebuild.
+    """
+    if patches not in PATCH_MODES:
+        raise ValueError(f"patches must be one of {PATCH_MODES}, got {patches!r}")
+    out_dir = Path(out_dir)
+    qc_dir = out_dir / "qc"
+    qc_dir.mkdir(parents=True, exist_ok=True)
+    reviews_dir = qc_dir / "reviews"
+    with _exclusive(qc_dir):
+        cohort = read_cohort(out_dir)
+        ids = cohort["slide_id"].tolist()
+        is_ok = (cohort["status"] == "ok").to_numpy()
+
+        # 1. Reviews first: a malformed sheet stops the build before anything is touched.
+        #    They refer to the patches already sampled (the ones the reviewer was shown).
+        cached: dict[str, SlidePatches] = {}
+        for sid, ok in zip(ids, is_ok, strict=True):
+            if ok:
+                sp = load_slide_patches(qc_dir, sid)
+                if sp is not None:
+                    cached[sid] = sp
+        if reviews:
+            sampled = {sid: {p.index: (p.x, p.y) for p in sp.patches} for sid, sp in cached.items()}
+            new_patch_reviews, new_verdicts = parse_reviews(reviews, sampled, ids)
+            record_reviews(reviews_dir, new_patch_reviews, new_verdicts)
+        patch_store = load_patch_store(reviews_dir)
+        verdict_store = load_verdict_store(reviews_dir)
+
+        # 2. Statistical selection (pure), per cancer type, over the ok slides.
+        ok_rows = cohort[is_ok]
+        values = {s.column: ok_rows[s.field].to_numpy(dtype=np.float64) for s in STATISTICS}
+        notes_ok, cuts = select_for_review(ok_rows["cancer_type"].tolist(), values, outer_percent)
+        notes: dict[str, list[str]] = {sid: n for sid, n in zip(ok_rows["slide_id"], notes_ok, strict=True)}
+
+        # 3. Review patches.
+        slide_patches: dict[str, SlidePatches] = dict(cached)
+        if patches != "none":
+            todo = [r for r in ok_rows.itertuples(index=False) if patches == "all" or notes[r.slide_id]]
+
+            def extract(r: object) -> SlidePatches:
+                return extract_review_patches(
+                    qc_dir,
+                    r.slide_id,  # type: ignore[attr-defined]
+                    r.slide_path,  # type: ignore[attr-defined]
+                    out_dir / "slides" / r.slide_id / "nuclei.parquet",  # type: ignore[attr-defined]
+                    r.mpp,  # type: ignore[attr-defined]
+                    seed,
+                    n_patches,
+                )
+
+            if workers > 1 and len(todo) > 1:
+                with ThreadPoolExecutor(workers) as pool:
+                    results = list(pool.map(extract, todo))
+            else:
+                results = [extract(r) for r in todo]
+            for sp in results:
+                slide_patches[sp.slide_id] = sp
+
+        # 4. Tables.
+        wsi_rows, region_rows, slide_rows, sheet_rows, wsi_sheet_rows = [], [], [], [], []
+        for r in cohort.itertuples(index=False):
+            sid, ctype = r.slide_id, r.cancer_type
+            verdict = verdict_store.get(sid)
+            v_text, v_comment = (verdict.verdict, verdict.comment) if verdict else ("", "")
+            sp = slide_patches.get(sid)
+            current = sp.patches if sp is not None else []
+            n_regions = len(current)
+            n_reviewed = n_bad = 0
+            for p, img in zip(current, sp.images if sp is not None else [], strict=True):
+                rev = patch_store.get((sid, p.index, p.x, p.y))
+                if rev is not None:
+                    n_reviewed += 1
+                    n_bad += rev.adequate == "no"
+                sheet_rows.append(
+                    (sid, p.index, p.x, p.y, p.w, p.h, img, rev.adequate if rev else "", rev.comment if rev else "")
+                )
+            result = qc_result(r.status, v_text, n_bad, n_reviewed, n_regions)
+            if r.status == "ok":
+                note = "; ".join(notes[sid])
+                selected = bool(notes[sid])
+            else:
+                note = f"failed: {r.error}"
+                selected = False
+            tier = tier_for(n_bad, n_reviewed) if n_regions and n_reviewed == n_regions else ""
+            region_note = sp.note if sp is not None else ("" if r.status == "ok" else "failed slide")
+            if r.status == "ok" and sp is None:
+                region_note = "no review patches extracted yet"
+            wsi_rows.append(
+                (
+                    sid,
+                    ctype,
+                    r.n_nuclei,
+                    r.area_mean_px40x,
+                    r.area_std_px40x,
+                    note,
+                    v_text,
+                    v_comment,
+                    "yes" if selected else "no",
+                    r.status,
+                )
+            )
+            pct = 100.0 * n_bad / n_reviewed if n_reviewed else math.nan
+            region_rows.append((sid, ctype, n_bad, n_regions, n_reviewed, pct, tier, region_note))
+            slide_rows.append((ctype, sid, result))
+            if selected:
+                thumb = sp.thumbnail if sp is not None else ""
+                wsi_sheet_rows.append((sid, ctype, note, thumb, v_text, v_comment))
+
+        wsi_qc = pd.DataFrame(wsi_rows, columns=list(WSI_QC_COLUMNS))
+        wsi_qc[NUM_NUCLEI] = wsi_qc[NUM_NUCLEI].astype("Int64")
+        wsi_qc[SIZE_MEAN] = wsi_qc[SIZE_MEAN].round(2)
+        wsi_qc[SIZE_STD] = wsi_qc[SIZE_STD].round(2)
+        region = pd.DataFrame(region_rows, columns=list(REGION_COLUMNS))
+        region["PercentUnacceptable"] = region["PercentUnacceptable"].round(2)
+        slides = pd.DataFrame(slide_rows, columns=list(SLIDES_COLUMNS))
+        tiers = tier_table(slides)
+        thresholds = pd.DataFrame(
+            [
+                (c.cancer_type, c.statistic, outer_percent, c.n, c.k, c.low_cut, c.high_cut, c.n_low, c.n_high, c.note)
+                for c in cuts
+            ],
+            columns=[
+                "CancerType",
+                "Statistic",
+                "OuterPercent",
+                "N",
+                "K",
+                "LowCut",
+                "HighCut",
+                "NumLow",
+                "NumHigh",
+                "Note",
+            ],
+        )
+        _write_table(qc_dir / SLIDES_TABLE, slides)
+        _write_table(qc_dir / WSI_QC_TABLE, wsi_qc)
+        _write_table(qc_dir / REGION_TABLE, region)
+        _write_table(qc_dir / TIER_TABLE, tiers)
+        _write_table(qc_dir / THRESHOLD_TABLE, thresholds)
+        write_csv_atomic(qc_dir / REVIEW_SHEET, REVIEW_SHEET_COLUMNS, sheet_rows)
+        write_csv_atomic(
+            qc_dir / WSI_REVIEW_SHEET,
+            (WSI_ID, CANCER_TYPE, NOTE, "Thumbnail", WSI_UNACCEPTABLE, WSI_COMMENT),
+            wsi_sheet_rows,
+        )
+        params = {
+            "format_version": QC_FORMAT_VERSION,
+            "outer_percent": outer_percent,
+            "seed": seed,
+            "n_patches": n_patches,
+            "patches": patches,
+            "n_slides": len(cohort),
+            "n_ok": int(is_ok.sum()),
+            "n_selected": int((wsi_qc["SelectedForReview"] == "yes").sum()),
+            "n_patch_reviews_recorded": len(patch_store),
+            "n_wsi_verdicts_recorded": len(verdict_store),
+        }
+        if report:
+            wsi_qc_report = wsi_qc.copy()
+            wsi_qc_report[QC_RESULT] = slides[QC_RESULT].to_numpy()
+            html = render_report(qc_dir, wsi_qc_report, tiers, cuts, slide_patches, params)
+            tmp = qc_dir / ("." + REPORT + ".tmp")
+            tmp.write_text(html, encoding="utf-8")
+            os.replace(tmp, qc_dir / REPORT)
+        write_json_atomic(qc_dir / "qc.json", params)
+    return qc_dir

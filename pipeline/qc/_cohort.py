@@ -1,0 +1,92 @@
+"""Reading a run's per-slide results (``DIR/slides/<slide_id>/stats.json``) into one table."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+# stats.json keys the QC reads (DESIGN §5); the numeric ones are null for a failed slide.
+NUMERIC_FIELDS = (
+    "width",
+    "height",
+    "mpp",
+    "tissue_mm2",
+    "n_nuclei",
+    "area_mean_um2",
+    "area_std_um2",
+    "area_mean_px40x",
+    "area_std_px40x",
+    "nuclei_per_mm2",
+    "n_tiles",
+    "seconds",
+)
+TEXT_FIELDS = ("slide_id", "cancer_type", "slide_path", "status", "error", "reader", "model_sha256")
+UNKNOWN_CANCER_TYPE = "UNKNOWN"  # DESIGN §4: the manifest's default cancer type
+
+COLUMNS = TEXT_FIELDS + NUMERIC_FIELDS
+
+
+def _as_float(value: Any) -> float:
+    try:
+        return float(value) if value is not None else float("nan")
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def read_slide_stats(folder: Path) -> dict[str, Any]:
+    """One slide's stats.json as a flat record; an unreadable file becomes a failed slide.
+
+    The folder name is the slide's id (it is what every other output path uses).
+    """
+    record: dict[str, Any] = {k: None for k in TEXT_FIELDS}
+    record.update({k: float("nan") for k in NUMERIC_FIELDS})
+    record["slide_id"] = folder.name
+    try:
+        with open(folder / "stats.json", encoding="utf-8") as f:
+            data = json.load(f)
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as exc:
+        record.update(status="failed", error=f"stats.json unreadable: {exc}", cancer_type=UNKNOWN_CANCER_TYPE)
+        return record
+    for k in TEXT_FIELDS[1:]:
+        v = data.get(k)
+        record[k] = None if v is None else str(v)
+    for k in NUMERIC_FIELDS:
+        record[k] = _as_float(data.get(k))
+    record["cancer_type"] = record["cancer_type"] or UNKNOWN_CANCER_TYPE
+    status = (record["status"] or "").lower()
+    if status not in ("ok", "failed"):
+        record["error"] = f"unknown status {record['status']!r} in stats.json"
+        status = "failed"
+    if status == "failed" and not record["error"]:
+        record["error"] = "failed (no reason recorded)"
+    record["status"] = status
+    return record
+
+
+def read_cohort(out_dir: Path) -> pd.DataFrame:
+    """Every completed slide of a run, one row each, sorted by (cancer_type, slide_id).
+
+    Folders whose name starts with "." are slides still being written (DESIGN §5) and are
+    skipped, as are folders without a stats.json yet. Works on partial cohorts: just what is
+    there.
+    """
+    slides_dir = Path(out_dir) / "slides"
+    records = []
+    if slides_dir.is_dir():
+        with os.scandir(slides_dir) as it:
+            entries = sorted(e.name for e in it if e.is_dir() and not e.name.startswith("."))
+        for name in entries:
+            folder = slides_dir / name
+            if (folder / "stats.json").exists():
+                records.append(read_slide_stats(folder))
+    df = pd.DataFrame.from_records(records, columns=list(COLUMNS))
+    for k in NUMERIC_FIELDS:
+        df[k] = df[k].astype(np.float64)
+    return df.sort_values(["cancer_type", "slide_id"], kind="stable").reset_index(drop=True)

@@ -1,0 +1,309 @@
+"""Random region checking: sample review patches from a slide's tissue and draw the nuclei.
+
+Paper: 15 patches of 256×256 px at 40x per slide, sampled at random; a pathologist marks each
+one adequate or not. Sampling (``sample_patches``) and drawing (``render_review_image``) are
+pure; ``extract_review_patches`` does the file work for one slide and caches its result in
+``qc/patches/<slide_id>/patches.json``, so a rebuild neither resamples nor redraws.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+PATCH_PX_40X = 256  # paper: review patches are 256×256 px at 40x
+MPP_40X = 0.25  # paper / DESIGN §2: 40x ≈ 0.25 µm per pixel
+N_PATCHES = 15  # paper: 15 random patches per slide
+# Long side of the low-resolution view the tissue mask is computed on: a 40x TCGA slide
+# (~100k px) gives ~100 level-0 px per mask pixel, i.e. ~2.5 mask pixels per 40x patch.
+TISSUE_VIEW_PX = 1024
+THUMBNAIL_PX = 256  # long side of the slide thumbnail kept for the report
+# A patch is accepted when at least this share of its footprint on the mask is tissue.
+MIN_PATCH_TISSUE = 0.5
+TRIES_PER_PATCH = 200  # rejection-sampling budget before the overlap / tissue-share rules relax
+# Nuclei whose centroid lies this far outside a patch can still reach into it (largest nuclei
+# at 40x are ~80 px across, DESIGN config max_nucleus_px = 96 px = 24 µm).
+NUCLEUS_REACH_UM = 24.0
+OUTLINE_RGB = (0, 255, 0)  # nucleus outlines: green stands out on H&E
+GAP_PX = 8  # white gap between the raw patch and its overlay in the review image
+PATCHES_FILE = "patches.json"
+
+
+@dataclass(frozen=True)
+class Patch:
+    """One review region, in level-0 pixels of the slide."""
+
+    index: int
+    x: int
+    y: int
+    w: int
+    h: int
+
+
+def patch_side_level0(mpp: float) -> int:
+    """Level-0 pixels covering a 256 px patch at 40x (128 for a 20x slide at 0.5 µm/px)."""
+    if not (mpp > 0 and math.isfinite(mpp)):
+        raise ValueError(f"invalid microns per pixel: {mpp}")
+    return max(1, int(round(PATCH_PX_40X * MPP_40X / mpp)))
+
+
+def slide_rng(seed: int, slide_id: str) -> np.random.Generator:
+    """A generator fixed by (seed, slide id): a slide's patches do not depend on the others."""
+    digest = hashlib.sha256(slide_id.encode("utf-8")).digest()
+    return np.random.default_rng([int(seed), int.from_bytes(digest[:8], "little")])
+
+
+def _tissue_share(mask: np.ndarray, downsample: float, x: int, y: int, side: int) -> float:
+    r0, c0 = int(y / downsample), int(x / downsample)
+    r1 = max(r0 + 1, int(math.ceil((y + side) / downsample)))
+    c1 = max(c0 + 1, int(math.ceil((x + side) / downsample)))
+    window = mask[r0:r1, c0:c1]
+    return float(window.mean()) if window.size else 0.0
+
+
+def sample_patches(
+    mask: np.ndarray,
+    downsample: float,
+    slide_size: tuple[int, int],
+    side: int,
+    n: int,
+    rng: np.random.Generator,
+) -> list[Patch]:
+    """``n`` square patches of ``side`` level-0 px whose centres are uniform over the tissue.
+
+    Parameters
+    ----------
+    mask : bool tissue mask of a low-resolution view; ``downsample`` level-0 px per mask px.
+    slide_size : (width, height) of level 0.
+    side : patch side in level-0 px.
+    rng : the slide's generator (``slide_rng``).
+
+    A centre is a uniformly chosen tissue pixel of the mask plus a uniform offset inside it,
+    so centres are uniform over the tissue area. The patch is clamped into the slide and
+    accepted when at least ``MIN_PATCH_TISSUE`` of its footprint is tissue and it overlaps no
+    accepted patch; when tissue is too scarce for that, those two rules are relaxed (the centre
+    stays on tissue). An empty mask samples the whole slide.
+    """
+    width, height = slide_size
+    tissue = np.flatnonzero(mask)
+    if tissue.size == 0:
+        mask = np.ones_like(mask, dtype=bool)
+        tissue = np.flatnonzero(mask)
+    mw = mask.shape[1]
+    patches: list[Patch] = []
+    for strict in (True, False):
+        tries = 0
+        while len(patches) < n and tries < TRIES_PER_PATCH * n:
+            tries += 1
+            pick = int(tissue[rng.integers(tissue.size)])
+            u, v = rng.random(2)
+            cx = (pick % mw + u) * downsample
+            cy = (pick // mw + v) * downsample
+            x = int(min(max(round(cx - side / 2), 0), max(width - side, 0)))
+            y = int(min(max(round(cy - side / 2), 0), max(height - side, 0)))
+            if strict:
+                if _tissue_share(mask, downsample, x, y, side) < MIN_PATCH_TISSUE:
+                    continue
+                if any(abs(p.x - x) < side and abs(p.y - y) < side for p in patches):
+                    continue
+            patches.append(Patch(len(patches), x, y, side, side))
+    return patches
+
+
+def render_review_image(
+    region: np.ndarray, polygons: list[np.ndarray], x: int, y: int, out_px: int = PATCH_PX_40X
+) -> tuple[np.ndarray, np.ndarray]:
+    """The raw patch at 40x and the same patch with nucleus outlines drawn.
+
+    Parameters
+    ----------
+    region : RGB uint8 level-0 pixels of the patch (side × side).
+    polygons : nucleus outlines, each an (m, 2) array of level-0 (x, y).
+    x, y : level-0 position of the region's top-left corner.
+    out_px : output side (256 at 40x; a 20x region is upsampled ×2).
+    """
+    side_h, side_w = region.shape[:2]
+    raw = Image.fromarray(region).resize((out_px, out_px), Image.Resampling.BICUBIC)
+    over = raw.copy()
+    draw = ImageDraw.Draw(over)
+    sx, sy = out_px / side_w, out_px / side_h
+    for poly in polygons:
+        if len(poly) < 2:
+            continue
+        pts = [((px - x + 0.5) * sx - 0.5, (py - y + 0.5) * sy - 0.5) for px, py in poly]
+        draw.line(pts + [pts[0]], fill=OUTLINE_RGB, width=1)
+    return np.asarray(raw), np.asarray(over)
+
+
+def side_by_side(raw: np.ndarray, overlay: np.ndarray) -> np.ndarray:
+    """Raw patch | white gap | overlay, as one RGB image."""
+    h = raw.shape[0]
+    gap = np.full((h, GAP_PX, 3), 255, dtype=np.uint8)
+    return np.concatenate([raw, gap, overlay], axis=1)
+
+
+def read_polygons(nuclei_path: Path, patches: list[Patch], reach_px: float) -> list[list[np.ndarray]]:
+    """Nucleus polygons reaching into each patch, read in one filtered scan of nuclei.parquet."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as pads
+
+    if not patches:
+        return []
+    cx, cy = pc.field("centroid_x"), pc.field("centroid_y")
+    expr = None
+    for p in patches:
+        box = (
+            (cx >= p.x - reach_px) & (cx < p.x + p.w + reach_px) & (cy >= p.y - reach_px) & (cy < p.y + p.h + reach_px)
+        )
+        expr = box if expr is None else expr | box
+    table = pads.dataset(str(nuclei_path), format="parquet").to_table(
+        columns=["centroid_x", "centroid_y", "polygon"], filter=expr
+    )
+    xs = table.column("centroid_x").to_numpy()
+    ys = table.column("centroid_y").to_numpy()
+    flat = table.column("polygon").combine_chunks()
+    offsets = flat.offsets.to_numpy()
+    coords = flat.values.to_numpy(zero_copy_only=False)
+    out: list[list[np.ndarray]] = []
+    for p in patches:
+        inside = np.flatnonzero(
+            (xs >= p.x - reach_px) & (xs < p.x + p.w + reach_px) & (ys >= p.y - reach_px) & (ys < p.y + p.h + reach_px)
+        )
+        out.append([coords[offsets[i] : offsets[i + 1]].reshape(-1, 2) for i in inside])
+    return out
+
+
+@dataclass
+class SlidePatches:
+    """The review patches of one slide (what patches.json holds)."""
+
+    slide_id: str
+    seed: int
+    n_requested: int
+    side: int
+    mpp: float
+    patches: list[Patch]
+    images: list[str]  # review image paths, relative to the qc folder
+    thumbnail: str  # relative to the qc folder, "" when none
+    note: str
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["patches"] = [asdict(p) for p in self.patches]
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> SlidePatches:
+        d = dict(d)
+        d["patches"] = [Patch(**p) for p in d["patches"]]
+        return cls(**d)
+
+
+def load_slide_patches(qc_dir: Path, slide_id: str) -> SlidePatches | None:
+    """The cached patches of a slide, or None."""
+    path = qc_dir / "patches" / slide_id / PATCHES_FILE
+    try:
+        with open(path, encoding="utf-8") as f:
+            return SlidePatches.from_json(json.load(f))
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+
+
+def _write_image(path: Path, rgb: np.ndarray, **kwargs: Any) -> None:
+    tmp = path.with_name("." + path.name)
+    fmt = "JPEG" if path.suffix.lower() in (".jpg", ".jpeg") else "PNG"
+    Image.fromarray(rgb).save(tmp, format=fmt, **kwargs)
+    os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name("." + path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def extract_review_patches(
+    qc_dir: Path,
+    slide_id: str,
+    slide_path: str | None,
+    nuclei_path: Path,
+    stats_mpp: float,
+    seed: int,
+    n: int = N_PATCHES,
+) -> SlidePatches:
+    """Sample, draw and record one slide's review patches (reusing a matching cached set).
+
+    A slide whose file is missing or unreadable gets no patches and a note saying why; it
+    never stops the other slides.
+    """
+    from pipeline.io.slides import SlideError, low_resolution_view, open_slide
+    from pipeline.kernels.tissue import tissue_mask
+
+    cached = load_slide_patches(qc_dir, slide_id)
+    if (
+        cached is not None
+        and cached.seed == seed
+        and cached.n_requested == n
+        and cached.patches
+        and all((qc_dir / p).exists() for p in cached.images)
+    ):
+        return cached
+    folder = qc_dir / "patches" / slide_id
+    result = SlidePatches(slide_id, seed, n, 0, stats_mpp, [], [], "", "")
+    if not slide_path or not Path(slide_path).exists():
+        result.note = f"slide file missing ({slide_path}): no review patches"
+        return result
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # missing mpp: stats.json says it
+            slide = open_slide(slide_path)
+    except SlideError as exc:
+        result.note = f"slide unreadable ({exc}): no review patches"
+        return result
+    try:
+        mpp = slide.mpp if slide.mpp else stats_mpp
+        if not (mpp and math.isfinite(mpp) and mpp > 0):
+            result.note = "no microns per pixel: no review patches"
+            return result
+        result.mpp = float(mpp)
+        view, downsample = low_resolution_view(slide, TISSUE_VIEW_PX)
+        mask = np.asarray(tissue_mask(view))
+        if not mask.any():
+            result.note = "no tissue found: patches sampled over the whole slide"
+        side = patch_side_level0(mpp)
+        result.side = side
+        result.patches = sample_patches(mask, downsample, slide.level_dimensions[0], side, n, slide_rng(seed, slide_id))
+        folder.mkdir(parents=True, exist_ok=True)
+        polygons: list[list[np.ndarray]] = [[] for _ in result.patches]
+        if nuclei_path.exists():
+            polygons = read_polygons(nuclei_path, result.patches, NUCLEUS_REACH_UM / mpp)
+        else:
+            result.note = "; ".join(filter(None, [result.note, "nuclei.parquet missing: outlines not drawn"]))
+        for p, polys in zip(result.patches, polygons, strict=True):
+            region = slide.read_region(p.x, p.y, p.w, p.h, level=0)
+            raw, over = render_review_image(region, polys, p.x, p.y)
+            name = f"patch_{p.index:02d}.png"
+            _write_image(folder / name, side_by_side(raw, over), optimize=False)
+            result.images.append(f"patches/{slide_id}/{name}")
+        thumb = Image.fromarray(view)
+        thumb.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
+        _write_image(folder / "thumbnail.jpg", np.asarray(thumb), quality=80)
+        result.thumbnail = f"patches/{slide_id}/thumbnail.jpg"
+    except Exception as exc:  # one bad slide never stops the cohort's QC
+        result.patches, result.images = [], []
+        result.note = f"patch extraction failed ({type(exc).__name__}: {exc})"
+        return result
+    finally:
+        slide.close()
+    write_json_atomic(folder / PATCHES_FILE, result.to_json())
+    return result

@@ -1,0 +1,239 @@
+"""report.html: one self-contained page a pathologist opens in a browser.
+
+Everything is inline: plots are compact hand-written SVG elements, images are JPEG data URIs,
+styles sit in one <style> block, and there is no script and no external resource. Images are
+embedded only for the slides selected for review (thumbnail + a few overlay patches) and only
+within a byte budget, so the page stays small at TCGA scale (5,060 slides); past the budget a
+slide links to its review images on disk instead.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from pipeline.qc._rules import STATISTICS, TailCut
+
+# Embedded image bytes allowed in the page: keeps report.html well under 50 MB at 5,060 slides
+# (≈ 500 selected slides at 2 % × ~60 kB each would otherwise be ~30 MB, ~60 MB at 4 %).
+REPORT_IMAGE_BUDGET_BYTES = 30_000_000
+PATCHES_PER_FLAGGED_SLIDE = 3  # overlay patches shown inline for each selected slide
+INLINE_THUMBNAIL_PX = 160
+INLINE_PATCH_PX = 256  # the 40x patch at full size: 1 px outlines survive
+JPEG_QUALITY = 75
+HIST_BINS = 30
+PLOT_W, PLOT_H, PLOT_PAD = 340, 150, 28
+
+_CSS = """
+body{font-family:system-ui,Segoe UI,Helvetica,Arial,sans-serif;margin:24px;color:#222;max-width:1400px}
+h1{font-size:22px}h2{font-size:18px;border-bottom:1px solid #ccc;padding-bottom:4px;margin-top:32px}
+h3{font-size:15px}table{border-collapse:collapse;font-size:13px;margin:8px 0}
+td,th{border:1px solid #ccc;padding:3px 7px;text-align:left;vertical-align:top}
+th{background:#f0f0f0}td.n{text-align:right}.plots{display:flex;flex-wrap:wrap;gap:12px}
+.note{color:#a00}.muted{color:#777;font-size:12px}img{display:block}
+.imgs{display:flex;gap:6px;flex-wrap:wrap}svg text{font-size:10px;fill:#333}
+"""
+
+
+def jpeg_data_uri(rgb: np.ndarray, max_px: int) -> str:
+    """A JPEG data URI of an RGB image no larger than ``max_px`` on its long side."""
+    im = Image.fromarray(rgb)
+    im.thumbnail((max_px, max_px))
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=JPEG_QUALITY)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _fmt(v: float) -> str:
+    if not np.isfinite(v):
+        return "–"
+    return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}"
+
+
+def histogram_svg(values: np.ndarray, title: str, low: float | None, high: float | None, flagged: np.ndarray) -> str:
+    """An inline SVG histogram with the selection cuts drawn and the selected values as a rug."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    w, h, pad = PLOT_W, PLOT_H, PLOT_PAD
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h + 24}" role="img">']
+    parts.append(f'<text x="{pad}" y="12" font-weight="bold">{html.escape(title)} (n={v.size})</text>')
+    if v.size == 0:
+        parts.append(f'<text x="{pad}" y="{h // 2}">no values</text></svg>')
+        return "".join(parts)
+    lo, hi = float(v.min()), float(v.max())
+    if hi <= lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    counts, edges = np.histogram(v, bins=HIST_BINS, range=(lo, hi))
+    x0, x1, y0, y1 = pad, w - 8, h - 4, 18
+    sx = (x1 - x0) / (hi - lo)
+    sy = (y0 - y1) / max(int(counts.max()), 1)
+    bars = []
+    bw = (x1 - x0) / HIST_BINS
+    for i, c in enumerate(counts):
+        if c:
+            bh = c * sy
+            bars.append(f"M{x0 + i * bw:.1f} {y0}v{-bh:.1f}h{bw - 0.5:.1f}v{bh:.1f}z")
+    parts.append(f'<path d="{"".join(bars)}" fill="#8aa9c9"/>')
+    parts.append(f'<path d="M{x0} {y0}H{x1}" stroke="#444"/>')
+    fv = np.asarray(flagged, dtype=np.float64)
+    fv = fv[np.isfinite(fv)]
+    if fv.size:
+        rug = "".join(f"M{x0 + (f - lo) * sx:.1f} {y0 + 2}v6" for f in fv)
+        parts.append(f'<path d="{rug}" stroke="#c00"/>')
+    for cut, anchor in ((low, "end"), (high, "start")):
+        if cut is not None and np.isfinite(cut):
+            cx = x0 + (min(max(cut, lo), hi) - lo) * sx
+            parts.append(f'<path d="M{cx:.1f} {y1}V{y0}" stroke="#c00" stroke-dasharray="3 2"/>')
+            dx = -2 if anchor == "end" else 2
+            parts.append(f'<text x="{cx + dx:.1f}" y="{y1 + 8}" text-anchor="{anchor}" fill="#c00">{_fmt(cut)}</text>')
+    parts.append(f'<text x="{x0}" y="{h + 20}">{_fmt(lo)}</text>')
+    parts.append(f'<text x="{x1}" y="{h + 20}" text-anchor="end">{_fmt(hi)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _table(columns: Sequence[str], rows: Sequence[Sequence[Any]], numeric: Sequence[bool] | None = None) -> str:
+    numeric = numeric or [False] * len(columns)
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
+    body = []
+    for row in rows:
+        cells = "".join(
+            f'<td class="n">{html.escape(str(x))}</td>' if isnum else f"<td>{html.escape(str(x))}</td>"
+            for x, isnum in zip(row, numeric, strict=True)
+        )
+        body.append(f"<tr>{cells}</tr>")
+    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+
+
+class _ImageBudget:
+    def __init__(self, budget: int):
+        self.left = budget
+
+    def take(self, uri: str) -> bool:
+        if len(uri) > self.left:
+            return False
+        self.left -= len(uri)
+        return True
+
+
+def _load_rgb(path: Path) -> np.ndarray | None:
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except OSError:
+        return None
+
+
+def _flagged_slide_html(qc_dir: Path, row: pd.Series, slide_patches: Any, budget: _ImageBudget) -> str:
+    imgs = []
+    links = []
+    if slide_patches is not None and slide_patches.thumbnail:
+        rgb = _load_rgb(qc_dir / slide_patches.thumbnail)
+        if rgb is not None:
+            uri = jpeg_data_uri(rgb, INLINE_THUMBNAIL_PX)
+            if budget.take(uri):
+                imgs.append(f'<img src="{uri}" alt="thumbnail" title="slide thumbnail">')
+    if slide_patches is not None:
+        for rel in slide_patches.images[:PATCHES_PER_FLAGGED_SLIDE]:
+            rgb = _load_rgb(qc_dir / rel)
+            if rgb is None:
+                continue
+            overlay = rgb[:, rgb.shape[1] - rgb.shape[0] :]  # right half: outlines drawn
+            uri = jpeg_data_uri(overlay, INLINE_PATCH_PX)
+            if budget.take(uri):
+                imgs.append(f'<img src="{uri}" alt="patch" title="{html.escape(rel)}">')
+            else:
+                links.append(f'<a href="{html.escape(rel)}">{html.escape(Path(rel).name)}</a>')
+    extra = f'<div class="muted">on disk: {" ".join(links)}</div>' if links else ""
+    if slide_patches is not None and slide_patches.note:
+        extra += f'<div class="muted">{html.escape(slide_patches.note)}</div>'
+    return f'<div class="imgs">{"".join(imgs)}</div>{extra}'
+
+
+def render_report(
+    qc_dir: Path,
+    wsi_qc: pd.DataFrame,
+    tiers: pd.DataFrame,
+    cuts: Sequence[TailCut],
+    patches: Mapping[str, Any],
+    params: Mapping[str, Any],
+) -> str:
+    """The whole page as one HTML string."""
+    budget = _ImageBudget(REPORT_IMAGE_BUDGET_BYTES)
+    ok = wsi_qc[wsi_qc["Status"] == "ok"]
+    failed = wsi_qc[wsi_qc["Status"] != "ok"]
+    n_sel = int((wsi_qc["SelectedForReview"] == "yes").sum())
+    out = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        "<title>Nucleus segmentation QC</title>",
+        f"<style>{_CSS}</style></head><body>",
+        "<h1>Nucleus segmentation: cohort quality control</h1>",
+        f"<p>{len(wsi_qc)} slides ({len(ok)} segmented, {len(failed)} failed) in "
+        f"{wsi_qc['CancerType'].nunique()} cancer types; {n_sel} selected for visual review "
+        f"(outer {params['outer_percent']:g}% per tail and cancer type; size spread: high tail only). "
+        f"Random patches: {params['n_patches']} per slide, seed {params['seed']}.</p>",
+        "<p class='muted'>Sizes are nucleus areas in pixels at 40x (0.25 µm/px). Tiers follow Hou et al. "
+        "(Sci. Data 2020): Best 0%, Good ≤ 6.67%, Adequate ≤ 13.3%, Problematic ≤ 20%, Unacceptable "
+        "&gt; 20% of the sampled regions unacceptable, or a failed whole-slide review.</p>",
+        "<h2>Tiers per cancer type (as the paper's Table 2)</h2>",
+    ]
+    cols = list(tiers.columns)
+    out.append(_table(cols, tiers.values.tolist(), [c != "CancerType" for c in cols]))
+    cut_by = {(c.cancer_type, c.statistic): c for c in cuts}
+    for ctype in sorted(wsi_qc["CancerType"].unique()):
+        group = wsi_qc[wsi_qc["CancerType"] == ctype]
+        gok = group[group["Status"] == "ok"]
+        sel = group[group["SelectedForReview"] == "yes"]
+        out.append(f"<h2 id='{html.escape(ctype)}'>{html.escape(ctype)}</h2>")
+        out.append(
+            f"<p>{len(group)} slides, {len(gok)} segmented, {len(group) - len(gok)} failed, "
+            f"{len(sel)} selected for review.</p><div class='plots'>"
+        )
+        for stat in STATISTICS:
+            cut = cut_by.get((ctype, stat.column))
+            values = gok[stat.column].to_numpy(dtype=np.float64)
+            flagged_mask = gok["Note"].str.contains(stat.column, regex=False).to_numpy()
+            out.append(
+                histogram_svg(
+                    values,
+                    stat.column,
+                    cut.low_cut if cut else None,
+                    cut.high_cut if cut else None,
+                    values[flagged_mask],
+                )
+            )
+        out.append("</div>")
+        small = [c for c in cuts if c.cancer_type == ctype and c.note]
+        for c in small:
+            out.append(f"<p class='note'>{html.escape(c.statistic)}: {html.escape(c.note)} (n={c.n}).</p>")
+        if len(sel):
+            out.append(
+                "<h3>Selected for visual review</h3><table><tr><th>WSI-ID</th><th>Note</th>"
+                "<th>Nuclei</th><th>Mean size</th><th>Size std</th><th>QCResult</th><th>Images</th></tr>"
+            )
+            for _, row in sel.iterrows():
+                out.append(
+                    f"<tr><td>{html.escape(row['WSI-ID'])}</td><td>{html.escape(row['Note'])}</td>"
+                    f"<td class='n'>{_fmt(row['NumNucleiSample'])}</td>"
+                    f"<td class='n'>{_fmt(row['SizeOfNuclei-Average'])}</td>"
+                    f"<td class='n'>{_fmt(row['SizeOfNuclei-Stddev'])}</td>"
+                    f"<td>{html.escape(row['QCResult'])}</td>"
+                    f"<td>{_flagged_slide_html(qc_dir, row, patches.get(row['WSI-ID']), budget)}</td></tr>"
+                )
+            out.append("</table>")
+        gfail = group[group["Status"] != "ok"]
+        if len(gfail):
+            out.append("<h3>Failed slides</h3>")
+            out.append(_table(["WSI-ID", "Reason"], gfail[["WSI-ID", "Note"]].values.tolist()))
+    if budget.left <= 0 or budget.left < REPORT_IMAGE_BUDGET_BYTES * 0.01:
+        out.append("<p class='muted'>Image budget reached: further review images are linked, not embedded.</p>")
+    out.append("</body></html>")
+    return "\n".join(out)

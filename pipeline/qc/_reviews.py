@@ -1,0 +1,289 @@
+"""Review ingestion: patch reviews and whole-slide verdicts, validated, then merged into a store.
+
+Two kinds of CSV come back from pathologists, told apart by their header:
+
+* a patch review sheet (the ``review_sheet.csv`` the QC writes): ``WSI-ID, PatchIndex, X, Y,
+  ..., Adequate, Comment`` - ``Adequate`` filled with yes/no;
+* WSI verdicts: ``WSI-ID, SegmentationUnacceptableOrNot, VisualAssessmentComment``.
+
+A file is taken whole or not at all: every malformed row is reported, naming the file and its
+line, and nothing is stored, so a typo never half-applies a sheet. Accepted reviews are merged
+into ``qc/reviews/*.csv``: a later answer for the same patch (or slide) replaces the earlier one,
+and nothing else in the store is ever dropped - a rebuild, a resampled slide or a slide that
+disappears from a partial cohort leaves its recorded reviews in place.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.qc._rules import VERDICT_ACCEPTABLE, VERDICT_UNACCEPTABLE, WSI_COMMENT, WSI_ID, WSI_UNACCEPTABLE
+
+PATCH_INDEX = "PatchIndex"
+ADEQUATE = "Adequate"
+COMMENT = "Comment"
+SOURCE = "Source"
+REVIEW_SHEET_COLUMNS = (WSI_ID, PATCH_INDEX, "X", "Y", "W", "H", "Image", ADEQUATE, COMMENT)
+PATCH_STORE_COLUMNS = (WSI_ID, PATCH_INDEX, "X", "Y", ADEQUATE, COMMENT, SOURCE)
+VERDICT_STORE_COLUMNS = (WSI_ID, WSI_UNACCEPTABLE, WSI_COMMENT, SOURCE)
+PATCH_STORE = "patch_reviews.csv"
+VERDICT_STORE = "wsi_verdicts.csv"
+
+YES_WORDS = frozenset({"yes", "y", "true", "1", "adequate", "acceptable", "ok"})
+NO_WORDS = frozenset({"no", "n", "false", "0", "inadequate", "unacceptable", "bad"})
+# In SegmentationUnacceptableOrNot, "yes" means *unacceptable*.
+UNACCEPTABLE_WORDS = frozenset({"yes", "y", "true", "1", "unacceptable"})
+ACCEPTABLE_WORDS = frozenset({"no", "n", "false", "0", "acceptable"})
+
+PatchKey = tuple[str, int, int, int]  # (WSI-ID, PatchIndex, X, Y)
+
+
+class ReviewError(ValueError):
+    """Malformed review rows; ``problems`` names each (file, line, what is wrong)."""
+
+    def __init__(self, problems: Sequence[str]):
+        self.problems = list(problems)
+        super().__init__("rejected review rows (nothing was recorded):\n  " + "\n  ".join(self.problems))
+
+
+@dataclass(frozen=True)
+class PatchReview:
+    wsi_id: str
+    index: int
+    x: int
+    y: int
+    adequate: str  # "yes" | "no"
+    comment: str
+    source: str
+
+    @property
+    def key(self) -> PatchKey:
+        return (self.wsi_id, self.index, self.x, self.y)
+
+
+@dataclass(frozen=True)
+class WsiVerdict:
+    wsi_id: str
+    verdict: str  # VERDICT_UNACCEPTABLE | VERDICT_ACCEPTABLE | "" (comment only is not allowed)
+    comment: str
+    source: str
+
+
+def _int(text: str) -> int | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return int(value) if value.is_integer() else None
+
+
+def _check_patch_row(
+    row: dict[str, str],
+    where: str,
+    line: int,
+    known_slides: set[str],
+    patches: Mapping[str, Mapping[int, tuple[int, int]]],
+    seen: dict[tuple[str, int] | str, tuple[str, int]],
+    problems: list[str],
+) -> tuple[str, int, int, int, str, str] | None:
+    """A valid reviewed patch row as (wsi, index, x, y, yes|no, comment); None otherwise."""
+    wsi = row.get(WSI_ID, "")
+    answer, comment = row.get(ADEQUATE, "").lower(), row.get(COMMENT, "")
+    if not answer:
+        if comment:
+            problems.append(f"{where} ({wsi}): a comment but no {ADEQUATE} yes/no")
+        return None
+    if answer not in YES_WORDS | NO_WORDS:
+        problems.append(f"{where} ({wsi}): {ADEQUATE} {row[ADEQUATE]!r} is not yes/no")
+        return None
+    if wsi not in known_slides:
+        problems.append(f"{where}: unknown {WSI_ID} {wsi!r}")
+        return None
+    index = _int(row.get(PATCH_INDEX, ""))
+    sampled = patches.get(wsi, {})
+    if index is None or index not in sampled:
+        problems.append(f"{where} ({wsi}): no sampled patch {PATCH_INDEX} {row.get(PATCH_INDEX)!r}")
+        return None
+    x, y = sampled[index]
+    for axis, expected in (("X", x), ("Y", y)):
+        given = row.get(axis, "")
+        if given and _int(given) != expected:
+            problems.append(
+                f"{where} ({wsi} patch {index}): {axis}={given} but the patch was sampled "
+                f"at {axis}={expected} (a sheet from another sampling?)"
+            )
+            return None
+    verdict = "yes" if answer in YES_WORDS else "no"
+    key = (wsi, index)
+    if key in seen and seen[key][0] != verdict:
+        problems.append(f"{where} ({wsi} patch {index}): contradicts line {seen[key][1]}")
+        return None
+    seen[key] = (verdict, line)
+    return wsi, index, x, y, verdict, comment
+
+
+def _check_verdict_row(
+    row: dict[str, str],
+    where: str,
+    line: int,
+    known_slides: set[str],
+    seen: dict[tuple[str, int] | str, tuple[str, int]],
+    problems: list[str],
+) -> tuple[str, str, str] | None:
+    """A valid WSI verdict row as (wsi, verdict, comment); None otherwise."""
+    wsi = row.get(WSI_ID, "")
+    answer, comment = row.get(WSI_UNACCEPTABLE, "").lower(), row.get(WSI_COMMENT, "")
+    if not answer:
+        if comment:
+            problems.append(f"{where} ({wsi}): a comment but no {WSI_UNACCEPTABLE}")
+        return None
+    if answer not in UNACCEPTABLE_WORDS | ACCEPTABLE_WORDS:
+        problems.append(
+            f"{where} ({wsi}): {WSI_UNACCEPTABLE} {row[WSI_UNACCEPTABLE]!r} is not yes/no (yes = unacceptable)"
+        )
+        return None
+    if wsi not in known_slides:
+        problems.append(f"{where}: unknown {WSI_ID} {wsi!r}")
+        return None
+    verdict = VERDICT_UNACCEPTABLE if answer in UNACCEPTABLE_WORDS else VERDICT_ACCEPTABLE
+    if wsi in seen and seen[wsi][0] != verdict:
+        problems.append(f"{where} ({wsi}): contradicts line {seen[wsi][1]}")
+        return None
+    seen[wsi] = (verdict, line)
+    return wsi, verdict, comment
+
+
+def parse_reviews(
+    paths: Iterable[Path],
+    patches: Mapping[str, Mapping[int, tuple[int, int]]],
+    slides: Iterable[str],
+) -> tuple[list[PatchReview], list[WsiVerdict]]:
+    """Parse and validate review files against the cohort; raise ``ReviewError`` on any bad row.
+
+    Parameters
+    ----------
+    paths : review CSVs (patch review sheets and/or WSI verdict sheets).
+    patches : slide id → {patch index → (x, y)} of the patches that were sampled.
+    slides : ids of the slides in the cohort.
+
+    Rows whose answer is blank are skipped (not reviewed yet); a comment without an answer is
+    an error, as are unknown slides or patches, positions that disagree with the sampled patch,
+    words that are not yes/no, and one file answering the same patch twice differently.
+    """
+    known_slides = set(slides)
+    problems: list[str] = []
+    patch_reviews: list[PatchReview] = []
+    verdicts: list[WsiVerdict] = []
+    for path in paths:
+        path = Path(path)
+        try:
+            f = open(path, newline="", encoding="utf-8-sig")
+        except OSError as exc:
+            problems.append(f"{path}: cannot read ({exc})")
+            continue
+        with f:
+            reader = csv.DictReader(f)
+            header = [h.strip() for h in (reader.fieldnames or [])]
+            reader.fieldnames = header
+            if WSI_ID not in header:
+                problems.append(f"{path}: no {WSI_ID} column (header: {', '.join(header) or 'empty'})")
+                continue
+            if ADEQUATE in header and PATCH_INDEX in header:
+                kind = "patch"
+            elif WSI_UNACCEPTABLE in header:
+                kind = "wsi"
+            else:
+                problems.append(
+                    f"{path}: neither a patch review sheet ({WSI_ID}, {PATCH_INDEX}, {ADEQUATE}) "
+                    f"nor WSI verdicts ({WSI_ID}, {WSI_UNACCEPTABLE}, {WSI_COMMENT})"
+                )
+                continue
+            seen: dict[tuple[str, int] | str, tuple[str, int]] = {}
+            try:
+                for row in reader:
+                    where = f"{path.name} line {reader.line_num}"
+                    if None in row:
+                        problems.append(f"{where}: more fields than the header has")
+                        continue
+                    clean = {k: (v or "").strip() for k, v in row.items()}
+                    if kind == "patch":
+                        review = _check_patch_row(clean, where, reader.line_num, known_slides, patches, seen, problems)
+                        if review is not None:
+                            patch_reviews.append(PatchReview(*review, source=path.name))
+                    else:
+                        verdict = _check_verdict_row(clean, where, reader.line_num, known_slides, seen, problems)
+                        if verdict is not None:
+                            verdicts.append(WsiVerdict(*verdict, source=path.name))
+            except (csv.Error, UnicodeDecodeError) as exc:
+                problems.append(f"{path}: not a readable CSV ({exc})")
+    if problems:
+        raise ReviewError(problems)
+    return patch_reviews, verdicts
+
+
+# ---------------------------------------------------------------------------- the store ----
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    if not path.exists():
+        return []
+    with open(path, newline="", encoding="utf-8") as f:
+        return [{k: (v or "") for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def _write_csv_atomic(path: Path, columns: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
+    tmp = path.with_name("." + path.name + ".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(columns)
+        w.writerows(rows)
+    os.replace(tmp, path)
+
+
+def load_patch_store(reviews_dir: Path) -> dict[PatchKey, PatchReview]:
+    """Every patch review recorded so far, keyed by (WSI-ID, PatchIndex, X, Y)."""
+    out: dict[PatchKey, PatchReview] = {}
+    for row in _read_csv(reviews_dir / PATCH_STORE):
+        r = PatchReview(
+            row[WSI_ID], int(row[PATCH_INDEX]), int(row["X"]), int(row["Y"]), row[ADEQUATE], row[COMMENT], row[SOURCE]
+        )
+        out[r.key] = r
+    return out
+
+
+def load_verdict_store(reviews_dir: Path) -> dict[str, WsiVerdict]:
+    """Every WSI verdict recorded so far, keyed by WSI-ID."""
+    return {
+        row[WSI_ID]: WsiVerdict(row[WSI_ID], row[WSI_UNACCEPTABLE], row[WSI_COMMENT], row[SOURCE])
+        for row in _read_csv(reviews_dir / VERDICT_STORE)
+    }
+
+
+def record_reviews(reviews_dir: Path, patch_reviews: Sequence[PatchReview], verdicts: Sequence[WsiVerdict]) -> None:
+    """Merge new reviews into the store (later answers replace earlier ones for the same key)."""
+    reviews_dir.mkdir(parents=True, exist_ok=True)
+    if patch_reviews:
+        store = load_patch_store(reviews_dir)
+        for r in patch_reviews:
+            store[r.key] = r
+        _write_csv_atomic(
+            reviews_dir / PATCH_STORE,
+            PATCH_STORE_COLUMNS,
+            ((r.wsi_id, r.index, r.x, r.y, r.adequate, r.comment, r.source) for _, r in sorted(store.items())),
+        )
+    if verdicts:
+        vstore = load_verdict_store(reviews_dir)
+        for v in verdicts:
+            vstore[v.wsi_id] = v
+        _write_csv_atomic(
+            reviews_dir / VERDICT_STORE,
+            VERDICT_STORE_COLUMNS,
+            ((v.wsi_id, v.verdict, v.comment, v.source) for _, v in sorted(vstore.items())),
+        )
+
+
+write_csv_atomic = _write_csv_atomic
