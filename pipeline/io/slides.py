@@ -448,6 +448,10 @@ def choose_reader(path: Path, preference: str = "auto") -> str:
     ``preference`` 'auto' picks cuCIM for tiled TIFFs whose compression it decodes safely;
     any other value forces that reader (for experts and tests).
     """
+    if not path.exists():
+        raise SlideError(f"file not found: {path}")
+    if path.stat().st_size == 0:
+        raise SlideError(f"empty file: {path}")
     kind = _sniff(path)
     if preference != "auto":
         return preference
@@ -455,7 +459,7 @@ def choose_reader(path: Path, preference: str = "auto") -> str:
         try:
             compressions = tiff_compressions(path)
         except Exception as exc:
-            raise SlideError(f"unreadable TIFF structure: {exc}") from exc
+            raise SlideError(f"truncated or corrupt TIFF (its tags cannot be read: {exc})") from exc
         if cucim_available() and compressions <= CUCIM_SAFE_COMPRESSIONS:
             return "cucim"
         return "tifffile"
@@ -469,10 +473,6 @@ def choose_reader(path: Path, preference: str = "auto") -> str:
 def open_slide(path: str | Path, reader: str = "auto") -> Slide:
     """Open a slide with the reader its own tags call for; raises SlideError with the reason."""
     p = Path(path)
-    if not p.exists():
-        raise SlideError(f"file not found: {p}")
-    if p.stat().st_size == 0:
-        raise SlideError(f"empty file: {p}")
     name = choose_reader(p, reader)
     try:
         slide: Slide

@@ -44,7 +44,7 @@ class StainStats:
 # Target statistics: lαβ mean/std of the tissue pixels of the 30 MoNuSeg 2018 training images
 # taken together (the model's training distribution). Measured with
 # `python -m pipeline.model.stain_target` and recorded in the model card.
-REINHARD_TARGET = StainStats(mean=(-1.63, -0.07, 0.036), std=(0.42, 0.10, 0.022))
+REINHARD_TARGET = StainStats(mean=(-0.5178, -0.0549, 0.0237), std=(0.3210, 0.0601, 0.0153))
 
 
 def rgb_to_lab_reinhard(rgb: Any) -> Any:

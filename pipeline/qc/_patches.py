@@ -89,9 +89,10 @@ def sample_patches(
 
     A centre is a uniformly chosen tissue pixel of the mask plus a uniform offset inside it,
     so centres are uniform over the tissue area. The patch is clamped into the slide and
-    accepted when at least ``MIN_PATCH_TISSUE`` of its footprint is tissue and it overlaps no
-    accepted patch; when tissue is too scarce for that, those two rules are relaxed (the centre
-    stays on tissue). An empty mask samples the whole slide.
+    accepted when its (clamped) centre is on tissue, at least ``MIN_PATCH_TISSUE`` of its
+    footprint is tissue and it overlaps no accepted patch; when tissue is too scarce for that,
+    these rules are relaxed (the drawn centre was still on tissue). An empty mask samples the
+    whole slide.
     """
     width, height = slide_size
     tissue = np.flatnonzero(mask)
@@ -111,7 +112,10 @@ def sample_patches(
             x = int(min(max(round(cx - side / 2), 0), max(width - side, 0)))
             y = int(min(max(round(cy - side / 2), 0), max(height - side, 0)))
             if strict:
-                if _tissue_share(mask, downsample, x, y, side) < MIN_PATCH_TISSUE:
+                # Clamping and rounding may move the centre: it must still be on tissue.
+                r = min(int((y + side / 2) / downsample), mask.shape[0] - 1)
+                c = min(int((x + side / 2) / downsample), mask.shape[1] - 1)
+                if not mask[r, c] or _tissue_share(mask, downsample, x, y, side) < MIN_PATCH_TISSUE:
                     continue
                 if any(abs(p.x - x) < side and abs(p.y - y) < side for p in patches):
                     continue

@@ -1,0 +1,192 @@
+"""The Dask graph: slides → tile batches → label bands → one reduction per slide.
+
+Slides are submitted progressively: at most ``slides_in_flight`` slides have tasks on the
+cluster at once, so the scheduler holds a few hundred tasks whatever the manifest's length.
+Each slide's sub-graph is built when its plan (tissue tiles) is known:
+
+    plan-slide ─► segment-tiles × ⌈tiles / tiles_per_task⌉ ─► assemble-labels × bands ─► reduce-slide
+
+Task keys carry these names and the slide id, so the dashboard shows what runs where.
+A slide whose tasks fail (an exception, or workers that died ``max_attempts`` times on it)
+is recorded as failed with its reason; the others go on.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from pipeline.config import Config
+from pipeline.io.outputs import publish_failure
+from pipeline.manifest import SlideEntry
+from pipeline.slide import (
+    SlidePlan,
+    assemble_labels,
+    bands,
+    batches,
+    chunks_to_assemble,
+    failure_stats,
+    plan_slide,
+    reduce_slide,
+    segment_tiles,
+)
+
+BAND_ROWS = 8  # tile rows per label-assembly task
+
+
+@dataclass
+class SlideOutcome:
+    entry: SlideEntry
+    status: str  # ok | failed
+    stats: dict[str, Any]
+    error: str | None = None
+
+
+class Progress(Protocol):
+    def tiles_planned(self, n: int) -> None: ...
+    def tiles_done(self, n: int) -> None: ...
+    def slide_done(self, outcome: SlideOutcome) -> None: ...
+
+
+class NoProgress:
+    def tiles_planned(self, n: int) -> None:
+        pass
+
+    def tiles_done(self, n: int) -> None:
+        pass
+
+    def slide_done(self, outcome: SlideOutcome) -> None:
+        pass
+
+
+@dataclass
+class _InFlight:
+    entry: SlideEntry
+    started: float
+    futures: list[Any] = field(default_factory=list)
+
+
+def describe_failure(exc: BaseException, entry: SlideEntry, attempts: int) -> str:
+    """A reason a user can act on, naming the slide."""
+    from distributed import KilledWorker
+
+    if isinstance(exc, KilledWorker):
+        return (
+            f"{entry.slide_path.name}: the worker process died {attempts} time(s) while processing this slide "
+            f"(task {exc.task}); the reader or decoder likely crashes on this file"
+        )
+    return f"{entry.slide_path.name}: {type(exc).__name__}: {exc}"
+
+
+def connect(config: Config) -> Any:
+    """A distributed Client: to ``config.scheduler`` (address or scheduler file) when given,
+    else to a local cluster of worker processes sized to this machine."""
+    import dask
+    from distributed import Client, LocalCluster
+
+    dask.config.set({"distributed.scheduler.allowed-failures": max(0, config.max_attempts - 1)})
+    if config.scheduler:
+        if os.path.exists(config.scheduler):
+            return Client(scheduler_file=config.scheduler)
+        return Client(config.scheduler)
+    cores = os.cpu_count() or 1
+    workers = config.n_workers or max(1, cores // 4)
+    threads = config.threads_per_worker or max(1, cores // workers)
+    cluster = LocalCluster(
+        n_workers=workers,
+        threads_per_worker=threads,
+        processes=True,
+        memory_limit=config.memory_limit,
+        dashboard_address=":8787",
+    )
+    return Client(cluster)
+
+
+def run_slides(
+    client: Any,
+    entries: list[SlideEntry],
+    out_dir: Path,
+    config: Config,
+    progress: Progress | None = None,
+) -> list[SlideOutcome]:
+    """Process ``entries`` on the cluster with a bounded number of slides in flight."""
+    from distributed import as_completed
+
+    progress = progress or NoProgress()
+    n_workers = max(1, len(client.scheduler_info().get("workers", {})))
+    limit = config.slides_in_flight or 2 * n_workers
+    queue = list(reversed(entries))
+    run_token = uuid.uuid4().hex[:6]
+    flights: dict[str, _InFlight] = {}
+    role: dict[str, tuple[str, str]] = {}  # future key → (kind, slide_id)
+    outcomes: list[SlideOutcome] = []
+    done_stream = as_completed()
+
+    def start_next() -> None:
+        while queue and len(flights) < limit:
+            entry = queue.pop()
+            key = f"plan-slide-{entry.slide_id}-{run_token}"
+            fut = client.submit(plan_slide, entry, str(out_dir), config, key=key, pure=False)
+            flights[entry.slide_id] = _InFlight(entry, time.time(), [fut])
+            role[fut.key] = ("plan", entry.slide_id)
+            done_stream.add(fut)
+
+    def finish(slide_id: str, outcome: SlideOutcome) -> None:
+        flight = flights.pop(slide_id)
+        for f in flight.futures:
+            role.pop(f.key, None)
+        client.cancel([f for f in flight.futures if not f.done()])
+        outcomes.append(outcome)
+        progress.slide_done(outcome)
+
+    def fail(slide_id: str, exc: BaseException, attempts: int) -> None:
+        flight = flights[slide_id]
+        reason = describe_failure(exc, flight.entry, attempts)
+        stats = failure_stats(flight.entry, reason, time.time() - flight.started)
+        publish_failure(out_dir, slide_id, stats)
+        finish(slide_id, SlideOutcome(flight.entry, "failed", stats, reason))
+
+    def build_slide_graph(plan: SlidePlan) -> Any:
+        sid = plan.slide_id
+        flight = flights[sid]
+        progress.tiles_planned(len(plan.tiles))
+        segs = []
+        for i, batch in enumerate(batches(plan.tiles, config.tiles_per_task)):
+            f = client.submit(segment_tiles, plan, batch, key=f"segment-tiles-{sid}-{i}-{run_token}", pure=False)
+            role[f.key] = ("tiles", sid)
+            segs.append(f)
+            done_stream.add(f)
+        assembled = [
+            client.submit(assemble_labels, plan, band, segs, key=f"assemble-labels-{sid}-{b}-{run_token}", pure=False)
+            for b, band in enumerate(bands(chunks_to_assemble(plan), BAND_ROWS))
+        ]
+        reduce = client.submit(reduce_slide, plan, segs, assembled, key=f"reduce-slide-{sid}-{run_token}", pure=False)
+        role[reduce.key] = ("reduce", sid)
+        flight.futures += segs + assembled + [reduce]
+        done_stream.add(reduce)
+
+    start_next()
+    for fut in done_stream:
+        kind, sid = role.get(fut.key, ("", ""))
+        if sid not in flights:
+            continue  # a future of a slide that already finished or failed
+        if fut.status == "error":
+            if kind == "tiles":
+                continue  # the slide's reduction carries the same error
+            fail(sid, fut.exception(), config.max_attempts)
+        elif fut.status == "cancelled":
+            continue
+        elif kind == "plan":
+            build_slide_graph(fut.result())
+        elif kind == "tiles":
+            progress.tiles_done(len(fut.result()))
+        elif kind == "reduce":
+            stats = fut.result()
+            finish(sid, SlideOutcome(flights[sid].entry, "ok", stats))
+        fut.release()
+        start_next()
+    return outcomes

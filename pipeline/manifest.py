@@ -1,0 +1,98 @@
+"""The manifest: which slides to segment (DESIGN §4).
+
+CSV with a header. ``slide_path`` is required; ``slide_id`` (default: file stem) and
+``cancer_type`` (default ``UNKNOWN``) are optional; ``mpp`` overrides the slide's own
+microns-per-pixel. The paper's column names ``WSI-ID`` and ``CancerType`` are accepted.
+Relative paths resolve against the manifest's folder. A malformed manifest is rejected
+before any work starts, naming every bad row.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+ALIASES = {
+    "slide_path": "slide_path",
+    "path": "slide_path",
+    "slide_id": "slide_id",
+    "wsi-id": "slide_id",
+    "wsi_id": "slide_id",
+    "cancer_type": "cancer_type",
+    "cancertype": "cancer_type",
+    "mpp": "mpp",
+}
+SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class ManifestError(ValueError):
+    """The manifest cannot be used; the message lists every problem with its row number."""
+
+
+@dataclass(frozen=True)
+class SlideEntry:
+    slide_id: str
+    slide_path: Path
+    cancer_type: str = "UNKNOWN"
+    mpp: float | None = None
+
+
+def read_manifest(path: str | Path) -> list[SlideEntry]:
+    """Parse and validate a manifest; raises ManifestError naming each bad row (row 2 = first data row)."""
+    path = Path(path)
+    if not path.exists():
+        raise ManifestError(f"manifest not found: {path}")
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f)
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise ManifestError(f"{path}: empty manifest (expected a header with slide_path)") from None
+        columns = [ALIASES.get(h.strip().lower(), h.strip()) for h in header]
+        if "slide_path" not in columns:
+            raise ManifestError(f"{path}: header {header} has no slide_path column")
+        rows = list(reader)
+    problems: list[str] = []
+    entries: list[SlideEntry] = []
+    seen: dict[str, int] = {}
+    for number, values in enumerate(rows, start=2):
+        if not any(v.strip() for v in values):
+            continue
+        if len(values) != len(columns):
+            problems.append(f"row {number}: {len(values)} fields, header has {len(columns)}")
+            continue
+        rec = {c: v.strip() for c, v in zip(columns, values, strict=True)}
+        raw_path = rec.get("slide_path", "")
+        if not raw_path:
+            problems.append(f"row {number}: empty slide_path")
+            continue
+        slide_path = Path(raw_path).expanduser()
+        if not slide_path.is_absolute():
+            slide_path = (path.parent / slide_path).resolve()
+        slide_id = rec.get("slide_id") or slide_path.stem
+        if not SAFE_ID.match(slide_id):
+            problems.append(
+                f"row {number}: slide_id {slide_id!r} must be letters, digits, '.', '_' or '-' (it names a folder)"
+            )
+            continue
+        if slide_id in seen:
+            problems.append(f"row {number}: slide_id {slide_id!r} repeats row {seen[slide_id]}")
+            continue
+        seen[slide_id] = number
+        mpp: float | None = None
+        if rec.get("mpp"):
+            try:
+                mpp = float(rec["mpp"])
+                if not 0.01 < mpp < 100:
+                    raise ValueError
+            except ValueError:
+                problems.append(f"row {number}: mpp {rec['mpp']!r} is not a positive number of microns per pixel")
+                continue
+        entries.append(SlideEntry(slide_id, slide_path, rec.get("cancer_type") or "UNKNOWN", mpp))
+    if problems:
+        raise ManifestError(f"{path}: {len(problems)} bad row(s):\n  " + "\n  ".join(problems))
+    if not entries:
+        raise ManifestError(f"{path}: no slides listed")
+    return entries

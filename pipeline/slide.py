@@ -1,0 +1,487 @@
+"""The work done for one slide, as plain functions that Dask runs on workers.
+
+``plan_slide`` (open, tissue mask, stain statistics, tile grid) → ``segment_tiles`` (read,
+normalise, infer, watershed, keep the nuclei whose centroid lies in the core) for batches of
+tiles → ``assemble_labels`` (label-map chunks from each core's own and neighbouring tiles) →
+``reduce_slide`` (nucleus tables, statistics, publication). Each function reads and writes
+only the slide's working folder; none holds more than a few tiles in memory, whatever the
+slide's size. The same functions run in-process for ``pipeline.predict``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.config import Config
+from pipeline.io.outputs import (
+    NUCLEI_SCHEMA,
+    STATS_FILE,
+    atomic_write_bytes,
+    atomic_write_json,
+    create_maps,
+    final_slide_dir,
+    new_partial_dir,
+    open_maps,
+    publish_slide,
+    remove_stale_partials,
+    write_nucleus_tables,
+)
+from pipeline.io.slides import Slide, choose_reader, low_resolution_view, open_slide
+from pipeline.kernels.features import nucleus_moments, nucleus_outlines, polygon_perimeter
+from pipeline.kernels.nuclei import NucleusThresholds, instances_from_probabilities
+from pipeline.kernels.stain import (
+    MacenkoStains,
+    StainStats,
+    haematoxylin,
+    macenko_normalise,
+    macenko_stains,
+    reinhard_normalise,
+    reinhard_stats,
+)
+from pipeline.kernels.tissue import tissue_mask
+from pipeline.manifest import SlideEntry
+from pipeline.model.session import NucleusModel, load_model
+from pipeline.tiling import TileGrid, derive_halo_px
+
+# Areas are also reported in pixels at 40x (0.25 µm/px), the paper's unit.
+MPP_40X = 0.25
+
+Tile = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class SlidePlan:
+    """Everything the tile tasks need to know about a slide (small; shipped to every task)."""
+
+    slide_id: str
+    cancer_type: str
+    slide_path: str
+    reader: str
+    width: int
+    height: int
+    mpp: float
+    mpp_source: str
+    grid: TileGrid
+    tiles: tuple[Tile, ...]
+    stain: StainStats | MacenkoStains | None
+    tissue_mm2: float
+    work_dir: str
+    out_dir: str
+    model_path: str
+    model_sha256: str
+    thresholds: NucleusThresholds
+    config: Config
+    started: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True)
+class TileSummary:
+    tile: Tile
+    n_nuclei: int
+    seconds: dict[str, float]
+
+
+def model_threads(config: Config) -> int:
+    return config.intra_op_threads or 1
+
+
+# ----------------------------------------------------------------------- planning ----
+
+def resolve_mpp(entry: SlideEntry, slide: Slide, config: Config) -> tuple[float, str]:
+    """Microns per pixel and where it came from: manifest, slide metadata or the default."""
+    if entry.mpp:
+        return entry.mpp, "manifest"
+    if slide.mpp:
+        return slide.mpp, "slide"
+    warnings.warn(
+        f"{entry.slide_id}: no microns-per-pixel in the slide or the manifest; assuming "
+        f"{config.default_mpp} (set the manifest's mpp column to override)",
+        stacklevel=2,
+    )
+    return config.default_mpp, "default"
+
+
+def plan_slide(entry: SlideEntry, out_dir: str, config: Config) -> SlidePlan:
+    """Open the slide, find its tissue on a low-resolution view, compute its stain statistics
+    once, lay the tile grid over the tissue and create the slide's working folder."""
+    reader = choose_reader(entry.slide_path, config.reader)
+    slide = open_slide(entry.slide_path, reader)
+    try:
+        width, height = slide.level_dimensions[0]
+        mpp, mpp_source = resolve_mpp(entry, slide, config)
+        model = load_model(config.model or None, model_threads(config))
+        view, view_ds = low_resolution_view(slide, config.tissue_view_px)
+    finally:
+        slide.close()
+    tissue = tissue_mask(view)
+    tissue_mm2 = float(tissue.sum()) * (view_ds * mpp) ** 2 / 1e6
+    stain: StainStats | MacenkoStains | None = None
+    if config.stain == "reinhard":
+        stain = reinhard_stats(view, tissue)
+    elif config.stain == "macenko":
+        stain = macenko_stains(view, tissue)
+    halo = config.halo_px if config.halo_px >= 0 else derive_halo_px(model.context_px, config.max_nucleus_px)
+    grid = TileGrid.for_slide(width, height, mpp, model.mpp, config.tile_px, halo)
+    tiles = tuple(grid.tiles_over(tissue, view_ds))
+    remove_stale_partials(Path(out_dir), entry.slide_id)
+    work = new_partial_dir(Path(out_dir), entry.slide_id)
+    (work / "tiles").mkdir()
+    create_maps(work, width, height, grid.core0, config.save_probabilities)
+    return SlidePlan(
+        slide_id=entry.slide_id,
+        cancer_type=entry.cancer_type,
+        slide_path=str(entry.slide_path),
+        reader=reader,
+        width=width,
+        height=height,
+        mpp=mpp,
+        mpp_source=mpp_source,
+        grid=grid,
+        tiles=tiles,
+        stain=stain,
+        tissue_mm2=tissue_mm2,
+        work_dir=str(work),
+        out_dir=out_dir,
+        model_path=str(model.path),
+        model_sha256=model.sha256,
+        thresholds=model.thresholds,
+        config=config,
+    )
+
+
+# ---------------------------------------------------------------- tile segmentation ----
+
+def resample_to_model(window: np.ndarray, grid: TileGrid) -> np.ndarray:
+    """A level-0 read window resampled to the model's resolution (bilinear, pixel areas aligned)."""
+    side = grid.model_side
+    if window.shape[0] == side and window.shape[1] == side:
+        return window
+    import scipy.ndimage as ndi
+
+    zoom = (side / window.shape[0], side / window.shape[1], 1)
+    return np.asarray(ndi.zoom(window, zoom, order=1, grid_mode=True, mode="nearest"))
+
+
+def normalise_stain(rgb: np.ndarray, stain: StainStats | MacenkoStains | None) -> np.ndarray:
+    """uint8 RGB → float32 RGB in [0, 1], normalised with the slide's statistics."""
+    if isinstance(stain, StainStats):
+        return np.asarray(reinhard_normalise(rgb, stain), dtype=np.float32)
+    if isinstance(stain, MacenkoStains):
+        return np.asarray(macenko_normalise(rgb, stain), dtype=np.float32)
+    return rgb.astype(np.float32) / 255.0
+
+
+def model_input(images: list[np.ndarray], side: int) -> np.ndarray:
+    """Stack H×W×3 float images into N×3×side×side, padding right/bottom with white."""
+    batch = np.ones((len(images), 3, side, side), dtype=np.float32)
+    for i, img in enumerate(images):
+        batch[i, :, : img.shape[0], : img.shape[1]] = img.transpose(2, 0, 1)
+    return batch
+
+
+def tile_nuclei(
+    labels: np.ndarray, h_map: np.ndarray, grid: TileGrid, tile: Tile, mpp: float
+) -> tuple[pa.Table, np.ndarray]:
+    """The nuclei a tile owns (centroid inside its core) as a table with local ids 1..k, and
+    the map old label → local id (0 = not owned)."""
+    model_mpp = grid.scale * mpp
+    moments = nucleus_moments(labels, h_map)
+    x, y = grid.to_level0(tile[0], tile[1], moments["row"], moments["col"])
+    cx0, cy0, cx1, cy1 = grid.core(*tile)
+    owned = (moments["area"] > 0) & (x >= cx0 - 0.5) & (x < cx1 - 0.5) & (y >= cy0 - 0.5) & (y < cy1 - 0.5)
+    ids = np.nonzero(owned)[0] + 1
+    local = np.zeros(labels.max() + 1 if labels.size else 1, dtype=np.uint32)
+    local[ids] = np.arange(1, len(ids) + 1, dtype=np.uint32)
+    rings = nucleus_outlines(labels, ids)
+    polygons = []
+    perimeters = []
+    for ring in rings:
+        px, py = grid.to_level0(tile[0], tile[1], ring[:, 0], ring[:, 1])
+        flat = np.empty(2 * len(ring))
+        flat[0::2], flat[1::2] = px, py
+        polygons.append(flat)
+        perimeters.append(polygon_perimeter(ring) * grid.step)
+    sel = ids - 1
+    area_um2 = moments["area"][sel] * model_mpp**2
+    table = pa.table(
+        {
+            "id": pa.array(np.arange(1, len(ids) + 1, dtype=np.uint32)),
+            "centroid_x": x[sel],
+            "centroid_y": y[sel],
+            "area_px": area_um2 / mpp**2,
+            "area_um2": area_um2,
+            "perimeter_px": np.asarray(perimeters, dtype=np.float64),
+            "eccentricity": moments["eccentricity"][sel],
+            "mean_haematoxylin": moments["mean_intensity"][sel],
+            "polygon": pa.array([p.tolist() for p in polygons], type=pa.list_(pa.float64())),
+        },
+        schema=NUCLEI_SCHEMA,
+    )
+    return table, local
+
+
+def tile_file(plan: SlidePlan, tile: Tile, suffix: str) -> Path:
+    return Path(plan.work_dir) / "tiles" / f"r{tile[0]:05d}_c{tile[1]:05d}{suffix}"
+
+
+def segment_window(
+    rgb: np.ndarray, model: NucleusModel, thresholds: NucleusThresholds,
+    stain: StainStats | MacenkoStains | None, side: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, float]]:
+    """One window at model resolution → (instance labels, probabilities 2×H×W, haematoxylin
+    map, seconds per stage)."""
+    t0 = time.perf_counter()
+    normalised = normalise_stain(rgb, stain)
+    t1 = time.perf_counter()
+    prob = model.predict(model_input([normalised], side))[0, :, : rgb.shape[0], : rgb.shape[1]]
+    t2 = time.perf_counter()
+    labels = instances_from_probabilities(prob, thresholds)
+    t3 = time.perf_counter()
+    return labels, prob, haematoxylin(normalised), {"normalise": t1 - t0, "infer": t2 - t1, "watershed": t3 - t2}
+
+
+def segment_tiles(plan: SlidePlan, tiles: list[Tile]) -> list[TileSummary]:
+    """Read, normalise, infer and watershed a batch of tiles; write each tile's owned nuclei
+    (table + level-0 label window with local ids) into the slide's working folder."""
+    import numcodecs
+
+    grid = plan.grid
+    model = load_model(plan.model_path, model_threads(plan.config))
+    slide = open_slide(plan.slide_path, plan.reader)
+    codec = numcodecs.Zstd(level=3)
+    sampling = grid.level0_sampling()
+    summaries = []
+    try:
+        for tile in tiles:
+            t0 = time.perf_counter()
+            ox, oy = grid.window_origin(*tile)
+            window = slide.read_region(ox, oy, grid.extent0, grid.extent0, 0)
+            rgb = resample_to_model(window, grid)
+            t1 = time.perf_counter()
+            labels, prob, h_map, seconds = segment_window(
+                rgb, model, plan.thresholds, plan.stain, grid.model_input_side
+            )
+            t2 = time.perf_counter()
+            table, local = tile_nuclei(labels, h_map, grid, tile, plan.mpp)
+            t3 = time.perf_counter()
+            owned0 = local[labels][np.ix_(sampling, sampling)]
+            atomic_write_bytes(tile_file(plan, tile, ".labels.zst"), codec.encode(np.ascontiguousarray(owned0)))
+            sink = pa.BufferOutputStream()
+            pq.write_table(table, sink, compression="zstd")
+            atomic_write_bytes(tile_file(plan, tile, ".parquet"), sink.getvalue().to_pybytes())
+            if plan.config.save_probabilities:
+                write_probability_chunk(plan, tile, prob, sampling)
+            t4 = time.perf_counter()
+            summaries.append(
+                TileSummary(tile, table.num_rows, {"read": t1 - t0, **seconds, "features": t3 - t2, "write": t4 - t3})
+            )
+    finally:
+        slide.close()
+    return summaries
+
+
+def write_probability_chunk(plan: SlidePlan, tile: Tile, prob: np.ndarray, sampling: np.ndarray) -> None:
+    grid = plan.grid
+    x0, y0, x1, y1 = grid.core(*tile)
+    h = grid.halo0
+    level0 = prob[:, sampling][:, :, sampling][:, h : h + (y1 - y0), h : h + (x1 - x0)]
+    maps = open_maps(Path(plan.work_dir))
+    maps["probabilities"][:, y0:y1, x0:x1] = np.round(level0 * 255).astype(np.uint8)
+
+
+# --------------------------------------------------------------------- label maps ----
+
+def label_offsets(plan: SlidePlan, summaries: list[list[TileSummary]]) -> dict[Tile, int]:
+    """Global id offset per tile: nuclei are numbered 1..N in raster order of their tiles."""
+    counts = {s.tile: s.n_nuclei for batch in summaries for s in batch}
+    offsets, total = {}, 0
+    for tile in plan.tiles:
+        offsets[tile] = total
+        total += counts.get(tile, 0)
+    return offsets
+
+
+def chunks_to_assemble(plan: SlidePlan) -> list[Tile]:
+    """Tissue tiles and their neighbours (a nucleus can reach into a neighbour's core)."""
+    grid = plan.grid
+    out = set()
+    for r, c in plan.tiles:
+        for dr in (-1, 0, 1):
+            for dc in (-1, 0, 1):
+                if 0 <= r + dr < grid.n_rows and 0 <= c + dc < grid.n_cols:
+                    out.add((r + dr, c + dc))
+    return sorted(out)
+
+
+def assemble_labels(plan: SlidePlan, chunks: list[Tile], summaries: list[list[TileSummary]]) -> int:
+    """Write the label-map chunks ``chunks`` (one per tile core) from the owned-nucleus windows of
+    the tile and its eight neighbours; the tile's own nuclei take precedence. Returns chunks written."""
+    import numcodecs
+
+    grid = plan.grid
+    offsets = label_offsets(plan, summaries)
+    codec = numcodecs.Zstd()
+    maps = open_maps(Path(plan.work_dir))
+    labels_arr = maps["labels"]
+    e = grid.extent0
+    cache: dict[Tile, np.ndarray | None] = {}
+
+    def window(tile: Tile) -> np.ndarray | None:
+        if tile not in cache:
+            path = tile_file(plan, tile, ".labels.zst")
+            cache[tile] = (
+                np.frombuffer(codec.decode(path.read_bytes()), dtype=np.uint32).reshape(e, e)
+                if tile in offsets and path.exists()
+                else None
+            )
+        return cache[tile]
+
+    written = 0
+    for r, c in chunks:
+        x0, y0, x1, y1 = grid.core(r, c)
+        chunk = np.zeros((y1 - y0, x1 - x0), dtype=np.uint32)
+        order = [(r, c)] + [(r + dr, c + dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1) if (dr, dc) != (0, 0)]
+        for tile in order:
+            win = window(tile)
+            if win is None:
+                continue
+            wx, wy = grid.window_origin(*tile)
+            sub = win[y0 - wy : y1 - wy, x0 - wx : x1 - wx]
+            if sub.shape != chunk.shape:  # window does not reach this core
+                continue
+            free = (chunk == 0) & (sub > 0)
+            chunk[free] = sub[free] + offsets[tile]
+        if chunk.any():
+            labels_arr[y0:y1, x0:x1] = chunk
+            written += 1
+        # windows more than one row above are no longer needed
+        for key in [k for k in cache if k[0] < r - 1]:
+            del cache[key]
+    return written
+
+
+# ------------------------------------------------------------------------- reduce ----
+
+def nucleus_tables(plan: SlidePlan, offsets: dict[Tile, int]):  # type: ignore[no-untyped-def]
+    """The owned-nucleus tables of all tiles in raster order, with global ids."""
+    for tile in plan.tiles:
+        path = tile_file(plan, tile, ".parquet")
+        if not path.exists():
+            continue
+        table = pq.read_table(path)
+        ids = np.asarray(table.column("id"), dtype=np.uint32) + np.uint32(offsets[tile])
+        yield table.set_column(0, "id", pa.array(ids, type=pa.uint32()))
+
+
+def slide_stats(plan: SlidePlan, areas_um2: np.ndarray, n_tiles: int, seconds: float,
+                timings: dict[str, float]) -> dict[str, Any]:
+    n = int(areas_um2.size)
+    mean = float(areas_um2.mean()) if n else None
+    std = float(areas_um2.std()) if n else None
+    px40 = MPP_40X**2
+    return {
+        "slide_id": plan.slide_id,
+        "cancer_type": plan.cancer_type,
+        "slide_path": plan.slide_path,
+        "status": "ok",
+        "error": None,
+        "reader": plan.reader,
+        "width": plan.width,
+        "height": plan.height,
+        "mpp": plan.mpp,
+        "mpp_source": plan.mpp_source,
+        "tissue_mm2": round(plan.tissue_mm2, 4),
+        "n_nuclei": n,
+        "area_mean_um2": mean,
+        "area_std_um2": std,
+        "area_mean_px40x": mean / px40 if mean is not None else None,
+        "area_std_px40x": std / px40 if std is not None else None,
+        "nuclei_per_mm2": n / plan.tissue_mm2 if plan.tissue_mm2 > 0 else None,
+        "n_tiles": n_tiles,
+        "seconds": round(seconds, 3),
+        "stage_seconds": {k: round(v, 3) for k, v in timings.items()},
+        "model_sha256": plan.model_sha256,
+        "tile_core_px": plan.grid.core0,
+        "tile_halo_px": plan.grid.halo0,
+    }
+
+
+def reduce_slide(plan: SlidePlan, summaries: list[list[TileSummary]], assembled: list[int]) -> dict[str, Any]:
+    """Write the slide's nucleus tables and stats.json, drop the scratch files and publish the
+    folder under its final name. Returns the stats."""
+    work = Path(plan.work_dir)
+    offsets = label_offsets(plan, summaries)
+    n = write_nucleus_tables(nucleus_tables(plan, offsets), work, geojson=plan.config.write_geojson)
+    areas = (
+        pq.read_table(work / "nuclei.parquet", columns=["area_um2"]).column(0).to_numpy()
+        if n
+        else np.zeros(0)
+    )
+    timings: dict[str, float] = {}
+    for batch in summaries:
+        for s in batch:
+            for k, v in s.seconds.items():
+                timings[k] = timings.get(k, 0.0) + v
+    stats = slide_stats(plan, areas, len(plan.tiles), time.time() - plan.started, timings)
+    shutil.rmtree(work / "tiles", ignore_errors=True)
+    atomic_write_json(work / STATS_FILE, stats)
+    publish_slide(work, final_slide_dir(Path(plan.out_dir), plan.slide_id))
+    del assembled
+    return stats
+
+
+def failure_stats(entry: SlideEntry, error: str, seconds: float = 0.0) -> dict[str, Any]:
+    """stats.json of a slide that could not be processed."""
+    return {
+        "slide_id": entry.slide_id,
+        "cancer_type": entry.cancer_type,
+        "slide_path": str(entry.slide_path),
+        "status": "failed",
+        "error": error,
+        "reader": None,
+        "width": None,
+        "height": None,
+        "mpp": None,
+        "mpp_source": None,
+        "tissue_mm2": None,
+        "n_nuclei": None,
+        "area_mean_um2": None,
+        "area_std_um2": None,
+        "area_mean_px40x": None,
+        "area_std_px40x": None,
+        "nuclei_per_mm2": None,
+        "n_tiles": None,
+        "seconds": round(seconds, 3),
+        "model_sha256": None,
+    }
+
+
+def batches(tiles: tuple[Tile, ...], size: int) -> list[list[Tile]]:
+    return [list(tiles[i : i + size]) for i in range(0, len(tiles), size)]
+
+
+def bands(chunks: list[Tile], rows_per_band: int) -> list[list[Tile]]:
+    """Group label chunks into bands of tile rows (one assembly task per band)."""
+    out: dict[int, list[Tile]] = {}
+    for r, c in chunks:
+        out.setdefault(r // rows_per_band, []).append((r, c))
+    return [out[k] for k in sorted(out)]
+
+
+def process_slide_inline(entry: SlideEntry, out_dir: str, config: Config) -> dict[str, Any]:
+    """The whole slide in this process, without Dask (predict, tests, debugging)."""
+    plan = plan_slide(entry, out_dir, config)
+    summaries = [segment_tiles(plan, b) for b in batches(plan.tiles, config.tiles_per_task)]
+    assembled = [assemble_labels(plan, chunks_to_assemble(plan), summaries)]
+    return reduce_slide(plan, summaries, assembled)
+
+
