@@ -45,8 +45,18 @@ def read_csv(path: Path) -> pd.DataFrame:
 
 @pytest.mark.parametrize(
     ("n", "p", "k"),
-    [(49, 2.0, 0), (50, 2.0, 1), (99, 2.0, 1), (100, 2.0, 2), (150, 2.0, 3), (506, 2.0, 10), (24, 4.0, 0),
-     (25, 4.0, 1), (75, 4.0, 3), (0, 2.0, 0)],
+    [
+        (49, 2.0, 0),
+        (50, 2.0, 1),
+        (99, 2.0, 1),
+        (100, 2.0, 2),
+        (150, 2.0, 3),
+        (506, 2.0, 10),
+        (24, 4.0, 0),
+        (25, 4.0, 1),
+        (75, 4.0, 3),
+        (0, 2.0, 0),
+    ],
 )
 def test_tail_size_is_exact_floor(n: int, p: float, k: int) -> None:
     assert tail_size(n, p) == k
@@ -96,15 +106,20 @@ def test_select_for_review_notes_and_small_spread_not_a_flag() -> None:
     assert 4 not in selected and 5 not in selected
     assert sum(len(v) for v in notes) == 2 * 5
     assert {(c.statistic, c.k) for c in cuts} == {
-        ("NumNucleiSample", 2), ("SizeOfNuclei-Average", 2), ("SizeOfNuclei-Stddev", 2)
+        ("NumNucleiSample", 2),
+        ("SizeOfNuclei-Average", 2),
+        ("SizeOfNuclei-Stddev", 2),
     }
 
 
 def test_zero_nuclei_always_selected_even_in_small_groups() -> None:
     notes, _ = select_for_review(
         ["T"] * 5,
-        {"NumNucleiSample": np.array([0.0, 5, 6, 7, 8]), "SizeOfNuclei-Average": np.full(5, 200.0),
-         "SizeOfNuclei-Stddev": np.full(5, 80.0)},
+        {
+            "NumNucleiSample": np.array([0.0, 5, 6, 7, 8]),
+            "SizeOfNuclei-Average": np.full(5, 200.0),
+            "SizeOfNuclei-Stddev": np.full(5, 80.0),
+        },
     )
     assert notes[0] == ["NumNucleiSample zero"] and not any(notes[1:])
 
@@ -115,12 +130,26 @@ def test_zero_nuclei_always_selected_even_in_small_groups() -> None:
 @pytest.mark.parametrize(
     ("bad", "n", "tier"),
     [
-        (0, 15, "Best"), (1, 15, "Good"), (2, 15, "Adequate"), (3, 15, "Problematic"), (4, 15, "Unacceptable"),
-        (0, 1000, "Best"), (1, 1000, "Good"),  # 0 % boundary
-        (2, 30, "Good"), (66, 1000, "Good"), (67, 1000, "Adequate"), (1, 14, "Adequate"),  # 6.67 %
-        (4, 30, "Adequate"), (133, 1000, "Adequate"), (134, 1000, "Problematic"), (2, 14, "Problematic"),  # 13.3 %
-        (6, 30, "Problematic"), (200, 1000, "Problematic"), (201, 1000, "Unacceptable"),  # 20 %
-        (7, 30, "Unacceptable"), (15, 15, "Unacceptable"),
+        (0, 15, "Best"),
+        (1, 15, "Good"),
+        (2, 15, "Adequate"),
+        (3, 15, "Problematic"),
+        (4, 15, "Unacceptable"),
+        (0, 1000, "Best"),
+        (1, 1000, "Good"),  # 0 % boundary
+        (2, 30, "Good"),
+        (66, 1000, "Good"),
+        (67, 1000, "Adequate"),
+        (1, 14, "Adequate"),  # 6.67 %
+        (4, 30, "Adequate"),
+        (133, 1000, "Adequate"),
+        (134, 1000, "Problematic"),
+        (2, 14, "Problematic"),  # 13.3 %
+        (6, 30, "Problematic"),
+        (200, 1000, "Problematic"),
+        (201, 1000, "Unacceptable"),  # 20 %
+        (7, 30, "Unacceptable"),
+        (15, 15, "Unacceptable"),
     ],
 )
 def test_tier_boundaries(bad: int, n: int, tier: str) -> None:
@@ -154,12 +183,13 @@ def stats_cohort(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[s
     return out, expected
 
 
-def test_exactly_the_planted_slides_are_selected(stats_cohort: tuple[Path, dict[str, list[str]]], tmp_path: Path) -> None:
+def test_exactly_the_planted_slides_are_selected(stats_cohort: tuple[Path, dict[str, list[str]]]) -> None:
     src, expected = stats_cohort
     qc = build_qc(src, patches="none", report=False)
     wsi = read_csv(qc / "wsi_qc.csv").set_index("WSI-ID")
-    got = {sid: (row["Note"].split("; ") if row["Note"] and row["Status"] == "ok" else [])
-           for sid, row in wsi.iterrows()}
+    got = {
+        sid: (row["Note"].split("; ") if row["Note"] and row["Status"] == "ok" else []) for sid, row in wsi.iterrows()
+    }
     assert got == expected
     assert (wsi["SelectedForReview"] == "yes").sum() == sum(bool(v) for v in expected.values())
     assert not wsi.loc[wsi.index.str.startswith("GBM"), "Note"].str.contains("outer").any()  # n = 30 < 50
@@ -179,8 +209,15 @@ def test_failed_slides_listed_with_their_reason(stats_cohort: tuple[Path, dict[s
         assert wsi.loc[sid, "Note"].startswith("failed: unreadable slide")
         assert slides.loc[sid, "QCResult"] == "Failed"
     assert list(read_csv(qc / "slides.csv").columns) == ["CancerType", "WSI-ID", "QCResult"]
-    for col in ("NumNucleiSample", "SizeOfNuclei-Average", "SizeOfNuclei-Stddev", "Note",
-                "SegmentationUnacceptableOrNot", "VisualAssessmentComment", "CancerType"):
+    for col in (
+        "NumNucleiSample",
+        "SizeOfNuclei-Average",
+        "SizeOfNuclei-Stddev",
+        "Note",
+        "SegmentationUnacceptableOrNot",
+        "VisualAssessmentComment",
+        "CancerType",
+    ):
         assert col in wsi.columns
     region = read_csv(qc / "random_region_check.csv")
     assert {"WSI-ID", "CancerType", "NumOfUnacceptableSegRegions", "NumOfSampledRegions", "Tier"} <= set(region)
@@ -247,10 +284,25 @@ def _slide_cohort(out: Path, n: int = 3, mpp: float = 0.25) -> dict[str, Path]:
         png = out / f"{sid}.png"
         polys = synthetic_slide(png, seed=i)
         stats = {
-            "slide_id": sid, "cancer_type": "SYN", "slide_path": str(png), "status": "ok", "error": None,
-            "reader": "image", "width": 1200, "height": 900, "mpp": mpp, "tissue_mm2": 0.03,
-            "n_nuclei": len(polys), "area_mean_um2": 12.0, "area_std_um2": 3.0, "area_mean_px40x": 192.0,
-            "area_std_px40x": 48.0, "nuclei_per_mm2": 1e4, "n_tiles": 1, "seconds": 1.0, "model_sha256": "0" * 64,
+            "slide_id": sid,
+            "cancer_type": "SYN",
+            "slide_path": str(png),
+            "status": "ok",
+            "error": None,
+            "reader": "image",
+            "width": 1200,
+            "height": 900,
+            "mpp": mpp,
+            "tissue_mm2": 0.03,
+            "n_nuclei": len(polys),
+            "area_mean_um2": 12.0,
+            "area_std_um2": 3.0,
+            "area_mean_px40x": 192.0,
+            "area_std_px40x": 48.0,
+            "nuclei_per_mm2": 1e4,
+            "n_tiles": 1,
+            "seconds": 1.0,
+            "model_sha256": "0" * 64,
         }
         folder = write_stats(out, stats)
         write_nuclei_parquet(folder / "nuclei.parquet", polys, mpp)
@@ -288,8 +340,8 @@ def test_patch_sampling_is_deterministic_across_builds(tmp_path: Path) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
     _slide_cohort(a, n=2)
     _slide_cohort(b, n=2)
-    build_qc(a, report=False)
-    build_qc(b, report=False)
+    build_qc(a)
+    build_qc(b)
     sa = read_csv(a / "qc" / "review_sheet.csv")
     sb = read_csv(b / "qc" / "review_sheet.csv")
     assert sa.equals(sb)
@@ -323,10 +375,22 @@ def test_real_20x_slide_patches_in_tissue(tmp_path: Path) -> None:
     view, ds = low_resolution_view(slide, 1024)
     mask = tissue_mask(view)
     # Nuclei drawn as small squares on a grid over the slide (the polygons need not be real).
-    polys = [np.array([[x, y], [x + 8, y], [x + 8, y + 8], [x, y + 8]], float)
-             for x in range(0, 2200, 40) for y in range(0, 2900, 40)]
-    stats = {"slide_id": "CMU-1", "cancer_type": "TEST", "slide_path": str(svs), "status": "ok", "error": None,
-             "mpp": 0.499, "n_nuclei": len(polys), "area_mean_px40x": 200.0, "area_std_px40x": 70.0}
+    polys = [
+        np.array([[x, y], [x + 8, y], [x + 8, y + 8], [x, y + 8]], float)
+        for x in range(0, 2200, 40)
+        for y in range(0, 2900, 40)
+    ]
+    stats = {
+        "slide_id": "CMU-1",
+        "cancer_type": "TEST",
+        "slide_path": str(svs),
+        "status": "ok",
+        "error": None,
+        "mpp": 0.499,
+        "n_nuclei": len(polys),
+        "area_mean_px40x": 200.0,
+        "area_std_px40x": 70.0,
+    }
     folder = write_stats(tmp_path, stats)
     write_nuclei_parquet(folder / "nuclei.parquet", polys, 0.499)
     qc = build_qc(tmp_path)
@@ -370,7 +434,10 @@ def test_reviews_fold_into_tables_and_survive_rebuilds(slide_cohort: Path, tmp_p
     def check(n_recorded: int = 30) -> None:
         region = read_csv(qc / "random_region_check.csv").set_index("WSI-ID")
         assert region.loc["SYN-00", ["NumOfUnacceptableSegRegions", "NumOfSampledRegions", "Tier"]].tolist() == [
-            "0", "15", "Best"]
+            "0",
+            "15",
+            "Best",
+        ]
         assert region.loc["SYN-01", ["NumOfUnacceptableSegRegions", "Tier"]].tolist() == ["2", "Adequate"]
         assert region.loc["SYN-02", "Tier"] == ""
         result = read_csv(qc / "slides.csv").set_index("WSI-ID")["QCResult"].to_dict()
@@ -431,8 +498,10 @@ def test_malformed_review_rows_rejected_with_row_named(slide_cohort: Path, tmp_p
     [
         ("WSI-ID,SegmentationUnacceptableOrNot,VisualAssessmentComment\nSYN-00,perhaps,\n", "line 2 (SYN-00)"),
         ("WSI-ID,SegmentationUnacceptableOrNot,VisualAssessmentComment\nSYN-00,,looks odd\n", "a comment but no"),
-        ("WSI-ID,SegmentationUnacceptableOrNot,VisualAssessmentComment\nSYN-00,yes,\nSYN-00,no,\n",
-         "line 3 (SYN-00): contradicts line 2"),
+        (
+            "WSI-ID,SegmentationUnacceptableOrNot,VisualAssessmentComment\nSYN-00,yes,\nSYN-00,no,\n",
+            "line 3 (SYN-00): contradicts line 2",
+        ),
         ("WSI-ID,Foo\nSYN-00,1\n", "neither a patch review sheet"),
         ("Slide,SegmentationUnacceptableOrNot\nSYN-00,yes\n", "no WSI-ID column"),
         ("WSI-ID,SegmentationUnacceptableOrNot,VisualAssessmentComment\nSYN-00,yes,a,b\n", "more fields"),
