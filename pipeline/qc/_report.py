@@ -116,9 +116,11 @@ def _table(columns: Sequence[str], rows: Sequence[Sequence[Any]], numeric: Seque
 class _ImageBudget:
     def __init__(self, budget: int):
         self.left = budget
+        self.refused = 0
 
     def take(self, uri: str) -> bool:
         if len(uri) > self.left:
+            self.refused += 1
             return False
         self.left -= len(uri)
         return True
@@ -141,6 +143,8 @@ def _flagged_slide_html(qc_dir: Path, row: pd.Series, slide_patches: Any, budget
             uri = jpeg_data_uri(rgb, INLINE_THUMBNAIL_PX)
             if budget.take(uri):
                 imgs.append(f'<img src="{uri}" alt="thumbnail" title="slide thumbnail">')
+            else:
+                links.append(f'<a href="{html.escape(slide_patches.thumbnail)}">thumbnail</a>')
     if slide_patches is not None:
         for rel in slide_patches.images[:PATCHES_PER_FLAGGED_SLIDE]:
             rgb = _load_rgb(qc_dir / rel)
@@ -233,7 +237,10 @@ def render_report(
         if len(gfail):
             out.append("<h3>Failed slides</h3>")
             out.append(_table(["WSI-ID", "Reason"], gfail[["WSI-ID", "Note"]].values.tolist()))
-    if budget.left <= 0 or budget.left < REPORT_IMAGE_BUDGET_BYTES * 0.01:
-        out.append("<p class='muted'>Image budget reached: further review images are linked, not embedded.</p>")
+    if budget.refused:
+        out.append(
+            f"<p class='muted'>Image budget reached: {budget.refused} review images are linked "
+            "(files under qc/patches/), not embedded.</p>"
+        )
     out.append("</body></html>")
     return "\n".join(out)

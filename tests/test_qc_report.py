@@ -1,0 +1,116 @@
+"""report.html: self-contained, complete, within its size budget, and rendered by a real browser."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import pipeline.qc._report as report_module
+from pipeline.qc import build_qc
+from pipeline.qc._synthetic import synthetic_cohort, synthetic_slide, write_nuclei_parquet
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+class _Resources(HTMLParser):
+    """Collects every tag and the resource-bearing attributes of a page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[str] = []
+        self.srcs: list[str] = []
+        self.hrefs: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        for k, v in attrs:
+            if k == "src":
+                self.srcs.append(v or "")
+            elif k == "href":
+                self.hrefs.append(v or "")
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """100 BRCA + 60 LUAD slides with planted outliers; the selected BRCA slides have real
+    (generated) slide images and nuclei, so the report embeds thumbnails and patches."""
+    out = tmp_path_factory.mktemp("report")
+    expected = synthetic_cohort(out, {"BRCA": 100, "LUAD": 60}, seed=11)
+    png = out / "slide.png"
+    polys = synthetic_slide(png, seed=2)
+    for sid, notes in expected.items():
+        if notes and sid.startswith("BRCA"):
+            stats_path = out / "slides" / sid / "stats.json"
+            stats = json.loads(stats_path.read_text())
+            stats["slide_path"] = str(png)
+            stats_path.write_text(json.dumps(stats))
+            write_nuclei_parquet(out / "slides" / sid / "nuclei.parquet", polys)
+    build_qc(out, patches="flagged", n_patches=4)
+    return out
+
+
+def test_report_is_self_contained(cohort: Path) -> None:
+    page = (cohort / "qc" / "report.html").read_text(encoding="utf-8")
+    parser = _Resources()
+    parser.feed(page)
+    assert "script" not in parser.tags and "link" not in parser.tags and "iframe" not in parser.tags
+    assert parser.srcs and all(s.startswith("data:image/") for s in parser.srcs)
+    assert all(not h.startswith(("http:", "https:", "//")) for h in parser.hrefs)
+    assert "url(" not in page and "@import" not in page
+
+
+def test_report_has_tiers_distributions_and_flagged_slides(cohort: Path) -> None:
+    page = (cohort / "qc" / "report.html").read_text(encoding="utf-8")
+    for tier in ("Best", "Good", "Adequate", "Problematic", "Unacceptable"):
+        assert f"<th>{tier}</th>" in page
+    assert page.count("<svg") == 3 * 2  # three distributions per cancer type
+    assert page.count('stroke-dasharray="3 2"') == 5 * 2  # five examined tails per type
+    assert "BRCA-00000" in page and "NumNucleiSample low (outer 2%)" in page
+    assert 'alt="thumbnail"' in page and 'alt="patch"' in page
+    assert "failed: unreadable slide" in page
+
+
+def test_report_image_budget_links_instead_of_embedding(cohort: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(report_module, "REPORT_IMAGE_BUDGET_BYTES", 40_000)
+    build_qc(cohort, patches="none")
+    page = (cohort / "qc" / "report.html").read_text(encoding="utf-8")
+    embedded = sum(len(m) for m in re.findall(r'src="(data:[^"]*)"', page))
+    assert 0 < embedded <= 40_000
+    assert 'href="patches/' in page and "Image budget reached" in page
+    monkeypatch.undo()
+    build_qc(cohort, patches="none")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install chromium)")
+def test_report_renders_in_headless_chromium(cohort: Path, tmp_path: Path) -> None:
+    shot = tmp_path / "report.png"
+    report = (cohort / "qc" / "report.html").resolve()
+    with tempfile.TemporaryDirectory() as profile:
+        subprocess.run(
+            [
+                str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
+                f"--screenshot={shot}", "--window-size=1200,2000", report.as_uri(),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+    img = np.asarray(Image.open(shot).convert("RGB")).astype(np.int16)
+    assert img.shape[:2] == (2000, 1200)
+    non_white = (img < 240).any(axis=-1)
+    assert non_white.mean() > 0.02  # text, tables, plots: not a blank page
+    r, g, b = img[..., 0], img[..., 1], img[..., 2]
+    bars = (abs(r - 0x8A) < 12) & (abs(g - 0xA9) < 12) & (abs(b - 0xC9) < 12)  # histogram bars
+    pink = (r > 200) & (g < 180) & (b > 160) & (r - g > 50)  # embedded H&E thumbnails / patches
+    assert bars.sum() > 500
+    assert pink.sum() > 500
