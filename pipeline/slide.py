@@ -355,11 +355,15 @@ def assemble_labels(plan: SlidePlan, chunks: list[Tile], summaries: list[list[Ti
             if win is None:
                 continue
             wx, wy = grid.window_origin(*tile)
-            sub = win[y0 - wy : y1 - wy, x0 - wx : x1 - wx]
-            if sub.shape != chunk.shape:  # window does not reach this core
+            # intersection of the neighbour's window with this core, in level-0 px
+            ix0, iy0 = max(x0, wx), max(y0, wy)
+            ix1, iy1 = min(x1, wx + e), min(y1, wy + e)
+            if ix1 <= ix0 or iy1 <= iy0:
                 continue
-            free = (chunk == 0) & (sub > 0)
-            chunk[free] = sub[free] + offsets[tile]
+            sub = win[iy0 - wy : iy1 - wy, ix0 - wx : ix1 - wx]
+            dst = chunk[iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0]
+            free = (dst == 0) & (sub > 0)
+            dst[free] = sub[free] + offsets[tile]
         if chunk.any():
             labels_arr[y0:y1, x0:x1] = chunk
             written += 1

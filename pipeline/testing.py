@@ -38,8 +38,8 @@ def synthetic_slide_image(width: int, height: int, seed: int = 0, radius: tuple[
     nuclei = []
     for cy in np.arange(spacing / 2, height, spacing):
         for cx in np.arange(spacing / 2, width, spacing):
-            x = cx + rng.uniform(-spacing * 0.15, spacing * 0.15)
-            y = cy + rng.uniform(-spacing * 0.15, spacing * 0.15)
+            x = cx + rng.uniform(-spacing * 0.1, spacing * 0.1)
+            y = cy + rng.uniform(-spacing * 0.1, spacing * 0.1)
             if not inside[min(int(y), height - 1), min(int(x), width - 1)]:
                 continue
             r = rng.uniform(*radius)
@@ -98,7 +98,7 @@ def build_blob_model(path: Path, mpp: float = 0.25) -> Path:
         numpy_helper.from_array(np.array([30.0], np.float32), "gain_m"),
         numpy_helper.from_array(np.array([-0.35], np.float32), "shift_m"),
         numpy_helper.from_array(np.array([40.0], np.float32), "gain_c"),
-        numpy_helper.from_array(np.array([-0.33], np.float32), "shift_c"),
+        numpy_helper.from_array(np.array([-0.42], np.float32), "shift_c"),
     ]
     nodes = [
         helper.make_node("Conv", ["image", "w_dark", "b_dark"], ["dark"]),

@@ -1,0 +1,54 @@
+"""Shared fixtures: generated slides and a contract-conformant test model; real data opt-in."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.testing import build_blob_model, synthetic_slide_image, write_pyramidal_tiff
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+WSI_FIXTURES = SHARED_DATA / "wsi_fixtures"
+
+
+def gpu_present() -> bool:
+    from pipeline.kernels.dispatch import gpu_available
+
+    return gpu_available()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if gpu_present():
+        return
+    skip = pytest.mark.skip(reason="no CUDA device present")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def blob_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_blob_model(tmp_path_factory.mktemp("model") / "blob.onnx")
+
+
+@pytest.fixture(scope="session")
+def synthetic_slide(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list]:
+    """A 1100×900 px pyramidal JPEG TIFF at 0.25 µm/px with ~1,000 known nuclei."""
+    image, nuclei = synthetic_slide_image(1100, 900, seed=3)
+    path = tmp_path_factory.mktemp("slides") / "synthetic.svs"
+    write_pyramidal_tiff(path, image, mpp=0.25, compression="jpeg")
+    return path, nuclei
+
+
+@pytest.fixture(scope="session")
+def synthetic_image() -> tuple[np.ndarray, list]:
+    return synthetic_slide_image(700, 600, seed=5, tissue="full")
+
+
+def need_shared(*names: str) -> Path:
+    for name in names:
+        if not (WSI_FIXTURES / name).exists() and not (SHARED_DATA / name).exists():
+            pytest.skip(f"../shared/data/{name} is not present")
+    return SHARED_DATA

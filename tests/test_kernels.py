@@ -1,0 +1,144 @@
+"""Kernels: pure array functions on tiny generated arrays."""
+
+import numpy as np
+import pytest
+from skimage.measure import regionprops
+from skimage.segmentation import watershed
+
+from pipeline.kernels.features import nucleus_moments, nucleus_outlines, polygon_perimeter
+from pipeline.kernels.nuclei import (
+    NucleusThresholds,
+    fill_label_holes,
+    instances_from_probabilities,
+    remove_small_labels,
+    seeds_from_centres,
+    watershed_from_seeds,
+)
+from pipeline.kernels.stain import (
+    MACENKO_TARGET,
+    REINHARD_TARGET,
+    haematoxylin,
+    macenko_normalise,
+    macenko_stains,
+    reinhard_normalise,
+    reinhard_stats,
+)
+from pipeline.kernels.tissue import tissue_mask
+
+
+def disc_probabilities(centres: list[tuple[int, int]], radius: float, shape=(96, 96)) -> np.ndarray:
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    prob = np.zeros((2, *shape), dtype=np.float32)
+    for cy, cx in centres:
+        d = np.hypot(yy - cy, xx - cx)
+        prob[1] = np.maximum(prob[1], (d <= radius).astype(np.float32))
+        prob[0] = np.maximum(prob[0], (d <= 2).astype(np.float32))
+    return prob
+
+
+def test_separate_nuclei_become_separate_instances() -> None:
+    labels = instances_from_probabilities(disc_probabilities([(20, 20), (60, 70), (75, 20)], 8), NucleusThresholds())
+    assert labels.max() == 3
+    for cy, cx in [(20, 20), (60, 70), (75, 20)]:
+        assert labels[cy, cx] > 0
+
+
+def test_touching_nuclei_are_split_by_their_seeds() -> None:
+    prob = disc_probabilities([(40, 30), (40, 44)], 8)  # overlapping material, two centres
+    labels = instances_from_probabilities(prob, NucleusThresholds())
+    assert labels.max() == 2
+    assert labels[40, 30] != labels[40, 44]
+
+
+def test_foreground_without_seed_gets_one_and_tiny_objects_go() -> None:
+    prob = disc_probabilities([(30, 30)], 8)
+    prob[0] = 0  # no centre detected anywhere
+    prob[1, 80:83, 80:83] = 1  # a 9-px speck
+    labels = instances_from_probabilities(prob, NucleusThresholds(min_area_px=20))
+    assert labels.max() == 1 and labels[30, 30] == 1 and labels[81, 81] == 0
+
+
+def test_componentwise_watershed_equals_full_watershed() -> None:
+    rng = np.random.default_rng(1)
+    centres = [(int(y), int(x)) for y, x in rng.integers(8, 88, size=(25, 2))]
+    prob = disc_probabilities(centres, 7)
+    prob[1] = np.clip(prob[1] * 0.8 + rng.random(prob[1].shape) * 0.2, 0, 1)
+    params = NucleusThresholds()
+    fg = prob[1] > params.material_threshold
+    markers = seeds_from_centres(prob[0], fg, params)
+    np.testing.assert_array_equal(
+        watershed_from_seeds(-prob[1], markers, fg), watershed(-prob[1], markers, mask=fg)
+    )
+
+
+def test_holes_filled_and_small_labels_renumbered() -> None:
+    labels = np.zeros((20, 20), dtype=np.int32)
+    labels[2:9, 2:9] = 5
+    labels[5, 5] = 0  # a hole
+    labels[15, 15] = 7  # 1-px object
+    filled = fill_label_holes(labels)
+    assert filled[5, 5] == 5
+    out = remove_small_labels(filled, 5)
+    assert set(np.unique(out)) == {0, 1}
+
+
+def test_moments_match_regionprops() -> None:
+    labels = np.zeros((40, 40), dtype=np.int32)
+    yy, xx = np.mgrid[:40, :40]
+    labels[((yy - 12) / 6) ** 2 + ((xx - 15) / 10) ** 2 <= 1] = 1
+    labels[30:36, 5:30] = 2
+    intensity = (xx + yy).astype(np.float32)
+    m = nucleus_moments(labels, intensity)
+    for i, rp in enumerate(regionprops(labels, intensity_image=intensity)):
+        assert m["area"][i] == rp.area
+        assert m["row"][i] == pytest.approx(rp.centroid[0])
+        assert m["col"][i] == pytest.approx(rp.centroid[1])
+        assert m["mean_intensity"][i] == pytest.approx(rp.intensity_mean)
+        assert m["eccentricity"][i] == pytest.approx(rp.eccentricity, abs=0.02)
+
+
+def test_outline_encloses_the_nucleus() -> None:
+    from skimage.draw import polygon as fill_polygon
+
+    labels = np.zeros((50, 50), dtype=np.int32)
+    yy, xx = np.mgrid[:50, :50]
+    labels[np.hypot(yy - 25, xx - 22) <= 9] = 1
+    (ring,) = nucleus_outlines(labels, np.array([1]))
+    rr, cc = fill_polygon(ring[:, 0], ring[:, 1], labels.shape)
+    redrawn = np.zeros_like(labels)
+    redrawn[rr, cc] = 1
+    inter = (redrawn & labels).sum()
+    assert inter / (redrawn | labels).sum() > 0.9
+    assert polygon_perimeter(ring) == pytest.approx(2 * np.pi * 9, rel=0.12)
+
+
+def test_tissue_mask_separates_stain_from_glass() -> None:
+    img = np.full((60, 80, 3), 242, dtype=np.uint8)  # grey glass
+    img[10:40, 10:50] = (220, 150, 190)  # eosin
+    img[50:55, 60:65] = (20, 20, 20)  # black ink speck
+    mask = tissue_mask(img, min_size_px=4)
+    assert mask[20:30, 20:40].all()
+    assert not mask[:5].any() and not mask[50:55, 60:65].any()
+
+
+def test_reinhard_maps_slide_statistics_onto_the_target() -> None:
+    rng = np.random.default_rng(0)
+    img = np.clip(rng.normal((180, 120, 170), 25, size=(64, 64, 3)), 0, 255).astype(np.uint8)
+    out = (reinhard_normalise(img, reinhard_stats(img)) * 255).round().astype(np.uint8)
+    after = reinhard_stats(out)
+    np.testing.assert_allclose(after.mean, REINHARD_TARGET.mean, atol=0.05)
+
+
+def test_macenko_identity_and_haematoxylin_ordering() -> None:
+    # an image made of two stains: Macenko recovers them, so normalising to itself is identity
+    rng = np.random.default_rng(0)
+    vectors = np.array(MACENKO_TARGET.vectors)
+    conc = rng.gamma(2.0, 0.3, size=(64 * 64, 2))
+    img = (255 * np.exp(-conc @ vectors)).reshape(64, 64, 3).clip(1, 255).astype(np.uint8)
+    stains = macenko_stains(img)
+    assert np.abs(np.array(stains.vectors) - vectors).max() < 0.1
+    same = macenko_normalise(img, stains, stains)
+    assert np.abs(same * 255 - img).mean() < 3
+    purple = np.array([[[90, 60, 140]]], dtype=np.uint8)
+    pink = np.array([[[235, 175, 205]]], dtype=np.uint8)
+    assert haematoxylin(purple)[0, 0] > haematoxylin(pink)[0, 0]

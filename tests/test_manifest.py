@@ -1,0 +1,50 @@
+from pathlib import Path
+
+import pytest
+
+from pipeline.manifest import ManifestError, read_manifest
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "manifest.csv"
+    p.write_text(text)
+    return p
+
+
+def test_defaults_aliases_and_relative_paths(tmp_path: Path) -> None:
+    p = write(tmp_path, "WSI-ID,slide_path,CancerType,mpp\nA1,slides/a.svs,BRCA,0.25\n,b.tiff,,\n")
+    a, b = read_manifest(p)
+    assert a.slide_id == "A1" and a.cancer_type == "BRCA" and a.mpp == 0.25
+    assert a.slide_path == (tmp_path / "slides" / "a.svs").resolve()
+    assert b.slide_id == "b" and b.cancer_type == "UNKNOWN" and b.mpp is None
+
+
+def test_every_bad_row_is_named(tmp_path: Path) -> None:
+    p = write(
+        tmp_path,
+        "slide_path,slide_id,mpp\n"
+        "a.svs,a,0.25\n"
+        ",empty,\n"  # row 3: no path
+        "b.svs,a,\n"  # row 4: duplicate id
+        "c.svs,c,abc\n"  # row 5: bad mpp
+        "d.svs,../evil,\n"  # row 6: unsafe id
+        "e.svs,e\n",  # row 7: too few fields
+    )
+    with pytest.raises(ManifestError) as err:
+        read_manifest(p)
+    message = str(err.value)
+    for row in ("row 3", "row 4", "row 5", "row 6", "row 7"):
+        assert row in message
+    assert "row 2:" not in message
+
+
+def test_header_without_slide_path_is_rejected(tmp_path: Path) -> None:
+    with pytest.raises(ManifestError, match="no slide_path"):
+        read_manifest(write(tmp_path, "file,id\na.svs,a\n"))
+
+
+def test_missing_and_empty_manifest(tmp_path: Path) -> None:
+    with pytest.raises(ManifestError, match="not found"):
+        read_manifest(tmp_path / "nope.csv")
+    with pytest.raises(ManifestError, match="no slides"):
+        read_manifest(write(tmp_path, "slide_path\n"))
