@@ -21,6 +21,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from pipeline.qc import build_qc
@@ -35,7 +36,7 @@ SIZES = {
 TARGET_S = 10.0  # the issue's budget for QC over 5,060 slides' statistics
 
 
-def timed(fn, repeats: int) -> list[float]:  # type: ignore[no-untyped-def]
+def timed(fn: Callable[[], object], repeats: int) -> list[float]:
     out = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -67,9 +68,11 @@ def main() -> None:
         n_sel = json.loads((qc / "qc.json").read_text())["n_selected"]
         best = min(first + again)
         print(f"read 5,060 stats.json (I/O floor): median {statistics.median(floor):.2f} s")
-        print(f"build_qc, 5,060 slides: first {first[0]:.2f} s, rebuilds median {statistics.median(again):.2f} s "
-              f"(best {best:.2f} s) -> {best / statistics.median(floor):.1f}x the I/O floor, "
-              f"{TARGET_S / max(first + again):.1f}x under the {TARGET_S:.0f} s target")
+        print(
+            f"build_qc, 5,060 slides: first {first[0]:.2f} s, rebuilds median {statistics.median(again):.2f} s "
+            f"(best {best:.2f} s) -> {best / statistics.median(floor):.1f}x the I/O floor, "
+            f"{TARGET_S / max(first + again):.1f}x under the {TARGET_S:.0f} s target"
+        )
         print(f"selected for review: {n_sel}; report.html without images: {report_kb:.0f} kB")
 
         if not args.skip_images:
@@ -93,9 +96,12 @@ def main() -> None:
                 t_img = time.perf_counter() - t0
                 size_mb = (root / "qc" / "report.html").stat().st_size / 1e6
                 n_sel = json.loads((root / "qc" / "qc.json").read_text())["n_selected"]
-                print(f"outer {outer:g}%: {n_sel} selected slides with thumbnails + patches "
-                      f"(15 each extracted, {len(sheet)} slides): build {t_img:.1f} s, report.html {size_mb:.1f} MB")
-        print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
+                print(
+                    f"outer {outer:g}%: {n_sel} selected slides with thumbnails + patches "
+                    f"(15 each extracted, {len(sheet)} slides): build {t_img:.1f} s, report.html {size_mb:.1f} MB"
+                )
+        cpus, py = os.cpu_count(), platform.python_version()
+        print(f"machine: {platform.node()} {platform.machine()}, {cpus} CPUs, Python {py}")
     finally:
         if args.keep is None:
             shutil.rmtree(root, ignore_errors=True)

@@ -97,9 +97,18 @@ def test_report_renders_in_headless_chromium(cohort: Path, tmp_path: Path) -> No
     with tempfile.TemporaryDirectory() as profile:
         subprocess.run(
             [
-                str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
-                f"--screenshot={shot}", "--window-size=1200,2000", report.as_uri(),
+                str(CHROMIUM),
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                f"--user-data-dir={profile}",
+                f"--screenshot={shot}",
+                "--window-size=1200,2000",
+                report.as_uri(),
             ],
             check=True,
             capture_output=True,

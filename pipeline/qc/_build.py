@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -190,24 +191,26 @@ def build_qc(
         # 3. Review patches.
         slide_patches: dict[str, SlidePatches] = dict(cached)
         if patches != "none":
-            todo = [r for r in ok_rows.itertuples(index=False) if patches == "all" or notes[r.slide_id]]
+            todo = [
+                (r.slide_id, r.slide_path, r.mpp)
+                for r in ok_rows.itertuples(index=False)
+                if patches == "all" or notes[r.slide_id]
+            ]
 
-            def extract(r: object) -> SlidePatches:
-                return extract_review_patches(
-                    qc_dir,
-                    r.slide_id,  # type: ignore[attr-defined]
-                    r.slide_path,  # type: ignore[attr-defined]
-                    out_dir / "slides" / r.slide_id / "nuclei.parquet",  # type: ignore[attr-defined]
-                    r.mpp,  # type: ignore[attr-defined]
-                    seed,
-                    n_patches,
-                )
+            def extract(item: tuple[str, str, float]) -> SlidePatches:
+                sid, path, mpp = item
+                nuclei = out_dir / "slides" / sid / "nuclei.parquet"
+                return extract_review_patches(qc_dir, sid, path, nuclei, mpp, seed, n_patches)
 
-            if workers > 1 and len(todo) > 1:
-                with ThreadPoolExecutor(workers) as pool:
-                    results = list(pool.map(extract, todo))
-            else:
-                results = [extract(r) for r in todo]
+            # Slides without mpp metadata warn on opening; stats.json has their mpp. The filter is
+            # set here, once, because catch_warnings is not thread-safe inside the workers.
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*no microns-per-pixel", category=UserWarning)
+                if workers > 1 and len(todo) > 1:
+                    with ThreadPoolExecutor(workers) as pool:
+                        results = list(pool.map(extract, todo))
+                else:
+                    results = [extract(item) for item in todo]
             for sp in results:
                 slide_patches[sp.slide_id] = sp
 

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from pipeline.qc._rules import STATISTICS, TailCut
+from pipeline.qc._rules import ADEQUATE_MIN_PRECISION_RECALL, STATISTICS, TailCut
 
 # Embedded image bytes allowed in the page: keeps report.html well under 50 MB at 5,060 slides
 # (≈ 500 selected slides at 2 % × ~60 kB each would otherwise be ~30 MB, ~60 MB at 4 %).
@@ -134,32 +134,48 @@ def _load_rgb(path: Path) -> np.ndarray | None:
         return None
 
 
-def _flagged_slide_html(qc_dir: Path, row: pd.Series, slide_patches: Any, budget: _ImageBudget) -> str:
-    imgs = []
-    links = []
-    if slide_patches is not None and slide_patches.thumbnail:
-        rgb = _load_rgb(qc_dir / slide_patches.thumbnail)
-        if rgb is not None:
-            uri = jpeg_data_uri(rgb, INLINE_THUMBNAIL_PX)
-            if budget.take(uri):
-                imgs.append(f'<img src="{uri}" alt="thumbnail" title="slide thumbnail">')
+def _plan_images(qc_dir: Path, selected: Sequence[str], patches: Mapping[str, Any]) -> tuple[dict[str, str], int]:
+    """The images cell of every selected slide, sharing the byte budget fairly.
+
+    Images are embedded round by round - every slide's thumbnail first, then every slide's
+    first overlay patch, then the second, ... - so when the budget runs out each slide still
+    has its most useful images and the rest are links to the files on disk.
+    """
+    budget = _ImageBudget(REPORT_IMAGE_BUDGET_BYTES)
+    imgs: dict[str, list[str]] = {sid: [] for sid in selected}
+    links: dict[str, list[str]] = {sid: [] for sid in selected}
+    for rnd in range(PATCHES_PER_FLAGGED_SLIDE + 1):
+        for sid in selected:
+            sp = patches.get(sid)
+            if sp is None:
+                continue
+            if rnd == 0:
+                rel, px, alt, crop = sp.thumbnail, INLINE_THUMBNAIL_PX, "thumbnail", False
             else:
-                links.append(f'<a href="{html.escape(slide_patches.thumbnail)}">thumbnail</a>')
-    if slide_patches is not None:
-        for rel in slide_patches.images[:PATCHES_PER_FLAGGED_SLIDE]:
+                rel = sp.images[rnd - 1] if rnd - 1 < len(sp.images) else ""
+                px, alt, crop = INLINE_PATCH_PX, "patch", True
+            if not rel:
+                continue
             rgb = _load_rgb(qc_dir / rel)
             if rgb is None:
                 continue
-            overlay = rgb[:, rgb.shape[1] - rgb.shape[0] :]  # right half: outlines drawn
-            uri = jpeg_data_uri(overlay, INLINE_PATCH_PX)
+            if crop:
+                rgb = rgb[:, rgb.shape[1] - rgb.shape[0] :]  # right half: outlines drawn
+            uri = jpeg_data_uri(rgb, px)
             if budget.take(uri):
-                imgs.append(f'<img src="{uri}" alt="patch" title="{html.escape(rel)}">')
+                imgs[sid].append(f'<img src="{uri}" alt="{alt}" title="{html.escape(rel)}">')
             else:
-                links.append(f'<a href="{html.escape(rel)}">{html.escape(Path(rel).name)}</a>')
-    extra = f'<div class="muted">on disk: {" ".join(links)}</div>' if links else ""
-    if slide_patches is not None and slide_patches.note:
-        extra += f'<div class="muted">{html.escape(slide_patches.note)}</div>'
-    return f'<div class="imgs">{"".join(imgs)}</div>{extra}'
+                links[sid].append(f'<a href="{html.escape(rel)}">{html.escape(Path(rel).name)}</a>')
+    cells = {}
+    for sid in selected:
+        cell = f'<div class="imgs">{"".join(imgs[sid])}</div>'
+        if links[sid]:
+            cell += f'<div class="muted">on disk: {" ".join(links[sid])}</div>'
+        sp = patches.get(sid)
+        if sp is not None and sp.note:
+            cell += f'<div class="muted">{html.escape(sp.note)}</div>'
+        cells[sid] = cell
+    return cells, budget.refused
 
 
 def render_report(
@@ -171,10 +187,11 @@ def render_report(
     params: Mapping[str, Any],
 ) -> str:
     """The whole page as one HTML string."""
-    budget = _ImageBudget(REPORT_IMAGE_BUDGET_BYTES)
     ok = wsi_qc[wsi_qc["Status"] == "ok"]
     failed = wsi_qc[wsi_qc["Status"] != "ok"]
-    n_sel = int((wsi_qc["SelectedForReview"] == "yes").sum())
+    selected = wsi_qc.loc[wsi_qc["SelectedForReview"] == "yes", "WSI-ID"].tolist()
+    n_sel = len(selected)
+    image_cells, refused = _plan_images(qc_dir, selected, patches)
     out = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         "<title>Nucleus segmentation QC</title>",
@@ -186,7 +203,11 @@ def render_report(
         f"Random patches: {params['n_patches']} per slide, seed {params['seed']}.</p>",
         "<p class='muted'>Sizes are nucleus areas in pixels at 40x (0.25 µm/px). Tiers follow Hou et al. "
         "(Sci. Data 2020): Best 0%, Good ≤ 6.67%, Adequate ≤ 13.3%, Problematic ≤ 20%, Unacceptable "
-        "&gt; 20% of the sampled regions unacceptable, or a failed whole-slide review.</p>",
+        "&gt; 20% of the sampled regions unacceptable, or a failed whole-slide review. "
+        f"A patch is adequate when both precision and recall of its outlines are at least "
+        f"{ADEQUATE_MIN_PRECISION_RECALL:.0%}. Reviews go into review_sheet.csv (Adequate: yes/no) and "
+        "wsi_review_sheet.csv (SegmentationUnacceptableOrNot: yes/no), then "
+        "<code>python -m pipeline.qc DIR --reviews FILE...</code>.</p>",
         "<h2>Tiers per cancer type (as the paper's Table 2)</h2>",
     ]
     cols = list(tiers.columns)
@@ -230,16 +251,16 @@ def render_report(
                     f"<td class='n'>{_fmt(row['SizeOfNuclei-Average'])}</td>"
                     f"<td class='n'>{_fmt(row['SizeOfNuclei-Stddev'])}</td>"
                     f"<td>{html.escape(row['QCResult'])}</td>"
-                    f"<td>{_flagged_slide_html(qc_dir, row, patches.get(row['WSI-ID']), budget)}</td></tr>"
+                    f"<td>{image_cells[row['WSI-ID']]}</td></tr>"
                 )
             out.append("</table>")
         gfail = group[group["Status"] != "ok"]
         if len(gfail):
             out.append("<h3>Failed slides</h3>")
             out.append(_table(["WSI-ID", "Reason"], gfail[["WSI-ID", "Note"]].values.tolist()))
-    if budget.refused:
+    if refused:
         out.append(
-            f"<p class='muted'>Image budget reached: {budget.refused} review images are linked "
+            f"<p class='muted'>Image budget reached: {refused} review images are linked "
             "(files under qc/patches/), not embedded.</p>"
         )
     out.append("</body></html>")

@@ -246,6 +246,10 @@ def tier_for(n_unacceptable: int, n_regions: int) -> str:
     return TIER_UNACCEPTABLE
 
 
+# Paper: a reviewed patch is adequate when the segmentation's precision and recall are both at
+# least 75 % (judged by eye); the review sheet's Adequate column records that judgement.
+ADEQUATE_MIN_PRECISION_RECALL = 0.75
+
 # QCResult values besides the tiers.
 RESULT_FAILED = "Failed"  # the pipeline could not segment the slide (reason in the WSI QC Note)
 RESULT_PENDING = "Pending review"  # not every sampled region has been reviewed yet
