@@ -525,3 +525,11 @@ def test_no_warnings_leak(slide_cohort: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         build_qc(slide_cohort)
+
+
+def test_rules_docstring_examples() -> None:
+    import doctest
+
+    import pipeline.qc._rules as rules
+
+    assert doctest.testmod(rules).failed == 0

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from pipeline.qc._rules import ADEQUATE_MIN_PRECISION_RECALL, STATISTICS, TailCut
+from pipeline.qc._rules import ADEQUATE_MIN_PRECISION_RECALL, NUM_NUCLEI, STATISTICS, TailCut
 
 # Embedded image bytes allowed in the page: keeps report.html well under 50 MB at 5,060 slides
 # (≈ 500 selected slides at 2 % × ~60 kB each would otherwise be ~30 MB, ~60 MB at 4 %).
@@ -58,20 +58,37 @@ def _fmt(v: float) -> str:
     return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}"
 
 
-def histogram_svg(values: np.ndarray, title: str, low: float | None, high: float | None, flagged: np.ndarray) -> str:
-    """An inline SVG histogram with the selection cuts drawn and the selected values as a rug."""
+def histogram_svg(
+    values: np.ndarray,
+    title: str,
+    low: float | None,
+    high: float | None,
+    flagged: np.ndarray,
+    log: bool = False,
+) -> str:
+    """An inline SVG histogram with the selection cuts drawn and the selected values as a rug.
+
+    ``log`` bins log10 of the values (nuclei counts span orders of magnitude between a biopsy
+    and a resection); the axis labels stay in the values' own units.
+    """
     v = np.asarray(values, dtype=np.float64)
     v = v[np.isfinite(v)]
+
+    def t(x: np.ndarray | float) -> np.ndarray:
+        return np.log10(np.maximum(x, 1.0)) if log else np.asarray(x, dtype=np.float64)
+
     w, h, pad = PLOT_W, PLOT_H, PLOT_PAD
+    scale = ", log scale" if log else ""
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h + 24}" role="img">']
-    parts.append(f'<text x="{pad}" y="12" font-weight="bold">{html.escape(title)} (n={v.size})</text>')
+    parts.append(f'<text x="{pad}" y="12" font-weight="bold">{html.escape(title)} (n={v.size}{scale})</text>')
     if v.size == 0:
         parts.append(f'<text x="{pad}" y="{h // 2}">no values</text></svg>')
         return "".join(parts)
-    lo, hi = float(v.min()), float(v.max())
+    tv = t(v)
+    lo, hi = float(tv.min()), float(tv.max())
     if hi <= lo:
         lo, hi = lo - 0.5, hi + 0.5
-    counts, edges = np.histogram(v, bins=HIST_BINS, range=(lo, hi))
+    counts, _ = np.histogram(tv, bins=HIST_BINS, range=(lo, hi))
     x0, x1, y0, y1 = pad, w - 8, h - 4, 18
     sx = (x1 - x0) / (hi - lo)
     sy = (y0 - y1) / max(int(counts.max()), 1)
@@ -86,16 +103,16 @@ def histogram_svg(values: np.ndarray, title: str, low: float | None, high: float
     fv = np.asarray(flagged, dtype=np.float64)
     fv = fv[np.isfinite(fv)]
     if fv.size:
-        rug = "".join(f"M{x0 + (f - lo) * sx:.1f} {y0 + 2}v6" for f in fv)
+        rug = "".join(f"M{x0 + (f - lo) * sx:.1f} {y0 + 2}v6" for f in t(fv))
         parts.append(f'<path d="{rug}" stroke="#c00"/>')
     for cut, anchor in ((low, "end"), (high, "start")):
         if cut is not None and np.isfinite(cut):
-            cx = x0 + (min(max(cut, lo), hi) - lo) * sx
+            cx = x0 + (min(max(float(t(cut)), lo), hi) - lo) * sx
             parts.append(f'<path d="M{cx:.1f} {y1}V{y0}" stroke="#c00" stroke-dasharray="3 2"/>')
             dx = -2 if anchor == "end" else 2
             parts.append(f'<text x="{cx + dx:.1f}" y="{y1 + 8}" text-anchor="{anchor}" fill="#c00">{_fmt(cut)}</text>')
-    parts.append(f'<text x="{x0}" y="{h + 20}">{_fmt(lo)}</text>')
-    parts.append(f'<text x="{x1}" y="{h + 20}" text-anchor="end">{_fmt(hi)}</text>')
+    parts.append(f'<text x="{x0}" y="{h + 20}">{_fmt(float(v.min()))}</text>')
+    parts.append(f'<text x="{x1}" y="{h + 20}" text-anchor="end">{_fmt(float(v.max()))}</text>')
     parts.append("</svg>")
     return "".join(parts)
 
@@ -233,6 +250,7 @@ def render_report(
                     cut.low_cut if cut else None,
                     cut.high_cut if cut else None,
                     values[flagged_mask],
+                    log=stat.column == NUM_NUCLEI,
                 )
             )
         out.append("</div>")
@@ -242,7 +260,7 @@ def render_report(
         if len(sel):
             out.append(
                 "<h3>Selected for visual review</h3><table><tr><th>WSI-ID</th><th>Note</th>"
-                "<th>Nuclei</th><th>Mean size</th><th>Size std</th><th>QCResult</th><th>Images</th></tr>"
+                "<th>Nuclei</th><th>Mean size</th><th>Size std</th><th>QCResult</th></tr>"
             )
             for _, row in sel.iterrows():
                 out.append(
@@ -250,8 +268,8 @@ def render_report(
                     f"<td class='n'>{_fmt(row['NumNucleiSample'])}</td>"
                     f"<td class='n'>{_fmt(row['SizeOfNuclei-Average'])}</td>"
                     f"<td class='n'>{_fmt(row['SizeOfNuclei-Stddev'])}</td>"
-                    f"<td>{html.escape(row['QCResult'])}</td>"
-                    f"<td>{image_cells[row['WSI-ID']]}</td></tr>"
+                    f"<td>{html.escape(row['QCResult'])}</td></tr>"
+                    f"<tr><td colspan='6'>{image_cells[row['WSI-ID']]}</td></tr>"
                 )
             out.append("</table>")
         gfail = group[group["Status"] != "ok"]
