@@ -110,7 +110,7 @@ def _exclusive(qc_dir: Path) -> Iterator[None]:
 
 def _write_table(path: Path, df: pd.DataFrame) -> None:
     tmp = path.with_name("." + path.name + ".tmp")
-    df.to_csv(tmp, index=False, float_format="%.6g")
+    df.to_csv(tmp, index=False)
     os.replace(tmp, path)
 
 
@@ -290,6 +290,7 @@ def build_qc(
                 "Note",
             ],
         )
+        thresholds[["LowCut", "HighCut"]] = thresholds[["LowCut", "HighCut"]].astype(np.float64).round(4)
         _write_table(qc_dir / SLIDES_TABLE, slides)
         _write_table(qc_dir / WSI_QC_TABLE, wsi_qc)
         _write_table(qc_dir / REGION_TABLE, region)
