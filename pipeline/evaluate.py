@@ -186,8 +186,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Score instance segmentations against ground truth.")
     parser.add_argument("--pred", type=Path, required=True, help="folder of <stem>_labels.tif")
     parser.add_argument("--truth", type=Path, nargs="+", required=True)
-    parser.add_argument("--subset", choices=["all", "validation"], default="all",
-                        help="validation: only the 7 held-out MoNuSeg images (pipeline.model.datasets)")
+    parser.add_argument(
+        "--subset",
+        choices=["all", "validation"],
+        default="all",
+        help="validation: only the 7 held-out MoNuSeg images (pipeline.model.datasets)",
+    )
     parser.add_argument("--patch", type=int, default=PATCH_PX)
     parser.add_argument("--out", type=Path, help="write OUT.csv and OUT.json")
     args = parser.parse_args(argv)

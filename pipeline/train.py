@@ -18,8 +18,9 @@ import argparse
 import dataclasses
 import json
 import math
+import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +59,6 @@ class TrainConfig:
     stop_at: int = 0  # stop (resumably) at this step, keeping the schedule of ``steps``; 0 = at ``steps``
     base: int = 16
     convs_per_stage: int = 2
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def unet(self) -> UNetConfig:
         return UNetConfig(base=self.base, convs_per_stage=self.convs_per_stage)
@@ -69,8 +69,6 @@ def load_config(argv: list[str] | None = None) -> TrainConfig:
     parser = argparse.ArgumentParser(description="Train the nucleus U-net.")
     parser.add_argument("--config", type=Path, help="YAML file with TrainConfig fields")
     for f in dataclasses.fields(TrainConfig):
-        if f.name == "extra":
-            continue
         parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=type(f.default), default=None)
     args = parser.parse_args(argv)
     values: dict[str, Any] = {}
@@ -175,8 +173,7 @@ def train(cfg: TrainConfig) -> Path:
         opt.load_state_dict(state["optimizer"])
         step, elapsed_before = int(state["step"]), float(state["train_seconds"])
         print(f"resumed from {ckpt_path} at step {step}", flush=True)
-    else:
-        (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+    (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
 
     t_load = time.time()
     cache = Path(cfg.cache) if cfg.cache else None
@@ -201,6 +198,12 @@ def train(cfg: TrainConfig) -> Path:
             "config": {**dataclasses.asdict(cfg), "unet": cfg.unet().as_dict()},
         }
 
+    stop_requested: list[int] = []
+
+    def request_stop(signum: int, _frame: Any) -> None:
+        stop_requested.append(signum)
+
+    signal.signal(signal.SIGTERM, request_stop)  # `kill PID`: finish the step, checkpoint, exit
     t0 = time.time()
     start_step = step
     last_ckpt = time.time()
@@ -235,8 +238,14 @@ def train(cfg: TrainConfig) -> Path:
             log.write(json.dumps(record) + "\n")
             log.flush()
         if step % cfg.snapshot_every == 0 or step == cfg.steps:
-            save_atomic({"model": net.state_dict(), "step": step, "config": state_dict()["config"]}, out / f"step_{step:06d}.pt")
-        timed_out = (cfg.max_minutes > 0 and time.time() - t0 > cfg.max_minutes * 60) or step == cfg.stop_at
+            save_atomic(
+                {"model": net.state_dict(), "step": step, "config": state_dict()["config"]}, out / f"step_{step:06d}.pt"
+            )
+        timed_out = (
+            (cfg.max_minutes > 0 and time.time() - t0 > cfg.max_minutes * 60)
+            or step == cfg.stop_at
+            or bool(stop_requested)
+        )
         if time.time() - last_ckpt > cfg.checkpoint_minutes * 60 or step == cfg.steps or timed_out:
             save_atomic(state_dict(), ckpt_path)
             last_ckpt = time.time()

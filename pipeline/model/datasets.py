@@ -202,8 +202,6 @@ def load_monuseg_image(folder: Path, name: str, cache_dir: Path | None = None) -
     return AnnotatedImage(name, rgb, labels)
 
 
-def load_monuseg(
-    folder: Path, names: tuple[str, ...], cache_dir: Path | None = None
-) -> list[AnnotatedImage]:
+def load_monuseg(folder: Path, names: tuple[str, ...], cache_dir: Path | None = None) -> list[AnnotatedImage]:
     """Several MoNuSeg images, in the order given."""
     return [load_monuseg_image(folder, n, cache_dir) for n in names]

@@ -75,9 +75,7 @@ def nuclear_optical_density(rgb: np.ndarray, nuclei: np.ndarray) -> tuple[np.nda
     return px.mean(axis=0), px.std(axis=0)
 
 
-def place_polygons(
-    rng: np.random.Generator, shape: tuple[int, int], count: int, cfg: SyntheticConfig
-) -> np.ndarray:
+def place_polygons(rng: np.random.Generator, shape: tuple[int, int], count: int, cfg: SyntheticConfig) -> np.ndarray:
     """Instance labels of up to ``count`` non-overlapping random polygons (GAP_PX apart)."""
     labels = np.zeros(shape, dtype=np.int32)
     occupied = np.zeros(shape, dtype=bool)

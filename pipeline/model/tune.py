@@ -42,7 +42,9 @@ GRID: dict[str, tuple[float, ...]] = {
     "centre_sigma": (0.5, 1.0, 2.0),
     "min_area_px": (10, 20, 30, 45),
 }
-START = NucleusThresholds(centre_sigma=1.0, centre_threshold=0.25, material_sigma=0.5, material_threshold=0.5, min_area_px=20)
+START = NucleusThresholds(
+    centre_sigma=1.0, centre_threshold=0.25, material_sigma=0.5, material_threshold=0.5, min_area_px=20
+)
 
 
 def model_function(path: Path, threads: int = 2) -> tuple[ProbabilityFn, dict[str, str]]:
@@ -92,8 +94,11 @@ def coordinate_search(
                 trail.append({**dataclasses.asdict(cand), **overall})
                 if objective(overall) > objective(best_overall) + 1e-6:
                     best, best_overall, changed = cand, overall, True
-            print(f"  {name}: best {getattr(best, name)} → AJI {best_overall['aji']:.4f} "
-                  f"PQ {best_overall['pq']:.4f} Dice {best_overall['dice']:.4f}", flush=True)
+            print(
+                f"  {name}: best {getattr(best, name)} → AJI {best_overall['aji']:.4f} "
+                f"PQ {best_overall['pq']:.4f} Dice {best_overall['dice']:.4f}",
+                flush=True,
+            )
         if not changed:
             break
     return best, best_overall, trail
@@ -104,8 +109,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", type=Path, required=True, help=".pt checkpoint or .onnx")
     parser.add_argument("--data", type=Path, default=shared_data_dir() / "monuseg2018_train")
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "pipeline-train")
-    parser.add_argument("--score-only", action="store_true",
-                        help="no search: score with --thresholds, or the ONNX file's own metadata")
+    parser.add_argument(
+        "--score-only", action="store_true", help="no search: score with --thresholds, or the ONNX file's own metadata"
+    )
     parser.add_argument("--thresholds", type=Path, help="JSON from a previous tune run")
     parser.add_argument("--out", type=Path, help="write the thresholds and scores (JSON)")
     parser.add_argument("--threads", type=int, default=2)

@@ -88,20 +88,32 @@ class ProbabilityHead(nn.Module):
         return torch.sigmoid(self.net(image))
 
 
-def theoretical_receptive_field(config: UNetConfig) -> int:
-    """Receptive field (px, side length) of one output pixel, from the layer arithmetic.
+def receptive_field_support(config: UNetConfig, phase: int) -> tuple[int, int]:
+    """Input offsets (first, last), relative to the output pixel, that can influence an output
+    pixel at ``phase`` (its position modulo 2**depth) — interval arithmetic backwards through
+    the layers (1-D; the network is separable in its support)."""
+    n, depth = config.convs_per_stage, config.depth
 
-    Each 3×3 convolution at sampling step ``j`` widens the field by ``2 j``; each 2×2/2 max
-    pooling by ``j``; a 2×2/2 transposed convolution maps every output to exactly one input
-    position, so it adds nothing; the 1×1 head adds nothing.
-    """
-    rf, jump = 1, 1
-    for _ in range(config.depth):
-        rf += config.convs_per_stage * 2 * jump  # the stage's convolutions
-        rf += jump  # max pooling 2×2, stride 2
-        jump *= 2
-    rf += config.convs_per_stage * 2 * jump  # bottleneck
-    for _ in range(config.depth):
-        jump //= 2
-        rf += config.convs_per_stage * 2 * jump  # decoder convolutions after each up-sampling
-    return rf
+    def encoder(level: int, a: int, b: int) -> tuple[int, int]:
+        a, b = a - n, b + n  # the stage's 3×3 convolutions
+        if level == 0:
+            return a, b
+        return encoder(level - 1, 2 * a, 2 * b + 1)  # 2×2/2 max pooling of the level above
+
+    def decoder(level: int, a: int, b: int) -> tuple[int, int]:
+        if level == depth:  # bottleneck
+            return encoder(depth - 1, 2 * (a - n), 2 * (b + n) + 1)
+        a, b = a - n, b + n  # the decoder stage's convolutions
+        skip = encoder(level, a, b)
+        up = decoder(level + 1, a // 2, b // 2)  # 2×2/2 transposed convolution
+        return min(skip[0], up[0]), max(skip[1], up[1])
+
+    first, last = decoder(0, phase, phase)
+    return first - phase, last - phase
+
+
+def theoretical_receptive_field(config: UNetConfig) -> int:
+    """Receptive field (px, side length) of an output pixel: the widest support over the
+    2**depth phases of the pooling grid (:func:`receptive_field_support`)."""
+    widths = [b - a + 1 for a, b in (receptive_field_support(config, p) for p in range(2**config.depth))]
+    return max(widths)
