@@ -14,7 +14,7 @@ decoder touches it:
 Every reader returns RGB uint8 regions in the coordinates of the requested level; parts of
 a region outside the image are white (glass), so tiles at the slide's edge need no special
 case downstream. Microns per pixel come from the vendor metadata with fallbacks, or are
-``None`` with a warning (the caller then uses the manifest's value or the default).
+``None`` (the caller then uses the manifest's value, or the default with a warning).
 """
 
 from __future__ import annotations
@@ -495,8 +495,6 @@ def open_slide(path: str | Path, reader: str = "auto") -> Slide:
         raise SlideError(f"{name} could not open the file: {type(exc).__name__}: {exc}") from exc
     if slide.level_dimensions[0][0] < 1 or slide.level_dimensions[0][1] < 1:
         raise SlideError("slide has no pixels")
-    if slide.mpp is None:
-        warnings.warn(f"{p.name}: no microns-per-pixel in the file's metadata", stacklevel=2)
     return slide
 
 

@@ -1,0 +1,151 @@
+"""``python -m pipeline.run`` end to end on a local Dask cluster of worker processes: bad slides
+fail alone, reruns recompute nothing, a killed run resumes to the same outputs and never shows
+a half-written slide folder."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.testing import synthetic_slide_image, write_pyramidal_tiff
+from tests.conftest import WSI_FIXTURES, need_shared
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.run", *args, "--no-progress", "--workers", "1", "--threads", "2"],
+        cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def output_digest(slide_dir: Path) -> dict[str, str]:
+    """Hashes of what must not depend on how the run went: nuclei, label chunks, stats."""
+    import zarr
+
+    out = {}
+    out["nuclei.csv"] = hashlib.sha256((slide_dir / "nuclei.csv").read_bytes()).hexdigest()
+    labels = zarr.open_array(str(slide_dir / "maps.zarr" / "labels"), mode="r")[:]
+    out["labels"] = hashlib.sha256(np.ascontiguousarray(labels).tobytes()).hexdigest()
+    stats = json.loads((slide_dir / "stats.json").read_text())
+    for volatile in ("seconds", "stage_seconds"):
+        stats.pop(volatile)
+    out["stats"] = hashlib.sha256(json.dumps(stats, sort_keys=True).encode()).hexdigest()
+    return out
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("cohort")
+    rows = ["slide_path,slide_id,cancer_type"]
+    for i in range(4):
+        image, _ = synthetic_slide_image(700, 600, seed=20 + i)
+        write_pyramidal_tiff(folder / f"s{i}.svs", image, mpp=0.25)
+        rows.append(f"s{i}.svs,s{i},{'BRCA' if i % 2 else 'LUAD'}")
+    (folder / "manifest.csv").write_text("\n".join(rows) + "\n")
+    return folder
+
+
+@pytest.mark.slow
+def test_failures_reruns_and_resume(cohort: Path, blob_model: Path, tmp_path: Path) -> None:
+    manifest = tmp_path / "manifest.csv"
+    data = (cohort / "s0.svs").read_bytes()
+    (cohort / "truncated.svs").write_bytes(data[: len(data) // 3])
+    manifest.write_text(
+        (cohort / "manifest.csv").read_text().replace("s", str(cohort) + "/s", 0)
+        + f"{cohort}/missing.svs,missing,BRCA\n{cohort}/truncated.svs,truncated,BRCA\n"
+    )
+    rows = manifest.read_text().splitlines()
+    manifest.write_text("\n".join([rows[0]] + [
+        (r if r.startswith("/") else f"{cohort}/{r}") for r in rows[1:]
+    ]) + "\n")
+    out = tmp_path / "out"
+    first = run_cli(str(manifest), "--out", str(out), "--model", str(blob_model), "--tile-px", "256")
+    assert first.returncode == 1, first.stderr[-3000:]
+    run = json.loads((out / "run.json").read_text())
+    status = {k: v["status"] for k, v in run["slides"].items()}
+    assert status == {"s0": "ok", "s1": "ok", "s2": "ok", "s3": "ok", "missing": "failed", "truncated": "failed"}
+    assert "file not found" in run["slides"]["missing"]["error"]
+    assert "truncated" in json.loads((out / "slides" / "truncated" / "stats.json").read_text())["error"]
+    assert run["model"]["sha256"] and run["versions"]["dask"]
+    assert "2 failed" in first.stdout and "4 ok" in first.stdout
+    digests = {s: output_digest(out / "slides" / s) for s in ("s0", "s1", "s2", "s3")}
+    mtimes = {s: (out / "slides" / s / "stats.json").stat().st_mtime for s in digests}
+
+    # a second run recomputes nothing
+    second = run_cli(str(manifest), "--out", str(out), "--model", str(blob_model), "--tile-px", "256")
+    assert second.returncode == 1
+    assert "6 already complete, 0 to process" in second.stderr
+    assert {s: (out / "slides" / s / "stats.json").stat().st_mtime for s in digests} == mtimes
+
+    # killed mid-way, then resumed: same outputs as the uninterrupted run, never a partial folder
+    out2 = tmp_path / "out2"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.run", str(cohort / "manifest.csv"), "--out", str(out2), "--model",
+         str(blob_model), "--tile-px", "256", "--no-progress", "--workers", "1", "--threads", "2"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    deadline = time.time() + 300
+    seen_partial = False
+    while time.time() < deadline:
+        slides = out2 / "slides"
+        visible = [p for p in slides.iterdir() if not p.name.startswith(".")] if slides.exists() else []
+        for p in visible:  # a visible folder is always complete
+            assert (p / "stats.json").exists() and (p / "nuclei.csv").exists(), p
+        seen_partial |= slides.exists() and any(p.name.startswith(".") for p in slides.iterdir())
+        if len(visible) >= 1:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = {p.name for p in (out2 / "slides").iterdir() if not p.name.startswith(".")}
+    assert 1 <= len(done_before) < 4 and seen_partial
+    resumed = run_cli(str(cohort / "manifest.csv"), "--out", str(out2), "--model", str(blob_model), "--tile-px",
+                      "256")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"{len(done_before)} already complete" in resumed.stderr
+    assert not [p for p in (out2 / "slides").iterdir() if p.name.startswith(".")]
+    for s in digests:
+        assert output_digest(out2 / "slides" / s) == digests[s], s
+
+
+def test_malformed_manifest_is_rejected_before_any_work(tmp_path: Path, blob_model: Path) -> None:
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("slide_path,slide_id\na.svs,x\nb.svs,x\n")
+    result = run_cli(str(manifest), "--out", str(tmp_path / "out"), "--model", str(blob_model))
+    assert result.returncode == 2 and "row 3" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_real_fixture_slides(tmp_path: Path, blob_model: Path) -> None:
+    """The three real slides give nuclei; a missing and a truncated file fail with reasons."""
+    need_shared("CMU-1-Small-Region.svs", "tcga-cr-7395-01a-01-ts1.svs", "small_dicom.dcm")
+    data = (WSI_FIXTURES / "CMU-1-Small-Region.svs").read_bytes()
+    (tmp_path / "cut.svs").write_bytes(data[:200_000])
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(
+        "slide_path,slide_id,cancer_type,mpp\n"
+        f"{WSI_FIXTURES / 'CMU-1-Small-Region.svs'},cmu,SKCM,\n"
+        f"{WSI_FIXTURES / 'tcga-cr-7395-01a-01-ts1.svs'},tcga,HNSC,\n"
+        f"{WSI_FIXTURES / 'small_dicom.dcm'},dicom,BRCA,\n"
+        "nowhere.svs,missing,BRCA,\n"
+        "cut.svs,cut,BRCA,\n"
+    )
+    result = run_cli(str(manifest), "--out", str(tmp_path / "out"), "--model", str(blob_model), "--no-qc")
+    assert result.returncode == 1
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    for sid in ("cmu", "tcga", "dicom"):
+        assert run["slides"][sid]["status"] == "ok" and run["slides"][sid]["n_nuclei"] > 100, sid
+    for sid in ("missing", "cut"):
+        assert run["slides"][sid]["status"] == "failed" and run["slides"][sid]["error"], sid
