@@ -52,17 +52,22 @@ def seeds_from_centres(centre: Any, foreground: Any, params: NucleusThresholds) 
         return markers
     seeded = xp.zeros(int(n_comp) + 1, dtype=bool)
     seeded[components[markers > 0]] = True
-    unseeded = xp.nonzero(~seeded[1:])[0] + 1
-    if unseeded.size:
-        boxes = ndi.find_objects(to_host(components))
-        next_id = int(n) + 1
-        for comp in to_host(unseeded):
-            box = boxes[int(comp) - 1]
-            inside = components[box] == comp
-            local = xp.where(inside, blurred[box], -1.0)
-            r, c = xp.unravel_index(int(local.argmax()), local.shape)
-            markers[box[0].start + int(r), box[1].start + int(c)] = next_id
-            next_id += 1
+    unseeded = ~seeded
+    unseeded[0] = False
+    if bool(unseeded.any()):
+        # The centre-map maximum of each unseeded component (first in raster order on ties),
+        # for all components at once: sort their pixels by (component, −value, position).
+        flat = components.reshape(-1)
+        where = xp.nonzero(unseeded[flat])[0]
+        comp = flat[where]
+        keys = xp.stack([where.astype(xp.float64), -blurred.reshape(-1)[where].astype(xp.float64),
+                         comp.astype(xp.float64)])
+        order = xp.lexsort(keys)
+        comp, where = comp[order], where[order]
+        first = xp.ones(comp.shape[0], dtype=bool)
+        first[1:] = comp[1:] != comp[:-1]
+        peaks = where[first]  # ascending component id
+        markers.reshape(-1)[peaks] = xp.arange(int(n) + 1, int(n) + 1 + peaks.shape[0], dtype=xp.int32)
     return markers
 
 
@@ -72,14 +77,15 @@ def watershed_from_seeds(surface: Any, markers: Any, mask: Any) -> Any:
     Each connected component of the mask is flooded on its own: a component holding one seed
     is that seed's region outright, so the flooding runs only on the bounding boxes of
     components holding several seeds (touching nuclei), a small share of a tile's pixels.
-    CPU: scikit-image. Device arrays are flooded on the host until the GPU watershed lands.
+    CPU: scikit-image. Device arrays: the level-bucketed flood of :mod:`pipeline.kernels.watershed`,
+    on the device (same per-component logic, no host round trip).
     """
     from skimage.segmentation import watershed
 
     if is_device_array(surface):
-        import cupy
+        from pipeline.kernels.watershed import flood_components
 
-        return cupy.asarray(watershed_from_seeds(surface.get(), markers.get(), mask.get()))
+        return flood_components(surface, markers, mask)
     import scipy.ndimage as ndi
 
     components, n_comp = ndi.label(mask)
@@ -87,7 +93,9 @@ def watershed_from_seeds(surface: Any, markers: Any, mask: Any) -> Any:
     if n_comp == 0:
         return labels
     seeded = markers > 0
-    seeds_per_comp = np.bincount(components[seeded], minlength=n_comp + 1)
+    # distinct seeds (marker ids, not seed pixels) per component
+    pairs = np.unique(components[seeded].astype(np.int64) * (int(markers.max()) + 1) + markers[seeded])
+    seeds_per_comp = np.bincount(pairs // (int(markers.max()) + 1), minlength=n_comp + 1)
     # single-seed components: the seed's id everywhere in the component
     owner = np.zeros(n_comp + 1, dtype=np.int32)
     single = seeds_per_comp == 1

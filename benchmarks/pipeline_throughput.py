@@ -1,0 +1,134 @@
+"""End-to-end throughput of the slide pipeline against bare ONNX Runtime inference on the same
+tiles, and peak worker memory for a small and a 4× larger slide.
+
+    python benchmarks/pipeline_throughput.py [--model FILE.onnx] [--side 2048] [--out DIR]
+
+Both sides of the ratio are measured in this run on this machine:
+* baseline: the model alone (one ONNX Runtime session using every core) on the slide's tissue
+  tiles, already read, resampled and normalised in memory before the clock starts;
+* pipeline: ``run_slides`` on a local Dask cluster (1 worker process, one thread per core):
+  plan, read, normalise, infer, watershed, features, label assembly and the slide's outputs.
+Figures are megapixels of tissue (tile cores over tissue, at model resolution) per second.
+Peak RSS is the worker process's high-water mark (``ru_maxrss``) on a fresh cluster per slide.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def generated_slide(folder: Path, side: int, seed: int) -> Path:
+    from pipeline.testing import synthetic_slide_image, write_pyramidal_tiff
+
+    image, _ = synthetic_slide_image(side, side, seed=seed, tissue="full", spacing=24)
+    return write_pyramidal_tiff(folder / f"slide_{side}.svs", image, mpp=0.25, compression="jpeg")
+
+
+def baseline_seconds(plan, threads: int) -> float:  # type: ignore[no-untyped-def]
+    """Bare inference on the plan's tiles (inputs prepared before timing)."""
+    from pipeline.io.slides import open_slide
+    from pipeline.model.session import NucleusModel
+    from pipeline.slide import model_input, normalise_stain, resample_to_model
+
+    model = NucleusModel(Path(plan.model_path), intra_op_threads=threads)
+    slide = open_slide(plan.slide_path, plan.reader)
+    grid = plan.grid
+    inputs = []
+    for tile in plan.tiles:
+        ox, oy = grid.window_origin(*tile)
+        rgb = resample_to_model(slide.read_region(ox, oy, grid.extent0, grid.extent0), grid)
+        inputs.append(model_input([normalise_stain(rgb, plan.stain)], grid.model_input_side))
+    model.predict(inputs[0])  # warm-up (graph optimisation, allocations)
+    t0 = time.perf_counter()
+    for x in inputs:
+        model.predict(x)
+    return time.perf_counter() - t0
+
+
+def pipeline_run(slide: Path, out: Path, config) -> tuple[float, int, dict]:  # type: ignore[no-untyped-def]
+    """Seconds for run_slides on a fresh local cluster, the worker's peak RSS (bytes), stats."""
+    from distributed import Client, LocalCluster
+
+    from pipeline.graph import run_slides
+    from pipeline.manifest import SlideEntry
+
+    cores = os.cpu_count() or 1
+    with LocalCluster(n_workers=1, threads_per_worker=cores, processes=True, dashboard_address=None) as cluster:
+        with Client(cluster) as client:
+            client.run(lambda: __import__("pipeline.model.session"))  # import cost outside the clock
+            t0 = time.perf_counter()
+            (outcome,) = run_slides(client, [SlideEntry(slide.stem, slide)], out, config)
+            seconds = time.perf_counter() - t0
+            peak = list(client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss).values())[0]
+    if outcome.status != "ok":
+        raise RuntimeError(outcome.error)
+    return seconds, int(peak) * 1024, outcome.stats
+
+
+def main() -> None:
+    from pipeline.config import Config
+    from pipeline.manifest import SlideEntry
+    from pipeline.model.session import resolve_model_path
+    from pipeline.slide import plan_slide
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", default="")
+    p.add_argument("--side", type=int, default=2048, help="side of the small slide (the large one is 2×)")
+    p.add_argument("--tile-px", type=int, default=1024)
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args()
+    model = str(resolve_model_path(args.model or None))
+    cores = os.cpu_count() or 1
+    work = Path(args.out or tempfile.mkdtemp(prefix="bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    config = Config(model=model, tile_px=args.tile_px, intra_op_threads=1, progress=False)
+    results = {
+        "machine": f"{platform.node()} {platform.machine()} {cores} cores, {platform.python_version()}",
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "model": model,
+        "tile_px": args.tile_px,
+        "slides": [],
+    }
+    for factor in (1, 2):
+        side = args.side * factor
+        slide = generated_slide(work, side, seed=factor)
+        plan = plan_slide(SlideEntry(slide.stem, slide), str(work / "plan"), config)
+        grid = plan.grid
+        tissue_mpx = sum(
+            (min(grid.core(*t)[2], grid.width) - grid.core(*t)[0]) * (min(grid.core(*t)[3], grid.height) - grid.core(*t)[1])
+            for t in plan.tiles
+        ) / grid.scale**2 / 1e6
+        base = baseline_seconds(plan, threads=cores)
+        seconds, peak, stats = pipeline_run(slide, work / f"run_{side}", config)
+        row = {
+            "side_px": side,
+            "tiles": len(plan.tiles),
+            "tissue_mpx": round(tissue_mpx, 2),
+            "baseline_ort_s": round(base, 2),
+            "pipeline_s": round(seconds, 2),
+            "baseline_mpx_per_s": round(tissue_mpx / base, 3),
+            "pipeline_mpx_per_s": round(tissue_mpx / seconds, 3),
+            "ratio_pipeline_over_baseline": round(base / seconds, 3),
+            "worker_peak_rss_mb": round(peak / 2**20, 1),
+            "stage_seconds": stats["stage_seconds"],
+            "n_nuclei": stats["n_nuclei"],
+        }
+        results["slides"].append(row)
+        print(json.dumps(row), flush=True)
+    small, large = results["slides"]
+    results["rss_large_over_small"] = round(large["worker_peak_rss_mb"] / small["worker_peak_rss_mb"], 3)
+    print(json.dumps({k: v for k, v in results.items() if k != "slides"}, indent=1))
+    (work / "throughput.json").write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
