@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.kernels.dispatch import array_module, is_device_array, ndimage_module, to_host
+from pipeline.kernels.dispatch import array_module, is_device_array, ndimage_module
 
 
 @dataclass(frozen=True)
