@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from distributed import WorkerPlugin
+
 from pipeline.config import Config
 from pipeline.io.outputs import publish_failure
 from pipeline.manifest import SlideEntry
@@ -36,6 +38,26 @@ from pipeline.slide import (
 )
 
 BAND_ROWS = 8  # tile rows per label-assembly task
+GPU_RESOURCE = "GPU"  # dask-cuda workers started with --resources GPU=1 receive the tile tasks
+
+
+class ModelPreload(WorkerPlugin):
+    """Worker plugin: loads the model into the worker process once, when the worker starts
+    (or joins later), so no task pays for it and no task ships it."""
+
+    name = "nuclei-model"
+
+    def __init__(self, model: str, threads: int) -> None:
+        self.model = model
+        self.threads = threads
+
+    def setup(self, worker: Any) -> None:
+        from pipeline.model.session import load_model
+
+        load_model(self.model or None, self.threads)
+
+    def teardown(self, worker: Any) -> None:
+        pass
 
 
 @dataclass
@@ -82,9 +104,21 @@ def describe_failure(exc: BaseException, entry: SlideEntry, attempts: int) -> st
     return f"{entry.slide_path.name}: {type(exc).__name__}: {exc}"
 
 
+def visible_gpus() -> int:
+    """CUDA devices this process may use (0 when cupy is missing or sees none)."""
+    from pipeline.kernels.dispatch import gpu_available
+
+    if not gpu_available():
+        return 0
+    import cupy
+
+    return int(cupy.cuda.runtime.getDeviceCount())
+
+
 def connect(config: Config) -> Any:
-    """A distributed Client: to ``config.scheduler`` (address or scheduler file) when given,
-    else to a local cluster of worker processes sized to this machine."""
+    """A distributed Client: to ``config.scheduler`` (address or scheduler file) when given;
+    else a ``LocalCUDACluster`` (one worker per GPU) when GPUs and dask-cuda are present;
+    else a local cluster of worker processes sized to this machine."""
     import dask
     from distributed import Client, LocalCluster
 
@@ -93,6 +127,20 @@ def connect(config: Config) -> Any:
         if os.path.exists(config.scheduler):
             return Client(scheduler_file=config.scheduler)
         return Client(config.scheduler)
+    if visible_gpus():
+        try:
+            from dask_cuda import LocalCUDACluster
+        except ImportError:
+            pass
+        else:
+            cores = os.cpu_count() or 1
+            cuda = LocalCUDACluster(
+                threads_per_worker=config.threads_per_worker or max(1, cores // visible_gpus()),
+                resources={GPU_RESOURCE: 1},
+                rmm_pool_size=os.environ.get("NUCLEI_RMM_POOL", "0.5"),  # share of each GPU's memory
+                dashboard_address=":8787",
+            )
+            return Client(cuda)
     cores = os.cpu_count() or 1
     workers = config.n_workers or max(1, cores // 4)
     threads = config.threads_per_worker or max(1, cores // workers)
@@ -117,7 +165,11 @@ def run_slides(
     from distributed import as_completed
 
     progress = progress or NoProgress()
-    n_workers = max(1, len(client.scheduler_info().get("workers", {})))
+    workers = client.scheduler_info().get("workers", {})
+    n_workers = max(1, len(workers))
+    gpu_workers = any(GPU_RESOURCE in (w.get("resources") or {}) for w in workers.values())
+    tile_resources = {GPU_RESOURCE: 1} if gpu_workers else None
+    client.register_plugin(ModelPreload(config.model, config.intra_op_threads or 1), name=ModelPreload.name)
     limit = config.slides_in_flight or 2 * n_workers
     queue = list(reversed(entries))
     run_token = uuid.uuid4().hex[:6]
@@ -156,7 +208,8 @@ def run_slides(
         progress.tiles_planned(len(plan.tiles))
         segs = []
         for i, batch in enumerate(batches(plan.tiles, config.tiles_per_task)):
-            f = client.submit(segment_tiles, plan, batch, key=f"segment-tiles-{sid}-{i}-{run_token}", pure=False)
+            f = client.submit(segment_tiles, plan, batch, key=f"segment-tiles-{sid}-{i}-{run_token}", pure=False,
+                              resources=tile_resources)
             role[f.key] = ("tiles", sid)
             segs.append(f)
             done_stream.add(f)

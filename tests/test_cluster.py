@@ -1,0 +1,184 @@
+"""Fault tolerance with real processes: a ``dask-scheduler`` and ``dask-worker`` processes,
+and ``pipeline.run --scheduler`` as the driver."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pipeline.io.slides import cucim_available
+from pipeline.testing import synthetic_slide_image, write_pyramidal_tiff
+from tests.conftest import WSI_FIXTURES, need_shared
+from tests.test_run import ROOT, output_digest
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+
+
+class ExternalCluster:
+    """A dask-scheduler and worker processes (each a nanny + worker, in its own process group)."""
+
+    def __init__(self, folder: Path, n_workers: int) -> None:
+        self.folder = folder
+        self.file = folder / "scheduler.json"
+        env = dict(os.environ, DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES="2")
+        self.env = env
+        self.scheduler = subprocess.Popen(
+            [str(BIN / "dask"), "scheduler", "--scheduler-file", str(self.file), "--port", "0",
+             "--dashboard-address", ":0"],
+            env=env, stdout=subprocess.DEVNULL, stderr=open(folder / "scheduler.log", "w"), start_new_session=True,
+        )
+        deadline = time.time() + 60
+        while not self.file.exists() and time.time() < deadline:
+            time.sleep(0.1)
+        self.workers = [self.start_worker(i) for i in range(n_workers)]
+        self.wait_for_workers(n_workers)
+
+    def start_worker(self, i: int) -> subprocess.Popen:
+        return subprocess.Popen(
+            [str(BIN / "dask"), "worker", "--scheduler-file", str(self.file), "--nthreads", "1", "--nworkers", "1",
+             "--memory-limit", "3GiB", "--no-dashboard", "--name", f"w{i}-{time.time_ns()}"],
+            env=self.env, stdout=subprocess.DEVNULL, stderr=open(self.folder / f"worker{i}.log", "a"),
+            start_new_session=True,
+        )
+
+    def client(self):  # type: ignore[no-untyped-def]
+        from distributed import Client
+
+        return Client(scheduler_file=str(self.file), timeout=30)
+
+    def wait_for_workers(self, n: int) -> None:
+        with self.client() as c:
+            c.wait_for_workers(n, timeout=120)
+
+    def kill_worker(self, i: int) -> None:
+        os.killpg(self.workers[i].pid, signal.SIGKILL)
+        self.workers[i].wait()
+
+    def close(self) -> None:
+        for p in [*self.workers, self.scheduler]:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.wait()
+
+
+@pytest.fixture
+def cluster2(tmp_path: Path) -> Iterator[ExternalCluster]:
+    c = ExternalCluster(tmp_path, 2)
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("cohort")
+    rows = ["slide_path,slide_id,cancer_type"]
+    for i in range(5):
+        image, _ = synthetic_slide_image(768, 640, seed=40 + i)
+        write_pyramidal_tiff(folder / f"c{i}.svs", image, mpp=0.25)
+        rows.append(f"c{i}.svs,c{i},BRCA")
+    (folder / "manifest.csv").write_text("\n".join(rows) + "\n")
+    return folder
+
+
+def run_args(manifest: Path, out: Path, model: Path, scheduler: Path | None = None, *extra: str) -> list[str]:
+    args = [sys.executable, "-m", "pipeline.run", str(manifest), "--out", str(out), "--model", str(model),
+            "--tile-px", "256", "--no-progress", "--no-qc", *extra]
+    if scheduler:
+        args += ["--scheduler", str(scheduler)]
+    else:
+        args += ["--workers", "1", "--threads", "1"]
+    return args
+
+
+@pytest.fixture(scope="module")
+def reference(cohort: Path, blob_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
+    """Outputs of an uninterrupted run with one local worker."""
+    out = tmp_path_factory.mktemp("reference")
+    result = subprocess.run(run_args(cohort / "manifest.csv", out, blob_model), cwd=ROOT, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return {p.name: output_digest(p) for p in (out / "slides").iterdir()}
+
+
+def wait_until(predicate, timeout: float = 300) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise TimeoutError
+
+
+def published(out: Path) -> set[str]:
+    slides = out / "slides"
+    return {p.name for p in slides.iterdir() if not p.name.startswith(".")} if slides.exists() else set()
+
+
+def test_killed_worker_costs_only_its_tasks(cluster2, cohort, blob_model, reference, tmp_path) -> None:
+    out = tmp_path / "out"
+    driver = subprocess.Popen(run_args(cohort / "manifest.csv", out, blob_model, cluster2.file), cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_until(lambda: (out / "slides").exists() and any(p.name.startswith(".") for p in (out / "slides").iterdir()))
+    time.sleep(1.0)  # tiles in progress on both workers
+    cluster2.kill_worker(0)
+    stdout, stderr = driver.communicate(timeout=600)
+    assert driver.returncode == 0, stderr[-3000:]
+    assert {p: output_digest(out / "slides" / p) for p in published(out)} == reference
+
+
+def test_killed_driver_resumes_without_recomputing(cluster2, cohort, blob_model, reference, tmp_path) -> None:
+    out = tmp_path / "out"
+    driver = subprocess.Popen(run_args(cohort / "manifest.csv", out, blob_model, cluster2.file), cwd=ROOT,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    wait_until(lambda: len(published(out)) >= 2)
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    before = {p: (out / "slides" / p / "stats.json").stat().st_mtime_ns for p in published(out)}
+    assert 2 <= len(before) < 5
+    result = subprocess.run(run_args(cohort / "manifest.csv", out, blob_model, cluster2.file), cwd=ROOT,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"{len(before)} already complete" in result.stderr
+    for p, mtime in before.items():
+        assert (out / "slides" / p / "stats.json").stat().st_mtime_ns == mtime  # not recomputed
+    assert {p: output_digest(out / "slides" / p) for p in published(out)} == reference
+    assert not [p for p in (out / "slides").iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.skipif(not cucim_available(), reason="the poison slide needs cuCIM (it crashes on Deflate tiles)")
+def test_poison_slide_fails_after_bounded_attempts(cluster2, cohort, blob_model, tmp_path) -> None:
+    need_shared("boxes.tiff")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(
+        "slide_path,slide_id\n"
+        f"{cohort / 'c0.svs'},c0\n{WSI_FIXTURES / 'boxes.tiff'},boxes\n{cohort / 'c1.svs'},c1\n"
+    )
+    out = tmp_path / "out"
+    # forcing cuCIM makes it read the Deflate-compressed TIFF it crashes on: a real worker-killing slide
+    result = subprocess.run(run_args(manifest, out, blob_model, cluster2.file, "--reader", "cucim"), cwd=ROOT,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1, result.stderr[-3000:]
+    run = json.loads((out / "run.json").read_text())
+    assert run["slides"]["c0"]["status"] == "ok" and run["slides"]["c1"]["status"] == "ok"
+    assert run["slides"]["boxes"]["status"] == "failed"
+    assert "worker process died" in run["slides"]["boxes"]["error"]
+    assert "died" in json.loads((out / "slides" / "boxes" / "stats.json").read_text())["error"]
+
+
+def test_same_outputs_with_one_and_two_workers(cluster2, cohort, blob_model, reference, tmp_path) -> None:
+    out = tmp_path / "out"
+    result = subprocess.run(run_args(cohort / "manifest.csv", out, blob_model, cluster2.file), cwd=ROOT,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert {p: output_digest(out / "slides" / p) for p in published(out)} == reference
