@@ -12,6 +12,7 @@ import numpy as np
 
 from pipeline.kernels.dispatch import array_module, to_host
 
+
 def nucleus_moments(labels: Any, intensity: Any) -> dict[str, np.ndarray]:
     """Area, centroid (row, col), eccentricity and mean intensity of labels 1..n (host arrays)."""
     xp = array_module(labels)

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.kernels.dispatch import array_module
+from pipeline.kernels.dispatch import array_module, to_host
 
 # RGB → LMS → log → lαβ (Reinhard et al. 2001, eq. 4 and 6).
 _RGB2LMS = np.array(
@@ -74,8 +74,8 @@ def reinhard_stats(rgb: Any, tissue: Any | None = None) -> StainStats:
         sel = tissue.reshape(-1)
         if int(sel.sum()) >= 100:
             lab = lab[sel]
-    mean = xp.asarray(lab.mean(axis=0), dtype=xp.float64)
-    std = xp.asarray(lab.std(axis=0), dtype=xp.float64)
+    mean = to_host(xp.asarray(lab.mean(axis=0), dtype=xp.float64))  # one small copy off the device
+    std = to_host(xp.asarray(lab.std(axis=0), dtype=xp.float64))
     m = [float(v) for v in mean]
     s = [max(float(v), 1e-4) for v in std]
     return StainStats(mean=(m[0], m[1], m[2]), std=(s[0], s[1], s[2]))

@@ -20,8 +20,8 @@ def tissue_mask(rgb: Any, min_od: float = TISSUE_MIN_OD, closing_px: int = 3, mi
     """Boolean tissue mask of a low-resolution RGB view (uint8 H×W×3).
 
     A pixel is tissue when its summed optical density exceeds ``min_od``, it has the chroma of
-    a stain (glass is grey) and it is not near-black; the mask is closed with a ``closing_px`` square and specks smaller than
-    ``min_size_px`` low-resolution pixels are dropped.
+    a stain (glass is grey) and it is not near-black; the mask is closed with a ``closing_px``
+    square and specks smaller than ``min_size_px`` low-resolution pixels are dropped.
     """
     xp, ndi = array_module(rgb), ndimage_module(rgb)
     od = optical_density(rgb[..., :3])
