@@ -39,7 +39,7 @@ class Config:
     n_workers: int = 0  # local cluster workers; 0 = sized to the machine
     threads_per_worker: int = 0  # 0 = cores / workers
     memory_limit: str = "auto"  # per local worker
-    slides_in_flight: int = 0  # slides being processed at once; 0 = 2 × workers
+    slides_in_flight: int = 0  # slides being processed at once; 0 = 3 × worker threads (at least 4)
     max_attempts: int = 3  # a slide that kills workers this many times is marked failed
     intra_op_threads: int = 0  # ONNX Runtime threads per session; 0 = threads per worker
     progress: bool = True

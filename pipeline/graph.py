@@ -166,11 +166,13 @@ def run_slides(
 
     progress = progress or NoProgress()
     workers = client.scheduler_info().get("workers", {})
-    n_workers = max(1, len(workers))
     gpu_workers = any(GPU_RESOURCE in (w.get("resources") or {}) for w in workers.values())
     tile_resources = {GPU_RESOURCE: 1} if gpu_workers else None
     client.register_plugin(ModelPreload(config.model, config.intra_op_threads or 1), name=ModelPreload.name)
-    limit = config.slides_in_flight or 2 * n_workers
+    threads = sum(int(w.get("nthreads", 1)) for w in workers.values()) or 1
+    # enough slides in flight to hide the driver round trip between a slide's plan and its
+    # tiles, few enough that the scheduler holds a few hundred tasks at most
+    limit = config.slides_in_flight or max(4, 3 * threads)
     queue = list(reversed(entries))
     run_token = uuid.uuid4().hex[:6]
     flights: dict[str, _InFlight] = {}

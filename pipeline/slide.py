@@ -274,10 +274,12 @@ def segment_tiles(plan: SlidePlan, tiles: list[Tile]) -> list[TileSummary]:
             table, local = tile_nuclei(labels, h_map, grid, tile, plan.mpp)
             t3 = time.perf_counter()
             owned0 = local[labels][np.ix_(sampling, sampling)]
-            atomic_write_bytes(tile_file(plan, tile, ".labels.zst"), codec.encode(np.ascontiguousarray(owned0)))
+            atomic_write_bytes(
+                tile_file(plan, tile, ".labels.zst"), codec.encode(np.ascontiguousarray(owned0)), durable=False
+            )
             sink = pa.BufferOutputStream()
             pq.write_table(table, sink, compression="zstd")
-            atomic_write_bytes(tile_file(plan, tile, ".parquet"), sink.getvalue().to_pybytes())
+            atomic_write_bytes(tile_file(plan, tile, ".parquet"), sink.getvalue().to_pybytes(), durable=False)
             if plan.config.save_probabilities:
                 write_probability_chunk(plan, tile, prob, sampling)
             t4 = time.perf_counter()

@@ -138,3 +138,19 @@ def build_blob_model(path: Path, mpp: float = 0.25) -> Path:
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return path
+
+
+def tiny_cohort(folder: Path, n: int, side: int = 64) -> list:
+    """``n`` tiny one-level TIFF slides (ten cancer types) and their manifest entries, for
+    measuring what a long manifest costs the scheduler."""
+    import tifffile
+
+    from pipeline.manifest import SlideEntry
+
+    image, _ = synthetic_slide_image(side, side, seed=0, tissue="full", spacing=20)
+    entries = []
+    for i in range(n):
+        path = folder / f"t{i:05d}.tiff"
+        tifffile.imwrite(path, image, compression="zlib")
+        entries.append(SlideEntry(f"t{i:05d}", path, cancer_type=f"T{i % 10}", mpp=0.25))
+    return entries

@@ -42,9 +42,11 @@ class TileGrid:
     def for_slide(cls, width: int, height: int, slide_mpp: float, model_mpp: float,
                   tile_px: int, halo_px: int) -> TileGrid:
         scale = model_mpp / slide_mpp
+        # a slide smaller than one tile gets one tile of its own size, not a mostly empty one
+        tile_px = min(tile_px, round_up(max(width, height) / scale, INPUT_MULTIPLE))
         core0 = max(INPUT_MULTIPLE, int(round(tile_px * scale)))
         halo0 = int(math.ceil(halo_px * scale))
-        if halo0 > core0:
+        if halo0 > core0 and (core0 < width or core0 < height):
             raise ValueError(f"halo ({halo_px} px) must not exceed the tile core ({tile_px} px)")
         return cls(width=width, height=height, core0=core0, halo0=halo0, scale=scale)
 
