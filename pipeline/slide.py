@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections import OrderedDict
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +57,7 @@ from pipeline.tiling import TileGrid, derive_halo_px
 MPP_40X = 0.25
 
 Tile = tuple[int, int]
+WINDOW_CACHE = 12  # decoded neighbour windows kept while assembling label chunks
 
 
 @dataclass(frozen=True)
@@ -335,17 +337,24 @@ def assemble_labels(plan: SlidePlan, chunks: list[Tile], summaries: list[list[Ti
     maps = open_maps(Path(plan.work_dir))
     labels_arr = maps["labels"]
     e = grid.extent0
-    cache: dict[Tile, np.ndarray | None] = {}
+    # Recently decoded windows: enough for the 3×3 neighbourhood as it slides along a row,
+    # independent of the slide's width, so memory stays bounded on any slide.
+    cache: OrderedDict[Tile, np.ndarray | None] = OrderedDict()
 
     def window(tile: Tile) -> np.ndarray | None:
-        if tile not in cache:
-            path = tile_file(plan, tile, ".labels.zst")
-            cache[tile] = (
-                np.frombuffer(codec.decode(path.read_bytes()), dtype=np.uint32).reshape(e, e)
-                if tile in offsets and path.exists()
-                else None
-            )
-        return cache[tile]
+        if tile in cache:
+            cache.move_to_end(tile)
+            return cache[tile]
+        path = tile_file(plan, tile, ".labels.zst")
+        win = (
+            np.frombuffer(codec.decode(path.read_bytes()), dtype=np.uint32).reshape(e, e)
+            if tile in offsets and path.exists()
+            else None
+        )
+        cache[tile] = win
+        if len(cache) > WINDOW_CACHE:
+            cache.popitem(last=False)
+        return win
 
     written = 0
     for r, c in chunks:
@@ -369,9 +378,6 @@ def assemble_labels(plan: SlidePlan, chunks: list[Tile], summaries: list[list[Ti
         if chunk.any():
             labels_arr[y0:y1, x0:x1] = chunk
             written += 1
-        # windows more than one row above are no longer needed
-        for key in [k for k in cache if k[0] < r - 1]:
-            del cache[key]
     return written
 
 
