@@ -23,8 +23,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 
 def generated_slide(folder: Path, side: int, seed: int) -> Path:
     from pipeline.testing import synthetic_slide_image, write_pyramidal_tiff
@@ -103,10 +101,8 @@ def main() -> None:
         slide = generated_slide(work, side, seed=factor)
         plan = plan_slide(SlideEntry(slide.stem, slide), str(work / "plan"), config)
         grid = plan.grid
-        tissue_mpx = sum(
-            (min(grid.core(*t)[2], grid.width) - grid.core(*t)[0]) * (min(grid.core(*t)[3], grid.height) - grid.core(*t)[1])
-            for t in plan.tiles
-        ) / grid.scale**2 / 1e6
+        cores_px = [grid.core(*t) for t in plan.tiles]
+        tissue_mpx = sum((x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in cores_px) / grid.scale**2 / 1e6
         base = baseline_seconds(plan, threads=cores)
         seconds, peak, stats = pipeline_run(slide, work / f"run_{side}", config)
         row = {

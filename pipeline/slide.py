@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections import OrderedDict
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any

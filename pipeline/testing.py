@@ -58,7 +58,11 @@ def write_pyramidal_tiff(path: Path, image: np.ndarray, mpp: float, compression:
     import tifffile
 
     h, w = image.shape[:2]
-    description = f"Aperio Image Library v12.0.0\r\n{w}x{h} ({tile}x{tile}) JPEG/RGB Q=90|AppMag = {10 / mpp:g}|MPP = {mpp}" if aperio else ""
+    description = (
+        f"Aperio Image Library v12.0.0\r\n{w}x{h} ({tile}x{tile}) JPEG/RGB Q=90|AppMag = {10 / mpp:g}|MPP = {mpp}"
+        if aperio
+        else ""
+    )
     kwargs = {"compression": compression, "tile": (tile, tile), "photometric": "rgb"}
     if compression == "jpeg":
         kwargs["compressionargs"] = {"level": 92}
