@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -63,7 +64,7 @@ def write_pyramidal_tiff(path: Path, image: np.ndarray, mpp: float, compression:
         if aperio
         else ""
     )
-    kwargs = {"compression": compression, "tile": (tile, tile), "photometric": "rgb"}
+    kwargs: dict[str, Any] = {"compression": compression, "tile": (tile, tile), "photometric": "rgb"}
     if compression == "jpeg":
         kwargs["compressionargs"] = {"level": 92}
     with tifffile.TiffWriter(path, bigtiff=False) as tif:

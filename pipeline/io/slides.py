@@ -133,6 +133,8 @@ class TiffSlide:
         tif = tifffile.TiffFile(path)
         series = tif.series[0]
         page = series.pages[0]
+        if not isinstance(page, tifffile.TiffPage):
+            raise SlideError("the TIFF's first image has no page of its own")
         levels = []
         dims = []
         for i, level in enumerate(series.levels):
@@ -188,7 +190,7 @@ class CuCIMSlide:
 
     @classmethod
     def open(cls, path: Path) -> CuCIMSlide:
-        from cucim import CuImage
+        from cucim import CuImage  # type: ignore[attr-defined]
 
         img = CuImage(str(path))
         res = img.resolutions
@@ -431,12 +433,13 @@ def tiff_compressions(path: Path) -> set[int]:
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
-        return {int(level.pages[0].compression) for level in tif.series[0].levels}
+        pages = [level.pages[0] for level in tif.series[0].levels]
+        return {int(p.compression) for p in pages if isinstance(p, tifffile.TiffPage)}
 
 
 def cucim_available() -> bool:
     try:
-        from cucim import CuImage  # noqa: F401
+        from cucim import CuImage  # type: ignore[attr-defined]  # noqa: F401
     except Exception:
         return False
     return True
