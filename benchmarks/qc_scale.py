@@ -96,11 +96,15 @@ def main() -> None:
                 t_img = time.perf_counter() - t0
                 size_mb = (root / "qc" / "report.html").stat().st_size / 1e6
                 n_sel = json.loads((root / "qc" / "qc.json").read_text())["n_selected"]
+                cached = timed(lambda o=outer: build_qc(root, outer_percent=o, patches="flagged"), 2)
                 print(
                     f"outer {outer:g}%: {n_sel} selected slides with thumbnails + patches "
-                    f"(15 each extracted, {len(sheet)} slides): build {t_img:.1f} s, report.html {size_mb:.1f} MB"
+                    f"(15 each extracted, {len(sheet)} slides): first build {t_img:.1f} s, rebuilds "
+                    f"{cached[0]:.1f} / {cached[1]:.1f} s (report JPEGs cached after the first), "
+                    f"report.html {size_mb:.1f} MB"
                 )
         cpus, py = os.cpu_count(), platform.python_version()
+        print(f"load average at the end: {os.getloadavg()}")
         print(f"machine: {platform.node()} {platform.machine()}, {cpus} CPUs, Python {py}")
     finally:
         if args.keep is None:

@@ -43,13 +43,44 @@ th{background:#f0f0f0}td.n{text-align:right}.plots{display:flex;flex-wrap:wrap;g
 """
 
 
-def jpeg_data_uri(rgb: np.ndarray, max_px: int) -> str:
-    """A JPEG data URI of an RGB image no larger than ``max_px`` on its long side."""
+def jpeg_bytes(rgb: np.ndarray, max_px: int) -> bytes:
+    """JPEG bytes of an RGB image no larger than ``max_px`` on its long side."""
     im = Image.fromarray(rgb)
     im.thumbnail((max_px, max_px))
     buf = io.BytesIO()
     im.save(buf, format="JPEG", quality=JPEG_QUALITY)
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    return buf.getvalue()
+
+
+def jpeg_data_uri(rgb: np.ndarray, max_px: int) -> str:
+    """A JPEG data URI of an RGB image no larger than ``max_px`` on its long side."""
+    return "data:image/jpeg;base64," + base64.b64encode(jpeg_bytes(rgb, max_px)).decode("ascii")
+
+
+def report_image_uri(qc_dir: Path, rel: str, max_px: int, overlay_only: bool) -> str | None:
+    """The data URI of a review image as the report shows it, cached beside the image.
+
+    Decoding PNGs dominated rebuilds of a report with ~1,000 selected slides; the small JPEG
+    is made once (``<name>.report<px>.jpg``) and later rebuilds only read its bytes.
+    """
+    src = qc_dir / rel
+    cache = src.with_name(f"{src.stem}.report{max_px}.jpg")
+    try:
+        data = cache.read_bytes()
+    except OSError:
+        rgb = _load_rgb(src)
+        if rgb is None:
+            return None
+        if overlay_only:
+            rgb = rgb[:, rgb.shape[1] - rgb.shape[0] :]  # right half: outlines drawn
+        data = jpeg_bytes(rgb, max_px)
+        tmp = cache.with_name("." + cache.name)
+        try:
+            tmp.write_bytes(data)
+            tmp.replace(cache)
+        except OSError:
+            pass  # a read-only qc folder still gets its report
+    return "data:image/jpeg;base64," + base64.b64encode(data).decode("ascii")
 
 
 def _fmt(v: float) -> str:
@@ -173,12 +204,9 @@ def _plan_images(qc_dir: Path, selected: Sequence[str], patches: Mapping[str, An
                 px, alt, crop = INLINE_PATCH_PX, "patch", True
             if not rel:
                 continue
-            rgb = _load_rgb(qc_dir / rel)
-            if rgb is None:
+            uri = report_image_uri(qc_dir, rel, px, crop)
+            if uri is None:
                 continue
-            if crop:
-                rgb = rgb[:, rgb.shape[1] - rgb.shape[0] :]  # right half: outlines drawn
-            uri = jpeg_data_uri(rgb, px)
             if budget.take(uri):
                 imgs[sid].append(f'<img src="{uri}" alt="{alt}" title="{html.escape(rel)}">')
             else:
