@@ -408,7 +408,8 @@ def test_real_20x_slide_patches_in_tissue(tmp_path: Path) -> None:
 
 
 def _fill_sheet(qc: Path, dest: Path, answers: dict[tuple[str, int], str]) -> Path:
-    rows = list(csv.DictReader(open(qc / "review_sheet.csv", newline="")))
+    with open(qc / "review_sheet.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
     for r in rows:
         r["Adequate"] = answers.get((r["WSI-ID"], int(r["PatchIndex"])), r["Adequate"])
     with open(dest, "w", newline="") as f:
