@@ -20,18 +20,19 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
-from skimage.morphology import h_maxima, remove_small_objects
+from skimage.morphology import h_maxima
 from skimage.segmentation import watershed
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.evaluate import format_table, score_image, summarise  # noqa: E402
+from pipeline.kernels.nuclei import remove_small_labels  # noqa: E402
 from pipeline.kernels.stain import haematoxylin  # noqa: E402
 from pipeline.model.datasets import VALIDATION_IMAGES, load_monuseg, shared_data_dir  # noqa: E402
 
 SMOOTH_SIGMA = 1.0  # px at 40x: suppresses chromatin texture before Otsu
 MIN_AREA_PX = 30  # smaller than any real nucleus at 40x (MoNuSeg median 294 px)
-SEED_H = 1.5  # h-maxima depth of the distance transform (px): splits touching nuclei
+SEED_H = 0.5  # h-maxima depth of the distance transform (px); 0.5/1/2 tried on the validation split
 
 
 def classical_segmentation(rgb: np.ndarray) -> np.ndarray:
@@ -39,12 +40,10 @@ def classical_segmentation(rgb: np.ndarray) -> np.ndarray:
     h = ndi.gaussian_filter(np.asarray(haematoxylin(rgb)), SMOOTH_SIGMA)
     fg = h > threshold_otsu(h)
     fg = ndi.binary_fill_holes(ndi.binary_opening(fg, iterations=1))
-    fg = remove_small_objects(fg, MIN_AREA_PX)
     dist = ndi.gaussian_filter(ndi.distance_transform_edt(fg), 1.0)
     seeds, _ = ndi.label(h_maxima(dist, SEED_H))
     labels = watershed(-dist, seeds, mask=fg)
-    labels = remove_small_objects(labels, MIN_AREA_PX)
-    return labels.astype(np.int32)
+    return np.asarray(remove_small_labels(labels.astype(np.int32), MIN_AREA_PX))
 
 
 def main(argv: list[str] | None = None) -> None:

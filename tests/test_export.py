@@ -122,3 +122,14 @@ def test_context_is_measured_within_the_receptive_field(tiny_net):
     images = [rng.random((384, 384, 3), dtype=np.float32)]
     context = measure_context_px(torch_probabilities(tiny_net), images)
     assert 0 < context <= theoretical_receptive_field(TINY) // 2 + 4
+
+
+def test_whole_image_and_tiled_inference_agree(tiny_net):
+    from pipeline.model.export import image_probabilities
+
+    rgb = np.random.default_rng(1).random((200, 250, 3), dtype=np.float32)
+    run = torch_probabilities(tiny_net)
+    whole = image_probabilities(run, rgb, halo=64)
+    tiled = image_probabilities(run, rgb, halo=64, tile=256)
+    assert whole.shape == tiled.shape == (2, 200, 250)
+    assert np.abs(whole - tiled).max() < 1e-3

@@ -72,10 +72,18 @@ def onnx_probabilities(path: Path, threads: int = 2) -> ProbabilityFn:
     return run
 
 
-def image_probabilities(run: ProbabilityFn, rgb: np.ndarray, tile: int = 512, halo: int = 64) -> np.ndarray:
-    """2×H×W probabilities of one normalised float image (H×W×3), any size: reflect-padded to
-    tiles of ``tile`` px with ``halo`` px of context on each side (a multiple of 16)."""
+def image_probabilities(run: ProbabilityFn, rgb: np.ndarray, halo: int = 64, tile: int = 0) -> np.ndarray:
+    """2×H×W probabilities of one normalised float image (H×W×3), any size.
+
+    ``tile`` = 0: the whole image in one pass, reflect-padded by ``halo`` and up to a multiple of
+    16. Otherwise tiles of ``tile`` px whose central ``tile − 2·halo`` px are kept (as the
+    pipeline does); both agree to within the context tolerance when ``halo`` ≥ ``context_px``."""
     h, w = rgb.shape[:2]
+    if tile == 0:
+        ph = -(-(h + 2 * halo) // DOWNSAMPLING) * DOWNSAMPLING
+        pw = -(-(w + 2 * halo) // DOWNSAMPLING) * DOWNSAMPLING
+        padded = np.pad(rgb, ((halo, ph - h - halo), (halo, pw - w - halo), (0, 0)), mode="reflect")
+        return run(padded.transpose(2, 0, 1)[None])[0, :, halo : halo + h, halo : halo + w]
     core = tile - 2 * halo
     ny, nx = -(-h // core), -(-w // core)
     pad = ((halo, ny * core - h + halo), (halo, nx * core - w + halo), (0, 0))
