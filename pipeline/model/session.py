@@ -9,6 +9,7 @@ channel 0 = nucleus centre, channel 1 = nuclear material); metadata_props carry 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import threading
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -59,15 +60,92 @@ def available_providers() -> list[str]:
     return [p for p in order if p in present]
 
 
+RUNTIMES = ("auto", "onnxruntime", "torch")
+
+
+def _nvidia_device_node() -> bool:
+    """A cheap hint that a CUDA device may be present, so CPU-only nodes never import torch."""
+    return Path("/dev/nvidiactl").exists() or Path("/proc/driver/nvidia/version").exists()
+
+
+def _onnxruntime_sees_gpu() -> bool:
+    """onnxruntime-gpu is installed, offers the CUDA provider, and there is a device node."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return False
+    return "CUDAExecutionProvider" in ort.get_available_providers() and _nvidia_device_node()
+
+
+def _torch_sees_gpu() -> bool:
+    if not _nvidia_device_node() or importlib.util.find_spec("torch") is None:
+        return False
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def choose_runtime(runtime: str = "auto") -> str:
+    """Which runtime ``runtime`` means on this node: 'auto' = onnxruntime when its CUDA provider
+    sees a GPU (TensorRT first where present), else torch when it sees a CUDA device (the node's
+    CUDA has no onnxruntime-gpu build), else onnxruntime on the CPU."""
+    if runtime not in RUNTIMES:
+        raise ModelError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+    if runtime != "auto":
+        return runtime
+    if _onnxruntime_sees_gpu():
+        return "onnxruntime"
+    if _torch_sees_gpu():
+        return "torch"
+    return "onnxruntime"
+
+
+def provider_options(providers: list[str], device_id: int = 0, trt_cache_dir: str | None = None,
+                     half: bool = False) -> list[tuple[str, dict[str, Any]]]:
+    """ONNX Runtime providers with their options: the device, and for TensorRT an engine cache
+    (building an engine takes minutes; the cache makes it once per node and model) and fp16."""
+    out: list[tuple[str, dict[str, Any]]] = []
+    for name in providers:
+        opts: dict[str, Any] = {}
+        if name == "TensorrtExecutionProvider":
+            opts = {"device_id": device_id, "trt_fp16_enable": half}
+            if trt_cache_dir:
+                Path(trt_cache_dir).mkdir(parents=True, exist_ok=True)
+                opts.update(trt_engine_cache_enable=True, trt_engine_cache_path=str(trt_cache_dir),
+                            trt_timing_cache_enable=True, trt_timing_cache_path=str(trt_cache_dir))
+        elif name == "CUDAExecutionProvider":
+            opts = {"device_id": device_id}
+        out.append((name, opts))
+    return out
+
+
 @dataclass
 class NucleusModel:
-    """An ONNX Runtime session plus the model's metadata."""
+    """The contract model behind one interface, on ONNX Runtime (CPU, CUDA, TensorRT) or on
+    PyTorch (:mod:`pipeline.model.torch_runtime`, for GPU nodes without onnxruntime-gpu).
+
+    ``predict`` is numpy in, numpy out on every runtime; ``predict_device`` keeps device arrays
+    (cupy, torch) on the device: I/O binding on ONNX Runtime, DLPack on torch.
+    """
 
     path: Path
     intra_op_threads: int = 1
     providers: list[str] = field(default_factory=list)
+    runtime: str = "auto"  # 'auto' | 'onnxruntime' | 'torch' (see choose_runtime)
+    device_id: int = 0  # the GPU of this worker (dask-cuda gives each worker one)
+    half: bool = False  # float16 compute on a GPU (TensorRT fp16, or torch half)
+    trt_cache_dir: str | None = None  # TensorRT engine cache; None = no cache
 
     def __post_init__(self) -> None:
+        self.runtime = choose_runtime(self.runtime)
+        if self.runtime == "torch":
+            self._load_torch()
+        else:
+            self._load_onnxruntime()
+        if "mpp" not in self.metadata:
+            raise ModelError(f"{self.path}: model metadata lacks 'mpp' (the resolution it was trained at)")
+
+    def _load_onnxruntime(self) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -76,7 +154,10 @@ class NucleusModel:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         providers = self.providers or available_providers()
         try:
-            self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=providers)
+            self.session = ort.InferenceSession(
+                str(self.path), sess_options=options,
+                providers=provider_options(providers, self.device_id, self.trt_cache_dir, self.half),
+            )
         except Exception as exc:
             raise ModelError(f"{self.path}: ONNX Runtime cannot load the model: {exc}") from exc
         inputs = {i.name: i for i in self.session.get_inputs()}
@@ -87,8 +168,36 @@ class NucleusModel:
                 f"(has inputs {sorted(inputs)}, outputs {sorted(outputs)})"
             )
         self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
-        if "mpp" not in self.metadata:
-            raise ModelError(f"{self.path}: model metadata lacks 'mpp' (the resolution it was trained at)")
+
+    def _load_torch(self) -> None:
+        import torch
+
+        from pipeline.model.torch_runtime import TorchOnnxModel, UnsupportedOperator
+
+        device = f"cuda:{self.device_id}" if torch.cuda.is_available() else "cpu"
+        if device == "cpu":
+            torch.set_num_threads(max(1, self.intra_op_threads))
+        try:
+            self.torch_model = TorchOnnxModel(self.path, device=device, half=self.half and device != "cpu",
+                                              channels_last=device != "cpu")
+        except UnsupportedOperator as exc:
+            raise ModelError(str(exc)) from exc
+        except Exception as exc:
+            raise ModelError(f"{self.path}: cannot load the model for the torch runtime: {exc}") from exc
+        if self.torch_model.inputs != ["image"] or "prob" not in self.torch_model.outputs:
+            raise ModelError(
+                f"{self.path}: model must have input 'image' and output 'prob' "
+                f"(has inputs {self.torch_model.inputs}, outputs {self.torch_model.outputs})"
+            )
+        self.metadata = dict(self.torch_model.metadata)
+
+    @property
+    def device(self) -> str:
+        """Where inference runs: 'cpu' or 'cuda:<id>'."""
+        if self.runtime == "torch":
+            return str(self.torch_model.device)
+        gpu = {"TensorrtExecutionProvider", "CUDAExecutionProvider"} & set(self.session.get_providers())
+        return f"cuda:{self.device_id}" if gpu else "cpu"
 
     @property
     def mpp(self) -> float:
@@ -109,26 +218,73 @@ class NucleusModel:
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """float32 N×3×H×W in [0, 1] → float32 N×2×H×W probabilities."""
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"expected N×3×H×W images, got {images.shape}")
-        if images.shape[2] % INPUT_MULTIPLE or images.shape[3] % INPUT_MULTIPLE:
-            raise ValueError(f"H and W must be multiples of {INPUT_MULTIPLE}, got {images.shape[2:]}")
+        check_input_shape(images.shape)
+        if self.runtime == "torch":
+            return self.torch_model.run_numpy(images)
         out = self.session.run(["prob"], {"image": np.ascontiguousarray(images, dtype=np.float32)})
         return np.asarray(out[0])
 
+    def predict_device(self, images: Any) -> Any:
+        """Like :meth:`predict` for arrays that should not leave their device: cupy or torch in,
+        the same library's float32 N×2×H×W out, on the same device (numpy works too)."""
+        check_input_shape(tuple(images.shape))
+        if self.runtime == "torch":
+            return self.torch_model.run_dlpack(images)
+        return bound_run(self.session, images, self.device_id)
 
-_MODELS: dict[tuple[str, int], NucleusModel] = {}
+
+def check_input_shape(shape: tuple[int, ...]) -> None:
+    if len(shape) != 4 or shape[1] != 3:
+        raise ValueError(f"expected N×3×H×W images, got {shape}")
+    if shape[2] % INPUT_MULTIPLE or shape[3] % INPUT_MULTIPLE:
+        raise ValueError(f"H and W must be multiples of {INPUT_MULTIPLE}, got {shape[2:]}")
+
+
+def bound_run(session: Any, images: Any, device_id: int = 0) -> Any:
+    """One ONNX Runtime run with I/O binding: the input is read from, and the output written to,
+    memory that the caller's array library owns (cupy or torch on the GPU: no host round trip;
+    numpy or CPU torch on the host)."""
+    module = type(images).__module__.split(".")[0]
+    n, _, h, w = (int(v) for v in images.shape)
+    if module == "cupy":
+        import cupy
+
+        x = cupy.ascontiguousarray(images, dtype=cupy.float32)
+        out = cupy.empty((n, 2, h, w), dtype=cupy.float32)
+        where, x_ptr, out_ptr = "cuda", x.data.ptr, out.data.ptr
+    elif module == "torch":
+        import torch
+
+        x = images.to(torch.float32).contiguous()
+        out = torch.empty((n, 2, h, w), dtype=torch.float32, device=x.device)
+        where = "cuda" if x.is_cuda else "cpu"
+        device_id = (x.device.index or 0) if x.is_cuda else 0
+        x_ptr, out_ptr = x.data_ptr(), out.data_ptr()
+    else:
+        x = np.ascontiguousarray(images, dtype=np.float32)
+        out = np.empty((n, 2, h, w), dtype=np.float32)
+        where, device_id, x_ptr, out_ptr = "cpu", 0, x.ctypes.data, out.ctypes.data
+    binding = session.io_binding()
+    binding.bind_input("image", where, device_id, np.float32, list(x.shape), x_ptr)
+    binding.bind_output("prob", where, device_id, np.float32, [n, 2, h, w], out_ptr)
+    session.run_with_iobinding(binding)
+    return out
+
+
+_MODELS: dict[tuple[Any, ...], NucleusModel] = {}
 _LOCK = threading.Lock()
 
 
-def load_model(path: str | Path | None, intra_op_threads: int = 1) -> NucleusModel:
+def load_model(path: str | Path | None, intra_op_threads: int = 1, runtime: str = "auto",
+               device_id: int = 0, half: bool = False, trt_cache_dir: str | None = None) -> NucleusModel:
     """The process-wide session for ``path`` (created once per worker process, then reused)."""
     resolved = resolve_model_path(path)
-    key = (str(resolved.resolve()), intra_op_threads)
+    key = (str(resolved.resolve()), intra_op_threads, runtime, device_id, half, trt_cache_dir)
     with _LOCK:
         model = _MODELS.get(key)
         if model is None:
-            model = NucleusModel(resolved, intra_op_threads=intra_op_threads)
+            model = NucleusModel(resolved, intra_op_threads=intra_op_threads, runtime=runtime,
+                                 device_id=device_id, half=half, trt_cache_dir=trt_cache_dir)
             _MODELS[key] = model
     return model
 
