@@ -6,6 +6,8 @@ Each slide's sub-graph is built when its plan (tissue tiles) is known:
 
     plan-slide ─► segment-tiles × ⌈tiles / tiles_per_task⌉ ─► assemble-labels × bands ─► reduce-slide
 
+(a slide of at most ``tiles_per_task`` tiles is finished inside its plan-slide task).
+
 Task keys carry these names and the slide id, so the dashboard shows what runs where.
 A slide whose tasks fail (an exception, or workers that died ``max_attempts`` times on it)
 is recorded as failed with its reason; the others go on.
@@ -32,9 +34,9 @@ from pipeline.slide import (
     batches,
     chunks_to_assemble,
     failure_stats,
-    plan_slide,
     reduce_slide,
     segment_tiles,
+    start_slide,
 )
 
 BAND_ROWS = 8  # tile rows per label-assembly task
@@ -184,7 +186,7 @@ def run_slides(
         while queue and len(flights) < limit:
             entry = queue.pop()
             key = f"plan-slide-{entry.slide_id}-{run_token}"
-            fut = client.submit(plan_slide, entry, str(out_dir), config, key=key, pure=False)
+            fut = client.submit(start_slide, entry, str(out_dir), config, key=key, pure=False)
             flights[entry.slide_id] = _InFlight(entry, time.time(), [fut])
             role[fut.key] = ("plan", entry.slide_id)
             done_stream.add(fut)
@@ -236,7 +238,13 @@ def run_slides(
         elif fut.status == "cancelled":
             continue
         elif kind == "plan":
-            build_slide_graph(fut.result())
+            result = fut.result()
+            if isinstance(result, SlidePlan):
+                build_slide_graph(result)
+            else:  # a small slide, finished within its planning task
+                progress.tiles_planned(result["n_tiles"])
+                progress.tiles_done(result["n_tiles"])
+                finish(sid, SlideOutcome(flights[sid].entry, "ok", result))
         elif kind == "tiles":
             progress.tiles_done(len(fut.result()))
         elif kind == "reduce":

@@ -489,11 +489,24 @@ def bands(chunks: list[Tile], rows_per_band: int) -> list[list[Tile]]:
     return [out[k] for k in sorted(out)]
 
 
-def process_slide_inline(entry: SlideEntry, out_dir: str, config: Config) -> dict[str, Any]:
-    """The whole slide in this process, without Dask (predict, tests, debugging)."""
-    plan = plan_slide(entry, out_dir, config)
-    summaries = [segment_tiles(plan, b) for b in batches(plan.tiles, config.tiles_per_task)]
+def finish_inline(plan: SlidePlan) -> dict[str, Any]:
+    """Segment, assemble and reduce a planned slide in this process."""
+    summaries = [segment_tiles(plan, b) for b in batches(plan.tiles, plan.config.tiles_per_task)]
     assembled = [assemble_labels(plan, chunks_to_assemble(plan), summaries)]
     return reduce_slide(plan, summaries, assembled)
+
+
+def process_slide_inline(entry: SlideEntry, out_dir: str, config: Config) -> dict[str, Any]:
+    """The whole slide in this process, without Dask (predict, tests, debugging)."""
+    return finish_inline(plan_slide(entry, out_dir, config))
+
+
+def start_slide(entry: SlideEntry, out_dir: str, config: Config) -> SlidePlan | dict[str, Any]:
+    """Plan a slide; a slide small enough for one task (≤ ``tiles_per_task`` tiles) is finished
+    in the same task and its stats returned, saving the scheduler four tasks and a round trip."""
+    plan = plan_slide(entry, out_dir, config)
+    if len(plan.tiles) <= config.tiles_per_task:
+        return finish_inline(plan)
+    return plan
 
 
