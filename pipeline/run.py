@@ -179,7 +179,11 @@ def main(argv: list[str] | None = None) -> int:
         from pipeline.example import example_manifest
 
         out_dir = args.out or Path("example_out")
-        manifest = example_manifest(out_dir.parent if out_dir.parent != Path("") else Path("."))
+        try:
+            manifest = example_manifest(out_dir)
+        except OSError as exc:
+            print(f"error: the example slide could not be fetched: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
     elif args.manifest is None:
         print("error: give a manifest CSV (or --example)", file=sys.stderr)
         return EXIT_BAD_INPUT
