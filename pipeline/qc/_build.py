@@ -9,6 +9,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -114,6 +115,23 @@ def _write_table(path: Path, df: pd.DataFrame) -> None:
     os.replace(tmp, path)
 
 
+def _objects(column: pd.Series) -> list[Any]:
+    """A column as a Python list (iterating Arrow-backed strings row by row is slow)."""
+    return column.to_numpy(dtype=object).tolist()
+
+
+class _Row:
+    """Attribute access to one cohort row (cheaper than DataFrame.itertuples on Arrow strings)."""
+
+    def __init__(self, values: dict[str, object]):
+        self.__dict__.update(values)
+
+
+def _rows(df: pd.DataFrame) -> list[Any]:
+    columns = {c: _objects(df[c]) for c in df.columns}
+    return [_Row({c: columns[c][i] for c in columns}) for i in range(len(df))]
+
+
 def tier_table(slides: pd.DataFrame) -> pd.DataFrame:
     """The paper's Table 2: per cancer type, slide counts per QCResult, plus a total row."""
     counts = pd.crosstab(slides[CANCER_TYPE], slides[QC_RESULT])
@@ -192,15 +210,17 @@ def build_qc(
         slide_patches: dict[str, SlidePatches] = dict(cached)
         if patches != "none":
             todo = [
-                (r.slide_id, r.slide_path, r.mpp)
-                for r in ok_rows.itertuples(index=False)
-                if patches == "all" or notes[r.slide_id]
+                (sid, path, mpp)
+                for sid, path, mpp in zip(
+                    _objects(ok_rows["slide_id"]), _objects(ok_rows["slide_path"]), ok_rows["mpp"].tolist(), strict=True
+                )
+                if patches == "all" or notes[sid]
             ]
 
             def extract(item: tuple[str, str, float]) -> SlidePatches:
                 sid, path, mpp = item
-                nuclei = out_dir / "slides" / sid / "nuclei.parquet"
-                return extract_review_patches(qc_dir, sid, path, nuclei, mpp, seed, n_patches)
+                nuclei = os.path.join(out_dir, "slides", sid, "nuclei.parquet")
+                return extract_review_patches(qc_dir, sid, path, nuclei, mpp, seed, n_patches, cached.get(sid))
 
             # Slides without mpp metadata warn on opening; stats.json has their mpp. The filter is
             # set here, once, because catch_warnings is not thread-safe inside the workers.
@@ -216,7 +236,7 @@ def build_qc(
 
         # 4. Tables.
         wsi_rows, region_rows, slide_rows, sheet_rows, wsi_sheet_rows = [], [], [], [], []
-        for r in cohort.itertuples(index=False):
+        for r in _rows(cohort):
             sid, ctype = r.slide_id, r.cancer_type
             verdict = verdict_store.get(sid)
             v_text, v_comment = (verdict.verdict, verdict.comment) if verdict else ("", "")
