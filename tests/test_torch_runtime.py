@@ -77,6 +77,8 @@ def test_half_precision(name, blob_model, unet_model, images) -> None:
     half = TorchOnnxModel(path, half=True, channels_last=True).run_numpy(images)
     assert half.dtype == np.float32
     assert float(np.abs(half - reference(path, images)).max()) < FP16_TOLERANCE
+    emulated = TorchOnnxModel(path, emulate_half=True).run_numpy(images)  # float16 rounding, float32 arithmetic
+    assert float(np.abs(emulated - half).max()) < 0.005
 
 
 @pytest.mark.parametrize("name", ["blob", "unet"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import shutil
 import threading
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -65,7 +66,8 @@ RUNTIMES = ("auto", "onnxruntime", "torch")
 
 def _nvidia_device_node() -> bool:
     """A cheap hint that a CUDA device may be present, so CPU-only nodes never import torch."""
-    return Path("/dev/nvidiactl").exists() or Path("/proc/driver/nvidia/version").exists()
+    return (Path("/dev/nvidiactl").exists() or Path("/proc/driver/nvidia/version").exists()
+            or shutil.which("nvidia-smi") is not None)
 
 
 def _onnxruntime_sees_gpu() -> bool:

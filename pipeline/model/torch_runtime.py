@@ -233,7 +233,7 @@ class TorchOnnxModel:
     """
 
     def __init__(self, path: str | Path, device: str | torch.device = "cpu", half: bool = False,
-                 channels_last: bool = False) -> None:
+                 channels_last: bool = False, emulate_half: bool = False) -> None:
         import onnx
         from onnx import numpy_helper
 
@@ -242,6 +242,10 @@ class TorchOnnxModel:
         self.device = torch.device(device)
         self.dtype = torch.float16 if half else torch.float32
         self.channels_last = channels_last
+        # float16 storage with float32 arithmetic: every weight, input and op output rounded to
+        # float16, as tensor-core convolutions do (fp32 accumulation); fast on CPUs, whose float16
+        # convolutions are ~30x slower than float32, so the fp16 score can be checked anywhere
+        self.emulate_half = emulate_half and not half
         self.metadata = {p.key: p.value for p in model.metadata_props}
         missing = sorted({n.op_type for n in graph.node if n.domain not in ("", "ai.onnx")}
                          | {n.op_type for n in graph.node if n.op_type not in OPS and n.op_type != "Constant"})
@@ -280,6 +284,8 @@ class TorchOnnxModel:
         # half: everything in float16; otherwise each tensor keeps its own precision (a model
         # converted by pipeline.model.fp16 carries float16 weights and its own Cast nodes)
         t = t.to(self.device, self.dtype if self.dtype == torch.float16 else t.dtype)
+        if self.emulate_half:
+            t = t.half().to(self.dtype)
         if self.channels_last and t.ndim == 4:
             t = t.contiguous(memory_format=torch.channels_last)
         return t
@@ -292,8 +298,13 @@ class TorchOnnxModel:
             x = x.contiguous(memory_format=torch.channels_last)
         env = dict(self.values)
         env[self.inputs[0]] = x
+        if self.emulate_half:
+            x = x.half().to(self.dtype)
+            env[self.inputs[0]] = x
         for fn, names_in, names_out, attrs in self.nodes:
             results = fn([env[n] if n else None for n in names_in], attrs)
+            if self.emulate_half:
+                results = [r.half().to(r.dtype) if r.is_floating_point() else r for r in results]
             env.update(zip(names_out, results, strict=False))
         return env[self.outputs[0]].to(torch.float32).contiguous()
 
