@@ -139,3 +139,19 @@ def test_parity_on_slide_probabilities(backend: str, slide_probabilities) -> Non
     assert matched_share(cpu, host(flood_components(s, m, k))) >= MATCH_SHARE
     if backend == "cupy":
         assert matched_share(cpu, host(watershed_from_seeds(s, m, k))) >= MATCH_SHARE
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_batch_floods_each_image_on_its_own(backend: str) -> None:
+    """N×H×W: independent images in one flood (one set of waves for several tiles)."""
+    images = [touching_discs(128, seed=s) for s in (1, 2, 3)]
+    surface, markers, mask = (np.stack([im[k] for im in images]) for k in range(3))
+    markers[1, 0, :] = 0  # a seed-free edge row, and
+    mask[1, 0, :] = mask[0, -1, :] = True  # masks touching the neighbouring image's border
+    s, m, k = to_backend(backend, surface, markers, mask)
+    batch = host(flood_watershed(s, m, k))
+    assert batch.shape == surface.shape and batch.dtype == np.int32
+    for i in range(3):
+        reference = watershed(surface[i], markers[i], mask=mask[i])
+        assert matched_share(reference, batch[i]) >= MATCH_SHARE
+        assert set(np.unique(batch[i])) == set(np.unique(reference))  # nothing leaks between images

@@ -52,11 +52,14 @@ def quantise_surface(surface: Any, mask: Any, levels: int = DEFAULT_LEVELS) -> A
 def flood_watershed(surface: Any, markers: Any, mask: Any | None = None, levels: int = DEFAULT_LEVELS) -> Any:
     """Marker-driven watershed of a 2-D ``surface`` (4-connectivity), numpy or cupy.
 
+    A 3-D input is a batch of independent 2-D images (N×H×W), flooded together: the same number
+    of waves as one image, N times the work per wave — how a GPU should take several tiles.
+
     Parameters
     ----------
-    surface : 2-D float array, flooded from its minima up.
-    markers : 2-D int array, seeds > 0 (outside ``mask`` they are ignored).
-    mask : 2-D bool array or None; pixels outside it stay 0.
+    surface : 2-D (or N×H×W) float array, flooded from its minima up.
+    markers : int array of the same shape, seeds > 0 (outside ``mask`` they are ignored).
+    mask : bool array of the same shape, or None; pixels outside it stay 0.
     levels : number of quantisation buckets of ``surface`` (more = closer to exact order).
 
     Returns
@@ -72,20 +75,25 @@ def flood_watershed(surface: Any, markers: Any, mask: Any | None = None, levels:
     [[1, 1, 1, 2, 2]]
     """
     xp = array_module(surface)
-    if surface.ndim != 2 or markers.shape != surface.shape:
-        raise ValueError(f"expected 2-D surface and markers of one shape, got {surface.shape}, {markers.shape}")
+    if surface.ndim not in (2, 3) or markers.shape != surface.shape:
+        raise ValueError(f"expected 2-D (or N×H×W) surface and markers of one shape, got {surface.shape}, "
+                         f"{markers.shape}")
     if mask is None:
         mask = xp.ones(surface.shape, dtype=bool)
     elif mask.shape != surface.shape:
         raise ValueError(f"mask shape {mask.shape} differs from surface shape {surface.shape}")
-    h, w = surface.shape
-    # One pixel of padding outside the mask: neighbour indices of in-mask pixels are always valid.
-    inside = xp.zeros((h + 2, w + 2), dtype=bool)
-    inside[1:-1, 1:-1] = mask.astype(bool)
-    level = xp.zeros((h + 2, w + 2), dtype=xp.int32)
-    level[1:-1, 1:-1] = quantise_surface(surface, mask.astype(bool), levels)
-    out = xp.zeros((h + 2, w + 2), dtype=xp.int32)
-    out[1:-1, 1:-1] = xp.where(mask, markers, 0).astype(xp.int32)
+    single = surface.ndim == 2
+    if single:
+        surface, markers, mask = surface[None], markers[None], mask[None]
+    n, h, w = surface.shape
+    # One pixel of padding outside the mask around each image: neighbour indices of in-mask
+    # pixels are always valid and never reach into the next image of a batch.
+    inside = xp.zeros((n, h + 2, w + 2), dtype=bool)
+    inside[:, 1:-1, 1:-1] = mask.astype(bool)
+    level = xp.zeros((n, h + 2, w + 2), dtype=xp.int32)
+    level[:, 1:-1, 1:-1] = quantise_surface(surface, mask.astype(bool), levels)
+    out = xp.zeros((n, h + 2, w + 2), dtype=xp.int32)
+    out[:, 1:-1, 1:-1] = xp.where(mask, markers, 0).astype(xp.int32)
     inside, level, out = inside.ravel(), level.ravel(), out.ravel()
     steps = xp.asarray([-(w + 2), -1, 1, w + 2], dtype=xp.int64)
     pool = xp.nonzero(out > 0)[0].astype(xp.int64)
@@ -110,7 +118,8 @@ def flood_watershed(surface: Any, markers: Any, mask: Any | None = None, levels:
         reached, source = reached[first], source[first]
         out[reached] = source.astype(xp.int32)
         pool = xp.concatenate([pool, reached])
-    return out.reshape(h + 2, w + 2)[1:-1, 1:-1].copy()
+    labels = out.reshape(n, h + 2, w + 2)[:, 1:-1, 1:-1].copy()
+    return labels[0] if single else labels
 
 
 def flood_components(surface: Any, markers: Any, mask: Any, levels: int = DEFAULT_LEVELS) -> Any:
