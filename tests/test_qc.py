@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import warnings
 from pathlib import Path
 
@@ -534,3 +535,23 @@ def test_rules_docstring_examples() -> None:
     import pipeline.qc._rules as rules
 
     assert doctest.testmod(rules).failed == 0
+
+
+def test_filled_wsi_review_sheet_round_trip(stats_cohort: tuple[Path, dict[str, list[str]]], tmp_path: Path) -> None:
+    src, expected = stats_cohort
+    out = tmp_path / "run"
+    shutil.copytree(src / "slides", out / "slides")
+    qc = build_qc(out, patches="none", report=False)
+    sheet = read_csv(qc / "wsi_review_sheet.csv")
+    assert sorted(sheet["WSI-ID"]) == sorted(sid for sid, notes in expected.items() if notes)
+    sheet["SegmentationUnacceptableOrNot"] = ["yes" if i % 2 else "no" for i in range(len(sheet))]
+    sheet.loc[0, "VisualAssessmentComment"] = "stain too pale, nuclei missed"
+    filled = tmp_path / "wsi_filled.csv"
+    sheet.to_csv(filled, index=False)
+    assert qc_main([str(out), "--reviews", str(filled), "--patches", "none", "--no-report"]) == 0
+    wsi = read_csv(qc / "wsi_qc.csv").set_index("WSI-ID")
+    slides = read_csv(qc / "slides.csv").set_index("WSI-ID")
+    for i, sid in enumerate(sheet["WSI-ID"]):
+        assert wsi.loc[sid, "SegmentationUnacceptableOrNot"] == ("Unacceptable" if i % 2 else "Acceptable")
+        assert slides.loc[sid, "QCResult"] == ("Unacceptable" if i % 2 else "No regions")
+    assert wsi.loc[sheet["WSI-ID"][0], "VisualAssessmentComment"] == "stain too pale, nuclei missed"
