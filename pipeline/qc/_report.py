@@ -52,11 +52,6 @@ def jpeg_bytes(rgb: np.ndarray, max_px: int) -> bytes:
     return buf.getvalue()
 
 
-def jpeg_data_uri(rgb: np.ndarray, max_px: int) -> str:
-    """A JPEG data URI of an RGB image no larger than ``max_px`` on its long side."""
-    return "data:image/jpeg;base64," + base64.b64encode(jpeg_bytes(rgb, max_px)).decode("ascii")
-
-
 def report_image_uri(qc_dir: Path, rel: str, max_px: int, overlay_only: bool) -> str | None:
     """The data URI of a review image as the report shows it, cached beside the image.
 

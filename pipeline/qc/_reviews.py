@@ -68,7 +68,7 @@ class PatchReview:
 @dataclass(frozen=True)
 class WsiVerdict:
     wsi_id: str
-    verdict: str  # VERDICT_UNACCEPTABLE | VERDICT_ACCEPTABLE | "" (comment only is not allowed)
+    verdict: str  # VERDICT_UNACCEPTABLE | VERDICT_ACCEPTABLE
     comment: str
     source: str
 
@@ -235,7 +235,7 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
         return [{k: (v or "") for k, v in row.items()} for row in csv.DictReader(f)]
 
 
-def _write_csv_atomic(path: Path, columns: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
+def write_csv_atomic(path: Path, columns: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
     tmp = path.with_name("." + path.name + ".tmp")
     with open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
@@ -270,7 +270,7 @@ def record_reviews(reviews_dir: Path, patch_reviews: Sequence[PatchReview], verd
         store = load_patch_store(reviews_dir)
         for r in patch_reviews:
             store[r.key] = r
-        _write_csv_atomic(
+        write_csv_atomic(
             reviews_dir / PATCH_STORE,
             PATCH_STORE_COLUMNS,
             ((r.wsi_id, r.index, r.x, r.y, r.adequate, r.comment, r.source) for _, r in sorted(store.items())),
@@ -279,11 +279,8 @@ def record_reviews(reviews_dir: Path, patch_reviews: Sequence[PatchReview], verd
         vstore = load_verdict_store(reviews_dir)
         for v in verdicts:
             vstore[v.wsi_id] = v
-        _write_csv_atomic(
+        write_csv_atomic(
             reviews_dir / VERDICT_STORE,
             VERDICT_STORE_COLUMNS,
             ((v.wsi_id, v.verdict, v.comment, v.source) for _, v in sorted(vstore.items())),
         )
-
-
-write_csv_atomic = _write_csv_atomic
