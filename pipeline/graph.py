@@ -49,14 +49,13 @@ class ModelPreload(WorkerPlugin):
 
     name = "nuclei-model"
 
-    def __init__(self, model: str, threads: int) -> None:
-        self.model = model
-        self.threads = threads
+    def __init__(self, config: Config) -> None:
+        self.config = config
 
     def setup(self, worker: Any) -> None:
-        from pipeline.model.session import load_model
+        from pipeline.slide import model_for
 
-        load_model(self.model or None, self.threads)
+        model_for(self.config)
 
     def teardown(self, worker: Any) -> None:
         pass
@@ -137,9 +136,11 @@ def connect(config: Config) -> Any:
         else:
             cores = os.cpu_count() or 1
             cuda = LocalCUDACluster(
-                threads_per_worker=config.threads_per_worker or max(1, cores // visible_gpus()),
+                # host threads: one feeds the GPU while others decode tiles and write outputs
+                threads_per_worker=config.threads_per_worker or max(2, cores // visible_gpus()),
                 resources={GPU_RESOURCE: 1},
                 rmm_pool_size=os.environ.get("NUCLEI_RMM_POOL", "0.5"),  # share of each GPU's memory
+                rmm_allocator_external_lib_list=["cupy", "torch"],  # one pool for both allocators
                 dashboard_address=":8787",
             )
             return Client(cuda)
@@ -170,7 +171,7 @@ def run_slides(
     workers = client.scheduler_info().get("workers", {})
     gpu_workers = any(GPU_RESOURCE in (w.get("resources") or {}) for w in workers.values())
     tile_resources = {GPU_RESOURCE: 1} if gpu_workers else None
-    client.register_plugin(ModelPreload(config.model, config.intra_op_threads or 1), name=ModelPreload.name)
+    client.register_plugin(ModelPreload(config), name=ModelPreload.name)
     threads = sum(int(w.get("nthreads", 1)) for w in workers.values()) or 1
     # enough slides in flight to hide the driver round trip between a slide's plan and its
     # tiles, few enough that the scheduler holds a few hundred tasks at most

@@ -20,15 +20,14 @@ import numpy as np
 from pipeline.config import Config, load_config
 from pipeline.io.outputs import final_slide_dir
 from pipeline.manifest import SlideEntry
-from pipeline.model.session import load_model
-from pipeline.slide import process_slide_inline
+from pipeline.slide import model_for, process_slide_inline
 
 
 def predict_labels(image_path: Path, config: Config, mpp: float | None = None) -> np.ndarray:
     """Instance labels (uint32, the image's height × width) for one image file."""
     import zarr
 
-    model = load_model(config.model or None, config.intra_op_threads or 1)
+    model = model_for(config)
     entry = SlideEntry(slide_id="image", slide_path=image_path, mpp=mpp or model.mpp)
     with tempfile.TemporaryDirectory(prefix="predict-") as tmp:
         process_slide_inline(entry, tmp, config)

@@ -9,6 +9,7 @@ succeeded. Rerunning the same command skips slides that are already complete.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 import time
@@ -153,6 +154,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--save-probabilities", action="store_true", default=None)
     p.add_argument("--reader", choices=["auto", "cucim", "tifffile", "dicom", "image"])
     p.add_argument("--max-attempts", type=int, help="worker deaths tolerated per slide before it is failed")
+    p.add_argument("--device", choices=["auto", "cpu", "gpu"], help="where stages after the read run")
+    p.add_argument("--runtime", choices=["auto", "onnxruntime", "torch"], help="inference runtime")
+    p.add_argument("--half", action="store_true", default=None, help="fp16 inference on the GPU")
     p.add_argument("--retry-failed", action="store_true", help="reprocess slides whose earlier attempt failed")
     p.add_argument("--no-qc", action="store_true", help="skip building the QC tables at the end")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
@@ -192,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         out_dir = args.out or Path("nuclei_out")
     overrides = {k: getattr(args, k, None) for k in (
         "model", "scheduler", "n_workers", "threads_per_worker", "stain", "save_probabilities", "reader",
-        "max_attempts", "progress")}
+        "max_attempts", "progress", "device", "runtime", "half")}
     overrides["tile_px"], overrides["halo_px"] = args.tile_px, args.halo_px
     try:
         config = load_config(args.config, overrides)
@@ -242,7 +246,7 @@ def build_qc_tables(out_dir: Path) -> None:
     except ImportError:
         return
     try:
-        qc_dir = build_qc(out_dir)
+        qc_dir = build_qc(out_dir, workers=min(4, os.cpu_count() or 1))
         print(f"QC tables and report: {qc_dir}", file=sys.stderr)
     except Exception as exc:  # QC must never cost the run its results
         print(f"warning: QC tables could not be built: {type(exc).__name__}: {exc}", file=sys.stderr)

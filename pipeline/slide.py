@@ -37,6 +37,7 @@ from pipeline.io.outputs import (
     write_nucleus_tables,
 )
 from pipeline.io.slides import Slide, choose_reader, low_resolution_view, open_slide
+from pipeline.kernels.dispatch import array_module, to_host
 from pipeline.kernels.features import nucleus_moments, nucleus_outlines, polygon_perimeter
 from pipeline.kernels.nuclei import NucleusThresholds, instances_from_probabilities
 from pipeline.kernels.stain import (
@@ -96,6 +97,23 @@ def model_threads(config: Config) -> int:
     return config.intra_op_threads or 1
 
 
+def model_for(config: Config, path: str | None = None) -> NucleusModel:
+    """This process's session for the configured model (created once, then reused)."""
+    return load_model(path or config.model or None, model_threads(config), runtime=config.runtime,
+                      half=config.half, trt_cache_dir=config.trt_cache_dir or None)
+
+
+def use_device(config: Config) -> bool:
+    """Whether the stages after the file read run on the GPU."""
+    if config.device == "cpu":
+        return False
+    from pipeline.kernels.dispatch import gpu_available
+
+    if config.device == "gpu" and not gpu_available():
+        raise RuntimeError("device=gpu was requested but no CUDA device is visible to this worker")
+    return gpu_available()
+
+
 # ----------------------------------------------------------------------- planning ----
 
 def resolve_mpp(entry: SlideEntry, slide: Slide, config: Config) -> tuple[float, str]:
@@ -120,7 +138,7 @@ def plan_slide(entry: SlideEntry, out_dir: str, config: Config) -> SlidePlan:
     try:
         width, height = slide.level_dimensions[0]
         mpp, mpp_source = resolve_mpp(entry, slide, config)
-        model = load_model(config.model or None, model_threads(config))
+        model = model_for(config)
         view, view_ds = low_resolution_view(slide, config.tissue_view_px)
     finally:
         slide.close()
@@ -173,18 +191,20 @@ def resample_to_model(window: np.ndarray, grid: TileGrid) -> np.ndarray:
     return np.asarray(ndi.zoom(window, zoom, order=1, grid_mode=True, mode="nearest"))
 
 
-def normalise_stain(rgb: np.ndarray, stain: StainStats | MacenkoStains | None) -> np.ndarray:
-    """uint8 RGB → float32 RGB in [0, 1], normalised with the slide's statistics."""
+def normalise_stain(rgb: Any, stain: StainStats | MacenkoStains | None) -> Any:
+    """uint8 RGB → float32 RGB in [0, 1], normalised with the slide's statistics (numpy or cupy)."""
+    xp = array_module(rgb)
     if isinstance(stain, StainStats):
-        return np.asarray(reinhard_normalise(rgb, stain), dtype=np.float32)
+        return reinhard_normalise(rgb, stain).astype(xp.float32, copy=False)
     if isinstance(stain, MacenkoStains):
-        return np.asarray(macenko_normalise(rgb, stain), dtype=np.float32)
-    return rgb.astype(np.float32) / 255.0
+        return macenko_normalise(rgb, stain).astype(xp.float32, copy=False)
+    return rgb.astype(xp.float32) / 255.0
 
 
-def model_input(images: list[np.ndarray], side: int) -> np.ndarray:
+def model_input(images: list[Any], side: int) -> Any:
     """Stack H×W×3 float images into N×3×side×side, padding right/bottom with white."""
-    batch = np.ones((len(images), 3, side, side), dtype=np.float32)
+    xp = array_module(images[0])
+    batch = xp.ones((len(images), 3, side, side), dtype=xp.float32)
     for i, img in enumerate(images):
         batch[i, :, : img.shape[0], : img.shape[1]] = img.transpose(2, 0, 1)
     return batch
@@ -237,18 +257,30 @@ def tile_file(plan: SlidePlan, tile: Tile, suffix: str) -> Path:
 
 def segment_window(
     rgb: np.ndarray, model: NucleusModel, thresholds: NucleusThresholds,
-    stain: StainStats | MacenkoStains | None, side: int,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, float]]:
-    """One window at model resolution → (instance labels, probabilities 2×H×W, haematoxylin
-    map, seconds per stage)."""
+    stain: StainStats | MacenkoStains | None, side: int, on_device: bool = False, want_prob: bool = True,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, dict[str, float]]:
+    """One window at model resolution → (instance labels, probabilities 2×H×W or None, haematoxylin
+    map, seconds per stage), all returned on the host.
+
+    With ``on_device`` the window goes to the GPU once and normalisation, inference (without
+    host round trips), seeds, watershed and the haematoxylin map run there; only the labels,
+    the haematoxylin map and (when asked for) the probabilities come back.
+    """
     t0 = time.perf_counter()
+    if on_device:
+        import cupy
+
+        rgb = cupy.asarray(rgb)
     normalised = normalise_stain(rgb, stain)
     t1 = time.perf_counter()
-    prob = model.predict(model_input([normalised], side))[0, :, : rgb.shape[0], : rgb.shape[1]]
+    batch = model_input([normalised], side)
+    prob = (model.predict_device(batch) if on_device else model.predict(batch))[0, :, : rgb.shape[0], : rgb.shape[1]]
     t2 = time.perf_counter()
     labels = instances_from_probabilities(prob, thresholds)
+    h_map = haematoxylin(normalised)
     t3 = time.perf_counter()
-    return labels, prob, haematoxylin(normalised), {"normalise": t1 - t0, "infer": t2 - t1, "watershed": t3 - t2}
+    seconds = {"normalise": t1 - t0, "infer": t2 - t1, "watershed": t3 - t2}
+    return to_host(labels), (to_host(prob) if want_prob else None), to_host(h_map), seconds
 
 
 def segment_tiles(plan: SlidePlan, tiles: list[Tile]) -> list[TileSummary]:
@@ -257,7 +289,8 @@ def segment_tiles(plan: SlidePlan, tiles: list[Tile]) -> list[TileSummary]:
     import numcodecs
 
     grid = plan.grid
-    model = load_model(plan.model_path, model_threads(plan.config))
+    model = model_for(plan.config, plan.model_path)
+    on_device = use_device(plan.config)
     slide = open_slide(plan.slide_path, plan.reader)
     codec = numcodecs.Zstd(level=3)
     sampling = grid.level0_sampling()
@@ -270,7 +303,8 @@ def segment_tiles(plan: SlidePlan, tiles: list[Tile]) -> list[TileSummary]:
             rgb = resample_to_model(window, grid)
             t1 = time.perf_counter()
             labels, prob, h_map, seconds = segment_window(
-                rgb, model, plan.thresholds, plan.stain, grid.model_input_side
+                rgb, model, plan.thresholds, plan.stain, grid.model_input_side, on_device,
+                want_prob=plan.config.save_probabilities,
             )
             t2 = time.perf_counter()
             table, local = tile_nuclei(labels, h_map, grid, tile, plan.mpp)
@@ -282,7 +316,7 @@ def segment_tiles(plan: SlidePlan, tiles: list[Tile]) -> list[TileSummary]:
             sink = pa.BufferOutputStream()
             pq.write_table(table, sink, compression="zstd")
             atomic_write_bytes(tile_file(plan, tile, ".parquet"), sink.getvalue().to_pybytes(), durable=False)
-            if plan.config.save_probabilities:
+            if prob is not None and plan.config.save_probabilities:
                 write_probability_chunk(plan, tile, prob, sampling)
             t4 = time.perf_counter()
             summaries.append(
