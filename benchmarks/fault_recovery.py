@@ -1,0 +1,80 @@
+"""Time lost to a worker killed mid-run: the same cohort on a real ``dask scheduler`` with two
+``dask worker`` processes, once uninterrupted and once with one worker SIGKILLed (nanny and
+all) shortly after the first tiles start.
+
+    python benchmarks/fault_recovery.py [--model FILE.onnx]   (run from the repository root)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.test_cluster import ExternalCluster, run_args, wait_until  # noqa: E402
+
+
+def cohort(folder: Path, n: int = 6) -> Path:
+    from pipeline.testing import synthetic_slide_image, write_pyramidal_tiff
+
+    rows = ["slide_path,slide_id"]
+    for i in range(n):
+        image, _ = synthetic_slide_image(1024, 1024, seed=60 + i)
+        write_pyramidal_tiff(folder / f"f{i}.svs", image, mpp=0.25)
+        rows.append(f"f{i}.svs,f{i}")
+    (folder / "manifest.csv").write_text("\n".join(rows) + "\n")
+    return folder / "manifest.csv"
+
+
+def timed_run(manifest: Path, out: Path, model: Path, kill_after: float | None) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        cluster = ExternalCluster(Path(tmp), 2)
+        try:
+            t0 = time.perf_counter()
+            driver = subprocess.Popen(run_args(manifest, out, model, cluster.file), cwd=ROOT,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            if kill_after is not None:
+                wait_until(lambda: (out / "slides").exists())
+                time.sleep(kill_after)
+                cluster.kill_worker(0)
+            driver.wait(timeout=900)
+            if driver.returncode != 0:
+                raise RuntimeError(f"run failed with exit status {driver.returncode}")
+            return time.perf_counter() - t0
+        finally:
+            cluster.close()
+
+
+def main() -> None:
+    from pipeline.model.session import resolve_model_path
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", default="")
+    args = p.parse_args()
+    model = resolve_model_path(args.model or None)
+    with tempfile.TemporaryDirectory(prefix="fault-") as tmp:
+        folder = Path(tmp)
+        manifest = cohort(folder)
+        clean = timed_run(manifest, folder / "clean", model, None)
+        killed = timed_run(manifest, folder / "killed", model, kill_after=2.0)
+    print(json.dumps({
+        "machine": f"{platform.node()} {platform.machine()}",
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "model": str(model),
+        "slides": 6,
+        "uninterrupted_s": round(clean, 1),
+        "one_worker_killed_s": round(killed, 1),
+        "time_lost_s": round(killed - clean, 1),
+    }, indent=1))
+
+
+if __name__ == "__main__":
+    main()
