@@ -15,6 +15,7 @@ is recorded as failed with its reason; the others go on.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 import uuid
@@ -207,13 +208,16 @@ def run_slides(
         publish_failure(out_dir, slide_id, stats)
         finish(slide_id, SlideOutcome(flight.entry, "failed", stats, reason))
 
-    def build_slide_graph(plan: SlidePlan) -> Any:
+    def build_slide_graph(plan: SlidePlan) -> None:
         sid = plan.slide_id
         flight = flights[sid]
         progress.tiles_planned(len(plan.tiles))
+        # tile tasks carry the plan without its tile list (their own batch is enough), so the
+        # bytes sent per slide grow with its tiles, not with their square
+        light = dataclasses.replace(plan, tiles=())
         segs = []
         for i, batch in enumerate(batches(plan.tiles, config.tiles_per_task)):
-            f = client.submit(segment_tiles, plan, batch, key=f"segment-tiles-{sid}-{i}-{run_token}", pure=False,
+            f = client.submit(segment_tiles, light, batch, key=f"segment-tiles-{sid}-{i}-{run_token}", pure=False,
                               resources=tile_resources)
             role[f.key] = ("tiles", sid)
             segs.append(f)
