@@ -136,14 +136,28 @@ def instances_from_probabilities(prob: Any, params: NucleusThresholds) -> Any:
 
 
 def fill_label_holes(labels: Any) -> Any:
-    """Fill background pixels enclosed by nuclei with the label of the nearest nucleus pixel."""
+    """Fill background pixels enclosed by nuclei (background components that do not touch the
+    image border) with the label of a neighbouring nucleus, growing inwards from the rim."""
     xp, ndi = array_module(labels), ndimage_module(labels)
-    foreground = labels > 0
-    holes = ndi.binary_fill_holes(foreground) & ~foreground
+    background = labels == 0
+    components, n = ndi.label(background)
+    if int(n) <= 1:
+        return labels
+    edge = xp.concatenate([components[0], components[-1], components[:, 0], components[:, -1]])
+    enclosed = xp.ones(int(n) + 1, dtype=bool)
+    enclosed[0] = False
+    enclosed[edge] = False
+    holes = enclosed[components]
     if not bool(holes.any()):
         return labels
-    _, (rows, cols) = ndi.distance_transform_edt(~foreground, return_indices=True)
-    return xp.where(holes, labels[rows, cols], labels)
+    out = labels.copy()
+    for _ in range(64):  # holes are a few pixels wide; each pass fills one ring
+        grown = ndi.grey_dilation(out, size=3)
+        fill = holes & (out == 0) & (grown > 0)
+        if not bool(fill.any()):
+            break
+        out = xp.where(fill, grown, out)
+    return out
 
 
 def remove_small_labels(labels: Any, min_area: int) -> Any:
