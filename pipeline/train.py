@@ -56,6 +56,7 @@ class TrainConfig:
     val_every: int = 250
     val_patches: int = 24
     max_minutes: float = 0.0  # stop (resumably) after this long in this process; 0 = no limit
+    init_from: str = ""  # start a fresh run from these weights (a checkpoint or snapshot): fine-tuning
     stop_at: int = 0  # stop (resumably) at this step, keeping the schedule of ``steps``; 0 = at ``steps``
     base: int = 16
     convs_per_stage: int = 2
@@ -173,6 +174,12 @@ def train(cfg: TrainConfig) -> Path:
         opt.load_state_dict(state["optimizer"])
         step, elapsed_before = int(state["step"]), float(state["train_seconds"])
         print(f"resumed from {ckpt_path} at step {step}", flush=True)
+    elif cfg.init_from:
+        init = torch.load(cfg.init_from, map_location=device, weights_only=False)
+        if init["config"]["unet"] != cfg.unet().as_dict():
+            raise SystemExit(f"{cfg.init_from} has another network: {init['config']['unet']}")
+        net.load_state_dict(init["model"])
+        print(f"initialised from {cfg.init_from} (its step {init['step']})", flush=True)
     (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
 
     t_load = time.time()

@@ -23,9 +23,13 @@ XML_DIR = DATA / "monuseg2018_train_xml_samples"
 PNG_DIR = DATA / "monuseg2018_train"
 SAMPLES = {"TCGA-B0-5710-01Z-00-DX1": 359, "TCGA-B0-5698-01Z-00-DX1": 357}
 
-pytestmark = pytest.mark.skipif(
-    not (XML_DIR / "Annotations").is_dir() or not PNG_DIR.is_dir(), reason="MoNuSeg data (../shared/data) not present"
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not (XML_DIR / "Annotations").is_dir() or not PNG_DIR.is_dir(),
+        reason="MoNuSeg data (../shared/data) not present",
+    ),
+]
 
 
 @pytest.fixture(scope="module", params=sorted(SAMPLES))
@@ -78,11 +82,19 @@ def test_tif_and_png_images_are_the_same(sample):
     assert tif.shape == (1000, 1000, 3) and np.array_equal(tif, png)
 
 
-def test_read_truth_dispatches_on_the_source(sample):
+def test_read_truth_dispatches_on_the_source(sample, tmp_path):
+    from PIL import Image
+
     name, _, masks = sample
     from_xml = read_truth(XML_DIR / "Annotations" / f"{name}.xml", shape=masks.shape)
-    from_dir = read_truth(PNG_DIR / name)
     assert from_xml.shape == masks.shape and from_xml.max() == SAMPLES[name]
-    assert np.array_equal(from_dir, masks)
     with pytest.raises(ValueError):
         read_truth(XML_DIR / "Annotations" / f"{name}.xml")
+    # a one-mask-per-nucleus folder (two of this image's nuclei) and a label image
+    (tmp_path / "masks").mkdir()
+    for k in (1, 2):
+        Image.fromarray(((masks == k) * 255).astype(np.uint8)).save(tmp_path / "masks" / f"mask_{k:04d}.png")
+    two = np.where(np.isin(masks, (1, 2)), masks, 0)
+    assert np.array_equal(read_truth(tmp_path), two)
+    Image.fromarray(two.astype(np.uint16)).save(tmp_path / "labels.png")
+    assert np.array_equal(read_truth(tmp_path / "labels.png"), two)
