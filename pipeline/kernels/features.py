@@ -55,8 +55,8 @@ def nucleus_outline(mask: np.ndarray) -> np.ndarray:
     contours = find_contours(padded.astype(np.float32), 0.5)
     if not contours:
         return np.zeros((0, 2))
-    ring = max(contours, key=len)
-    if len(ring) > 1 and np.allclose(ring[0], ring[-1]):
+    ring = max(contours, key=len) if len(contours) > 1 else contours[0]
+    if len(ring) > 1 and ring[0, 0] == ring[-1, 0] and ring[0, 1] == ring[-1, 1]:
         ring = ring[:-1]
     return drop_collinear(ring) - 1.0
 
@@ -66,8 +66,9 @@ def drop_collinear(ring: np.ndarray) -> np.ndarray:
     outline's shape is unchanged, only redundant points of straight runs go)."""
     if len(ring) < 4:
         return ring
-    before = ring - np.roll(ring, 1, axis=0)
-    after = np.roll(ring, -1, axis=0) - ring
+    step = np.diff(ring, axis=0, append=ring[:1])  # ring[i+1] - ring[i], wrapping around
+    after = step
+    before = np.concatenate([step[-1:], step[:-1]])
     cross = before[:, 0] * after[:, 1] - before[:, 1] * after[:, 0]
     keep = np.abs(cross) > 1e-9
     return ring[keep] if keep.sum() >= 3 else ring
