@@ -83,20 +83,23 @@ def main() -> None:
     p.add_argument("--side", type=int, default=2048, help="side of the small slide (the large one is 2×)")
     p.add_argument("--tile-px", type=int, default=1024)
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--intra-op", type=int, default=1, help="ONNX Runtime threads per task in the pipeline")
+    p.add_argument("--sizes", default="1,2", help="slide side multipliers to run (memory check needs 1,2)")
     args = p.parse_args()
     model = str(resolve_model_path(args.model or None))
     cores = os.cpu_count() or 1
     work = Path(args.out or tempfile.mkdtemp(prefix="bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    config = Config(model=model, tile_px=args.tile_px, intra_op_threads=1, progress=False)
+    config = Config(model=model, tile_px=args.tile_px, intra_op_threads=args.intra_op, progress=False)
     results = {
         "machine": f"{platform.node()} {platform.machine()} {cores} cores, {platform.python_version()}",
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "model": model,
         "tile_px": args.tile_px,
+        "intra_op_threads": args.intra_op,
         "slides": [],
     }
-    for factor in (1, 2):
+    for factor in [int(f) for f in args.sizes.split(",")]:
         side = args.side * factor
         slide = generated_slide(work, side, seed=factor)
         plan = plan_slide(SlideEntry(slide.stem, slide), str(work / "plan"), config)
@@ -120,8 +123,9 @@ def main() -> None:
         }
         results["slides"].append(row)
         print(json.dumps(row), flush=True)
-    small, large = results["slides"]
-    results["rss_large_over_small"] = round(large["worker_peak_rss_mb"] / small["worker_peak_rss_mb"], 3)
+    if len(results["slides"]) == 2:
+        small, large = results["slides"]
+        results["rss_large_over_small"] = round(large["worker_peak_rss_mb"] / small["worker_peak_rss_mb"], 3)
     print(json.dumps({k: v for k, v in results.items() if k != "slides"}, indent=1))
     (work / "throughput.json").write_text(json.dumps(results, indent=1))
 
