@@ -41,7 +41,7 @@ class StainStats:
         return {"mean": list(self.mean), "std": list(self.std)}
 
 
-# Target statistics: lαβ mean/std of the tissue pixels of the 30 MoNuSeg 2018 training images
+# Target statistics: lαβ mean/std of the tissue pixels of the 23 training-split MoNuSeg 2018 images
 # taken together (the model's training distribution). Measured with
 # `python -m pipeline.model.stain_target` and recorded in the model card.
 REINHARD_TARGET = StainStats(mean=(-0.5178, -0.0549, 0.0237), std=(0.3210, 0.0601, 0.0153))
