@@ -25,10 +25,8 @@ class Config:
     halo_px: int = -1  # -1 = derived: model context + largest nucleus (see pipeline.tiling)
     max_nucleus_px: int = 96  # largest nucleus extent at 40x (MoNuSeg max area 5147 px² ≈ 81 px)
     tiles_per_task: int = 2  # tiles inferred per Dask task (≥100 ms of work per task)
-    batch_size: int = 1  # tiles per inference call within a task
     # --- tissue and stain ---
     tissue_view_px: int = 2048  # long side of the low-resolution view used for tissue + stain stats
-    min_tissue_fraction: float = 0.005  # a tile is read when this share of its core is tissue
     stain: str = "reinhard"  # reinhard | macenko | none
     # --- outputs ---
     save_probabilities: bool = False  # also write uint8 probability maps into maps.zarr
@@ -104,8 +102,8 @@ def validate_config(config: Config) -> None:
         problems.append(f"halo_px={config.halo_px} must be -1 (derived) or a multiple of 16")
     if config.stain not in ("reinhard", "macenko", "none"):
         problems.append(f"stain={config.stain!r} must be reinhard, macenko or none")
-    if config.tiles_per_task < 1 or config.batch_size < 1:
-        problems.append("tiles_per_task and batch_size must be ≥ 1")
+    if config.tiles_per_task < 1:
+        problems.append("tiles_per_task must be ≥ 1")
     if config.device not in ("auto", "cpu", "gpu"):
         problems.append(f"device={config.device!r} must be auto, cpu or gpu")
     if config.runtime not in ("auto", "onnxruntime", "torch"):
