@@ -22,18 +22,6 @@ sys.path.insert(0, str(ROOT))
 from tests.test_cluster import ExternalCluster, run_args, wait_until  # noqa: E402
 
 
-def cohort(folder: Path, n: int = 6) -> Path:
-    from pipeline.testing import synthetic_slide_image, write_pyramidal_tiff
-
-    rows = ["slide_path,slide_id"]
-    for i in range(n):
-        image, _ = synthetic_slide_image(1024, 1024, seed=60 + i)
-        write_pyramidal_tiff(folder / f"f{i}.svs", image, mpp=0.25)
-        rows.append(f"f{i}.svs,f{i}")
-    (folder / "manifest.csv").write_text("\n".join(rows) + "\n")
-    return folder / "manifest.csv"
-
-
 def timed_run(manifest: Path, out: Path, model: Path, kill_after: float | None) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         cluster = ExternalCluster(Path(tmp), 2)
@@ -55,6 +43,7 @@ def timed_run(manifest: Path, out: Path, model: Path, kill_after: float | None) 
 
 def main() -> None:
     from pipeline.model.session import resolve_model_path
+    from pipeline.testing import synthetic_cohort
 
     p = argparse.ArgumentParser()
     p.add_argument("--model", default="")
@@ -62,7 +51,7 @@ def main() -> None:
     model = resolve_model_path(args.model or None)
     with tempfile.TemporaryDirectory(prefix="fault-") as tmp:
         folder = Path(tmp)
-        manifest = cohort(folder)
+        manifest = synthetic_cohort(folder, 6, 1024, 1024, seed=60, prefix="f")
         clean = timed_run(manifest, folder / "clean", model, None)
         killed = timed_run(manifest, folder / "killed", model, kill_after=2.0)
     print(json.dumps({

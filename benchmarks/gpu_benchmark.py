@@ -173,15 +173,12 @@ def device_path(plan: Any, tiles: list[Any], model: Any, xp: Any, read_threads: 
                 write_threads: int) -> dict[str, Any]:
     """Every stage after the read on ``xp`` arrays (cupy: the GPU; numpy: the same code on the host)."""
     import numcodecs
-    import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    from pipeline.io.outputs import atomic_write_bytes
     from pipeline.io.slides import open_slide
     from pipeline.kernels.dispatch import to_host
     from pipeline.kernels.nuclei import instances_from_probabilities
-    from pipeline.kernels.stain import StainStats, haematoxylin, reinhard_normalise
-    from pipeline.slide import resample_to_model, tile_file, tile_nuclei
+    from pipeline.kernels.stain import haematoxylin
+    from pipeline.slide import model_input, normalise_stain, resample_to_model, write_tile_outputs
 
     grid = plan.grid
     side = grid.model_input_side
@@ -208,18 +205,10 @@ def device_path(plan: Any, tiles: list[Any], model: Any, xp: Any, read_threads: 
         return tile, np.ascontiguousarray(rgb)
 
     def write(tile: Any, labels: np.ndarray, h_map: np.ndarray) -> int:
-        t0 = time.perf_counter()
-        table, local_ids = tile_nuclei(labels, h_map, grid, tile, plan.mpp)
-        t1 = time.perf_counter()
-        owned0 = local_ids[labels][np.ix_(sampling, sampling)]
-        atomic_write_bytes(tile_file(plan, tile, ".labels.zst"), codec.encode(np.ascontiguousarray(owned0)),
-                           durable=False)
-        sink = pa.BufferOutputStream()
-        pq.write_table(table, sink, compression="zstd")
-        atomic_write_bytes(tile_file(plan, tile, ".parquet"), sink.getvalue().to_pybytes(), durable=False)
-        add("features", t1 - t0)
-        add("write", time.perf_counter() - t1)
-        return int(table.num_rows)
+        n, seconds = write_tile_outputs(plan, tile, labels, h_map, None, sampling, codec)
+        for stage, sec in seconds.items():
+            add(stage, sec)
+        return n
 
     def prefetched(pool: ThreadPoolExecutor, depth: int) -> Iterator[tuple[Any, np.ndarray]]:
         pending: queue.Queue[Any] = queue.Queue()
@@ -234,7 +223,6 @@ def device_path(plan: Any, tiles: list[Any], model: Any, xp: Any, read_threads: 
                 pending.put(pool.submit(read, nxt))
             yield result
 
-    stain = plan.stain if isinstance(plan.stain, StainStats) else None
     # warm-up on one tile (kernel compilation, cuDNN autotuning, allocator pool): outside the clock
     warm = xp.ones((1, 3, side, side), dtype=xp.float32)
     model.predict_device(warm)
@@ -247,9 +235,8 @@ def device_path(plan: Any, tiles: list[Any], model: Any, xp: Any, read_threads: 
             dev = xp.asarray(rgb)
             sync()
             t1 = time.perf_counter()
-            normalised = reinhard_normalise(dev, stain) if stain is not None else dev.astype(xp.float32) / 255.0
-            batch = xp.ones((1, 3, side, side), dtype=xp.float32)
-            batch[0, :, : rgb.shape[0], : rgb.shape[1]] = normalised.transpose(2, 0, 1)
+            normalised = normalise_stain(dev, plan.stain)
+            batch = model_input([normalised], side)
             sync()
             t2 = time.perf_counter()
             prob = model.predict_device(batch)[0, :, : rgb.shape[0], : rgb.shape[1]]

@@ -27,6 +27,7 @@ from distributed import WorkerPlugin
 
 from pipeline.config import Config
 from pipeline.io.outputs import publish_failure
+from pipeline.local_cuda import GPU_RESOURCE, RMM_POOL_SHARE, local_cuda_cluster
 from pipeline.manifest import SlideEntry
 from pipeline.slide import (
     SlidePlan,
@@ -41,7 +42,6 @@ from pipeline.slide import (
 )
 
 BAND_ROWS = 8  # tile rows per label-assembly task
-GPU_RESOURCE = "GPU"  # dask-cuda workers started with --resources GPU=1 receive the tile tasks
 
 
 class ModelPreload(WorkerPlugin):
@@ -106,17 +106,6 @@ def describe_failure(exc: BaseException, entry: SlideEntry, attempts: int) -> st
     return f"{entry.slide_path.name}: {type(exc).__name__}: {exc}"
 
 
-def visible_gpus() -> int:
-    """CUDA devices this process may use (0 when cupy is missing or sees none)."""
-    from pipeline.kernels.dispatch import gpu_available
-
-    if not gpu_available():
-        return 0
-    import cupy
-
-    return int(cupy.cuda.runtime.getDeviceCount())
-
-
 def connect(config: Config) -> Any:
     """A distributed Client: to ``config.scheduler`` (address or scheduler file) when given;
     else a ``LocalCUDACluster`` (one worker per GPU) when GPUs and dask-cuda are present;
@@ -129,22 +118,13 @@ def connect(config: Config) -> Any:
         if os.path.exists(config.scheduler):
             return Client(scheduler_file=config.scheduler)
         return Client(config.scheduler)
-    if visible_gpus():
-        try:
-            from dask_cuda import LocalCUDACluster
-        except ImportError:
-            pass
-        else:
-            cores = os.cpu_count() or 1
-            cuda = LocalCUDACluster(
-                # host threads: one feeds the GPU while others decode tiles and write outputs
-                threads_per_worker=config.threads_per_worker or max(2, cores // visible_gpus()),
-                resources={GPU_RESOURCE: 1},
-                rmm_pool_size=os.environ.get("NUCLEI_RMM_POOL", "0.5"),  # share of each GPU's memory
-                rmm_allocator_external_lib_list=["cupy", "torch"],  # one pool for both allocators
-                dashboard_address=":8787",
-            )
-            return Client(cuda)
+    cuda = local_cuda_cluster(
+        rmm_pool_share=float(os.environ.get("NUCLEI_RMM_POOL", RMM_POOL_SHARE)),
+        threads_per_worker=config.threads_per_worker or None,
+        dashboard_address=":8787",
+    )
+    if cuda is not None:
+        return Client(cuda)
     cores = os.cpu_count() or 1
     workers = config.n_workers or max(1, cores // 4)
     threads = config.threads_per_worker or max(1, cores // workers)

@@ -306,25 +306,32 @@ def segment_tiles(plan: SlidePlan, tiles: list[Tile]) -> list[TileSummary]:
                 rgb, model, plan.thresholds, plan.stain, grid.model_input_side, on_device,
                 want_prob=plan.config.save_probabilities,
             )
-            t2 = time.perf_counter()
-            table, local = tile_nuclei(labels, h_map, grid, tile, plan.mpp)
-            t3 = time.perf_counter()
-            owned0 = local[labels][np.ix_(sampling, sampling)]
-            atomic_write_bytes(
-                tile_file(plan, tile, ".labels.zst"), codec.encode(np.ascontiguousarray(owned0)), durable=False
-            )
-            sink = pa.BufferOutputStream()
-            pq.write_table(table, sink, compression="zstd")
-            atomic_write_bytes(tile_file(plan, tile, ".parquet"), sink.getvalue().to_pybytes(), durable=False)
-            if prob is not None and plan.config.save_probabilities:
-                write_probability_chunk(plan, tile, prob, sampling)
-            t4 = time.perf_counter()
-            summaries.append(
-                TileSummary(tile, table.num_rows, {"read": t1 - t0, **seconds, "features": t3 - t2, "write": t4 - t3})
-            )
+            n_nuclei, written = write_tile_outputs(plan, tile, labels, h_map, prob, sampling, codec)
+            summaries.append(TileSummary(tile, n_nuclei, {"read": t1 - t0, **seconds, **written}))
     finally:
         slide.close()
     return summaries
+
+
+def write_tile_outputs(
+    plan: SlidePlan, tile: Tile, labels: np.ndarray, h_map: np.ndarray, prob: np.ndarray | None,
+    sampling: np.ndarray, codec: Any,
+) -> tuple[int, dict[str, float]]:
+    """A segmented tile's owned nuclei → its scratch table and level-0 label window (and the
+    probability chunk when given). Returns the number of nuclei and seconds for features / write."""
+    t0 = time.perf_counter()
+    table, local = tile_nuclei(labels, h_map, plan.grid, tile, plan.mpp)
+    t1 = time.perf_counter()
+    owned = local[labels]
+    if plan.grid.model_side != plan.grid.extent0:  # resampled: back onto the level-0 grid
+        owned = owned[np.ix_(sampling, sampling)]
+    atomic_write_bytes(tile_file(plan, tile, ".labels.zst"), codec.encode(np.ascontiguousarray(owned)), durable=False)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    atomic_write_bytes(tile_file(plan, tile, ".parquet"), sink.getvalue().to_pybytes(), durable=False)
+    if prob is not None:
+        write_probability_chunk(plan, tile, prob, sampling)
+    return table.num_rows, {"features": t1 - t0, "write": time.perf_counter() - t1}
 
 
 def write_probability_chunk(plan: SlidePlan, tile: Tile, prob: np.ndarray, sampling: np.ndarray) -> None:

@@ -159,3 +159,17 @@ def tiny_cohort(folder: Path, n: int, side: int = 64) -> list:
         tifffile.imwrite(path, image, compression="zlib")
         entries.append(SlideEntry(f"t{i:05d}", path, cancer_type=f"T{i % 10}", mpp=0.25))
     return entries
+
+
+def synthetic_cohort(folder: Path, n: int, width: int, height: int, seed: int = 0, prefix: str = "s",
+                     cancer_types: tuple[str, ...] = ("BRCA",)) -> Path:
+    """``n`` generated pyramidal slides in ``folder`` and their manifest (relative paths; cancer
+    types assigned in turn); returns the manifest's path."""
+    rows = ["slide_path,slide_id,cancer_type"]
+    for i in range(n):
+        image, _ = synthetic_slide_image(width, height, seed=seed + i)
+        write_pyramidal_tiff(folder / f"{prefix}{i}.svs", image, mpp=0.25)
+        rows.append(f"{prefix}{i}.svs,{prefix}{i},{cancer_types[i % len(cancer_types)]}")
+    manifest = folder / "manifest.csv"
+    manifest.write_text("\n".join(rows) + "\n")
+    return manifest

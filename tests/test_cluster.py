@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.io.slides import cucim_available
-from pipeline.testing import synthetic_slide_image, write_pyramidal_tiff
+from pipeline.testing import synthetic_cohort
 from tests.conftest import WSI_FIXTURES, need_shared
 from tests.test_run import ROOT, output_digest
 
@@ -82,12 +82,7 @@ def cluster2(tmp_path: Path) -> Iterator[ExternalCluster]:
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("cohort")
-    rows = ["slide_path,slide_id,cancer_type"]
-    for i in range(5):
-        image, _ = synthetic_slide_image(768, 640, seed=40 + i)
-        write_pyramidal_tiff(folder / f"c{i}.svs", image, mpp=0.25)
-        rows.append(f"c{i}.svs,c{i},BRCA")
-    (folder / "manifest.csv").write_text("\n".join(rows) + "\n")
+    synthetic_cohort(folder, 5, 768, 640, seed=40, prefix="c")
     return folder
 
 

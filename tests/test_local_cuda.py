@@ -1,4 +1,4 @@
-"""cluster/local_cuda.py: the LocalCUDACluster options here; the cluster itself where dask-cuda and
+"""pipeline/local_cuda.py: the LocalCUDACluster options here; the cluster itself where dask-cuda and
 a GPU are present."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import importlib.util
 
 import pytest
 
-from cluster.local_cuda import GPU_RESOURCE, cuda_cluster_options, local_cuda_cluster, visible_gpu_count
+from pipeline.local_cuda import GPU_RESOURCE, cuda_cluster_options, local_cuda_cluster, visible_gpu_count
 
 
 def test_one_worker_per_gpu_with_host_threads_and_a_pool() -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.testing import synthetic_slide_image, write_pyramidal_tiff
+from pipeline.testing import synthetic_cohort
 from tests.conftest import WSI_FIXTURES, need_shared
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,12 +47,7 @@ def output_digest(slide_dir: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("cohort")
-    rows = ["slide_path,slide_id,cancer_type"]
-    for i in range(4):
-        image, _ = synthetic_slide_image(700, 600, seed=20 + i)
-        write_pyramidal_tiff(folder / f"s{i}.svs", image, mpp=0.25)
-        rows.append(f"s{i}.svs,s{i},{'BRCA' if i % 2 else 'LUAD'}")
-    (folder / "manifest.csv").write_text("\n".join(rows) + "\n")
+    synthetic_cohort(folder, 4, 700, 600, seed=20, prefix="s", cancer_types=("LUAD", "BRCA"))
     return folder
 
 

@@ -1,6 +1,6 @@
 """One machine with GPUs: a ``dask_cuda.LocalCUDACluster`` sized for the nucleus pipeline.
 
-    from cluster.local_cuda import local_cuda_cluster
+    from pipeline.local_cuda import local_cuda_cluster
     cluster = local_cuda_cluster()            # None where dask-cuda or a GPU is missing
     client = distributed.Client(cluster)
 
@@ -10,9 +10,8 @@ the model), an RMM memory pool per GPU that cupy and torch both allocate from (n
 from thousands of tile-sized buffers, no two allocators fighting over one device), and host
 threads per worker for the work that stays on the CPU (slide decoding, polygon tracing, Parquet
 and Zarr writes) while the GPU runs the next tile. The workers advertise ``GPU=1`` so the
-pipeline's tile tasks go to them (pipeline.graph.GPU_RESOURCE).
-
-Nothing in here is pipeline logic: it only says how to start things (STYLE: dask-jobqueue).
+pipeline's tile tasks go to them (``GPU_RESOURCE``). ``pipeline.run`` starts this cluster by
+itself when GPUs are visible; it only says how to start things, no pipeline logic.
 """
 
 from __future__ import annotations
