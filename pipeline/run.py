@@ -23,6 +23,7 @@ from pipeline.graph import SlideOutcome, connect, run_slides
 from pipeline.io.outputs import atomic_write_json, read_published_stats, remove_stale_partials
 from pipeline.manifest import ManifestError, SlideEntry, read_manifest
 from pipeline.model.session import ModelError, model_summary
+from pipeline.qc import build_qc
 
 EXIT_OK, EXIT_SLIDES_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 PACKAGES = ["numpy", "scipy", "scikit-image", "dask", "distributed", "zarr", "numcodecs", "onnxruntime",
@@ -240,11 +241,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def build_qc_tables(out_dir: Path) -> None:
-    """Cohort QC tables (pipeline.qc) when that module is present."""
-    try:
-        from pipeline.qc import build_qc  # type: ignore[attr-defined]
-    except ImportError:
-        return
+    """Cohort QC tables, review sheets and report (pipeline.qc) over everything in ``out_dir``."""
     try:
         qc_dir = build_qc(out_dir, workers=min(4, os.cpu_count() or 1))
         print(f"QC tables and report: {qc_dir}", file=sys.stderr)
