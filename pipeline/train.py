@@ -47,6 +47,7 @@ class TrainConfig:
     warmup_steps: int = 100
     synthetic_fraction: float = 0.25  # share of each batch that is synthetic (0 = real only)
     centre_weight: float = 1.0  # loss weight of the centre channel relative to the material
+    touching_gap: bool = False  # material target without the pixels where two nuclei touch
     seed: int = 0
     threads: int = 2  # torch CPU threads
     device: str = "auto"  # auto | cpu | cuda
@@ -65,12 +66,21 @@ class TrainConfig:
         return UNetConfig(base=self.base, convs_per_stage=self.convs_per_stage)
 
 
+def _flag(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
 def load_config(argv: list[str] | None = None) -> TrainConfig:
     """Defaults → YAML file (``--config``) → command-line flags (``--steps 500`` …)."""
     parser = argparse.ArgumentParser(description="Train the nucleus U-net.")
     parser.add_argument("--config", type=Path, help="YAML file with TrainConfig fields")
     for f in dataclasses.fields(TrainConfig):
-        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=type(f.default), default=None)
+        kind = _flag if isinstance(f.default, bool) else type(f.default)
+        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=None)
     args = parser.parse_args(argv)
     values: dict[str, Any] = {}
     if args.config is not None:
@@ -109,7 +119,7 @@ class PatchSampler:
             img, lab = augment_patch(img, lab, self.cfg.patch, rng, scale_range=(1.0, 1.0))
         else:
             img, lab = augment_patch(self.images[k], self.labels[k], self.cfg.patch, rng)
-        return img.transpose(2, 0, 1), training_targets(lab)
+        return img.transpose(2, 0, 1), training_targets(lab, self.cfg.touching_gap)
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng([self.cfg.seed, step])
@@ -118,7 +128,7 @@ class PatchSampler:
 
 
 def fixed_validation_patches(
-    images: list[np.ndarray], labels: list[np.ndarray], n: int, size: int
+    images: list[np.ndarray], labels: list[np.ndarray], n: int, size: int, touching_gap: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` fixed crops of the validation images (no augmentation) for the loss curve."""
     rng = np.random.default_rng(12345)
@@ -128,7 +138,7 @@ def fixed_validation_patches(
         r = int(rng.integers(0, img.shape[0] - size + 1))
         c = int(rng.integers(0, img.shape[1] - size + 1))
         xs.append(img[r : r + size, c : c + size].transpose(2, 0, 1))
-        ys.append(training_targets(lab[r : r + size, c : c + size]))
+        ys.append(training_targets(lab[r : r + size, c : c + size], touching_gap))
     return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
 
 
@@ -189,7 +199,7 @@ def train(cfg: TrainConfig) -> Path:
     train_imgs = [normalised_rgb(a.rgb) for a in train_set]
     val_imgs = [normalised_rgb(a.rgb) for a in val_set]
     sampler = PatchSampler(train_imgs, [a.labels for a in train_set], cfg)
-    vx, vy = fixed_validation_patches(val_imgs, [a.labels for a in val_set], cfg.val_patches, cfg.patch)
+    vx, vy = fixed_validation_patches(val_imgs, [a.labels for a in val_set], cfg.val_patches, cfg.patch, cfg.touching_gap)
     print(
         f"data: {len(train_set)} training / {len(val_set)} validation images "
         f"({time.time() - t_load:.0f} s); device {device}; {cfg.steps} steps of {cfg.batch}×{cfg.patch}²",

@@ -109,6 +109,24 @@ def test_training_targets(seed):
     assert ndi.label(t[0] > 0)[1] == labels.max()  # one centre blob per nucleus
 
 
+def test_touching_gap_separates_touching_nuclei_only():
+    labels = np.zeros((40, 60), dtype=np.int32)
+    yy, xx = np.mgrid[:40, :60]
+    labels[np.hypot(yy - 20, xx - 15) <= 9] = 1
+    labels[(np.hypot(yy - 20, xx - 32) <= 9) & (labels == 0)] = 2  # touches nucleus 1
+    labels[np.hypot(yy - 20, xx - 52) <= 6] = 3  # alone: 1 px of background to nucleus 2
+    plain, gap = training_targets(labels), training_targets(labels, touching_gap=True)
+    assert np.array_equal(plain[0], gap[0])  # centres unchanged
+    assert ndi.label(plain[1] > 0)[1] == 2 and ndi.label(gap[1] > 0)[1] == 3  # 1 and 2 now apart
+    removed = (plain[1] > 0) & ~(gap[1] > 0)
+    assert set(np.unique(labels[removed])) == {1, 2}
+    # only the contact line: every removed pixel has a 4-neighbour in the other nucleus
+    for r, c in zip(*np.nonzero(removed), strict=True):
+        neighbours = {labels[r + dr, c + dc] for dr, dc in ((1, 0), (-1, 0), (0, 1), (0, -1))}
+        assert (3 - labels[r, c]) in neighbours
+    assert np.array_equal(gap[1][labels == 3], plain[1][labels == 3])
+
+
 def test_augmentation_keeps_image_and_labels_aligned():
     rgb, labels = fake_tile()
     rng = np.random.default_rng(5)
