@@ -199,7 +199,9 @@ def train(cfg: TrainConfig) -> Path:
     train_imgs = [normalised_rgb(a.rgb) for a in train_set]
     val_imgs = [normalised_rgb(a.rgb) for a in val_set]
     sampler = PatchSampler(train_imgs, [a.labels for a in train_set], cfg)
-    vx, vy = fixed_validation_patches(val_imgs, [a.labels for a in val_set], cfg.val_patches, cfg.patch, cfg.touching_gap)
+    vx, vy = fixed_validation_patches(
+        val_imgs, [a.labels for a in val_set], cfg.val_patches, cfg.patch, cfg.touching_gap
+    )
     print(
         f"data: {len(train_set)} training / {len(val_set)} validation images "
         f"({time.time() - t_load:.0f} s); device {device}; {cfg.steps} steps of {cfg.batch}×{cfg.patch}²",
