@@ -24,25 +24,18 @@ def normalised_rgb(rgb: np.ndarray) -> np.ndarray:
     return np.asarray(reinhard_normalise(rgb, reinhard_stats(rgb, None)), dtype=np.float32)
 
 
-def instance_boundaries(labels: np.ndarray) -> np.ndarray:
-    """Pixels of a nucleus that touch another nucleus or the background (4-connectivity)."""
+def instance_boundaries(labels: np.ndarray, touching_only: bool = False) -> np.ndarray:
+    """Pixels of a nucleus with a 4-neighbour in another nucleus or the background
+    (``touching_only``: in another nucleus)."""
     edge = np.zeros(labels.shape, dtype=bool)
-    edge[1:, :] |= labels[1:, :] != labels[:-1, :]
-    edge[:-1, :] |= labels[:-1, :] != labels[1:, :]
-    edge[:, 1:] |= labels[:, 1:] != labels[:, :-1]
-    edge[:, :-1] |= labels[:, :-1] != labels[:, 1:]
-    return edge & (labels > 0)
-
-
-def touching_pixels(labels: np.ndarray) -> np.ndarray:
-    """Pixels of a nucleus with a 4-neighbour in another nucleus."""
-    touch = np.zeros(labels.shape, dtype=bool)
     for a, b in (((slice(1, None), slice(None)), (slice(None, -1), slice(None))),
                  ((slice(None), slice(1, None)), (slice(None), slice(None, -1)))):
-        differ = (labels[a] != labels[b]) & (labels[a] > 0) & (labels[b] > 0)
-        touch[a] |= differ
-        touch[b] |= differ
-    return touch
+        differ = labels[a] != labels[b]
+        if touching_only:
+            differ &= (labels[a] > 0) & (labels[b] > 0)
+        edge[a] |= differ
+        edge[b] |= differ
+    return edge & (labels > 0)
 
 
 def training_targets(labels: np.ndarray, touching_gap: bool = False) -> np.ndarray:
@@ -58,7 +51,7 @@ def training_targets(labels: np.ndarray, touching_gap: bool = False) -> np.ndarr
         need = np.maximum(CORE_FRACTION * peak, CORE_MIN_DISTANCE)
         centre = material & (dist >= need[labels]) & (dist > 0)
     if touching_gap:
-        material = material & ~touching_pixels(labels)
+        material = material & ~instance_boundaries(labels, touching_only=True)
     return np.stack([centre, material]).astype(np.float32)
 
 
