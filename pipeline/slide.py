@@ -36,7 +36,7 @@ from pipeline.io.outputs import (
     remove_stale_partials,
     write_nucleus_tables,
 )
-from pipeline.io.slides import Slide, choose_reader, low_resolution_view, open_slide
+from pipeline.io.slides import Slide, choose_reader, low_resolution_view, open_slide, read_mirrored
 from pipeline.kernels.dispatch import array_module, to_host
 from pipeline.kernels.features import nucleus_moments, nucleus_outlines, polygon_perimeter
 from pipeline.kernels.nuclei import NucleusThresholds, instances_from_probabilities
@@ -283,6 +283,16 @@ def segment_window(
     return to_host(labels), (to_host(prob) if want_prob else None), to_host(h_map), seconds
 
 
+def cut_at_slide_edge(labels: np.ndarray, grid: TileGrid, tile: Tile) -> np.ndarray:
+    """Labels of a tile's window without the pixels that lie off the slide: a nucleus the slide's
+    edge cuts is measured (area, outline, centroid) as far as the slide holds it, never with its
+    mirror image."""
+    rows, cols = grid.inside_slide(*tile)
+    if rows.all() and cols.all():
+        return labels
+    return np.where(rows[:, None] & cols[None, :], labels, 0).astype(labels.dtype, copy=False)
+
+
 def segment_tiles(plan: SlidePlan, tiles: list[Tile]) -> list[TileSummary]:
     """Read, normalise, infer and watershed a batch of tiles; write each tile's owned nuclei
     (table + level-0 label window with local ids) into the slide's working folder."""
@@ -299,13 +309,14 @@ def segment_tiles(plan: SlidePlan, tiles: list[Tile]) -> list[TileSummary]:
         for tile in tiles:
             t0 = time.perf_counter()
             ox, oy = grid.window_origin(*tile)
-            window = slide.read_region(ox, oy, grid.extent0, grid.extent0, 0)
+            window = read_mirrored(slide, ox, oy, grid.extent0, grid.extent0, 0)
             rgb = resample_to_model(window, grid)
             t1 = time.perf_counter()
             labels, prob, h_map, seconds = segment_window(
                 rgb, model, plan.thresholds, plan.stain, grid.model_input_side, on_device,
                 want_prob=plan.config.save_probabilities,
             )
+            labels = cut_at_slide_edge(labels, grid, tile)
             n_nuclei, written = write_tile_outputs(plan, tile, labels, h_map, prob, sampling, codec)
             summaries.append(TileSummary(tile, n_nuclei, {"read": t1 - t0, **seconds, **written}))
     finally:

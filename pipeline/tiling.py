@@ -83,7 +83,7 @@ class TileGrid:
         return x0, y0, min(x0 + self.core0, self.width), min(y0 + self.core0, self.height)
 
     def window_origin(self, row: int, col: int) -> tuple[int, int]:
-        """Level-0 (x, y) of the read window's top-left pixel (may be negative: padded with glass)."""
+        """Level-0 (x, y) of the read window's top-left pixel (may be negative: the image is mirrored there)."""
         return col * self.core0 - self.halo0, row * self.core0 - self.halo0
 
     def to_level0(self, row: int, col: int, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -92,6 +92,14 @@ class TileGrid:
         ox, oy = self.window_origin(row, col)
         s = self.step
         return ox + (np.asarray(cols) + 0.5) * s - 0.5, oy + (np.asarray(rows) + 0.5) * s - 0.5
+
+    def inside_slide(self, row: int, col: int) -> tuple[np.ndarray, np.ndarray]:
+        """Which model-resolution rows and columns of a tile's window have their centre on the
+        slide (the rest is the mirrored continuation the window was read with)."""
+        centres = (np.arange(self.model_side) + 0.5) * self.step - 0.5
+        ox, oy = self.window_origin(row, col)
+        ys, xs = oy + centres, ox + centres
+        return (ys >= -0.5) & (ys < self.height - 0.5), (xs >= -0.5) & (xs < self.width - 0.5)
 
     def level0_sampling(self) -> np.ndarray:
         """For each level-0 px of a window, the index of the model px that covers it."""

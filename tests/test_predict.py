@@ -52,3 +52,35 @@ def test_predict_writes_the_slide_pipelines_labels(tmp_path: Path, blob_model: P
     assert run.returncode == 0, run.stderr[-3000:]
     slide_labels = zarr.open_array(str(tmp_path / "out" / "slides" / "tile" / "maps.zarr" / "labels"), mode="r")[:]
     np.testing.assert_array_equal(labels, slide_labels)
+
+
+def test_nuclei_cut_by_the_image_edge_end_at_the_edge(tmp_path: Path, blob_model: Path, synthetic_image) -> None:
+    """Tile windows are mirrored beyond the image, but a nucleus the edge cuts is reported as the
+    image holds it: its outline inside the image, its area the pixels it has there."""
+    import pyarrow.parquet as pq
+    import zarr
+
+    from pipeline.config import Config
+    from pipeline.manifest import SlideEntry
+    from pipeline.slide import process_slide_inline
+
+    image, _ = synthetic_image
+    crop = np.ascontiguousarray(image[8:400, 8:500])  # the first row and column of nuclei cut in half
+    png = tmp_path / "cut.png"
+    from PIL import Image
+
+    Image.fromarray(crop).save(png)
+    process_slide_inline(SlideEntry("cut", png, mpp=0.25), str(tmp_path), Config(model=str(blob_model), tile_px=256))
+    folder = tmp_path / "slides" / "cut"
+    labels = zarr.open_array(str(folder / "maps.zarr" / "labels"), mode="r")[:]
+    table = pq.read_table(folder / "nuclei.parquet").to_pandas().set_index("id")
+    at_edge = np.unique(np.concatenate([labels[0], labels[:, 0], labels[-1], labels[:, -1]]))
+    at_edge = at_edge[at_edge > 0]
+    assert len(at_edge) >= 20
+    counts = np.bincount(labels.ravel())
+    height, width = labels.shape
+    for i in at_edge:
+        assert table.loc[i, "area_px"] == pytest.approx(counts[i], rel=0.01)
+        xy = np.asarray(table.loc[i, "polygon"]).reshape(-1, 2)
+        assert xy[:, 0].min() >= -0.5 and xy[:, 0].max() <= width - 0.5
+        assert xy[:, 1].min() >= -0.5 and xy[:, 1].max() <= height - 0.5

@@ -14,6 +14,7 @@ from pipeline.io.slides import (
     low_resolution_view,
     mpp_from_tiff,
     open_slide,
+    read_mirrored,
 )
 from pipeline.testing import write_pyramidal_tiff
 from tests.conftest import WSI_FIXTURES, need_shared
@@ -35,6 +36,20 @@ def test_regions_outside_the_image_are_glass() -> None:
     region = ArraySlide(img, mpp=0.25).read_region(-2, 8, 5, 5)
     assert (region[:, :2] == 255).all() and (region[2:] == 255).all()
     assert (region[:2, 2:] == 0).all()
+
+
+def test_tile_windows_mirror_the_image_at_its_edges() -> None:
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, size=(10, 13, 3), dtype=np.uint8)
+    slide = ArraySlide(img, mpp=0.25)
+    reference = np.pad(img, ((30, 30), (30, 30), (0, 0)), mode="reflect")  # several folds deep
+    for x, y, w, h in [(-3, -4, 8, 9), (9, 5, 10, 12), (-30, -30, 73, 70), (2, 3, 4, 5), (-25, 8, 3, 30)]:
+        expected = reference[y + 30 : y + 30 + h, x + 30 : x + 30 + w]
+        np.testing.assert_array_equal(read_mirrored(slide, x, y, w, h), expected)
+    line = ArraySlide(img[:1], mpp=0.25)  # one row: every row of the window is that row
+    expected = np.pad(img[:1], ((3, 0), (2, 0), (0, 0)), mode="reflect")[:4, :13]
+    assert (expected == expected[:1]).all()
+    np.testing.assert_array_equal(read_mirrored(line, -2, -3, 13, 4), expected)
 
 
 def test_mpp_fallbacks() -> None:
