@@ -28,7 +28,8 @@ from pipeline.model.unet import (  # noqa: E402
 
 TINY = UNetConfig(base=2, convs_per_stage=1)
 THRESHOLDS = NucleusThresholds(
-    centre_sigma=1.5, centre_threshold=0.2, material_sigma=0.7, material_threshold=0.45, min_area_px=25
+    centre_sigma=1.5, centre_threshold=0.2, centre_weak_threshold=0.1, material_sigma=0.7, material_threshold=0.45,
+    min_area_px=25,
 )
 
 
@@ -79,6 +80,7 @@ def test_metadata_keys(exported):
         "context_px",
         "centre_sigma",
         "centre_threshold",
+        "centre_weak_threshold",
         "material_sigma",
         "material_threshold",
         "min_area_px",

@@ -163,7 +163,7 @@ def test_macenko(to_device: Any, slide_rgb: np.ndarray) -> None:
 
 
 def test_seeds_holes_relabel(to_device: Any, probabilities: np.ndarray) -> None:
-    params = NucleusThresholds(centre_threshold=0.5)
+    params = NucleusThresholds(centre_threshold=0.5, centre_weak_threshold=0.2)
     material = scipy_ndi.gaussian_filter(probabilities[1], params.material_sigma)
     foreground = material > params.material_threshold
     cpu_seeds = seeds_from_centres(probabilities[0], foreground, params)

@@ -1,5 +1,7 @@
 """Kernels: pure array functions on tiny generated arrays."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 from skimage.measure import regionprops
@@ -56,6 +58,25 @@ def test_foreground_without_seed_gets_one_and_tiny_objects_go() -> None:
     prob[1, 80:83, 80:83] = 1  # a 9-px speck
     labels = instances_from_probabilities(prob, NucleusThresholds(min_area_px=20))
     assert labels.max() == 1 and labels[30, 30] == 1 and labels[81, 81] == 0
+
+
+def test_a_faint_centre_beside_a_bright_one_becomes_its_own_nucleus() -> None:
+    """Two touching nuclei in one foreground blob; the network is sure of one centre (0.9) and
+    unsure of the other (0.45). Strong cores alone merge them; a weak-core threshold splits them,
+    and the bright nucleus' own fringe above that threshold adds no second seed."""
+    prob = disc_probabilities([(40, 30), (40, 44)], 8)
+    prob[0] = 0
+    yy, xx = np.mgrid[:96, :96]
+    prob[0][np.hypot(yy - 40, xx - 30) <= 3] = 0.9
+    prob[0][np.hypot(yy - 40, xx - 44) <= 3] = 0.45
+    prob[0][np.hypot(yy - 40, xx - 30) <= 5] = np.maximum(prob[0][np.hypot(yy - 40, xx - 30) <= 5], 0.35)
+    strong_only = NucleusThresholds(centre_sigma=1.0, centre_threshold=0.7, material_threshold=0.5, min_area_px=20)
+    merged = instances_from_probabilities(prob, strong_only)
+    assert merged.max() == 1
+    split = instances_from_probabilities(prob, dataclasses.replace(strong_only, centre_weak_threshold=0.3))
+    assert split.max() == 2 and split[40, 30] != split[40, 44] and 0 not in (split[40, 30], split[40, 44])
+    sizes = np.bincount(split.ravel())[1:]
+    assert sizes.min() > 0.4 * sizes.sum() / 2  # a boundary between them, not a sliver
 
 
 def test_componentwise_watershed_equals_full_watershed() -> None:

@@ -21,6 +21,9 @@ class NucleusThresholds:
 
     centre_sigma: float = 1.0  # blur of the centre (detection) map, px at model resolution
     centre_threshold: float = 0.07  # detection threshold on the blurred centre map
+    # second, lower detection threshold: a region above it holding no core above centre_threshold
+    # is a (weak) core of its own; ≥ centre_threshold = no weak cores (the original system)
+    centre_weak_threshold: float = 1.0
     material_sigma: float = 0.5  # blur of the nuclear-material map
     material_threshold: float = 0.33  # foreground threshold on the blurred material map
     min_area_px: int = 20  # objects smaller than this (px at model resolution) are dropped
@@ -36,8 +39,10 @@ class NucleusThresholds:
 
 
 def seeds_from_centres(centre: Any, foreground: Any, params: NucleusThresholds) -> Any:
-    """One integer seed per connected component of the thresholded, blurred centre map,
-    plus one seed at the centre-map maximum of every foreground component that has none.
+    """One integer seed per connected component of the thresholded, blurred centre map (a core);
+    one per component above the lower ``centre_weak_threshold`` that holds no core (a weak core:
+    a faint nucleus, or one whose centre response a brighter neighbour's does not reach); and one
+    at the centre-map maximum of every foreground component that still has none.
 
     ``centre``: float map in [0, 1]; ``foreground``: bool mask. Returns int32 markers
     (0 = no seed), numbered 1..n.
@@ -47,6 +52,13 @@ def seeds_from_centres(centre: Any, foreground: Any, params: NucleusThresholds) 
     detected = (blurred > params.centre_threshold) & foreground
     markers, n = ndi.label(detected)
     markers = markers.astype(xp.int32)
+    if params.centre_weak_threshold < params.centre_threshold:
+        weak, n_weak = ndi.label((blurred > params.centre_weak_threshold) & foreground)
+        holds_core = xp.zeros(int(n_weak) + 1, dtype=bool)
+        holds_core[weak[markers > 0]] = True
+        lone, n_lone = ndi.label((weak > 0) & ~holds_core[weak])
+        markers = xp.where(lone > 0, lone.astype(xp.int32) + int(n), markers)
+        n = int(n) + int(n_lone)
     components, n_comp = ndi.label(foreground)
     if n_comp == 0:
         return markers

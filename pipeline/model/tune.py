@@ -38,7 +38,8 @@ from pipeline.model.targets import normalised_rgb
 GRID: dict[str, tuple[float, ...]] = {
     "material_threshold": (0.2, 0.3, 0.4, 0.5, 0.6, 0.7),
     "material_sigma": (0.5, 1.0),
-    "centre_threshold": (0.03, 0.07, 0.15, 0.25, 0.4, 0.55, 0.7),
+    "centre_threshold": (0.03, 0.07, 0.15, 0.25, 0.4, 0.55, 0.7, 0.8),
+    "centre_weak_threshold": (0.1, 0.2, 0.3, 0.4, 1.0),
     "centre_sigma": (0.5, 1.0, 2.0, 3.0),
     "min_area_px": (20, 30, 45, 60, 80, 100, 130),
 }
