@@ -205,7 +205,8 @@ def device_path(plan: Any, tiles: list[Any], model: Any, xp: Any, read_threads: 
         return tile, np.ascontiguousarray(rgb)
 
     def write(tile: Any, labels: np.ndarray, h_map: np.ndarray) -> int:
-        n, seconds = write_tile_outputs(plan, tile, cut_at_slide_edge(labels, grid, tile), h_map, None, sampling, codec)
+        labels = cut_at_slide_edge(labels, grid, tile, plan.thresholds.min_area_px)
+        n, seconds = write_tile_outputs(plan, tile, labels, h_map, None, sampling, codec)
         for stage, sec in seconds.items():
             add(stage, sec)
         return n

@@ -283,14 +283,17 @@ def segment_window(
     return to_host(labels), (to_host(prob) if want_prob else None), to_host(h_map), seconds
 
 
-def cut_at_slide_edge(labels: np.ndarray, grid: TileGrid, tile: Tile) -> np.ndarray:
+def cut_at_slide_edge(labels: np.ndarray, grid: TileGrid, tile: Tile, min_area_px: int) -> np.ndarray:
     """Labels of a tile's window without the pixels that lie off the slide: a nucleus the slide's
     edge cuts is measured (area, outline, centroid) as far as the slide holds it, never with its
-    mirror image."""
+    mirror image, and dropped, as any small object, when less than ``min_area_px`` is left."""
     rows, cols = grid.inside_slide(*tile)
     if rows.all() and cols.all():
         return labels
-    return np.where(rows[:, None] & cols[None, :], labels, 0).astype(labels.dtype, copy=False)
+    cut = np.where(rows[:, None] & cols[None, :], labels, 0)
+    keep = np.bincount(cut.ravel()) >= min_area_px
+    keep[0] = True
+    return np.where(keep[cut], cut, 0).astype(labels.dtype, copy=False)
 
 
 def segment_tiles(plan: SlidePlan, tiles: list[Tile]) -> list[TileSummary]:
@@ -316,7 +319,7 @@ def segment_tiles(plan: SlidePlan, tiles: list[Tile]) -> list[TileSummary]:
                 rgb, model, plan.thresholds, plan.stain, grid.model_input_side, on_device,
                 want_prob=plan.config.save_probabilities,
             )
-            labels = cut_at_slide_edge(labels, grid, tile)
+            labels = cut_at_slide_edge(labels, grid, tile, plan.thresholds.min_area_px)
             n_nuclei, written = write_tile_outputs(plan, tile, labels, h_map, prob, sampling, codec)
             summaries.append(TileSummary(tile, n_nuclei, {"read": t1 - t0, **seconds, **written}))
     finally:

@@ -56,16 +56,18 @@ def test_predict_writes_the_slide_pipelines_labels(tmp_path: Path, blob_model: P
 
 def test_nuclei_cut_by_the_image_edge_end_at_the_edge(tmp_path: Path, blob_model: Path, synthetic_image) -> None:
     """Tile windows are mirrored beyond the image, but a nucleus the edge cuts is reported as the
-    image holds it: its outline inside the image, its area the pixels it has there."""
+    image holds it: its outline inside the image, its area the pixels it has there, and not at all
+    when less than the model's smallest nucleus is left."""
     import pyarrow.parquet as pq
     import zarr
 
     from pipeline.config import Config
     from pipeline.manifest import SlideEntry
+    from pipeline.model.session import load_model
     from pipeline.slide import process_slide_inline
 
     image, _ = synthetic_image
-    crop = np.ascontiguousarray(image[8:400, 8:500])  # the first row and column of nuclei cut in half
+    crop = np.ascontiguousarray(image[17:400, 17:500])  # the first row and column of nuclei cut, some to slivers
     png = tmp_path / "cut.png"
     from PIL import Image
 
@@ -79,8 +81,10 @@ def test_nuclei_cut_by_the_image_edge_end_at_the_edge(tmp_path: Path, blob_model
     assert len(at_edge) >= 20
     counts = np.bincount(labels.ravel())
     height, width = labels.shape
+    min_area = load_model(blob_model).thresholds.min_area_px
     for i in at_edge:
         assert table.loc[i, "area_px"] == pytest.approx(counts[i], rel=0.01)
+        assert counts[i] >= min_area
         xy = np.asarray(table.loc[i, "polygon"]).reshape(-1, 2)
         assert xy[:, 0].min() >= -0.5 and xy[:, 0].max() <= width - 0.5
         assert xy[:, 1].min() >= -0.5 and xy[:, 1].max() <= height - 0.5
