@@ -174,11 +174,11 @@ def device_path(plan: Any, tiles: list[Any], model: Any, xp: Any, read_threads: 
     """Every stage after the read on ``xp`` arrays (cupy: the GPU; numpy: the same code on the host)."""
     import numcodecs
 
-    from pipeline.io.slides import open_slide, read_mirrored
+    from pipeline.io.slides import open_slide
     from pipeline.kernels.dispatch import to_host
     from pipeline.kernels.nuclei import instances_from_probabilities
     from pipeline.kernels.stain import haematoxylin
-    from pipeline.slide import cut_at_slide_edge, model_input, normalise_stain, resample_to_model, write_tile_outputs
+    from pipeline.slide import model_input, normalise_stain, read_tile, write_tile_outputs
 
     grid = plan.grid
     side = grid.model_input_side
@@ -199,13 +199,11 @@ def device_path(plan: Any, tiles: list[Any], model: Any, xp: Any, read_threads: 
         t0 = time.perf_counter()
         if not hasattr(local, "slide"):
             local.slide = open_slide(plan.slide_path, plan.reader)
-        ox, oy = grid.window_origin(*tile)
-        rgb = resample_to_model(read_mirrored(local.slide, ox, oy, grid.extent0, grid.extent0, 0), grid)
+        rgb = read_tile(local.slide, grid, tile)
         add("read", time.perf_counter() - t0)
         return tile, np.ascontiguousarray(rgb)
 
     def write(tile: Any, labels: np.ndarray, h_map: np.ndarray) -> int:
-        labels = cut_at_slide_edge(labels, grid, tile, plan.thresholds.min_area_px)
         n, seconds = write_tile_outputs(plan, tile, labels, h_map, None, sampling, codec)
         for stage, sec in seconds.items():
             add(stage, sec)

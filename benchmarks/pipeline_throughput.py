@@ -33,17 +33,16 @@ def generated_slide(folder: Path, side: int, seed: int) -> Path:
 
 def baseline_seconds(plan, threads: int) -> float:  # type: ignore[no-untyped-def]
     """Bare inference on the plan's tiles (inputs prepared before timing)."""
-    from pipeline.io.slides import open_slide, read_mirrored
+    from pipeline.io.slides import open_slide
     from pipeline.model.session import NucleusModel
-    from pipeline.slide import model_input, normalise_stain, resample_to_model
+    from pipeline.slide import model_input, normalise_stain, read_tile
 
     model = NucleusModel(Path(plan.model_path), intra_op_threads=threads)
     slide = open_slide(plan.slide_path, plan.reader)
     grid = plan.grid
     inputs = []
     for tile in plan.tiles:
-        ox, oy = grid.window_origin(*tile)
-        rgb = resample_to_model(read_mirrored(slide, ox, oy, grid.extent0, grid.extent0), grid)
+        rgb = read_tile(slide, grid, tile)
         inputs.append(model_input([normalise_stain(rgb, plan.stain)], grid.model_input_side))
     model.predict(inputs[0])  # warm-up (graph optimisation, allocations)
     t0 = time.perf_counter()

@@ -39,7 +39,7 @@ from pipeline.io.outputs import (
 from pipeline.io.slides import Slide, choose_reader, low_resolution_view, open_slide, read_mirrored
 from pipeline.kernels.dispatch import array_module, to_host
 from pipeline.kernels.features import nucleus_moments, nucleus_outlines, polygon_perimeter
-from pipeline.kernels.nuclei import NucleusThresholds, instances_from_probabilities
+from pipeline.kernels.nuclei import NucleusThresholds, instances_from_probabilities, remove_small_labels
 from pipeline.kernels.stain import (
     MacenkoStains,
     StainStats,
@@ -191,6 +191,12 @@ def resample_to_model(window: np.ndarray, grid: TileGrid) -> np.ndarray:
     return np.asarray(ndi.zoom(window, zoom, order=1, grid_mode=True, mode="nearest"))
 
 
+def read_tile(slide: Slide, grid: TileGrid, tile: Tile) -> np.ndarray:
+    """A tile's window (core + halo, the image mirrored beyond the slide's edge) at model resolution."""
+    ox, oy = grid.window_origin(*tile)
+    return resample_to_model(read_mirrored(slide, ox, oy, grid.extent0, grid.extent0, 0), grid)
+
+
 def normalise_stain(rgb: Any, stain: StainStats | MacenkoStains | None) -> Any:
     """uint8 RGB → float32 RGB in [0, 1], normalised with the slide's statistics (numpy or cupy)."""
     xp = array_module(rgb)
@@ -290,10 +296,7 @@ def cut_at_slide_edge(labels: np.ndarray, grid: TileGrid, tile: Tile, min_area_p
     rows, cols = grid.inside_slide(*tile)
     if rows.all() and cols.all():
         return labels
-    cut = np.where(rows[:, None] & cols[None, :], labels, 0)
-    keep = np.bincount(cut.ravel()) >= min_area_px
-    keep[0] = True
-    return np.where(keep[cut], cut, 0).astype(labels.dtype, copy=False)
+    return remove_small_labels(np.where(rows[:, None] & cols[None, :], labels, 0), min_area_px)
 
 
 def segment_tiles(plan: SlidePlan, tiles: list[Tile]) -> list[TileSummary]:
@@ -311,15 +314,12 @@ def segment_tiles(plan: SlidePlan, tiles: list[Tile]) -> list[TileSummary]:
     try:
         for tile in tiles:
             t0 = time.perf_counter()
-            ox, oy = grid.window_origin(*tile)
-            window = read_mirrored(slide, ox, oy, grid.extent0, grid.extent0, 0)
-            rgb = resample_to_model(window, grid)
+            rgb = read_tile(slide, grid, tile)
             t1 = time.perf_counter()
             labels, prob, h_map, seconds = segment_window(
                 rgb, model, plan.thresholds, plan.stain, grid.model_input_side, on_device,
                 want_prob=plan.config.save_probabilities,
             )
-            labels = cut_at_slide_edge(labels, grid, tile, plan.thresholds.min_area_px)
             n_nuclei, written = write_tile_outputs(plan, tile, labels, h_map, prob, sampling, codec)
             summaries.append(TileSummary(tile, n_nuclei, {"read": t1 - t0, **seconds, **written}))
     finally:
@@ -331,9 +331,11 @@ def write_tile_outputs(
     plan: SlidePlan, tile: Tile, labels: np.ndarray, h_map: np.ndarray, prob: np.ndarray | None,
     sampling: np.ndarray, codec: Any,
 ) -> tuple[int, dict[str, float]]:
-    """A segmented tile's owned nuclei → its scratch table and level-0 label window (and the
-    probability chunk when given). Returns the number of nuclei and seconds for features / write."""
+    """A segmented tile's owned nuclei (cut at the slide's edge) → its scratch table and level-0
+    label window (and the probability chunk when given). Returns the number of nuclei and seconds
+    for features / write."""
     t0 = time.perf_counter()
+    labels = cut_at_slide_edge(labels, plan.grid, tile, plan.thresholds.min_area_px)
     table, local = tile_nuclei(labels, h_map, plan.grid, tile, plan.mpp)
     t1 = time.perf_counter()
     owned = local[labels]

@@ -60,6 +60,7 @@ def test_nuclei_cut_by_the_image_edge_end_at_the_edge(tmp_path: Path, blob_model
     when less than the model's smallest nucleus is left."""
     import pyarrow.parquet as pq
     import zarr
+    from PIL import Image
 
     from pipeline.config import Config
     from pipeline.manifest import SlideEntry
@@ -69,8 +70,6 @@ def test_nuclei_cut_by_the_image_edge_end_at_the_edge(tmp_path: Path, blob_model
     image, _ = synthetic_image
     crop = np.ascontiguousarray(image[17:400, 17:500])  # the first row and column of nuclei cut, some to slivers
     png = tmp_path / "cut.png"
-    from PIL import Image
-
     Image.fromarray(crop).save(png)
     process_slide_inline(SlideEntry("cut", png, mpp=0.25), str(tmp_path), Config(model=str(blob_model), tile_px=256))
     folder = tmp_path / "slides" / "cut"

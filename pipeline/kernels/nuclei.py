@@ -54,11 +54,12 @@ def seeds_from_centres(centre: Any, foreground: Any, params: NucleusThresholds) 
     markers = markers.astype(xp.int32)
     if params.centre_weak_threshold < params.centre_threshold:
         weak, n_weak = ndi.label((blurred > params.centre_weak_threshold) & foreground)
-        holds_core = xp.zeros(int(n_weak) + 1, dtype=bool)
-        holds_core[weak[markers > 0]] = True
-        lone, n_lone = ndi.label((weak > 0) & ~holds_core[weak])
-        markers = xp.where(lone > 0, lone.astype(xp.int32) + int(n), markers)
-        n = int(n) + int(n_lone)
+        lone = xp.ones(int(n_weak) + 1, dtype=bool)  # weak components holding no core
+        lone[0] = False
+        lone[weak[markers > 0]] = False
+        new_id = (xp.cumsum(lone) + int(n)).astype(xp.int32)  # n+1, n+2 … in raster order, as label() numbers
+        markers = xp.where(lone[weak], new_id[weak], markers)
+        n = int(n) + int(lone.sum())
     components, n_comp = ndi.label(foreground)
     if n_comp == 0:
         return markers
