@@ -6,7 +6,7 @@ watershed of the negated distance → small objects dropped. Same 7 validation i
 metrics, same patch protocol as ``pipeline.evaluate``. With ``--model`` (default: the shipped
 ONNX model, when present) the model is scored in the same run and the ratio is printed.
 
-    python benchmarks/classical_baseline.py [--model pipeline/model/weights/nuclei_unet.onnx] [--out DIR]
+    python benchmarks/classical_baseline.py [--model pipeline/runtime/weights/nuclei_unet.onnx] [--out DIR]
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ from skimage.segmentation import watershed
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.evaluate import format_table, score_image, summarise  # noqa: E402
+from pipeline.evaluation.scoring import format_table, score_image, summarise  # noqa: E402
+from pipeline.io.annotations import VALIDATION_IMAGES, load_monuseg, shared_data_dir  # noqa: E402
 from pipeline.kernels.nuclei import remove_small_labels  # noqa: E402
 from pipeline.kernels.stain import haematoxylin  # noqa: E402
-from pipeline.model.datasets import VALIDATION_IMAGES, load_monuseg, shared_data_dir  # noqa: E402
 
 SMOOTH_SIGMA = 1.0  # px at 40x: suppresses chromatin texture before Otsu
 MIN_AREA_PX = 30  # smaller than any real nucleus at 40x (MoNuSeg median 294 px)
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     results = {"baseline": base}
     if not args.no_model and args.model.exists():
         from pipeline.kernels.nuclei import NucleusThresholds
-        from pipeline.model.tune import model_function, score, validation_probabilities
+        from pipeline.training.tune import model_function, score, validation_probabilities
 
         run, meta = model_function(args.model)
         t0 = time.time()

@@ -27,8 +27,12 @@ def timed_run(manifest: Path, out: Path, model: Path, kill_after: float | None) 
         cluster = ExternalCluster(Path(tmp), 2)
         try:
             t0 = time.perf_counter()
-            driver = subprocess.Popen(run_args(manifest, out, model, cluster.file), cwd=ROOT,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            driver = subprocess.Popen(
+                run_args(manifest, out, model, cluster.file),
+                cwd=ROOT,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             if kill_after is not None:
                 wait_until(lambda: (out / "slides").exists())
                 time.sleep(kill_after)
@@ -42,8 +46,8 @@ def timed_run(manifest: Path, out: Path, model: Path, kill_after: float | None) 
 
 
 def main() -> None:
-    from pipeline.model.session import resolve_model_path
-    from pipeline.testing import synthetic_cohort
+    from pipeline.runtime.session import resolve_model_path
+    from pipeline.testing import synthetic_slide_cohort
 
     p = argparse.ArgumentParser()
     p.add_argument("--model", default="")
@@ -51,18 +55,23 @@ def main() -> None:
     model = resolve_model_path(args.model or None)
     with tempfile.TemporaryDirectory(prefix="fault-") as tmp:
         folder = Path(tmp)
-        manifest = synthetic_cohort(folder, 6, 1024, 1024, seed=60, prefix="f")
+        manifest = synthetic_slide_cohort(folder, 6, 1024, 1024, seed=60, prefix="f")
         clean = timed_run(manifest, folder / "clean", model, None)
         killed = timed_run(manifest, folder / "killed", model, kill_after=2.0)
-    print(json.dumps({
-        "machine": f"{platform.node()} {platform.machine()}",
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "model": str(model),
-        "slides": 6,
-        "uninterrupted_s": round(clean, 1),
-        "one_worker_killed_s": round(killed, 1),
-        "time_lost_s": round(killed - clean, 1),
-    }, indent=1))
+    print(
+        json.dumps(
+            {
+                "machine": f"{platform.node()} {platform.machine()}",
+                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                "model": str(model),
+                "slides": 6,
+                "uninterrupted_s": round(clean, 1),
+                "one_worker_killed_s": round(killed, 1),
+                "time_lost_s": round(killed - clean, 1),
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

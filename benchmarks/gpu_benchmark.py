@@ -4,7 +4,7 @@ in the same session on the same generated slide, with the split by stage.
     python benchmarks/gpu_benchmark.py --device gpu --side 16384 --out $OUT/bench    # a GPU node
     python benchmarks/gpu_benchmark.py --device cpu --side 2048 --tile-px 1024       # a check anywhere
 
-* CPU path: ``pipeline.slide.segment_tiles`` as the pipeline runs it (ONNX Runtime on the CPU
+* CPU path: ``pipeline.slide.segment.segment_tiles`` as the pipeline runs it (ONNX Runtime on the CPU
   with every core), on the first ``--cpu-tiles`` tissue tiles (the CPU is ~100× slower; its
   per-gigapixel figure is measured on those tiles).
 * device path: the same stages with every array after the read on the device (cupy): upload,
@@ -49,6 +49,7 @@ STAGES = ("read", "upload", "normalise", "infer", "watershed", "features", "writ
 
 # ------------------------------------------------------------------------------ inputs ----
 
+
 def slide_compression() -> str:
     """JPEG, as scanners write, where imagecodecs can decode it; else zlib (stdlib)."""
     try:
@@ -74,7 +75,7 @@ def benchmark_model(name: str, folder: Path) -> tuple[Path, str]:
     """The model file and what it is: a given path, the shipped model, ``blob`` (the classical
     test model: cheap inference), or ``random-unet`` (the default U-net architecture with random
     weights: the real inference cost; its probability maps are not those of a trained model)."""
-    from pipeline.model.session import SHIPPED_MODEL
+    from pipeline.runtime.session import SHIPPED_MODEL
 
     if name == "blob":
         from pipeline.testing import build_blob_model
@@ -84,8 +85,8 @@ def benchmark_model(name: str, folder: Path) -> tuple[Path, str]:
         import torch
 
         from pipeline.kernels.nuclei import NucleusThresholds
-        from pipeline.model.export import contract_metadata, export_onnx
-        from pipeline.model.unet import NucleusUNet, UNetConfig
+        from pipeline.training.export import contract_metadata, export_onnx
+        from pipeline.training.unet import NucleusUNet, UNetConfig
 
         torch.manual_seed(0)
         net = NucleusUNet(UNetConfig()).eval()
@@ -97,6 +98,7 @@ def benchmark_model(name: str, folder: Path) -> tuple[Path, str]:
 
 # ------------------------------------------------------------------------- GPU sampling ----
 
+
 class GpuSampler:
     """nvidia-smi utilisation and memory every 100 ms while running (empty without nvidia-smi)."""
 
@@ -107,9 +109,17 @@ class GpuSampler:
     def __enter__(self) -> GpuSampler:
         if shutil.which("nvidia-smi"):
             self.proc = subprocess.Popen(
-                ["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits",
-                 "-lms", "100", "-i", os.environ.get("BENCH_GPU_INDEX", "0")],
-                stdout=open(self.path, "wb"), stderr=subprocess.DEVNULL,
+                [
+                    "nvidia-smi",
+                    "--query-gpu=utilization.gpu,memory.used",
+                    "--format=csv,noheader,nounits",
+                    "-lms",
+                    "100",
+                    "-i",
+                    os.environ.get("BENCH_GPU_INDEX", "0"),
+                ],
+                stdout=open(self.path, "wb"),
+                stderr=subprocess.DEVNULL,
             )
         return self
 
@@ -130,11 +140,15 @@ class GpuSampler:
         if not rows:
             return {"gpu_busy_percent": None, "gpu_memory_peak_mib": None, "samples": 0}
         arr = np.array(rows)
-        return {"gpu_busy_percent": round(float(arr[:, 0].mean()), 1),
-                "gpu_memory_peak_mib": float(arr[:, 1].max()), "samples": len(rows)}
+        return {
+            "gpu_busy_percent": round(float(arr[:, 0].mean()), 1),
+            "gpu_memory_peak_mib": float(arr[:, 1].max()),
+            "samples": len(rows),
+        }
 
 
 # --------------------------------------------------------------------------- the paths ----
+
 
 def tissue_gigapixels(plan: Any, tiles: list[Any]) -> float:
     """Level-0 gigapixels of the given tiles' cores (the tissue the run segments)."""
@@ -148,16 +162,18 @@ def tissue_gigapixels(plan: Any, tiles: list[Any]) -> float:
 
 def cpu_path(plan: Any, tiles: list[Any]) -> dict[str, Any]:
     """The pipeline's own tile function, timed."""
-    from pipeline.model import session
-    from pipeline.slide import model_threads, segment_tiles
+    from pipeline.runtime import session
+    from pipeline.slide.plan import model_threads
+    from pipeline.slide.segment import segment_tiles
 
     # The CPU path must infer on the CPU even where runtime 'auto' would pick a GPU: put a CPU
     # session into the process-wide cache under the key segment_tiles looks up (and create it
     # outside the clock).
     threads = model_threads(plan.config)
     key = (str(Path(plan.model_path).resolve()), threads, "auto", 0, False, None)
-    session._MODELS[key] = session.NucleusModel(Path(plan.model_path), intra_op_threads=threads,
-                                                runtime="onnxruntime", providers=["CPUExecutionProvider"])
+    session._MODELS[key] = session.NucleusModel(
+        Path(plan.model_path), intra_op_threads=threads, runtime="onnxruntime", providers=["CPUExecutionProvider"]
+    )
     t0 = time.perf_counter()
     summaries = segment_tiles(plan, tiles)
     wall = time.perf_counter() - t0
@@ -169,16 +185,17 @@ def cpu_path(plan: Any, tiles: list[Any]) -> dict[str, Any]:
     return {"wall_s": wall, "stage_s": stages, "n_nuclei": sum(per_tile.values()), "per_tile": per_tile}
 
 
-def device_path(plan: Any, tiles: list[Any], model: Any, xp: Any, read_threads: int,
-                write_threads: int) -> dict[str, Any]:
+def device_path(
+    plan: Any, tiles: list[Any], model: Any, xp: Any, read_threads: int, write_threads: int
+) -> dict[str, Any]:
     """Every stage after the read on ``xp`` arrays (cupy: the GPU; numpy: the same code on the host)."""
     import numcodecs
 
-    from pipeline.io.slides import open_slide
+    from pipeline.io.readers import open_slide
     from pipeline.kernels.dispatch import to_host
     from pipeline.kernels.nuclei import instances_from_probabilities
     from pipeline.kernels.stain import haematoxylin
-    from pipeline.slide import model_input, normalise_stain, read_tile, write_tile_outputs
+    from pipeline.slide.segment import model_input, normalise_stain, read_tile, write_tile_outputs
 
     grid = plan.grid
     side = grid.model_input_side
@@ -247,8 +264,13 @@ def device_path(plan: Any, tiles: list[Any], model: Any, xp: Any, read_threads: 
             t4 = time.perf_counter()
             labels_host, h_host = to_host(labels), to_host(h_map)  # compact maps for polygons and files
             t5 = time.perf_counter()
-            for name, sec in (("upload", t1 - t0), ("normalise", t2 - t1), ("infer", t3 - t2),
-                              ("watershed", t4 - t3), ("features", t5 - t4)):
+            for name, sec in (
+                ("upload", t1 - t0),
+                ("normalise", t2 - t1),
+                ("infer", t3 - t2),
+                ("watershed", t4 - t3),
+                ("features", t5 - t4),
+            ):
                 add(name, sec)
             writes.append((tile, writers.submit(write, tile, labels_host, h_host)))
         per_tile = {tile: w.result() for tile, w in writes}
@@ -257,6 +279,7 @@ def device_path(plan: Any, tiles: list[Any], model: Any, xp: Any, read_threads: 
 
 
 # -------------------------------------------------------------------------------- main ----
+
 
 def per_gpx(result: dict[str, Any], gpx: float) -> dict[str, Any]:
     out = {
@@ -280,7 +303,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"tile {results['tile_px']} px, {results['tiles_total']} tiles",
         "",
         "| path | tiles | tissue Gpx | wall s | s / Gpx | 10 Gpx projected s | "
-        + " | ".join(f"{s} s/Gpx" for s in STAGES) + " |",
+        + " | ".join(f"{s} s/Gpx" for s in STAGES)
+        + " |",
         "|---" * (6 + len(STAGES)) + "|",
     ]
     for name in ("cpu", "device"):
@@ -292,36 +316,47 @@ def markdown(results: dict[str, Any]) -> str:
         cells += [st.get(s, "–") for s in STAGES]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     if "speedup_device_over_cpu" in results:
-        lines.append(f"\nspeed-up of the device path over the CPU path (s/Gpx ratio): "
-                     f"{results['speedup_device_over_cpu']}×")
+        lines.append(
+            f"\nspeed-up of the device path over the CPU path (s/Gpx ratio): {results['speedup_device_over_cpu']}×"
+        )
     gpu = results.get("gpu_sampling") or {}
     if gpu.get("gpu_busy_percent") is not None:
-        lines.append(f"GPU busy: {gpu['gpu_busy_percent']}% mean over {gpu['samples']} samples; "
-                     f"peak memory {gpu['gpu_memory_peak_mib']} MiB")
+        lines.append(
+            f"GPU busy: {gpu['gpu_busy_percent']}% mean over {gpu['samples']} samples; "
+            f"peak memory {gpu['gpu_memory_peak_mib']} MiB"
+        )
     if "goal_met" in results:
         verdict = "met" if results["goal_met"] else "not met"
-        lines.append(f"goal ({GOAL_GPX:g} Gpx in ≤ {GOAL_SECONDS:g} s): {verdict} "
-                     f"(projected {results['device']['projected_10gpx_s']} s)")
+        lines.append(
+            f"goal ({GOAL_GPX:g} Gpx in ≤ {GOAL_SECONDS:g} s): {verdict} "
+            f"(projected {results['device']['projected_10gpx_s']} s)"
+        )
     shared = results.get("nuclei_on_shared_tiles")
     if shared:
-        lines.append(f"nuclei on the {shared['tiles']} tiles both paths ran: cpu {shared['cpu']}, "
-                     f"device {shared['device']}")
+        lines.append(
+            f"nuclei on the {shared['tiles']} tiles both paths ran: cpu {shared['cpu']}, device {shared['device']}"
+        )
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     from pipeline.config import Config
     from pipeline.manifest import SlideEntry
-    from pipeline.model.session import NucleusModel
+    from pipeline.runtime.session import NucleusModel
     from pipeline.slide import plan_slide
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--device", choices=["cpu", "gpu"], default="gpu",
-                   help="gpu: device path on cupy; cpu: the same loop on numpy (a check, no GPU figures)")
+    p.add_argument(
+        "--device",
+        choices=["cpu", "gpu"],
+        default="gpu",
+        help="gpu: device path on cupy; cpu: the same loop on numpy (a check, no GPU figures)",
+    )
     p.add_argument("--side", type=int, default=16384, help="side of the generated slide, level-0 px")
     p.add_argument("--tile-px", type=int, default=2048)
-    p.add_argument("--model", default="", help="ONNX file, 'blob', 'random-unet'; default: shipped model, "
-                                                "else random-unet")
+    p.add_argument(
+        "--model", default="", help="ONNX file, 'blob', 'random-unet'; default: shipped model, else random-unet"
+    )
     p.add_argument("--runtime", default="auto", choices=["auto", "onnxruntime", "torch"])
     p.add_argument("--half", action="store_true", help="float16 inference on the device path")
     p.add_argument("--cpu-tiles", type=int, default=4, help="tiles for the CPU path (0 = skip it)")
@@ -352,8 +387,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     else:
         xp = np
         device_name = "none (device loop on numpy arrays, CPU)"
-    model = NucleusModel(model_path, intra_op_threads=cores, runtime=args.runtime,
-                         half=args.half and args.device == "gpu", trt_cache_dir=str(work / "trt-cache"))
+    model = NucleusModel(
+        model_path,
+        intra_op_threads=cores,
+        runtime=args.runtime,
+        half=args.half and args.device == "gpu",
+        trt_cache_dir=str(work / "trt-cache"),
+    )
     results: dict[str, Any] = {
         "machine": f"{platform.node()} {platform.machine()} {cores} cores, Python {platform.python_version()}",
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

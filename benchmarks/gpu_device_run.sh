@@ -51,7 +51,7 @@ for name in ["torch", "cupy", "onnx", "onnxruntime", "numpy", "scipy", "skimage"
 import onnxruntime, torch
 print("onnxruntime providers:", onnxruntime.get_available_providers())
 print("torch cuda:", torch.cuda.is_available(), torch.version.cuda)
-from pipeline.model.session import choose_runtime
+from pipeline.runtime.session import choose_runtime
 print("runtime auto ->", choose_runtime("auto"))
 PYEOF
 
@@ -67,7 +67,7 @@ PYEOF
 
   if [ -n "${FP16_DATA:-}" ]; then
     log "fp16 vs fp32 AJI on the validation images"
-    timeout 180 $PY benchmarks/gpu_fp16_aji.py --model "${FP16_MODEL:-pipeline/model/weights/nuclei_unet.onnx}" \
+    timeout 180 $PY benchmarks/gpu_fp16_aji.py --model "${FP16_MODEL:-pipeline/runtime/weights/nuclei_unet.onnx}" \
       --data "$FP16_DATA" --out "$OUT/fp16/fp16_aji.json"
     echo "fp16 exit: $?"
   fi

@@ -33,9 +33,9 @@ def generated_slide(folder: Path, side: int, seed: int) -> Path:
 
 def baseline_seconds(plan, threads: int) -> float:  # type: ignore[no-untyped-def]
     """Bare inference on the plan's tiles (inputs prepared before timing)."""
-    from pipeline.io.slides import open_slide
-    from pipeline.model.session import NucleusModel
-    from pipeline.slide import model_input, normalise_stain, read_tile
+    from pipeline.io.readers import open_slide
+    from pipeline.runtime.session import NucleusModel
+    from pipeline.slide.segment import model_input, normalise_stain, read_tile
 
     model = NucleusModel(Path(plan.model_path), intra_op_threads=threads)
     slide = open_slide(plan.slide_path, plan.reader)
@@ -61,7 +61,7 @@ def pipeline_run(slide: Path, out: Path, config) -> tuple[float, int, dict]:  # 
     cores = os.cpu_count() or 1
     with LocalCluster(n_workers=1, threads_per_worker=cores, processes=True, dashboard_address=None) as cluster:
         with Client(cluster) as client:
-            client.run(lambda: __import__("pipeline.model.session"))  # import cost outside the clock
+            client.run(lambda: __import__("pipeline.runtime.session"))  # import cost outside the clock
             t0 = time.perf_counter()
             (outcome,) = run_slides(client, [SlideEntry(slide.stem, slide)], out, config)
             seconds = time.perf_counter() - t0
@@ -74,7 +74,7 @@ def pipeline_run(slide: Path, out: Path, config) -> tuple[float, int, dict]:  # 
 def main() -> None:
     from pipeline.config import Config
     from pipeline.manifest import SlideEntry
-    from pipeline.model.session import resolve_model_path
+    from pipeline.runtime.session import resolve_model_path
     from pipeline.slide import plan_slide
 
     p = argparse.ArgumentParser()

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from pipeline.qc import build_qc
 from pipeline.qc._cohort import read_cohort
-from pipeline.qc._synthetic import synthetic_cohort, synthetic_slide, write_nuclei_parquet
+from pipeline.testing.qc_cohorts import synthetic_png_slide, synthetic_stats_cohort, write_nuclei_parquet
 
 # Ten cancer types summing to the paper's 5,060 slides (sizes are illustrative).
 SIZES = {
@@ -56,7 +56,7 @@ def main() -> None:
     try:
         n_ok = sum(SIZES.values())
         t0 = time.perf_counter()
-        expected = synthetic_cohort(root, {k: v for k, v in SIZES.items()}, n_failed=0, seed=0)
+        expected = synthetic_stats_cohort(root, {k: v for k, v in SIZES.items()}, n_failed=0, seed=0)
         print(f"generated {len(expected)} slides' stats.json in {time.perf_counter() - t0:.1f} s")
         assert len(expected) == n_ok == 5060
 
@@ -77,7 +77,7 @@ def main() -> None:
 
         if not args.skip_images:
             png = root / "stand_in_slide.png"
-            polys = synthetic_slide(png, size=(2000, 1500), seed=1)
+            polys = synthetic_png_slide(png, size=(2000, 1500), seed=1)
             parquet = root / "stand_in_nuclei.parquet"
             write_nuclei_parquet(parquet, polys)
             for outer in (2.0, 4.0):

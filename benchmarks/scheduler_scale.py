@@ -33,6 +33,7 @@ def measure(n_slides: int, workers: int, model: str, folder: Path) -> dict[str, 
     stop = threading.Event()
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         with Client(cluster) as client:
+
             def sample() -> None:
                 while not stop.is_set():
                     try:
@@ -68,7 +69,7 @@ def _scheduler_load(dask_scheduler: Any) -> tuple[int, int]:
 
 
 def main() -> None:
-    from pipeline.model.session import resolve_model_path
+    from pipeline.runtime.session import resolve_model_path
 
     p = argparse.ArgumentParser()
     p.add_argument("--slides", type=int, default=2000)

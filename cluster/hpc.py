@@ -78,8 +78,11 @@ def main(argv: list[str] | None = None) -> int:
         cluster.adapt(minimum_jobs=low, maximum_jobs=high)
     else:
         cluster.scale(jobs=args.jobs or 1)
-    print(f"scheduler {cluster.scheduler_address}; dashboard {cluster.dashboard_link}; "
-          f"scheduler file {args.scheduler_file}", flush=True)
+    print(
+        f"scheduler {cluster.scheduler_address}; dashboard {cluster.dashboard_link}; "
+        f"scheduler file {args.scheduler_file}",
+        flush=True,
+    )
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         while True:

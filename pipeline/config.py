@@ -12,7 +12,21 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from pipeline.io.readers import READER_CHOICES
+from pipeline.runtime import RUNTIME_CHOICES
+
 ENV_PREFIX = "NUCLEI_"
+
+# The values a choice may take, declared once: config validation and every command line use
+# these (readers and runtimes come from their registries).
+STAIN_CHOICES = ("reinhard", "macenko", "none")
+DEVICE_CHOICES = ("auto", "cpu", "gpu")
+CHOICES: dict[str, tuple[str, ...]] = {
+    "stain": STAIN_CHOICES,
+    "reader": READER_CHOICES,
+    "device": DEVICE_CHOICES,
+    "runtime": RUNTIME_CHOICES,
+}
 
 
 @dataclass(frozen=True)
@@ -27,12 +41,12 @@ class Config:
     tiles_per_task: int = 2  # tiles inferred per Dask task (≥100 ms of work per task)
     # --- tissue and stain ---
     tissue_view_px: int = 2048  # long side of the low-resolution view used for tissue + stain stats
-    stain: str = "reinhard"  # reinhard | macenko | none
+    stain: str = "reinhard"  # one of STAIN_CHOICES
     # --- outputs ---
     save_probabilities: bool = False  # also write uint8 probability maps into maps.zarr
     write_geojson: bool = True
     # --- execution ---
-    reader: str = "auto"  # auto | cucim | tifffile | dicom | image (forcing is for experts/tests)
+    reader: str = "auto"  # one of READER_CHOICES (forcing a reader is for experts and tests)
     scheduler: str = ""  # address or scheduler-file of an existing dask-scheduler; empty = local
     n_workers: int = 0  # local cluster workers; 0 = sized to the machine
     threads_per_worker: int = 0  # 0 = cores / workers
@@ -41,8 +55,8 @@ class Config:
     max_attempts: int = 3  # a slide that kills workers this many times is marked failed
     intra_op_threads: int = 0  # ONNX Runtime threads per session; 0 = one (tasks run in parallel)
     # --- device ---
-    device: str = "auto"  # auto | cpu | gpu: where the stages after the file read run (auto: GPU if present)
-    runtime: str = "auto"  # auto | onnxruntime | torch (torch runs the same ONNX graph where ORT-GPU is absent)
+    device: str = "auto"  # one of DEVICE_CHOICES: where the stages after the file read run (auto: GPU if present)
+    runtime: str = "auto"  # one of RUNTIME_CHOICES (torch runs the same ONNX graph where ORT-GPU is absent)
     half: bool = False  # fp16 inference on the GPU (validated within 0.005 AJI of fp32)
     trt_cache_dir: str = ""  # TensorRT engine cache folder; empty = no cache
     progress: bool = True
@@ -68,8 +82,9 @@ def _coerce(name: str, value: Any) -> Any:
     return str(value)
 
 
-def load_config(yaml_path: str | Path | None = None, overrides: dict[str, Any] | None = None,
-                environ: dict[str, str] | None = None) -> Config:
+def load_config(
+    yaml_path: str | Path | None = None, overrides: dict[str, Any] | None = None, environ: dict[str, str] | None = None
+) -> Config:
     """Resolve the config: defaults, then a YAML file, then NUCLEI_* variables, then overrides."""
     names = {f.name for f in fields(Config)}
     values: dict[str, Any] = {}
@@ -100,14 +115,12 @@ def validate_config(config: Config) -> None:
         problems.append(f"tile_px={config.tile_px} must be a multiple of 16 and ≥ 64")
     if config.halo_px != -1 and (config.halo_px < 0 or config.halo_px % 16):
         problems.append(f"halo_px={config.halo_px} must be -1 (derived) or a multiple of 16")
-    if config.stain not in ("reinhard", "macenko", "none"):
-        problems.append(f"stain={config.stain!r} must be reinhard, macenko or none")
+    for name, choices in CHOICES.items():
+        value = getattr(config, name)
+        if value not in choices:
+            problems.append(f"{name}={value!r} must be one of {', '.join(choices)}")
     if config.tiles_per_task < 1:
         problems.append("tiles_per_task must be ≥ 1")
-    if config.device not in ("auto", "cpu", "gpu"):
-        problems.append(f"device={config.device!r} must be auto, cpu or gpu")
-    if config.runtime not in ("auto", "onnxruntime", "torch"):
-        problems.append(f"runtime={config.runtime!r} must be auto, onnxruntime or torch")
     if config.max_attempts < 1:
         problems.append("max_attempts must be ≥ 1")
     if problems:

@@ -16,7 +16,6 @@ is recorded as failed with its reason; the others go on.
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -25,9 +24,10 @@ from typing import Any, Protocol
 
 from distributed import WorkerPlugin
 
+from pipeline.cluster import GPU_RESOURCE
 from pipeline.config import Config
-from pipeline.io.outputs import publish_failure
-from pipeline.local_cuda import GPU_RESOURCE, RMM_POOL_SHARE, local_cuda_cluster
+from pipeline.io.outputs.publish import publish_failure
+from pipeline.io.outputs.stats import failure_stats
 from pipeline.manifest import SlideEntry
 from pipeline.slide import (
     SlidePlan,
@@ -35,7 +35,7 @@ from pipeline.slide import (
     bands,
     batches,
     chunks_to_assemble,
-    failure_stats,
+    model_for,
     reduce_slide,
     segment_tiles,
     start_slide,
@@ -54,8 +54,6 @@ class ModelPreload(WorkerPlugin):
         self.config = config
 
     def setup(self, worker: Any) -> None:
-        from pipeline.slide import model_for
-
         model_for(self.config)
 
     def teardown(self, worker: Any) -> None:
@@ -106,36 +104,11 @@ def describe_failure(exc: BaseException, entry: SlideEntry, attempts: int) -> st
     return f"{entry.slide_path.name}: {type(exc).__name__}: {exc}"
 
 
-def connect(config: Config) -> Any:
-    """A distributed Client: to ``config.scheduler`` (address or scheduler file) when given;
-    else a ``LocalCUDACluster`` (one worker per GPU) when GPUs and dask-cuda are present;
-    else a local cluster of worker processes sized to this machine."""
-    import dask
-    from distributed import Client, LocalCluster
-
-    dask.config.set({"distributed.scheduler.allowed-failures": max(0, config.max_attempts - 1)})
-    if config.scheduler:
-        if os.path.exists(config.scheduler):
-            return Client(scheduler_file=config.scheduler)
-        return Client(config.scheduler)
-    cuda = local_cuda_cluster(
-        rmm_pool_share=float(os.environ.get("NUCLEI_RMM_POOL", RMM_POOL_SHARE)),
-        threads_per_worker=config.threads_per_worker or None,
-        dashboard_address=":8787",
-    )
-    if cuda is not None:
-        return Client(cuda)
-    cores = os.cpu_count() or 1
-    workers = config.n_workers or max(1, cores // 4)
-    threads = config.threads_per_worker or max(1, cores // workers)
-    cluster = LocalCluster(
-        n_workers=workers,
-        threads_per_worker=threads,
-        processes=True,
-        memory_limit=config.memory_limit,
-        dashboard_address=":8787",
-    )
-    return Client(cluster)
+def tile_task_resources(workers: dict[str, Any]) -> dict[str, int] | None:
+    """What a tile task asks of its worker: one GPU where the cluster has GPU workers (dask-cuda
+    workers advertise ``GPU_RESOURCE``), nothing on a CPU cluster (any worker may run it)."""
+    gpu_workers = any(GPU_RESOURCE in (w.get("resources") or {}) for w in workers.values())
+    return {GPU_RESOURCE: 1} if gpu_workers else None
 
 
 def run_slides(
@@ -150,8 +123,7 @@ def run_slides(
 
     progress = progress or NoProgress()
     workers = client.scheduler_info().get("workers", {})
-    gpu_workers = any(GPU_RESOURCE in (w.get("resources") or {}) for w in workers.values())
-    tile_resources = {GPU_RESOURCE: 1} if gpu_workers else None
+    tile_resources = tile_task_resources(workers)
     client.register_plugin(ModelPreload(config), name=ModelPreload.name)
     threads = sum(int(w.get("nthreads", 1)) for w in workers.values()) or 1
     # enough slides in flight to hide the driver round trip between a slide's plan and its
@@ -184,7 +156,10 @@ def run_slides(
     def fail(slide_id: str, exc: BaseException, attempts: int) -> None:
         flight = flights[slide_id]
         reason = describe_failure(exc, flight.entry, attempts)
-        stats = failure_stats(flight.entry, reason, time.time() - flight.started)
+        entry = flight.entry
+        stats = failure_stats(
+            entry.slide_id, entry.cancer_type, str(entry.slide_path), reason, time.time() - flight.started
+        )
         publish_failure(out_dir, slide_id, stats)
         finish(slide_id, SlideOutcome(flight.entry, "failed", stats, reason))
 
@@ -197,8 +172,14 @@ def run_slides(
         light = dataclasses.replace(plan, tiles=())
         segs = []
         for i, batch in enumerate(batches(plan.tiles, config.tiles_per_task)):
-            f = client.submit(segment_tiles, light, batch, key=f"segment-tiles-{sid}-{i}-{run_token}", pure=False,
-                              resources=tile_resources)
+            f = client.submit(
+                segment_tiles,
+                light,
+                batch,
+                key=f"segment-tiles-{sid}-{i}-{run_token}",
+                pure=False,
+                resources=tile_resources,
+            )
             role[f.key] = ("tiles", sid)
             segs.append(f)
             done_stream.add(f)

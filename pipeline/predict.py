@@ -1,69 +1,8 @@
-"""``python -m pipeline.predict IMAGE... --out DIR``: segment plain image files (PNG/TIFF tiles of
-any size) with the slide pipeline's own code path and write ``DIR/<stem>_labels.tif`` (uint32
-instance labels, same height and width as the input), to check the model on annotated tiles.
+"""``python -m pipeline.predict``: the command line lives in :mod:`pipeline.cli.predict`."""
 
-Each image is treated as a one-level slide at the model's resolution (or ``--mpp``), tiled with
-halos, normalised with its own statistics, segmented and assembled exactly as a slide is.
-"""
-
-from __future__ import annotations
-
-import argparse
-import shutil
 import sys
-import tempfile
-import time
-from pathlib import Path
 
-import numpy as np
-
-from pipeline.config import Config, load_config
-from pipeline.io.outputs import final_slide_dir
-from pipeline.manifest import SlideEntry
-from pipeline.slide import model_for, process_slide_inline
-
-
-def predict_labels(image_path: Path, config: Config, mpp: float | None = None) -> np.ndarray:
-    """Instance labels (uint32, the image's height × width) for one image file."""
-    import zarr
-
-    model = model_for(config)
-    entry = SlideEntry(slide_id="image", slide_path=image_path, mpp=mpp or model.mpp)
-    with tempfile.TemporaryDirectory(prefix="predict-") as tmp:
-        process_slide_inline(entry, tmp, config)
-        labels = zarr.open_array(str(final_slide_dir(Path(tmp), "image") / "maps.zarr" / "labels"), mode="r")[:]
-    return np.asarray(labels, dtype=np.uint32)
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m pipeline.predict", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("images", nargs="+", type=Path)
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--model", help="ONNX model (default: the shipped model)")
-    p.add_argument("--mpp", type=float, help="microns per pixel of the images (default: the model's)")
-    p.add_argument("--config", type=Path, help="YAML config (tile size, stain, ...)")
-    args = p.parse_args(argv)
-    config = load_config(args.config, {"model": args.model, "intra_op_threads": 0})
-    args.out.mkdir(parents=True, exist_ok=True)
-    import tifffile
-
-    failed = 0
-    for path in args.images:
-        t0 = time.perf_counter()
-        try:
-            labels = predict_labels(path, config, args.mpp)
-        except Exception as exc:
-            print(f"FAILED {path}: {type(exc).__name__}: {exc}", file=sys.stderr)
-            failed += 1
-            continue
-        target = args.out / f"{path.stem}_labels.tif"
-        tmp = target.with_name(f".{target.name}.tmp")
-        tifffile.imwrite(tmp, labels, compression="zlib")
-        shutil.move(tmp, target)
-        print(f"{path.name}: {int(len(np.unique(labels)) - 1)} nuclei → {target} ({time.perf_counter() - t0:.1f} s)")
-    return 1 if failed else 0
-
+from pipeline.cli.predict import main
 
 if __name__ == "__main__":
     sys.exit(main())

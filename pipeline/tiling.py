@@ -39,8 +39,9 @@ class TileGrid:
     scale: float
 
     @classmethod
-    def for_slide(cls, width: int, height: int, slide_mpp: float, model_mpp: float,
-                  tile_px: int, halo_px: int) -> TileGrid:
+    def for_slide(
+        cls, width: int, height: int, slide_mpp: float, model_mpp: float, tile_px: int, halo_px: int
+    ) -> TileGrid:
         scale = model_mpp / slide_mpp
         # a slide smaller than one tile gets one tile of its own size, not a mostly empty one
         tile_px = min(tile_px, round_up(max(width, height) / scale, INPUT_MULTIPLE))

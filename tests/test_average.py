@@ -1,4 +1,4 @@
-"""Weight averaging of snapshots (pipeline.model.average): the mean of the weights, and batch-norm
+"""Weight averaging of snapshots (pipeline.training.average): the mean of the weights, and batch-norm
 statistics re-measured on the data given."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import pytest
 
 torch = pytest.importorskip("torch")  # the `train` extra
 
-from pipeline.model.average import average_state_dicts, recalibrate_batch_norm  # noqa: E402
-from pipeline.model.unet import NucleusUNet, UNetConfig  # noqa: E402
+from pipeline.training.average import average_state_dicts, recalibrate_batch_norm  # noqa: E402
+from pipeline.training.unet import NucleusUNet, UNetConfig  # noqa: E402
 
 TINY = UNetConfig(base=2, convs_per_stage=1)
 

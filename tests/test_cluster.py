@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.io.slides import cucim_available
-from pipeline.testing import synthetic_cohort
+from pipeline.io.readers.cucim import cucim_available
+from pipeline.testing import synthetic_slide_cohort
 from tests.conftest import WSI_FIXTURES, need_shared
 from tests.test_run import ROOT, output_digest
 
@@ -32,9 +32,20 @@ class ExternalCluster:
         env = dict(os.environ, DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES="2")
         self.env = env
         self.scheduler = subprocess.Popen(
-            [str(BIN / "dask"), "scheduler", "--scheduler-file", str(self.file), "--port", "0",
-             "--dashboard-address", ":0"],
-            env=env, stdout=subprocess.DEVNULL, stderr=open(folder / "scheduler.log", "w"), start_new_session=True,
+            [
+                str(BIN / "dask"),
+                "scheduler",
+                "--scheduler-file",
+                str(self.file),
+                "--port",
+                "0",
+                "--dashboard-address",
+                ":0",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=open(folder / "scheduler.log", "w"),
+            start_new_session=True,
         )
         deadline = time.time() + 60
         while not self.file.exists() and time.time() < deadline:
@@ -44,9 +55,24 @@ class ExternalCluster:
 
     def start_worker(self, i: int) -> subprocess.Popen:
         return subprocess.Popen(
-            [str(BIN / "dask"), "worker", "--scheduler-file", str(self.file), "--nthreads", "1", "--nworkers", "1",
-             "--memory-limit", "3GiB", "--no-dashboard", "--name", f"w{i}-{time.time_ns()}"],
-            env=self.env, stdout=subprocess.DEVNULL, stderr=open(self.folder / f"worker{i}.log", "a"),
+            [
+                str(BIN / "dask"),
+                "worker",
+                "--scheduler-file",
+                str(self.file),
+                "--nthreads",
+                "1",
+                "--nworkers",
+                "1",
+                "--memory-limit",
+                "3GiB",
+                "--no-dashboard",
+                "--name",
+                f"w{i}-{time.time_ns()}",
+            ],
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.folder / f"worker{i}.log", "a"),
             start_new_session=True,
         )
 
@@ -82,13 +108,26 @@ def cluster2(tmp_path: Path) -> Iterator[ExternalCluster]:
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("cohort")
-    synthetic_cohort(folder, 5, 768, 640, seed=40, prefix="c")
+    synthetic_slide_cohort(folder, 5, 768, 640, seed=40, prefix="c")
     return folder
 
 
 def run_args(manifest: Path, out: Path, model: Path, scheduler: Path | None = None, *extra: str) -> list[str]:
-    args = [sys.executable, "-m", "pipeline.run", str(manifest), "--out", str(out), "--model", str(model),
-            "--tile-px", "256", "--no-progress", "--no-qc", *extra]
+    args = [
+        sys.executable,
+        "-m",
+        "pipeline.run",
+        str(manifest),
+        "--out",
+        str(out),
+        "--model",
+        str(model),
+        "--tile-px",
+        "256",
+        "--no-progress",
+        "--no-qc",
+        *extra,
+    ]
     if scheduler:
         args += ["--scheduler", str(scheduler)]
     else:
@@ -100,8 +139,9 @@ def run_args(manifest: Path, out: Path, model: Path, scheduler: Path | None = No
 def reference(cohort: Path, blob_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
     """Outputs of an uninterrupted run with one local worker."""
     out = tmp_path_factory.mktemp("reference")
-    result = subprocess.run(run_args(cohort / "manifest.csv", out, blob_model), cwd=ROOT, capture_output=True,
-                            text=True, timeout=600)
+    result = subprocess.run(
+        run_args(cohort / "manifest.csv", out, blob_model), cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return {p.name: output_digest(p) for p in (out / "slides").iterdir()}
 
@@ -122,8 +162,13 @@ def published(out: Path) -> set[str]:
 
 def test_killed_worker_costs_only_its_tasks(cluster2, cohort, blob_model, reference, tmp_path) -> None:
     out = tmp_path / "out"
-    driver = subprocess.Popen(run_args(cohort / "manifest.csv", out, blob_model, cluster2.file), cwd=ROOT,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    driver = subprocess.Popen(
+        run_args(cohort / "manifest.csv", out, blob_model, cluster2.file),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wait_until(lambda: (out / "slides").exists() and any(p.name.startswith(".") for p in (out / "slides").iterdir()))
     time.sleep(1.0)  # tiles in progress on both workers
     cluster2.kill_worker(0)
@@ -134,15 +179,25 @@ def test_killed_worker_costs_only_its_tasks(cluster2, cohort, blob_model, refere
 
 def test_killed_driver_resumes_without_recomputing(cluster2, cohort, blob_model, reference, tmp_path) -> None:
     out = tmp_path / "out"
-    driver = subprocess.Popen(run_args(cohort / "manifest.csv", out, blob_model, cluster2.file), cwd=ROOT,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    driver = subprocess.Popen(
+        run_args(cohort / "manifest.csv", out, blob_model, cluster2.file),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     wait_until(lambda: len(published(out)) >= 2)
     os.killpg(driver.pid, signal.SIGKILL)
     driver.wait()
     before = {p: (out / "slides" / p / "stats.json").stat().st_mtime_ns for p in published(out)}
     assert 2 <= len(before) < 5
-    result = subprocess.run(run_args(cohort / "manifest.csv", out, blob_model, cluster2.file), cwd=ROOT,
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        run_args(cohort / "manifest.csv", out, blob_model, cluster2.file),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"{len(before)} already complete" in result.stderr
     for p, mtime in before.items():
@@ -156,13 +211,17 @@ def test_poison_slide_fails_after_bounded_attempts(cluster2, cohort, blob_model,
     need_shared("boxes.tiff")
     manifest = tmp_path / "m.csv"
     manifest.write_text(
-        "slide_path,slide_id\n"
-        f"{cohort / 'c0.svs'},c0\n{WSI_FIXTURES / 'boxes.tiff'},boxes\n{cohort / 'c1.svs'},c1\n"
+        f"slide_path,slide_id\n{cohort / 'c0.svs'},c0\n{WSI_FIXTURES / 'boxes.tiff'},boxes\n{cohort / 'c1.svs'},c1\n"
     )
     out = tmp_path / "out"
     # forcing cuCIM makes it read the Deflate-compressed TIFF it crashes on: a real worker-killing slide
-    result = subprocess.run(run_args(manifest, out, blob_model, cluster2.file, "--reader", "cucim"), cwd=ROOT,
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        run_args(manifest, out, blob_model, cluster2.file, "--reader", "cucim"),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 1, result.stderr[-3000:]
     run = json.loads((out / "run.json").read_text())
     assert run["slides"]["c0"]["status"] == "ok" and run["slides"]["c1"]["status"] == "ok"
@@ -173,7 +232,12 @@ def test_poison_slide_fails_after_bounded_attempts(cluster2, cohort, blob_model,
 
 def test_same_outputs_with_one_and_two_workers(cluster2, cohort, blob_model, reference, tmp_path) -> None:
     out = tmp_path / "out"
-    result = subprocess.run(run_args(cohort / "manifest.csv", out, blob_model, cluster2.file), cwd=ROOT,
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        run_args(cohort / "manifest.csv", out, blob_model, cluster2.file),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert {p: output_digest(out / "slides" / p) for p in published(out)} == reference

@@ -11,7 +11,7 @@ ort = pytest.importorskip("onnxruntime")
 
 
 from pipeline.kernels.nuclei import NucleusThresholds  # noqa: E402
-from pipeline.model.export import (  # noqa: E402
+from pipeline.training.export import (  # noqa: E402
     contract_metadata,
     export_onnx,
     measure_context_px,
@@ -19,7 +19,7 @@ from pipeline.model.export import (  # noqa: E402
     read_metadata,
     torch_probabilities,
 )
-from pipeline.model.unet import (  # noqa: E402
+from pipeline.training.unet import (  # noqa: E402
     NucleusUNet,
     UNetConfig,
     receptive_field_support,
@@ -28,7 +28,11 @@ from pipeline.model.unet import (  # noqa: E402
 
 TINY = UNetConfig(base=2, convs_per_stage=1)
 THRESHOLDS = NucleusThresholds(
-    centre_sigma=1.5, centre_threshold=0.2, centre_weak_threshold=0.1, material_sigma=0.7, material_threshold=0.45,
+    centre_sigma=1.5,
+    centre_threshold=0.2,
+    centre_weak_threshold=0.1,
+    material_sigma=0.7,
+    material_threshold=0.45,
     min_area_px=25,
 )
 
@@ -93,7 +97,7 @@ def test_metadata_keys(exported):
 
 
 def test_the_pipeline_session_accepts_the_export(exported):
-    session = pytest.importorskip("pipeline.model.session")
+    session = pytest.importorskip("pipeline.runtime.session")
     model = session.NucleusModel(exported)
     assert model.mpp == 0.25 and model.context_px == 24 and model.thresholds == THRESHOLDS
     assert model.predict(np.zeros((1, 3, 32, 32), np.float32)).shape == (1, 2, 32, 32)
@@ -127,7 +131,7 @@ def test_context_is_measured_within_the_receptive_field(tiny_net):
 
 
 def test_whole_image_and_tiled_inference_agree(tiny_net):
-    from pipeline.model.export import image_probabilities
+    from pipeline.training.export import image_probabilities
 
     rgb = np.random.default_rng(1).random((200, 250, 3), dtype=np.float32)
     run = torch_probabilities(tiny_net)

@@ -82,8 +82,12 @@ def stand_in(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     fake_ndi = _wrapping(scipy_ndi, "cupyx.scipy.ndimage")
     fake_cupyx.scipy = fake_scipy  # type: ignore[attr-defined]
     fake_scipy.ndimage = fake_ndi  # type: ignore[attr-defined]
-    for name, mod in {"cupy": fake_cupy, "cupyx": fake_cupyx, "cupyx.scipy": fake_scipy,
-                      "cupyx.scipy.ndimage": fake_ndi}.items():
+    for name, mod in {
+        "cupy": fake_cupy,
+        "cupyx": fake_cupyx,
+        "cupyx.scipy": fake_scipy,
+        "cupyx.scipy.ndimage": fake_ndi,
+    }.items():
         monkeypatch.setitem(sys.modules, name, mod)
     yield
 
@@ -177,8 +181,9 @@ def test_seeds_holes_relabel(to_device: Any, probabilities: np.ndarray) -> None:
     assert (cpu_filled != holed).sum() > 1000  # there were holes to fill
     dev_filled = on_device(fill_label_holes(to_device(holed)))
     assert (dev_filled != cpu_filled).mean() < 0.002  # nearest-pixel ties may differ on cupy
-    np.testing.assert_array_equal(on_device(remove_small_labels(to_device(labels), 60)),
-                                  remove_small_labels(labels, 60))
+    np.testing.assert_array_equal(
+        on_device(remove_small_labels(to_device(labels), 60)), remove_small_labels(labels, 60)
+    )
 
 
 def test_watershed_device_branch(to_device: Any, probabilities: np.ndarray) -> None:

@@ -87,9 +87,7 @@ def test_componentwise_watershed_equals_full_watershed() -> None:
     params = NucleusThresholds()
     fg = prob[1] > params.material_threshold
     markers = seeds_from_centres(prob[0], fg, params)
-    np.testing.assert_array_equal(
-        watershed_from_seeds(-prob[1], markers, fg), watershed(-prob[1], markers, mask=fg)
-    )
+    np.testing.assert_array_equal(watershed_from_seeds(-prob[1], markers, fg), watershed(-prob[1], markers, mask=fg))
 
 
 def test_holes_filled_and_small_labels_renumbered() -> None:

@@ -37,8 +37,12 @@ def test_job_scripts_render_with_lifetime_and_resources(system: str, profile: st
 
 
 def test_cli_prints_job_script() -> None:
-    out = subprocess.run([sys.executable, str(ROOT / "cluster" / "hpc.py"), "slurm", "--print-job-script",
-                          "--queue", "short"], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "cluster" / "hpc.py"), "slurm", "--print-job-script", "--queue", "short"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert "#SBATCH -p short" in out.stdout
 

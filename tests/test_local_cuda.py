@@ -1,4 +1,4 @@
-"""pipeline/local_cuda.py: the LocalCUDACluster options here; the cluster itself where dask-cuda and
+"""pipeline/cluster.py: the LocalCUDACluster options here; the cluster itself where dask-cuda and
 a GPU are present."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import importlib.util
 
 import pytest
 
-from pipeline.local_cuda import GPU_RESOURCE, cuda_cluster_options, local_cuda_cluster, visible_gpu_count
+from pipeline.cluster import GPU_RESOURCE, cuda_cluster_options, local_cuda_cluster, visible_gpu_count
 
 
 def test_one_worker_per_gpu_with_host_threads_and_a_pool() -> None:
@@ -24,10 +24,16 @@ def test_one_worker_per_gpu_with_host_threads_and_a_pool() -> None:
         cuda_cluster_options(1, 16, rmm_pool_share=1.5)
 
 
-def test_the_pipeline_sends_tiles_to_the_same_resource() -> None:
-    from pipeline.graph import GPU_RESOURCE as PIPELINE_RESOURCE
+def test_tile_tasks_ask_for_the_resource_the_cuda_workers_advertise() -> None:
+    from pipeline.graph import tile_task_resources
 
-    assert GPU_RESOURCE == PIPELINE_RESOURCE
+    advertised = cuda_cluster_options(2, 16)["resources"]
+    gpu_cluster = {"tcp://a": {"resources": advertised}, "tcp://b": {"resources": advertised}}
+    asked = tile_task_resources(gpu_cluster)
+    assert asked is not None and set(asked) <= set(advertised)
+    assert all(asked[k] <= advertised[k] for k in asked)  # one GPU worker can run a tile task
+    cpu_cluster = {"tcp://c": {"resources": {}}, "tcp://d": {}}
+    assert tile_task_resources(cpu_cluster) is None  # CPU workers run tiles without asking
 
 
 def test_no_cluster_without_dask_cuda_or_gpu() -> None:

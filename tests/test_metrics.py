@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.evaluate import score_image, summarise
-from pipeline.kernels.metrics import (
+from pipeline.evaluation.metrics import (
     aggregated_jaccard_index,
     count_mae_percent,
     count_pearson_r,
@@ -16,6 +15,7 @@ from pipeline.kernels.metrics import (
     panoptic_quality,
     weighted_dice,
 )
+from pipeline.evaluation.scoring import score_image, summarise
 
 
 def two_nuclei() -> np.ndarray:

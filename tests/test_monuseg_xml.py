@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.model.datasets import (
+from pipeline.io.annotations import (
     labels_from_mask_folder,
     rasterise_polygons,
     read_monuseg_xml,

@@ -80,12 +80,34 @@ def test_outputs_follow_the_contract(runs) -> None:
     stats = json.loads((folder / "stats.json").read_text())
     table = pq.read_table(folder / "nuclei.parquet")
     assert stats["status"] == "ok" and stats["n_nuclei"] == table.num_rows > 500
-    for key in ("slide_id", "cancer_type", "width", "height", "mpp", "tissue_mm2", "area_mean_um2",
-                "area_std_um2", "area_mean_px40x", "area_std_px40x", "nuclei_per_mm2", "n_tiles", "seconds",
-                "model_sha256"):
+    for key in (
+        "slide_id",
+        "cancer_type",
+        "width",
+        "height",
+        "mpp",
+        "tissue_mm2",
+        "area_mean_um2",
+        "area_std_um2",
+        "area_mean_px40x",
+        "area_std_px40x",
+        "nuclei_per_mm2",
+        "n_tiles",
+        "seconds",
+        "model_sha256",
+    ):
         assert key in stats
-    assert table.column_names == ["id", "centroid_x", "centroid_y", "area_px", "area_um2", "perimeter_px",
-                                  "eccentricity", "mean_haematoxylin", "polygon"]
+    assert table.column_names == [
+        "id",
+        "centroid_x",
+        "centroid_y",
+        "area_px",
+        "area_um2",
+        "perimeter_px",
+        "eccentricity",
+        "mean_haematoxylin",
+        "polygon",
+    ]
     ids = table.column("id").to_numpy()
     assert sorted(ids) == list(range(1, len(ids) + 1))
     # the paper's CSV

@@ -15,8 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def cli(module: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600)
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
 @pytest.mark.slow
@@ -32,8 +31,18 @@ def test_predict_writes_the_slide_pipelines_labels(tmp_path: Path, blob_model: P
     config = tmp_path / "small_tiles.yaml"
     config.write_text("tile_px: 256\n")  # several tiles with halos, so assembly is exercised
 
-    pred = cli("pipeline.predict", str(tmp_path / "missing.png"), str(tmp_path / "broken.png"), str(png),
-               "--out", str(tmp_path / "pred"), "--model", str(blob_model), "--config", str(config))
+    pred = cli(
+        "pipeline.predict",
+        str(tmp_path / "missing.png"),
+        str(tmp_path / "broken.png"),
+        str(png),
+        "--out",
+        str(tmp_path / "pred"),
+        "--model",
+        str(blob_model),
+        "--config",
+        str(config),
+    )
     assert pred.returncode == 1, pred.stderr[-3000:]
     assert "missing.png" in pred.stderr and "broken.png" in pred.stderr
     assert sorted(p.name for p in (tmp_path / "pred").iterdir()) == ["tile_labels.tif"]
@@ -47,8 +56,21 @@ def test_predict_writes_the_slide_pipelines_labels(tmp_path: Path, blob_model: P
 
     manifest = tmp_path / "manifest.csv"
     manifest.write_text(f"slide_path,slide_id,mpp\n{png},tile,0.25\n")
-    run = cli("pipeline.run", str(manifest), "--out", str(tmp_path / "out"), "--model", str(blob_model),
-              "--tile-px", "256", "--no-progress", "--workers", "1", "--threads", "2")
+    run = cli(
+        "pipeline.run",
+        str(manifest),
+        "--out",
+        str(tmp_path / "out"),
+        "--model",
+        str(blob_model),
+        "--tile-px",
+        "256",
+        "--no-progress",
+        "--workers",
+        "1",
+        "--threads",
+        "2",
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     slide_labels = zarr.open_array(str(tmp_path / "out" / "slides" / "tile" / "maps.zarr" / "labels"), mode="r")[:]
     np.testing.assert_array_equal(labels, slide_labels)
@@ -64,7 +86,7 @@ def test_nuclei_cut_by_the_image_edge_end_at_the_edge(tmp_path: Path, blob_model
 
     from pipeline.config import Config
     from pipeline.manifest import SlideEntry
-    from pipeline.model.session import load_model
+    from pipeline.runtime.session import load_model
     from pipeline.slide import process_slide_inline
 
     image, _ = synthetic_image

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pipeline.cli.qc import main as qc_main
 from pipeline.qc import (
     ReviewError,
     build_qc,
@@ -24,10 +25,9 @@ from pipeline.qc import (
     tail_size,
     tier_for,
 )
-from pipeline.qc.__main__ import main as qc_main
-from pipeline.qc._synthetic import (
-    synthetic_cohort,
-    synthetic_slide,
+from pipeline.testing.qc_cohorts import (
+    synthetic_png_slide,
+    synthetic_stats_cohort,
     tissue_box,
     write_nuclei_parquet,
     write_stats,
@@ -180,7 +180,7 @@ def test_qc_result_rules() -> None:
 @pytest.fixture(scope="module")
 def stats_cohort(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, list[str]]]:
     out = tmp_path_factory.mktemp("cohort")
-    expected = synthetic_cohort(out, SIZES, seed=3)
+    expected = synthetic_stats_cohort(out, SIZES, seed=3)
     return out, expected
 
 
@@ -225,7 +225,7 @@ def test_failed_slides_listed_with_their_reason(stats_cohort: tuple[Path, dict[s
 
 
 def test_outer_percent_4_widens(tmp_path: Path) -> None:
-    synthetic_cohort(tmp_path, {"BRCA": 100}, seed=5)
+    synthetic_stats_cohort(tmp_path, {"BRCA": 100}, seed=5)
     assert qc_main([str(tmp_path), "--outer-percent", "4", "--patches", "none", "--no-report"]) == 0
     wsi = read_csv(tmp_path / "qc" / "wsi_qc.csv")
     notes = [n for cell in wsi.loc[wsi.Status == "ok", "Note"] for n in cell.split("; ") if n]
@@ -235,7 +235,7 @@ def test_outer_percent_4_widens(tmp_path: Path) -> None:
 
 
 def test_partial_cohort_ignores_unfinished_folders(tmp_path: Path) -> None:
-    synthetic_cohort(tmp_path, {"BRCA": 10}, n_failed=0)
+    synthetic_stats_cohort(tmp_path, {"BRCA": 10}, n_failed=0)
     (tmp_path / "slides" / ".BRCA-99999.tmp").mkdir()
     (tmp_path / "slides" / ".BRCA-99999.tmp" / "stats.json").write_text("{")
     (tmp_path / "slides" / "no-stats-yet").mkdir()
@@ -283,7 +283,7 @@ def _slide_cohort(out: Path, n: int = 3, mpp: float = 0.25) -> dict[str, Path]:
     for i in range(n):
         sid = f"SYN-{i:02d}"
         png = out / f"{sid}.png"
-        polys = synthetic_slide(png, seed=i)
+        polys = synthetic_png_slide(png, seed=i)
         stats = {
             "slide_id": sid,
             "cancer_type": "SYN",
@@ -368,7 +368,7 @@ def test_missing_slide_file_is_skipped_with_a_note(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not (SHARED_DATA / "wsi_fixtures").is_dir(), reason="../shared/data absent")
 def test_real_20x_slide_patches_in_tissue(tmp_path: Path) -> None:
-    from pipeline.io.slides import low_resolution_view, open_slide
+    from pipeline.io.readers import low_resolution_view, open_slide
     from pipeline.kernels.tissue import tissue_mask
 
     svs = SHARED_DATA / "wsi_fixtures" / "CMU-1-Small-Region.svs"

@@ -16,7 +16,7 @@ from PIL import Image
 
 import pipeline.qc._report as report_module
 from pipeline.qc import build_qc
-from pipeline.qc._synthetic import synthetic_cohort, synthetic_slide, write_nuclei_parquet
+from pipeline.testing.qc_cohorts import synthetic_png_slide, synthetic_stats_cohort, write_nuclei_parquet
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -44,9 +44,9 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """100 BRCA + 60 LUAD slides with planted outliers; the selected BRCA slides have real
     (generated) slide images and nuclei, so the report embeds thumbnails and patches."""
     out = tmp_path_factory.mktemp("report")
-    expected = synthetic_cohort(out, {"BRCA": 100, "LUAD": 60}, seed=11)
+    expected = synthetic_stats_cohort(out, {"BRCA": 100, "LUAD": 60}, seed=11)
     png = out / "slide.png"
-    polys = synthetic_slide(png, seed=2)
+    polys = synthetic_png_slide(png, seed=2)
     for sid, notes in expected.items():
         if notes and sid.startswith("BRCA"):
             stats_path = out / "slides" / sid / "stats.json"

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.testing import synthetic_cohort
+from pipeline.testing import synthetic_slide_cohort
 from tests.conftest import WSI_FIXTURES, need_shared
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,7 +25,10 @@ ROOT = Path(__file__).resolve().parents[1]
 def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "pipeline.run", *args, "--no-progress", "--workers", "1", "--threads", "2"],
-        cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -47,7 +50,7 @@ def output_digest(slide_dir: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("cohort")
-    synthetic_cohort(folder, 4, 700, 600, seed=20, prefix="s", cancer_types=("LUAD", "BRCA"))
+    synthetic_slide_cohort(folder, 4, 700, 600, seed=20, prefix="s", cancer_types=("LUAD", "BRCA"))
     return folder
 
 
@@ -61,9 +64,7 @@ def test_failures_reruns_and_resume(cohort: Path, blob_model: Path, tmp_path: Pa
         + f"{cohort}/missing.svs,missing,BRCA\n{cohort}/truncated.svs,truncated,BRCA\n"
     )
     rows = manifest.read_text().splitlines()
-    manifest.write_text("\n".join([rows[0]] + [
-        (r if r.startswith("/") else f"{cohort}/{r}") for r in rows[1:]
-    ]) + "\n")
+    manifest.write_text("\n".join([rows[0]] + [(r if r.startswith("/") else f"{cohort}/{r}") for r in rows[1:]]) + "\n")
     out = tmp_path / "out"
     first = run_cli(str(manifest), "--out", str(out), "--model", str(blob_model), "--tile-px", "256")
     assert first.returncode == 1, first.stderr[-3000:]
@@ -86,9 +87,27 @@ def test_failures_reruns_and_resume(cohort: Path, blob_model: Path, tmp_path: Pa
     # killed mid-way, then resumed: same outputs as the uninterrupted run, never a partial folder
     out2 = tmp_path / "out2"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.run", str(cohort / "manifest.csv"), "--out", str(out2), "--model",
-         str(blob_model), "--tile-px", "256", "--no-progress", "--workers", "1", "--threads", "2"],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "pipeline.run",
+            str(cohort / "manifest.csv"),
+            "--out",
+            str(out2),
+            "--model",
+            str(blob_model),
+            "--tile-px",
+            "256",
+            "--no-progress",
+            "--workers",
+            "1",
+            "--threads",
+            "2",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     deadline = time.time() + 300
     seen_partial = False
@@ -105,8 +124,7 @@ def test_failures_reruns_and_resume(cohort: Path, blob_model: Path, tmp_path: Pa
     proc.wait()
     done_before = {p.name for p in (out2 / "slides").iterdir() if not p.name.startswith(".")}
     assert 1 <= len(done_before) < 4 and seen_partial
-    resumed = run_cli(str(cohort / "manifest.csv"), "--out", str(out2), "--model", str(blob_model), "--tile-px",
-                      "256")
+    resumed = run_cli(str(cohort / "manifest.csv"), "--out", str(out2), "--model", str(blob_model), "--tile-px", "256")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"{len(done_before)} already complete" in resumed.stderr
     assert not [p for p in (out2 / "slides").iterdir() if p.name.startswith(".")]

@@ -24,6 +24,7 @@ def test_two_thousand_tiny_slides_bounded_scheduler(tmp_path: Path, blob_model: 
     stop = threading.Event()
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         with Client(cluster) as client:
+
             def sample() -> None:
                 while not stop.is_set():
                     counts.append(client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks)))

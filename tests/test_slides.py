@@ -6,16 +6,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.io.slides import (
+from pipeline.io.readers import (
     ArraySlide,
     SlideError,
     choose_reader,
-    cucim_available,
     low_resolution_view,
-    mpp_from_tiff,
     open_slide,
     read_mirrored,
 )
+from pipeline.io.readers.cucim import cucim_available
+from pipeline.io.readers.metadata import mpp_from_tiff
 from pipeline.testing import write_pyramidal_tiff
 from tests.conftest import WSI_FIXTURES, need_shared
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from pipeline.model.synthetic import (
+from pipeline.training.synthetic import (
     SyntheticConfig,
     inpaint_background,
     paint_nuclei,
@@ -14,7 +14,7 @@ from pipeline.model.synthetic import (
     random_polygon,
     synthetic_patch,
 )
-from pipeline.model.targets import augment_patch, hed_jitter, training_targets
+from pipeline.training.targets import augment_patch, hed_jitter, training_targets
 
 CFG = SyntheticConfig(size=96, nuclei_per_patch=(8, 20))
 

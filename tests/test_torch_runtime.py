@@ -14,18 +14,14 @@ ort = pytest.importorskip("onnxruntime")
 
 from onnx import TensorProto, helper  # noqa: E402
 
-from pipeline.kernels.metrics import aggregated_jaccard_index  # noqa: E402
+from pipeline.evaluation.metrics import aggregated_jaccard_index  # noqa: E402
 from pipeline.kernels.nuclei import NucleusThresholds, instances_from_probabilities  # noqa: E402
-from pipeline.model.export import contract_metadata, export_onnx, onnx_probabilities  # noqa: E402
-from pipeline.model.fp16 import convert_to_fp16  # noqa: E402
-from pipeline.model.session import (  # noqa: E402
-    ModelError,
-    NucleusModel,
-    choose_runtime,
-    provider_options,
-)
-from pipeline.model.torch_runtime import TorchOnnxModel, UnsupportedOperator  # noqa: E402
-from pipeline.model.unet import NucleusUNet, UNetConfig  # noqa: E402
+from pipeline.runtime.onnxruntime_backend import provider_options  # noqa: E402
+from pipeline.runtime.session import ModelError, NucleusModel, choose_runtime  # noqa: E402
+from pipeline.runtime.torch_onnx import TorchOnnxModel, UnsupportedOperator  # noqa: E402
+from pipeline.training.export import contract_metadata, export_onnx, onnx_probabilities  # noqa: E402
+from pipeline.training.fp16 import convert_to_fp16  # noqa: E402
+from pipeline.training.unet import NucleusUNet, UNetConfig  # noqa: E402
 
 FP32_TOLERANCE = 1e-4  # the issue's parity bound for fp32
 FP16_TOLERANCE = 0.02  # max |Δprob| of fp16 against fp32
@@ -35,7 +31,7 @@ AJI_TOLERANCE = 0.005  # the issue's bound on the score change of the fp16 varia
 @pytest.fixture(scope="module")
 def unet_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A randomly initialised U-net (2 convs per stage, batch norm with non-trivial running
-    statistics) exported with pipeline.model.export, as tests/test_export.py does."""
+    statistics) exported with pipeline.training.export, as tests/test_export.py does."""
     torch.manual_seed(0)
     net = NucleusUNet(UNetConfig(base=4, convs_per_stage=2))
     with torch.no_grad():
@@ -100,7 +96,7 @@ def test_fp16_onnx_variant(name, blob_model, unet_model, images, tmp_path) -> No
 def test_fp16_keeps_the_segmentation_score(blob_model) -> None:
     """AJI against the generated truth, fp16 vs fp32, on a generated slide crop."""
     from pipeline.kernels.stain import reinhard_stats
-    from pipeline.slide import model_input, normalise_stain
+    from pipeline.slide.segment import model_input, normalise_stain
     from pipeline.testing import synthetic_slide_image
 
     rgb, nuclei = synthetic_slide_image(256, 256, seed=4, tissue="full")
@@ -170,8 +166,11 @@ def test_constant_resize_and_batchnorm(tmp_path) -> None:
     ]
     inits.append(onnx.numpy_helper.from_array(rng.random((2, 2 * c, 3, 3), dtype=np.float32) - 0.5, "w"))
     graph = helper.make_graph(
-        nodes, "ops", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, "H", "W"])],
-        [helper.make_tensor_value_info("prob", TensorProto.FLOAT, None)], inits,
+        nodes,
+        "ops",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+        [helper.make_tensor_value_info("prob", TensorProto.FLOAT, None)],
+        inits,
     )
     path = tmp_path / "ops.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
@@ -196,8 +195,14 @@ def test_auto_runtime_on_this_node() -> None:
 
 
 def test_tensorrt_engine_cache_options(tmp_path) -> None:
-    opts = dict(provider_options(["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
-                                 device_id=1, trt_cache_dir=str(tmp_path / "trt"), half=True))
+    opts = dict(
+        provider_options(
+            ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+            device_id=1,
+            trt_cache_dir=str(tmp_path / "trt"),
+            half=True,
+        )
+    )
     trt = opts["TensorrtExecutionProvider"]
     assert trt["trt_engine_cache_enable"] and trt["trt_engine_cache_path"] == str(tmp_path / "trt")
     assert trt["trt_fp16_enable"] and trt["device_id"] == 1 and (tmp_path / "trt").is_dir()

@@ -106,10 +106,10 @@ def test_parity_touching_discs(backend: str) -> None:
 @pytest.fixture(scope="module")
 def slide_probabilities(blob_model) -> np.ndarray:
     """2×1000×1000 probabilities of a generated slide with touching nuclei, through the blob
-    model and the slide path's stain normalisation (as pipeline.slide.segment_window)."""
+    model and the slide path's stain normalisation (as pipeline.slide.segment.segment_window)."""
     from pipeline.kernels.stain import reinhard_stats
-    from pipeline.model.session import NucleusModel
-    from pipeline.slide import model_input, normalise_stain
+    from pipeline.runtime.session import NucleusModel
+    from pipeline.slide.segment import model_input, normalise_stain
     from pipeline.testing import synthetic_slide_image
 
     rgb, _ = synthetic_slide_image(1000, 1000, seed=11, radius=(6.0, 9.0), spacing=18.0, tissue="full")

@@ -73,8 +73,9 @@ def seeds_from_centres(centre: Any, foreground: Any, params: NucleusThresholds) 
         flat = components.reshape(-1)
         where = xp.nonzero(unseeded[flat])[0]
         comp = flat[where]
-        keys = xp.stack([where.astype(xp.float64), -blurred.reshape(-1)[where].astype(xp.float64),
-                         comp.astype(xp.float64)])
+        keys = xp.stack(
+            [where.astype(xp.float64), -blurred.reshape(-1)[where].astype(xp.float64), comp.astype(xp.float64)]
+        )
         order = xp.lexsort(keys)
         comp, where = comp[order], where[order]
         first = xp.ones(comp.shape[0], dtype=bool)

@@ -15,9 +15,7 @@ import numpy as np
 from pipeline.kernels.dispatch import array_module, to_host
 
 # RGB → LMS → log → lαβ (Reinhard et al. 2001, eq. 4 and 6).
-_RGB2LMS = np.array(
-    [[0.3811, 0.5783, 0.0402], [0.1967, 0.7244, 0.0782], [0.0241, 0.1288, 0.8444]], dtype=np.float64
-)
+_RGB2LMS = np.array([[0.3811, 0.5783, 0.0402], [0.1967, 0.7244, 0.0782], [0.0241, 0.1288, 0.8444]], dtype=np.float64)
 _LMS2LAB = np.diag([1 / np.sqrt(3), 1 / np.sqrt(6), 1 / np.sqrt(2)]) @ np.array(
     [[1, 1, 1], [1, 1, -2], [1, -1, 0]], dtype=np.float64
 )
@@ -25,9 +23,7 @@ _LAB2LMS = np.linalg.inv(_LMS2LAB)
 _LMS2RGB = np.linalg.inv(_RGB2LMS)
 
 # Haematoxylin / eosin / DAB optical-density vectors (Ruifrok & Johnston 2001).
-_HED_FROM_RGB = np.linalg.inv(
-    np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=np.float64)
-)
+_HED_FROM_RGB = np.linalg.inv(np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=np.float64))
 
 
 @dataclass(frozen=True)
@@ -43,7 +39,7 @@ class StainStats:
 
 # Target statistics: lαβ mean/std of the tissue pixels of the 23 training-split MoNuSeg 2018 images
 # taken together (the model's training distribution). Measured with
-# `python -m pipeline.model.stain_target` and recorded in the model card.
+# `python -m pipeline.training.stain_target` and recorded in the model card.
 REINHARD_TARGET = StainStats(mean=(-0.5178, -0.0549, 0.0237), std=(0.3210, 0.0601, 0.0153))
 
 
@@ -165,8 +161,6 @@ def macenko_normalise(rgb: Any, source: MacenkoStains, target: MacenkoStains = M
     od = optical_density(rgb).reshape(-1, 3)
     tgt = xp.asarray(np.array(target.vectors).T, dtype=xp.float32)
     conc = od @ xp.asarray(np.linalg.pinv(np.array(source.vectors).T), dtype=xp.float32).T
-    scale = xp.asarray(
-        np.array(target.max_concentration) / np.array(source.max_concentration), dtype=xp.float32
-    )
+    scale = xp.asarray(np.array(target.max_concentration) / np.array(source.max_concentration), dtype=xp.float32)
     out = xp.exp(-(conc * scale) @ tgt.T)
     return xp.clip(out, 0.0, 1.0).reshape(h, w, 3).astype(xp.float32)

@@ -76,8 +76,9 @@ def flood_watershed(surface: Any, markers: Any, mask: Any | None = None, levels:
     """
     xp = array_module(surface)
     if surface.ndim not in (2, 3) or markers.shape != surface.shape:
-        raise ValueError(f"expected 2-D (or N×H×W) surface and markers of one shape, got {surface.shape}, "
-                         f"{markers.shape}")
+        raise ValueError(
+            f"expected 2-D (or N×H×W) surface and markers of one shape, got {surface.shape}, {markers.shape}"
+        )
     if mask is None:
         mask = xp.ones(surface.shape, dtype=bool)
     elif mask.shape != surface.shape:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipeline.io.outputs.publish import atomic_path, atomic_write_text
 from pipeline.qc._cohort import read_cohort
 from pipeline.qc._patches import (
     N_PATCHES,
@@ -110,9 +111,8 @@ def _exclusive(qc_dir: Path) -> Iterator[None]:
 
 
 def _write_table(path: Path, df: pd.DataFrame) -> None:
-    tmp = path.with_name("." + path.name + ".tmp")
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
 
 
 def _objects(column: pd.Series) -> list[Any]:
@@ -338,8 +338,6 @@ def build_qc(
             wsi_qc_report = wsi_qc.copy()
             wsi_qc_report[QC_RESULT] = slides[QC_RESULT].to_numpy()
             html = render_report(qc_dir, wsi_qc_report, tiers, cuts, slide_patches, params)
-            tmp = qc_dir / ("." + REPORT + ".tmp")
-            tmp.write_text(html, encoding="utf-8")
-            os.replace(tmp, qc_dir / REPORT)
+            atomic_write_text(qc_dir / REPORT, html)
         write_json_atomic(qc_dir / "qc.json", params)
     return qc_dir

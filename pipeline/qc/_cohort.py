@@ -10,22 +10,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-# stats.json keys the QC reads (DESIGN §5); the numeric ones are null for a failed slide.
-NUMERIC_FIELDS = (
-    "width",
-    "height",
-    "mpp",
-    "tissue_mm2",
-    "n_nuclei",
-    "area_mean_um2",
-    "area_std_um2",
-    "area_mean_px40x",
-    "area_std_px40x",
-    "nuclei_per_mm2",
-    "n_tiles",
-    "seconds",
-)
-TEXT_FIELDS = ("slide_id", "cancer_type", "slide_path", "status", "error", "reader", "model_sha256")
+from pipeline.io.outputs.stats import NUMERIC_FIELDS, TEXT_FIELDS
+
+# stats.json keys the QC reads (DESIGN §5, one schema); the numeric ones are null for a failed slide.
 UNKNOWN_CANCER_TYPE = "UNKNOWN"  # DESIGN §4: the manifest's default cancer type
 
 COLUMNS = TEXT_FIELDS + NUMERIC_FIELDS

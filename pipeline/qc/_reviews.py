@@ -16,11 +16,11 @@ disappears from a partial cohort leaves its recorded reviews in place.
 from __future__ import annotations
 
 import csv
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.io.outputs.publish import atomic_path
 from pipeline.qc._rules import VERDICT_ACCEPTABLE, VERDICT_UNACCEPTABLE, WSI_COMMENT, WSI_ID, WSI_UNACCEPTABLE
 
 PATCH_INDEX = "PatchIndex"
@@ -236,12 +236,10 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
 
 
 def write_csv_atomic(path: Path, columns: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
-    tmp = path.with_name("." + path.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(columns)
         w.writerows(rows)
-    os.replace(tmp, path)
 
 
 def load_patch_store(reviews_dir: Path) -> dict[PatchKey, PatchReview]:

@@ -1,0 +1,72 @@
+"""``python -m pipeline.qc DIR [--reviews sheet.csv ...] [--outer-percent 4] [--seed 0]``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from pipeline.qc._build import PATCH_MODES, REPORT, build_qc
+from pipeline.qc._patches import N_PATCHES
+from pipeline.qc._reviews import ReviewError
+from pipeline.qc._rules import DEFAULT_OUTER_PERCENT
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.qc",
+        description="Build DIR/qc/ (QC tables, outlier flags, review sheets, report.html) from a run's slides.",
+    )
+    parser.add_argument("dir", type=Path, help="the run's output folder (holds slides/<slide_id>/stats.json)")
+    parser.add_argument(
+        "--reviews",
+        type=Path,
+        nargs="+",
+        default=[],
+        metavar="CSV",
+        help="filled patch review sheets and/or WSI verdict CSVs (WSI-ID, SegmentationUnacceptableOrNot, "
+        "VisualAssessmentComment) to fold in",
+    )
+    parser.add_argument(
+        "--outer-percent",
+        type=float,
+        default=DEFAULT_OUTER_PERCENT,
+        help="per-tail percent of each cancer type selected for review (paper: 2, widened to 4)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random review patches")
+    parser.add_argument(
+        "--patches",
+        choices=PATCH_MODES,
+        default="all",
+        help="extract review patches for all ok slides, only the selected ones, or none",
+    )
+    parser.add_argument("--n-patches", type=int, default=N_PATCHES, help="patches per slide (paper: 15)")
+    parser.add_argument("--workers", type=int, default=1, help="slides whose patches are extracted at once")
+    parser.add_argument("--no-report", action="store_true", help="skip report.html")
+    args = parser.parse_args(argv)
+    if not (args.dir / "slides").is_dir():
+        parser.error(f"{args.dir} has no slides/ folder")
+    t0 = time.perf_counter()
+    try:
+        qc_dir = build_qc(
+            args.dir,
+            reviews=args.reviews,
+            outer_percent=args.outer_percent,
+            seed=args.seed,
+            patches=args.patches,
+            n_patches=args.n_patches,
+            workers=args.workers,
+            report=not args.no_report,
+        )
+    except ReviewError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    extra = f", {qc_dir / REPORT}" if not args.no_report else ""
+    print(f"QC written to {qc_dir}{extra} in {time.perf_counter() - t0:.2f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

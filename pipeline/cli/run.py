@@ -1,0 +1,294 @@
+"""Command line: ``python -m pipeline.run manifest.csv --out DIR``.
+
+Segments every nucleus in every slide of the manifest on a Dask cluster (a local one by
+default, or an existing ``dask-scheduler`` with ``--scheduler``), writes the outputs of
+DESIGN §5, builds the QC tables, prints a summary, and exits 0 only when every slide
+succeeded. Rerunning the same command skips slides that are already complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from pipeline import __version__
+from pipeline.cluster import connect
+from pipeline.config import CHOICES, Config, load_config
+from pipeline.graph import SlideOutcome, run_slides
+from pipeline.io.outputs.publish import atomic_write_json, read_published_stats, remove_stale_partials
+from pipeline.manifest import ManifestError, SlideEntry, read_manifest
+from pipeline.qc import build_qc
+from pipeline.runtime import ModelError, model_summary
+
+EXIT_OK, EXIT_SLIDES_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+PACKAGES = [
+    "numpy",
+    "scipy",
+    "scikit-image",
+    "dask",
+    "distributed",
+    "zarr",
+    "numcodecs",
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "tifffile",
+    "imagecodecs",
+    "pydicom",
+    "pyarrow",
+    "cucim-cu12",
+    "cucim-cu13",
+    "cupy-cuda12x",
+    "cupy-cuda13x",
+    "dask-cuda",
+]
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version(), "nuclei-pipeline": __version__}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+class RunRecord:
+    """run.json: config, versions, model, timings and per-slide status, rewritten atomically."""
+
+    def __init__(self, out_dir: Path, config: Config, manifest: Path, model: dict[str, Any]) -> None:
+        self.path = out_dir / "run.json"
+        self.started = time.time()
+        self.data: dict[str, Any] = {
+            "manifest": str(manifest),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started)),
+            "finished": None,
+            "status": "running",
+            "config": config.as_dict(),
+            "versions": package_versions(),
+            "model": model,
+            "host": platform.node(),
+            "slides": {},
+        }
+        self._last_write = 0.0
+
+    def slide(
+        self, slide_id: str, status: str, stats: dict[str, Any] | None, error: str | None, skipped: bool = False
+    ) -> None:
+        stats = stats or {}
+        self.data["slides"][slide_id] = {
+            "status": status,
+            "error": error,
+            "skipped_complete": skipped,
+            "n_nuclei": stats.get("n_nuclei"),
+            "tissue_mm2": stats.get("tissue_mm2"),
+            "seconds": stats.get("seconds"),
+        }
+
+    def write(self, force: bool = False) -> None:
+        if force or time.time() - self._last_write > 2.0:
+            self.data["elapsed_seconds"] = round(time.time() - self.started, 2)
+            atomic_write_json(self.path, self.data)
+            self._last_write = time.time()
+
+    def finish(self, status: str) -> None:
+        self.data["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        self.data["status"] = status
+        self.write(force=True)
+
+
+class ConsoleProgress:
+    """Progress bars over slides and tiles (tqdm, to stderr)."""
+
+    def __init__(self, n_slides: int, enabled: bool, record: RunRecord) -> None:
+        from tqdm import tqdm
+
+        self.record = record
+        self.slides = tqdm(total=n_slides, desc="slides", unit="slide", disable=not enabled, position=0)
+        self.tiles = tqdm(total=0, desc="tiles ", unit="tile", disable=not enabled, position=1)
+
+    def tiles_planned(self, n: int) -> None:
+        self.tiles.total = (self.tiles.total or 0) + n
+        self.tiles.refresh()
+
+    def tiles_done(self, n: int) -> None:
+        self.tiles.update(n)
+
+    def slide_done(self, outcome: SlideOutcome) -> None:
+        self.slides.update(1)
+        if outcome.status != "ok":
+            self.slides.write(f"FAILED {outcome.entry.slide_id}: {outcome.error}")
+        self.record.slide(outcome.entry.slide_id, outcome.status, outcome.stats, outcome.error)
+        self.record.write()
+
+    def close(self) -> None:
+        self.tiles.close()
+        self.slides.close()
+
+
+def summary_table(rows: list[dict[str, Any]], elapsed: float) -> str:
+    ok = [r for r in rows if r.get("status") == "ok"]
+    failed = [r for r in rows if r.get("status") != "ok"]
+    lines = [
+        f"{'slide':<34} {'status':<7} {'nuclei':>10} {'tissue mm²':>11} {'seconds':>8}",
+        "-" * 74,
+    ]
+    for r in rows:
+        nuclei = f"{r['n_nuclei']:,}" if r.get("n_nuclei") is not None else "-"
+        tissue = f"{r['tissue_mm2']:.2f}" if r.get("tissue_mm2") is not None else "-"
+        secs = f"{r['seconds']:.1f}" if r.get("seconds") is not None else "-"
+        lines.append(f"{r['slide_id'][:34]:<34} {r['status']:<7} {nuclei:>10} {tissue:>11} {secs:>8}")
+    lines.append("-" * 74)
+    total_nuclei = sum(r.get("n_nuclei") or 0 for r in ok)
+    total_tissue = sum(r.get("tissue_mm2") or 0 for r in ok)
+    lines.append(
+        f"{len(ok)} ok, {len(failed)} failed; {total_nuclei:,} nuclei over {total_tissue:.2f} mm² of tissue "
+        f"in {elapsed:.1f} s"
+    )
+    for r in failed:
+        lines.append(f"  failed {r['slide_id']}: {r.get('error')}")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m pipeline.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("manifest", type=Path, nargs="?", help="CSV with slide_path [, slide_id, cancer_type, mpp]")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: ./nuclei_out)")
+    p.add_argument(
+        "--example",
+        action="store_true",
+        help="run on the built-in example slide (CMU-1-Small-Region.svs, CC0; downloaded once)",
+    )
+    p.add_argument("--config", type=Path, help="YAML file with config values")
+    p.add_argument("--model", help="ONNX model (default: the shipped model)")
+    p.add_argument("--scheduler", help="address (tcp://host:8786) or scheduler file of a running dask-scheduler")
+    p.add_argument("--workers", type=int, dest="n_workers", help="local cluster: worker processes")
+    p.add_argument("--threads", type=int, dest="threads_per_worker", help="local cluster: threads per worker")
+    p.add_argument("--tile-px", type=int, help="tile core side at model resolution (multiple of 16)")
+    p.add_argument("--halo-px", type=int, help="tile halo at model resolution (default: derived from the model)")
+    p.add_argument("--stain", choices=CHOICES["stain"])
+    p.add_argument("--save-probabilities", action="store_true", default=None)
+    p.add_argument("--reader", choices=CHOICES["reader"])
+    p.add_argument("--max-attempts", type=int, help="worker deaths tolerated per slide before it is failed")
+    p.add_argument("--device", choices=CHOICES["device"], help="where stages after the read run")
+    p.add_argument("--runtime", choices=CHOICES["runtime"], help="inference runtime")
+    p.add_argument("--half", action="store_true", default=None, help="fp16 inference on the GPU")
+    p.add_argument("--retry-failed", action="store_true", help="reprocess slides whose earlier attempt failed")
+    p.add_argument("--no-qc", action="store_true", help="skip building the QC tables at the end")
+    p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+    return p.parse_args(argv)
+
+
+def split_done(
+    entries: list[SlideEntry], out_dir: Path, retry_failed: bool
+) -> tuple[list[SlideEntry], list[dict[str, Any]]]:
+    """Slides still to do, and the stats of those already published (skipped)."""
+    todo, done = [], []
+    for e in entries:
+        stats = read_published_stats(out_dir, e.slide_id)
+        if stats is not None and (stats.get("status") == "ok" or not retry_failed):
+            done.append(stats)
+        else:
+            remove_stale_partials(out_dir, e.slide_id)
+            todo.append(e)
+    return todo, done
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.example:
+        from pipeline.cli.example import example_manifest
+
+        out_dir = args.out or Path("example_out")
+        try:
+            manifest = example_manifest(out_dir)
+        except OSError as exc:
+            print(f"error: the example slide could not be fetched: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+    elif args.manifest is None:
+        print("error: give a manifest CSV (or --example)", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    else:
+        manifest = args.manifest
+        out_dir = args.out or Path("nuclei_out")
+    overrides = {
+        k: getattr(args, k, None)
+        for k in (
+            "model",
+            "scheduler",
+            "n_workers",
+            "threads_per_worker",
+            "stain",
+            "save_probabilities",
+            "reader",
+            "max_attempts",
+            "progress",
+            "device",
+            "runtime",
+            "half",
+        )
+    }
+    overrides["tile_px"], overrides["halo_px"] = args.tile_px, args.halo_px
+    try:
+        config = load_config(args.config, overrides)
+        entries = read_manifest(manifest)
+        model = model_summary(config.model or None)
+    except (ManifestError, ModelError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    out_dir.mkdir(parents=True, exist_ok=True)
+    todo, done = split_done(entries, out_dir, args.retry_failed)
+    record = RunRecord(out_dir, config, manifest, model)
+    for stats in done:
+        record.slide(stats["slide_id"], stats.get("status", "ok"), stats, stats.get("error"), skipped=True)
+    print(
+        f"{len(entries)} slides in {manifest}: {len(done)} already complete, {len(todo)} to process "
+        f"→ {out_dir.resolve()}",
+        file=sys.stderr,
+    )
+    record.write(force=True)
+    started = time.time()
+    outcomes: list[SlideOutcome] = []
+    if todo:
+        client = connect(config)
+        print(f"dask dashboard: {client.dashboard_link}", file=sys.stderr)
+        progress = ConsoleProgress(len(todo), config.progress, record)
+        try:
+            outcomes = run_slides(client, todo, out_dir, config, progress)
+        except KeyboardInterrupt:
+            record.finish("interrupted")
+            print("interrupted: rerun the same command to resume (finished slides are kept)", file=sys.stderr)
+            return EXIT_SLIDES_FAILED
+        finally:
+            progress.close()
+            client.close()
+    rows = done + [o.stats for o in outcomes]
+    any_failed = any(r.get("status") != "ok" for r in rows)
+    record.finish("failed slides" if any_failed else "ok")
+    if not args.no_qc:
+        build_qc_tables(out_dir)
+    order = {e.slide_id: i for i, e in enumerate(entries)}
+    rows.sort(key=lambda r: order.get(r["slide_id"], 0))
+    print(summary_table(rows, time.time() - started))
+    return EXIT_SLIDES_FAILED if any_failed else EXIT_OK
+
+
+def build_qc_tables(out_dir: Path) -> None:
+    """Cohort QC tables, review sheets and report (pipeline.qc) over everything in ``out_dir``."""
+    try:
+        qc_dir = build_qc(out_dir, workers=min(4, os.cpu_count() or 1))
+        print(f"QC tables and report: {qc_dir}", file=sys.stderr)
+    except Exception as exc:  # QC must never cost the run its results
+        print(f"warning: QC tables could not be built: {type(exc).__name__}: {exc}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,10 @@
+"""``python -m pipeline.train``: train the nucleus U-net (see :mod:`pipeline.training.train`)."""
+
+from __future__ import annotations
+
+import sys
+
+from pipeline.training.train import main
+
+if __name__ == "__main__":
+    sys.exit(main())

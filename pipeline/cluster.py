@@ -1,0 +1,139 @@
+"""Starting the Dask cluster a run uses: a running scheduler, or one started on this machine.
+
+:func:`connect` gives the run its client: to an existing ``dask-scheduler`` when one is
+configured; else a ``LocalCUDACluster`` (one worker per GPU) when GPUs and dask-cuda are
+present; else a local cluster of worker processes sized to this machine.
+
+One machine with GPUs: a ``dask_cuda.LocalCUDACluster`` sized for the nucleus pipeline.
+
+    from pipeline.cluster import local_cuda_cluster
+    cluster = local_cuda_cluster()            # None where dask-cuda or a GPU is missing
+    client = distributed.Client(cluster)
+
+One worker process per visible GPU (dask-cuda pins each to its GPU through
+``CUDA_VISIBLE_DEVICES``, so inside a worker the GPU is always device 0: pass ``device_id=0`` to
+the model), an RMM memory pool per GPU that cupy and torch both allocate from (no fragmentation
+from thousands of tile-sized buffers, no two allocators fighting over one device), and host
+threads per worker for the work that stays on the CPU (slide decoding, polygon tracing, Parquet
+and Zarr writes) while the GPU runs the next tile. The workers advertise ``GPU=1`` so the
+pipeline's tile tasks go to them (``GPU_RESOURCE``). ``pipeline.run`` starts this cluster by
+itself when GPUs are visible; it only says how to start things, no pipeline logic.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from pipeline.config import Config
+
+GPU_RESOURCE = "GPU"  # the worker resource pipeline.graph sends tile tasks to
+# Share of each GPU's memory taken up front by the RMM pool. Half leaves room for the CUDA
+# context, cuDNN workspaces and TensorRT engines; a 2048-px tile needs ~0.5 GiB all stages together.
+RMM_POOL_SHARE = 0.5
+# Libraries whose device allocations go through the RMM pool (dask-cuda ≥ 24.12).
+RMM_LIBRARIES = ["cupy", "torch"]
+
+
+def visible_gpu_count() -> int:
+    """GPUs this process may use (NVML through pynvml, which dask-cuda needs anyway; else cupy)."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            count = int(pynvml.nvmlDeviceGetCount())
+        finally:
+            pynvml.nvmlShutdown()
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if visible is not None:
+            count = min(count, len([d for d in visible.split(",") if d.strip()]))
+        return count
+    except Exception:
+        pass
+    try:
+        import cupy
+
+        return int(cupy.cuda.runtime.getDeviceCount())
+    except Exception:
+        return 0
+
+
+def cuda_cluster_options(
+    n_gpus: int,
+    cpu_cores: int,
+    rmm_pool_share: float = RMM_POOL_SHARE,
+    threads_per_worker: int | None = None,
+    rmm_libraries: bool = True,
+) -> dict[str, Any]:
+    """Keyword arguments for ``LocalCUDACluster``: one worker per GPU, the host cores shared
+    among them (at least 2 threads each: one feeds the GPU while the other decodes or writes)."""
+    if n_gpus < 1:
+        raise ValueError("a CUDA cluster needs at least one GPU")
+    if not 0 < rmm_pool_share <= 1:
+        raise ValueError(f"rmm_pool_share is a share of each GPU's memory in (0, 1], got {rmm_pool_share}")
+    threads = threads_per_worker or max(2, cpu_cores // n_gpus)
+    options: dict[str, Any] = {
+        "n_workers": n_gpus,
+        "threads_per_worker": threads,
+        "rmm_pool_size": rmm_pool_share,
+        "resources": {GPU_RESOURCE: 1},
+        "memory_limit": "auto",
+    }
+    if rmm_libraries:
+        options["rmm_allocator_external_lib_list"] = list(RMM_LIBRARIES)
+    return options
+
+
+def local_cuda_cluster(
+    rmm_pool_share: float = RMM_POOL_SHARE, threads_per_worker: int | None = None, **kwargs: Any
+) -> Any | None:
+    """A started ``LocalCUDACluster``, or None when dask-cuda is not installed or no GPU is
+    visible (the caller then starts its CPU cluster). ``kwargs`` go to ``LocalCUDACluster``."""
+    try:
+        import dask_cuda
+    except ImportError:
+        return None
+    n_gpus = visible_gpu_count()
+    if n_gpus == 0:
+        return None
+    import inspect
+
+    supports_libs = "rmm_allocator_external_lib_list" in inspect.signature(dask_cuda.LocalCUDACluster).parameters
+    options = cuda_cluster_options(
+        n_gpus, os.cpu_count() or 1, rmm_pool_share, threads_per_worker, rmm_libraries=supports_libs
+    )
+    options.update(kwargs)
+    return dask_cuda.LocalCUDACluster(**options)
+
+
+def connect(config: Config) -> Any:
+    """A distributed Client: to ``config.scheduler`` (address or scheduler file) when given;
+    else a ``LocalCUDACluster`` (one worker per GPU) when GPUs and dask-cuda are present;
+    else a local cluster of worker processes sized to this machine."""
+    import dask
+    from distributed import Client, LocalCluster
+
+    dask.config.set({"distributed.scheduler.allowed-failures": max(0, config.max_attempts - 1)})
+    if config.scheduler:
+        if os.path.exists(config.scheduler):
+            return Client(scheduler_file=config.scheduler)
+        return Client(config.scheduler)
+    cuda = local_cuda_cluster(
+        rmm_pool_share=float(os.environ.get("NUCLEI_RMM_POOL", RMM_POOL_SHARE)),
+        threads_per_worker=config.threads_per_worker or None,
+        dashboard_address=":8787",
+    )
+    if cuda is not None:
+        return Client(cuda)
+    cores = os.cpu_count() or 1
+    workers = config.n_workers or max(1, cores // 4)
+    threads = config.threads_per_worker or max(1, cores // workers)
+    cluster = LocalCluster(
+        n_workers=workers,
+        threads_per_worker=threads,
+        processes=True,
+        memory_limit=config.memory_limit,
+        dashboard_address=":8787",
+    )
+    return Client(cluster)

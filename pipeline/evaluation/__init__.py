@@ -1,0 +1,3 @@
+"""Scoring segmentations against ground truth: the paper's metrics (``metrics``, pure array
+functions) and the per-image / per-patch scoring behind ``python -m pipeline.evaluate``
+(``scoring``). Beside the runtime, never on its import path."""

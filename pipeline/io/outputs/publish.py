@@ -1,0 +1,143 @@
+"""Atomic publication: every file and folder of a run appears under its final name only when
+complete. This module is the one place that writes through a temporary name and a rename.
+
+A slide is written under ``slides/.<slide_id>.<token>.partial/`` and renamed to
+``slides/<slide_id>/`` only when every file is complete, so no half-written output is ever
+visible under its final name; readers and reruns ignore names that start with a dot.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.io.outputs.stats import STATS_FILE
+
+PARTIAL_SUFFIX = ".partial"
+
+# ------------------------------------------------------------------ atomic files ----
+
+
+@contextmanager
+def atomic_path(path: Path, durable: bool = True) -> Iterator[Path]:
+    """A temporary sibling of ``path`` to write to; renamed onto ``path`` when the block ends
+    without an exception, removed when it raises. ``durable`` flushes the file to disk before
+    the rename (scratch files that a crash discards anyway skip that).
+
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> with atomic_path(folder / "table.csv") as tmp:
+    ...     _ = tmp.write_text("a,b\\n")
+    ...     (folder / "table.csv").exists()
+    False
+    >>> sorted(p.name for p in folder.iterdir())
+    ['table.csv']
+    """
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        yield tmp
+        if durable and tmp.is_file():
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: Path, data: bytes, durable: bool = True) -> None:
+    """Write ``data`` to ``path`` through a temporary sibling and a rename (see :func:`atomic_path`)."""
+    with atomic_path(path, durable) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(path: Path, text: str, durable: bool = True) -> None:
+    with atomic_path(path, durable) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n").encode())
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+# ------------------------------------------------------------- slide folders ----
+
+
+def slides_dir(out_dir: Path) -> Path:
+    return out_dir / "slides"
+
+
+def final_slide_dir(out_dir: Path, slide_id: str) -> Path:
+    return slides_dir(out_dir) / slide_id
+
+
+def new_partial_dir(out_dir: Path, slide_id: str) -> Path:
+    """A fresh, uniquely named working folder for one attempt at a slide."""
+    path = slides_dir(out_dir) / f".{slide_id}.{uuid.uuid4().hex[:12]}{PARTIAL_SUFFIX}"
+    path.mkdir(parents=True)
+    return path
+
+
+def remove_stale_partials(out_dir: Path, slide_id: str) -> int:
+    """Delete working folders left by an interrupted attempt at ``slide_id``."""
+    removed = 0
+    root = slides_dir(out_dir)
+    if not root.exists():
+        return 0
+    for p in root.glob(f".{slide_id}.*{PARTIAL_SUFFIX}"):
+        shutil.rmtree(p, ignore_errors=True)
+        removed += 1
+    return removed
+
+
+def read_published_stats(out_dir: Path, slide_id: str) -> dict[str, Any] | None:
+    """The stats.json of a published slide folder, or None when there is none."""
+    path = final_slide_dir(out_dir, slide_id) / STATS_FILE
+    if not path.exists():
+        return None
+    try:
+        return dict(json.loads(path.read_text()))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def publish_slide(partial: Path, final: Path) -> None:
+    """Make a complete slide folder visible under its final name (one rename).
+
+    An existing final folder (an earlier failure being retried) is moved aside first and
+    deleted after the new one is in place.
+    """
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.old")
+        os.replace(final, old)
+    os.replace(partial, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def publish_failure(out_dir: Path, slide_id: str, stats: dict[str, Any]) -> None:
+    """Publish a folder holding only the failed slide's stats.json (status + reason)."""
+    partial = new_partial_dir(out_dir, slide_id)
+    atomic_write_json(partial / STATS_FILE, stats)
+    publish_slide(partial, final_slide_dir(out_dir, slide_id))
+    remove_stale_partials(out_dir, slide_id)

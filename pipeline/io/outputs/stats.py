@@ -1,0 +1,97 @@
+"""``stats.json``: one schema for every slide of a run, finished or failed (DESIGN §5).
+
+The pipeline writes it (``pipeline.slide.reduce`` for a finished slide, ``pipeline.graph`` for a
+failed one), the QC reads it (``pipeline.qc``), and the generated cohorts of the tests and
+benchmarks (``pipeline.testing``) build it, all from :class:`SlideStats`, so the three cannot
+drift apart. A failed slide carries the same keys, with null where nothing was measured.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+STATS_FILE = "stats.json"
+# The paper reports nucleus areas in pixels at 40x, i.e. at 0.25 µm/px (DESIGN §2).
+MPP_40X = 0.25
+
+
+@dataclass(frozen=True)
+class SlideStats:
+    """The contents of one slide's stats.json, in the order they are written."""
+
+    slide_id: str
+    cancer_type: str
+    slide_path: str
+    status: str  # ok | failed
+    error: str | None = None
+    reader: str | None = None
+    width: int | None = None
+    height: int | None = None
+    mpp: float | None = None
+    mpp_source: str | None = None  # manifest | slide | default
+    tissue_mm2: float | None = None
+    n_nuclei: int | None = None
+    area_mean_um2: float | None = None
+    area_std_um2: float | None = None
+    area_mean_px40x: float | None = None
+    area_std_px40x: float | None = None
+    nuclei_per_mm2: float | None = None
+    n_tiles: int | None = None
+    seconds: float | None = None
+    stage_seconds: dict[str, float] | None = None
+    model_sha256: str | None = None
+    tile_core_px: int | None = None
+    tile_halo_px: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# Fields by kind, for readers of many stats.json files (the QC's cohort table).
+STATS_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(SlideStats))
+NUMERIC_FIELDS: tuple[str, ...] = tuple(
+    f.name for f in dataclasses.fields(SlideStats) if f.type in ("int | None", "float | None")
+)
+TEXT_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(SlideStats) if f.type in ("str", "str | None"))
+
+
+def nucleus_size_stats(areas_um2: np.ndarray, tissue_mm2: float) -> dict[str, Any]:
+    """Count, mean and standard deviation of nucleus areas (µm² and 40x px) and density.
+
+    >>> s = nucleus_size_stats(np.array([20.0, 30.0]), tissue_mm2=0.5)
+    >>> s["n_nuclei"], s["area_mean_um2"], s["area_mean_px40x"], s["nuclei_per_mm2"]
+    (2, 25.0, 400.0, 4.0)
+    """
+    n = int(areas_um2.size)
+    mean = float(areas_um2.mean()) if n else None
+    std = float(areas_um2.std()) if n else None
+    px40 = MPP_40X**2
+    return {
+        "n_nuclei": n,
+        "area_mean_um2": mean,
+        "area_std_um2": std,
+        "area_mean_px40x": mean / px40 if mean is not None else None,
+        "area_std_px40x": std / px40 if std is not None else None,
+        "nuclei_per_mm2": n / tissue_mm2 if tissue_mm2 > 0 else None,
+    }
+
+
+def failure_stats(slide_id: str, cancer_type: str, slide_path: str, error: str, seconds: float = 0.0) -> dict[str, Any]:
+    """stats.json of a slide that could not be processed: the same keys, null where nothing was measured.
+
+    >>> s = failure_stats("S1", "BRCA", "S1.svs", "S1.svs: unreadable")
+    >>> s["status"], s["n_nuclei"], list(s) == list(STATS_FIELDS)
+    ('failed', None, True)
+    """
+    return SlideStats(
+        slide_id=slide_id,
+        cancer_type=cancer_type,
+        slide_path=slide_path,
+        status="failed",
+        error=error,
+        seconds=round(seconds, 3),
+    ).as_dict()

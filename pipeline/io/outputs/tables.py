@@ -1,0 +1,61 @@
+"""A slide's nucleus tables: one row per nucleus, written in every registered format.
+
+Each format is one module with a writer class (``open`` on a folder, ``write`` a table of
+nuclei, ``close``) and one line in :data:`NUCLEUS_TABLE_FORMATS`; :func:`write_nucleus_tables`
+streams the tiles' tables through all of them at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import pyarrow as pa
+
+from pipeline.io.outputs.csv import PaperCsvWriter
+from pipeline.io.outputs.geojson import QuPathGeoJsonWriter
+from pipeline.io.outputs.parquet import ParquetWriter
+from pipeline.io.outputs.schema import NUCLEI_SCHEMA
+
+
+class NucleusTableWriter(Protocol):
+    def __init__(self, folder: Path) -> None: ...
+
+    def write(self, table: pa.Table, columns: dict[str, list[Any]]) -> None:
+        """Append ``table`` (rows in :data:`NUCLEI_SCHEMA`; ``columns`` is its ``to_pydict()``)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+# Format name → writer; every one is written unless the run leaves it out (``write_geojson``).
+NUCLEUS_TABLE_FORMATS: dict[str, type[NucleusTableWriter]] = {
+    "parquet": ParquetWriter,
+    "csv": PaperCsvWriter,
+    "geojson": QuPathGeoJsonWriter,
+}
+
+
+def write_nucleus_tables(
+    tables: Iterator[pa.Table], folder: Path, formats: Iterable[str] = tuple(NUCLEUS_TABLE_FORMATS)
+) -> int:
+    """Stream per-tile nucleus tables into ``folder`` in each of ``formats``. Returns the
+    number of nuclei written."""
+    writers: list[NucleusTableWriter] = []
+    n = 0
+    try:
+        for name in formats:
+            writers.append(NUCLEUS_TABLE_FORMATS[name](folder))
+        for table in tables:
+            if table.num_rows == 0:
+                continue
+            table = table.cast(NUCLEI_SCHEMA)
+            columns = table.to_pydict()
+            for writer in writers:
+                writer.write(table, columns)
+            n += table.num_rows
+    finally:
+        for writer in writers:
+            writer.close()
+    return n

@@ -1,0 +1,113 @@
+"""Whole-slide image readers: the only package that opens slide files.
+
+``open_slide(path)`` reads the file's signature (its first bytes, and a TIFF's tags) *before*
+any decoder touches it, and opens it with the first registered reader that claims it:
+
+* ``cucim``: cuCIM's ``CuImage`` for tiled TIFF/SVS whose compression it decodes safely;
+* ``tifffile``: every other TIFF (Deflate/LZW/uncompressed tiles, plain TIFFs);
+* ``dicom``: DICOM VL Whole Slide Microscopy images;
+* ``image``: PNG/JPEG images, read as one-level slides.
+
+A reader is one module (a ``Slide`` class and a ``READER`` saying which files it claims) plus
+one line in :data:`READERS`; vendor metadata is parsed in :mod:`pipeline.io.readers.metadata`.
+Microns per pixel come from that metadata or are ``None`` (the caller then uses the manifest's
+value, or the default with a warning).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.io.readers import cucim, dicom, image, tiff
+from pipeline.io.readers.base import (
+    GLASS,
+    FileSignature,
+    Reader,
+    Slide,
+    SlideError,
+    low_resolution_view,
+    mirrored_index,
+    read_mirrored,
+)
+from pipeline.io.readers.image import ArraySlide
+
+# Name → reader, in order of preference: the first that claims a file opens it.
+READERS: dict[str, Reader] = {
+    "cucim": cucim.READER,
+    "tifffile": tiff.READER,
+    "dicom": dicom.READER,
+    "image": image.READER,
+}
+READER_CHOICES: tuple[str, ...] = ("auto", *READERS)
+
+__all__ = [
+    "GLASS",
+    "READERS",
+    "READER_CHOICES",
+    "ArraySlide",
+    "FileSignature",
+    "Slide",
+    "SlideError",
+    "choose_reader",
+    "file_signature",
+    "low_resolution_view",
+    "mirrored_index",
+    "open_slide",
+    "read_mirrored",
+]
+
+
+def file_signature(path: Path) -> FileSignature:
+    """The file's container from its first bytes (tiff, dicom, png, jpeg or unknown) and, for a
+    TIFF, its levels' compression codes; a TIFF whose tags cannot be read is a SlideError."""
+    with open(path, "rb") as f:
+        head = f.read(132)
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        try:
+            return FileSignature("tiff", tiff.tiff_compressions(path))
+        except Exception as exc:
+            raise SlideError(f"truncated or corrupt TIFF (its tags cannot be read: {exc})") from exc
+    if head[128:132] == b"DICM":
+        return FileSignature("dicom")
+    if head[:8] == b"\x89PNG\r\n\x1a\n":
+        return FileSignature("png")
+    if head[:3] == b"\xff\xd8\xff":
+        return FileSignature("jpeg")
+    return FileSignature("unknown")
+
+
+def choose_reader(path: Path, preference: str = "auto") -> str:
+    """Name of the reader for ``path`` (a key of :data:`READERS`).
+
+    ``preference`` 'auto' picks the first reader that claims the file; any other value forces
+    that reader (for experts and tests).
+    """
+    if not path.exists():
+        raise SlideError(f"file not found: {path}")
+    if path.stat().st_size == 0:
+        raise SlideError(f"empty file: {path}")
+    if preference != "auto":
+        return preference
+    signature = file_signature(path)
+    for name, reader in READERS.items():
+        if reader.claims(signature):
+            return name
+    raise SlideError("unsupported file format (not TIFF/SVS, DICOM, PNG or JPEG)")
+
+
+def open_slide(path: str | Path, reader: str = "auto") -> Slide:
+    """Open a slide with the reader its own tags call for; raises SlideError with the reason."""
+    p = Path(path)
+    name = choose_reader(p, reader)
+    if name not in READERS:
+        raise SlideError(f"unknown reader {name!r}")
+    try:
+        slide = READERS[name].open(p)
+    except SlideError:
+        raise
+    except Exception as exc:
+        raise SlideError(f"{name} could not open the file: {type(exc).__name__}: {exc}") from exc
+    if slide.level_dimensions[0][0] < 1 or slide.level_dimensions[0][1] < 1:
+        slide.close()
+        raise SlideError("slide has no pixels")
+    return slide

@@ -1,0 +1,129 @@
+"""ONNX Runtime backend: CPU, CUDA and TensorRT execution providers, with I/O binding so that
+device arrays (cupy, torch) are read and written in place."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+PROVIDER_ORDER = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def available_providers() -> list[str]:
+    """ONNX Runtime execution providers to use, best first (TensorRT, CUDA, then CPU)."""
+    import onnxruntime as ort
+
+    present = set(ort.get_available_providers())
+    return [p for p in PROVIDER_ORDER if p in present]
+
+
+def provider_options(
+    providers: list[str], device_id: int = 0, trt_cache_dir: str | None = None, half: bool = False
+) -> list[tuple[str, dict[str, Any]]]:
+    """ONNX Runtime providers with their options: the device, and for TensorRT an engine cache
+    (building an engine takes minutes; the cache makes it once per node and model) and fp16."""
+    out: list[tuple[str, dict[str, Any]]] = []
+    for name in providers:
+        opts: dict[str, Any] = {}
+        if name == "TensorrtExecutionProvider":
+            opts = {"device_id": device_id, "trt_fp16_enable": half}
+            if trt_cache_dir:
+                Path(trt_cache_dir).mkdir(parents=True, exist_ok=True)
+                opts.update(
+                    trt_engine_cache_enable=True,
+                    trt_engine_cache_path=str(trt_cache_dir),
+                    trt_timing_cache_enable=True,
+                    trt_timing_cache_path=str(trt_cache_dir),
+                )
+        elif name == "CUDAExecutionProvider":
+            opts = {"device_id": device_id}
+        out.append((name, opts))
+    return out
+
+
+def bound_run(session: Any, images: Any, device_id: int = 0) -> Any:
+    """One ONNX Runtime run with I/O binding: the input is read from, and the output written to,
+    memory that the caller's array library owns (cupy or torch on the GPU: no host round trip;
+    numpy or CPU torch on the host)."""
+    module = type(images).__module__.split(".")[0]
+    n, _, h, w = (int(v) for v in images.shape)
+    if module == "cupy":
+        import cupy
+
+        x = cupy.ascontiguousarray(images, dtype=cupy.float32)
+        out = cupy.empty((n, 2, h, w), dtype=cupy.float32)
+        where, x_ptr, out_ptr = "cuda", x.data.ptr, out.data.ptr
+    elif module == "torch":
+        import torch
+
+        x = images.to(torch.float32).contiguous()
+        out = torch.empty((n, 2, h, w), dtype=torch.float32, device=x.device)
+        where = "cuda" if x.is_cuda else "cpu"
+        device_id = (x.device.index or 0) if x.is_cuda else 0
+        x_ptr, out_ptr = x.data_ptr(), out.data_ptr()
+    else:
+        x = np.ascontiguousarray(images, dtype=np.float32)
+        out = np.empty((n, 2, h, w), dtype=np.float32)
+        where, device_id, x_ptr, out_ptr = "cpu", 0, x.ctypes.data, out.ctypes.data
+    binding = session.io_binding()
+    binding.bind_input("image", where, device_id, np.float32, list(x.shape), x_ptr)
+    binding.bind_output("prob", where, device_id, np.float32, [n, 2, h, w], out_ptr)
+    session.run_with_iobinding(binding)
+    return out
+
+
+class OnnxRuntimeBackend:
+    """An ``onnxruntime.InferenceSession`` on the best providers present (or those given)."""
+
+    def __init__(
+        self,
+        path: Path,
+        intra_op_threads: int = 1,
+        device_id: int = 0,
+        half: bool = False,
+        trt_cache_dir: str | None = None,
+        providers: list[str] | None = None,
+    ) -> None:
+        import onnxruntime as ort
+
+        from pipeline.runtime.session import ModelError
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = max(1, intra_op_threads)
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.device_id = device_id
+        try:
+            self.session = ort.InferenceSession(
+                str(path),
+                sess_options=options,
+                providers=provider_options(providers or available_providers(), device_id, trt_cache_dir, half),
+            )
+        except Exception as exc:
+            raise ModelError(f"{path}: ONNX Runtime cannot load the model: {exc}") from exc
+        self.inputs = [i.name for i in self.session.get_inputs()]
+        self.outputs = [o.name for o in self.session.get_outputs()]
+        self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
+
+    @staticmethod
+    def sees_gpu() -> bool:
+        """onnxruntime-gpu is installed and offers the CUDA provider."""
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            return False
+        return "CUDAExecutionProvider" in ort.get_available_providers()
+
+    @property
+    def device(self) -> str:
+        gpu = {"TensorrtExecutionProvider", "CUDAExecutionProvider"} & set(self.session.get_providers())
+        return f"cuda:{self.device_id}" if gpu else "cpu"
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        out = self.session.run(["prob"], {"image": np.ascontiguousarray(images, dtype=np.float32)})
+        return np.asarray(out[0])
+
+    def predict_device(self, images: Any) -> Any:
+        return bound_run(self.session, images, self.device_id)

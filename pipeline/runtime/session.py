@@ -1,0 +1,228 @@
+"""The ONNX model as the pipeline sees it: one inference session per worker process.
+
+The model contract (DESIGN §6): input ``image`` float32 N×3×H×W, RGB in [0, 1] after stain
+normalisation, H and W multiples of 16; output ``prob`` float32 N×2×H×W (sigmoid applied;
+channel 0 = nucleus centre, channel 1 = nuclear material); metadata_props carry ``mpp``,
+``version``, ``training_data`` and the post-processing thresholds.
+
+:class:`NucleusModel` is the one interface; the runtime behind it is a backend registered in
+:data:`BACKENDS` (one module each: ``onnxruntime_backend``, ``torch_backend``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import threading
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from pipeline.kernels.nuclei import NucleusThresholds
+from pipeline.runtime.onnxruntime_backend import OnnxRuntimeBackend
+from pipeline.runtime.torch_backend import TorchBackend
+
+SHIPPED_MODEL = Path(__file__).parent / "weights" / "nuclei_unet.onnx"
+INPUT_MULTIPLE = 16  # four 2× poolings
+# Context margin assumed when a model does not state `context_px` in its metadata: about half
+# the paper's 100 px inference-window overlap, enough for a 4-level U-net's effective field.
+DEFAULT_CONTEXT_PX = 64
+
+
+class ModelError(Exception):
+    """The model file is missing or does not meet the contract."""
+
+
+class Backend(Protocol):
+    """What a runtime gives the facade (numpy in and out; device arrays stay on their device)."""
+
+    inputs: list[str]
+    outputs: list[str]
+    metadata: dict[str, str]
+
+    def __init__(
+        self,
+        path: Path,
+        intra_op_threads: int = 1,
+        device_id: int = 0,
+        half: bool = False,
+        trt_cache_dir: str | None = None,
+        providers: list[str] | None = None,
+    ) -> None: ...
+
+    @staticmethod
+    def sees_gpu() -> bool: ...
+
+    @property
+    def device(self) -> str: ...
+
+    def predict(self, images: np.ndarray) -> np.ndarray: ...
+
+    def predict_device(self, images: Any) -> Any: ...
+
+
+# Runtime name → backend, in order of preference on a GPU node ('auto' takes the first that
+# sees a GPU, else the first: onnxruntime on the CPU).
+BACKENDS: dict[str, type[Backend]] = {
+    "onnxruntime": OnnxRuntimeBackend,
+    "torch": TorchBackend,
+}
+RUNTIME_CHOICES: tuple[str, ...] = ("auto", *BACKENDS)
+
+
+def resolve_model_path(model: str | Path | None) -> Path:
+    """The configured model, or the one shipped in the package."""
+    path = Path(model) if model else SHIPPED_MODEL
+    if not path.exists():
+        if not model:
+            raise ModelError(f"the shipped model is missing ({path}); reinstall the package or pass --model FILE.onnx")
+        raise ModelError(f"model file not found: {path}")
+    return path
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _nvidia_device_node() -> bool:
+    """A cheap hint that a CUDA device may be present, so CPU-only nodes never import torch."""
+    return (
+        Path("/dev/nvidiactl").exists()
+        or Path("/proc/driver/nvidia/version").exists()
+        or shutil.which("nvidia-smi") is not None
+    )
+
+
+def choose_runtime(runtime: str = "auto") -> str:
+    """Which runtime ``runtime`` means on this node: 'auto' = the first backend of
+    :data:`BACKENDS` that sees a GPU (onnxruntime when its CUDA provider is installed, TensorRT
+    first where present; else torch, for nodes whose CUDA has no onnxruntime-gpu build), else
+    onnxruntime on the CPU."""
+    if runtime not in RUNTIME_CHOICES:
+        raise ModelError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIME_CHOICES)}")
+    if runtime != "auto":
+        return runtime
+    if _nvidia_device_node():
+        for name, backend in BACKENDS.items():
+            if backend.sees_gpu():
+                return name
+    return next(iter(BACKENDS))
+
+
+@dataclass
+class NucleusModel:
+    """The contract model behind one interface, on any registered backend.
+
+    ``predict`` is numpy in, numpy out on every runtime; ``predict_device`` keeps device arrays
+    (cupy, torch) on the device: I/O binding on ONNX Runtime, DLPack on torch.
+    """
+
+    path: Path
+    intra_op_threads: int = 1
+    providers: list[str] = field(default_factory=list)  # ONNX Runtime providers; empty = the best present
+    runtime: str = "auto"  # a key of BACKENDS, or 'auto' (see choose_runtime)
+    device_id: int = 0  # the GPU of this worker (dask-cuda gives each worker one)
+    half: bool = False  # float16 compute on a GPU (TensorRT fp16, or torch half)
+    trt_cache_dir: str | None = None  # TensorRT engine cache; None = no cache
+
+    def __post_init__(self) -> None:
+        self.runtime = choose_runtime(self.runtime)
+        self.backend: Backend = BACKENDS[self.runtime](
+            self.path,
+            intra_op_threads=self.intra_op_threads,
+            device_id=self.device_id,
+            half=self.half,
+            trt_cache_dir=self.trt_cache_dir,
+            providers=self.providers or None,
+        )
+        if "image" not in self.backend.inputs or "prob" not in self.backend.outputs:
+            raise ModelError(
+                f"{self.path}: model must have input 'image' and output 'prob' "
+                f"(has inputs {sorted(self.backend.inputs)}, outputs {sorted(self.backend.outputs)})"
+            )
+        self.metadata: dict[str, str] = self.backend.metadata
+        if "mpp" not in self.metadata:
+            raise ModelError(f"{self.path}: model metadata lacks 'mpp' (the resolution it was trained at)")
+
+    @property
+    def device(self) -> str:
+        """Where inference runs: 'cpu' or 'cuda:<id>'."""
+        return self.backend.device
+
+    @property
+    def mpp(self) -> float:
+        return float(self.metadata["mpp"])
+
+    @property
+    def context_px(self) -> int:
+        """Input margin (px at model resolution) that influences an output pixel measurably."""
+        return int(float(self.metadata.get("context_px", DEFAULT_CONTEXT_PX)))
+
+    @property
+    def thresholds(self) -> NucleusThresholds:
+        return NucleusThresholds.from_metadata(self.metadata)
+
+    @cached_property
+    def sha256(self) -> str:
+        return file_sha256(self.path)
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """float32 N×3×H×W in [0, 1] → float32 N×2×H×W probabilities."""
+        check_input_shape(images.shape)
+        return self.backend.predict(images)
+
+    def predict_device(self, images: Any) -> Any:
+        """Like :meth:`predict` for arrays that should not leave their device: cupy or torch in,
+        the same library's float32 N×2×H×W out, on the same device (numpy works too)."""
+        check_input_shape(tuple(images.shape))
+        return self.backend.predict_device(images)
+
+
+def check_input_shape(shape: tuple[int, ...]) -> None:
+    if len(shape) != 4 or shape[1] != 3:
+        raise ValueError(f"expected N×3×H×W images, got {shape}")
+    if shape[2] % INPUT_MULTIPLE or shape[3] % INPUT_MULTIPLE:
+        raise ValueError(f"H and W must be multiples of {INPUT_MULTIPLE}, got {shape[2:]}")
+
+
+_MODELS: dict[tuple[Any, ...], NucleusModel] = {}
+_LOCK = threading.Lock()
+
+
+def load_model(
+    path: str | Path | None,
+    intra_op_threads: int = 1,
+    runtime: str = "auto",
+    device_id: int = 0,
+    half: bool = False,
+    trt_cache_dir: str | None = None,
+) -> NucleusModel:
+    """The process-wide session for ``path`` (created once per worker process, then reused)."""
+    resolved = resolve_model_path(path)
+    key = (str(resolved.resolve()), intra_op_threads, runtime, device_id, half, trt_cache_dir)
+    with _LOCK:
+        model = _MODELS.get(key)
+        if model is None:
+            model = NucleusModel(
+                resolved,
+                intra_op_threads=intra_op_threads,
+                runtime=runtime,
+                device_id=device_id,
+                half=half,
+                trt_cache_dir=trt_cache_dir,
+            )
+            _MODELS[key] = model
+    return model
+
+
+def model_summary(path: str | Path | None) -> dict[str, Any]:
+    """What run.json records about the model, without building a session."""
+    resolved = resolve_model_path(path)
+    return {"path": str(resolved), "sha256": file_sha256(resolved)}

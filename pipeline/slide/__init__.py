@@ -1,0 +1,34 @@
+"""The work done for one slide, as plain functions that Dask runs on workers, one module per stage.
+
+``plan`` (open, tissue mask, stain statistics, tile grid) → ``segment`` (read, normalise, infer,
+watershed, keep the nuclei whose centroid lies in the core) for batches of tiles → ``assemble``
+(label-map chunks from each core's own and neighbouring tiles) → ``reduce`` (nucleus tables,
+statistics, publication). Each function reads and writes only the slide's working folder; none
+holds more than a few tiles in memory, whatever the slide's size. ``inline`` runs the same
+stages in one process (``pipeline.predict``, small slides).
+"""
+
+from pipeline.slide.assemble import assemble_labels, chunks_to_assemble, label_offsets
+from pipeline.slide.inline import finish_inline, process_slide_inline, start_slide
+from pipeline.slide.plan import SlidePlan, Tile, TileSummary, bands, batches, model_for, plan_slide
+from pipeline.slide.reduce import reduce_slide
+from pipeline.slide.segment import segment_tiles, segment_window
+
+__all__ = [
+    "SlidePlan",
+    "Tile",
+    "TileSummary",
+    "assemble_labels",
+    "bands",
+    "batches",
+    "chunks_to_assemble",
+    "finish_inline",
+    "label_offsets",
+    "model_for",
+    "plan_slide",
+    "process_slide_inline",
+    "reduce_slide",
+    "segment_tiles",
+    "segment_window",
+    "start_slide",
+]

@@ -1,0 +1,227 @@
+"""Segmenting tiles: read each tile's window (core + halo), normalise its stain with the
+slide's statistics, infer, separate touching nuclei with the watershed, and keep the nuclei
+whose centroid lies in the tile's core (seam-free). Each tile's owned nuclei (a small table and
+a level-0 label window with local ids) go to the slide's working folder.
+
+With ``device`` on the GPU every stage after the file read stays there (one dispatch point:
+the kernels take numpy or cupy arrays alike).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.config import Config
+from pipeline.io.outputs.maps import open_maps
+from pipeline.io.outputs.publish import atomic_write_bytes
+from pipeline.io.outputs.schema import NUCLEI_SCHEMA
+from pipeline.io.readers import Slide, open_slide, read_mirrored
+from pipeline.kernels.dispatch import array_module, gpu_available, to_host
+from pipeline.kernels.features import nucleus_moments, nucleus_outlines, polygon_perimeter
+from pipeline.kernels.nuclei import NucleusThresholds, instances_from_probabilities, remove_small_labels
+from pipeline.kernels.stain import MacenkoStains, StainStats, haematoxylin, macenko_normalise, reinhard_normalise
+from pipeline.runtime import NucleusModel
+from pipeline.slide.plan import SlidePlan, Tile, TileSummary, model_for, tile_file
+from pipeline.tiling import TileGrid
+
+
+def use_device(config: Config) -> bool:
+    """Whether the stages after the file read run on the GPU."""
+    if config.device == "cpu":
+        return False
+    if config.device == "gpu" and not gpu_available():
+        raise RuntimeError("device=gpu was requested but no CUDA device is visible to this worker")
+    return gpu_available()
+
+
+def resample_to_model(window: np.ndarray, grid: TileGrid) -> np.ndarray:
+    """A level-0 read window resampled to the model's resolution (bilinear, pixel areas aligned)."""
+    side = grid.model_side
+    if window.shape[0] == side and window.shape[1] == side:
+        return window
+    import scipy.ndimage as ndi
+
+    zoom = (side / window.shape[0], side / window.shape[1], 1)
+    return np.asarray(ndi.zoom(window, zoom, order=1, grid_mode=True, mode="nearest"))
+
+
+def read_tile(slide: Slide, grid: TileGrid, tile: Tile) -> np.ndarray:
+    """A tile's window (core + halo, the image mirrored beyond the slide's edge) at model resolution."""
+    ox, oy = grid.window_origin(*tile)
+    return resample_to_model(read_mirrored(slide, ox, oy, grid.extent0, grid.extent0, 0), grid)
+
+
+def normalise_stain(rgb: Any, stain: StainStats | MacenkoStains | None) -> Any:
+    """uint8 RGB → float32 RGB in [0, 1], normalised with the slide's statistics (numpy or cupy)."""
+    xp = array_module(rgb)
+    if isinstance(stain, StainStats):
+        return reinhard_normalise(rgb, stain).astype(xp.float32, copy=False)
+    if isinstance(stain, MacenkoStains):
+        return macenko_normalise(rgb, stain).astype(xp.float32, copy=False)
+    return rgb.astype(xp.float32) / 255.0
+
+
+def model_input(images: list[Any], side: int) -> Any:
+    """Stack H×W×3 float images into N×3×side×side, padding right/bottom with white."""
+    xp = array_module(images[0])
+    batch = xp.ones((len(images), 3, side, side), dtype=xp.float32)
+    for i, img in enumerate(images):
+        batch[i, :, : img.shape[0], : img.shape[1]] = img.transpose(2, 0, 1)
+    return batch
+
+
+def tile_nuclei(
+    labels: np.ndarray, h_map: np.ndarray, grid: TileGrid, tile: Tile, mpp: float
+) -> tuple[pa.Table, np.ndarray]:
+    """The nuclei a tile owns (centroid inside its core) as a table with local ids 1..k, and
+    the map old label → local id (0 = not owned)."""
+    model_mpp = grid.scale * mpp
+    moments = nucleus_moments(labels, h_map)
+    x, y = grid.to_level0(tile[0], tile[1], moments["row"], moments["col"])
+    cx0, cy0, cx1, cy1 = grid.core(*tile)
+    owned = (moments["area"] > 0) & (x >= cx0 - 0.5) & (x < cx1 - 0.5) & (y >= cy0 - 0.5) & (y < cy1 - 0.5)
+    ids = np.nonzero(owned)[0] + 1
+    local = np.zeros(labels.max() + 1 if labels.size else 1, dtype=np.uint32)
+    local[ids] = np.arange(1, len(ids) + 1, dtype=np.uint32)
+    rings = nucleus_outlines(labels, ids)
+    polygons = []
+    perimeters = []
+    for ring in rings:
+        px, py = grid.to_level0(tile[0], tile[1], ring[:, 0], ring[:, 1])
+        flat = np.empty(2 * len(ring))
+        flat[0::2], flat[1::2] = px, py
+        polygons.append(flat)
+        perimeters.append(polygon_perimeter(ring) * grid.step)
+    sel = ids - 1
+    area_um2 = moments["area"][sel] * model_mpp**2
+    table = pa.table(
+        {
+            "id": pa.array(np.arange(1, len(ids) + 1, dtype=np.uint32)),
+            "centroid_x": x[sel],
+            "centroid_y": y[sel],
+            "area_px": area_um2 / mpp**2,
+            "area_um2": area_um2,
+            "perimeter_px": np.asarray(perimeters, dtype=np.float64),
+            "eccentricity": moments["eccentricity"][sel],
+            "mean_haematoxylin": moments["mean_intensity"][sel],
+            "polygon": pa.array([p.tolist() for p in polygons], type=pa.list_(pa.float64())),
+        },
+        schema=NUCLEI_SCHEMA,
+    )
+    return table, local
+
+
+def segment_window(
+    rgb: np.ndarray,
+    model: NucleusModel,
+    thresholds: NucleusThresholds,
+    stain: StainStats | MacenkoStains | None,
+    side: int,
+    on_device: bool = False,
+    want_prob: bool = True,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, dict[str, float]]:
+    """One window at model resolution → (instance labels, probabilities 2×H×W or None, haematoxylin
+    map, seconds per stage), all returned on the host.
+
+    With ``on_device`` the window goes to the GPU once and normalisation, inference (without
+    host round trips), seeds, watershed and the haematoxylin map run there; only the labels,
+    the haematoxylin map and (when asked for) the probabilities come back.
+    """
+    t0 = time.perf_counter()
+    if on_device:
+        import cupy
+
+        rgb = cupy.asarray(rgb)
+    normalised = normalise_stain(rgb, stain)
+    t1 = time.perf_counter()
+    batch = model_input([normalised], side)
+    prob = (model.predict_device(batch) if on_device else model.predict(batch))[0, :, : rgb.shape[0], : rgb.shape[1]]
+    t2 = time.perf_counter()
+    labels = instances_from_probabilities(prob, thresholds)
+    h_map = haematoxylin(normalised)
+    t3 = time.perf_counter()
+    seconds = {"normalise": t1 - t0, "infer": t2 - t1, "watershed": t3 - t2}
+    return to_host(labels), (to_host(prob) if want_prob else None), to_host(h_map), seconds
+
+
+def cut_at_slide_edge(labels: np.ndarray, grid: TileGrid, tile: Tile, min_area_px: int) -> np.ndarray:
+    """Labels of a tile's window without the pixels that lie off the slide: a nucleus the slide's
+    edge cuts is measured (area, outline, centroid) as far as the slide holds it, never with its
+    mirror image, and dropped, as any small object, when less than ``min_area_px`` is left."""
+    rows, cols = grid.inside_slide(*tile)
+    if rows.all() and cols.all():
+        return labels
+    return remove_small_labels(np.where(rows[:, None] & cols[None, :], labels, 0), min_area_px)
+
+
+def segment_tiles(plan: SlidePlan, tiles: list[Tile]) -> list[TileSummary]:
+    """Read, normalise, infer and watershed a batch of tiles; write each tile's owned nuclei
+    (table + level-0 label window with local ids) into the slide's working folder."""
+    import numcodecs
+
+    grid = plan.grid
+    model = model_for(plan.config, plan.model_path)
+    on_device = use_device(plan.config)
+    codec = numcodecs.Zstd(level=3)
+    sampling = grid.level0_sampling()
+    summaries = []
+    with open_slide(plan.slide_path, plan.reader) as slide:
+        for tile in tiles:
+            t0 = time.perf_counter()
+            rgb = read_tile(slide, grid, tile)
+            t1 = time.perf_counter()
+            labels, prob, h_map, seconds = segment_window(
+                rgb,
+                model,
+                plan.thresholds,
+                plan.stain,
+                grid.model_input_side,
+                on_device,
+                want_prob=plan.config.save_probabilities,
+            )
+            n_nuclei, written = write_tile_outputs(plan, tile, labels, h_map, prob, sampling, codec)
+            summaries.append(TileSummary(tile, n_nuclei, {"read": t1 - t0, **seconds, **written}))
+    return summaries
+
+
+def write_tile_outputs(
+    plan: SlidePlan,
+    tile: Tile,
+    labels: np.ndarray,
+    h_map: np.ndarray,
+    prob: np.ndarray | None,
+    sampling: np.ndarray,
+    codec: Any,
+) -> tuple[int, dict[str, float]]:
+    """A segmented tile's owned nuclei (cut at the slide's edge) → its scratch table and level-0
+    label window (and the probability chunk when given). Returns the number of nuclei and seconds
+    for features / write."""
+    t0 = time.perf_counter()
+    labels = cut_at_slide_edge(labels, plan.grid, tile, plan.thresholds.min_area_px)
+    table, local = tile_nuclei(labels, h_map, plan.grid, tile, plan.mpp)
+    t1 = time.perf_counter()
+    owned = local[labels]
+    if plan.grid.model_side != plan.grid.extent0:  # resampled: back onto the level-0 grid
+        owned = owned[np.ix_(sampling, sampling)]
+    atomic_write_bytes(tile_file(plan, tile, ".labels.zst"), codec.encode(np.ascontiguousarray(owned)), durable=False)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    atomic_write_bytes(tile_file(plan, tile, ".parquet"), sink.getvalue().to_pybytes(), durable=False)
+    if prob is not None:
+        write_probability_chunk(plan, tile, prob, sampling)
+    return table.num_rows, {"features": t1 - t0, "write": time.perf_counter() - t1}
+
+
+def write_probability_chunk(plan: SlidePlan, tile: Tile, prob: np.ndarray, sampling: np.ndarray) -> None:
+    grid = plan.grid
+    x0, y0, x1, y1 = grid.core(*tile)
+    h = grid.halo0
+    level0 = prob[:, sampling][:, :, sampling][:, h : h + (y1 - y0), h : h + (x1 - x0)]
+    maps = open_maps(Path(plan.work_dir))
+    maps["probabilities"][:, y0:y1, x0:x1] = np.round(level0 * 255).astype(np.uint8)

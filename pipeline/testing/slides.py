@@ -1,0 +1,133 @@
+"""Generated slides for tests and benchmarks: synthetic H&E-like images with known nuclei,
+written as pyramidal TIFFs, and cohorts of them with their manifests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+PINK = np.array([236, 178, 205], dtype=np.float32)  # eosin-stained stroma
+PURPLE = np.array([92, 60, 140], dtype=np.float32)  # haematoxylin-stained nucleus
+
+
+@dataclass(frozen=True)
+class SyntheticNucleus:
+    x: float  # level-0 px
+    y: float
+    radius: float
+
+
+def synthetic_slide_image(
+    width: int,
+    height: int,
+    seed: int = 0,
+    radius: tuple[float, float] = (5.0, 8.0),
+    spacing: float = 26.0,
+    tissue: str = "disc",
+) -> tuple[np.ndarray, list[SyntheticNucleus]]:
+    """An RGB image of pink tissue on white glass holding well-separated purple nuclei
+    (discs on a jittered grid), and the nuclei's true centres and radii."""
+    rng = np.random.default_rng(seed)
+    img = np.full((height, width, 3), 246, dtype=np.float32)
+    yy, xx = np.mgrid[:height, :width]
+    if tissue == "disc":
+        inside = ((xx - width / 2) / (0.45 * width)) ** 2 + ((yy - height / 2) / (0.45 * height)) ** 2 < 1
+    else:
+        inside = np.ones((height, width), dtype=bool)
+    img[inside] = PINK
+    nuclei = []
+    for cy in np.arange(spacing / 2, height, spacing):
+        for cx in np.arange(spacing / 2, width, spacing):
+            x = cx + rng.uniform(-spacing * 0.1, spacing * 0.1)
+            y = cy + rng.uniform(-spacing * 0.1, spacing * 0.1)
+            if not inside[min(int(y), height - 1), min(int(x), width - 1)]:
+                continue
+            r = rng.uniform(*radius)
+            y0, y1 = max(0, int(y - r - 2)), min(height, int(y + r + 3))
+            x0, x1 = max(0, int(x - r - 2)), min(width, int(x + r + 3))
+            d = np.hypot(yy[y0:y1, x0:x1] - y, xx[y0:y1, x0:x1] - x)
+            img[y0:y1, x0:x1][d <= r] = PURPLE
+            nuclei.append(SyntheticNucleus(float(x), float(y), float(r)))
+    noise = rng.normal(0, 4, size=img.shape).astype(np.float32)
+    return np.clip(img + noise, 0, 255).astype(np.uint8), nuclei
+
+
+def write_pyramidal_tiff(
+    path: Path,
+    image: np.ndarray,
+    mpp: float,
+    compression: str = "jpeg",
+    tile: int = 256,
+    levels: int = 3,
+    aperio: bool = True,
+) -> Path:
+    """Write ``image`` as a tiled pyramidal TIFF (SVS-like when ``aperio``), with MPP metadata."""
+    import tifffile
+
+    h, w = image.shape[:2]
+    description = (
+        f"Aperio Image Library v12.0.0\r\n{w}x{h} ({tile}x{tile}) JPEG/RGB Q=90|AppMag = {10 / mpp:g}|MPP = {mpp}"
+        if aperio
+        else ""
+    )
+    kwargs: dict[str, Any] = {"compression": compression, "tile": (tile, tile), "photometric": "rgb"}
+    if compression == "jpeg":
+        kwargs["compressionargs"] = {"level": 92}
+    with tifffile.TiffWriter(path, bigtiff=False) as tif:
+        tif.write(
+            image,
+            description=description,
+            resolution=(1e4 / mpp, 1e4 / mpp),
+            resolutionunit="CENTIMETER",
+            subfiletype=0,
+            metadata=None,
+            **kwargs,
+        )
+        level = image
+        for _ in range(1, levels):
+            if min(level.shape[:2]) < 2 * tile:
+                break
+            lh, lw = level.shape[0] // 2 * 2, level.shape[1] // 2 * 2
+            level = level[:lh, :lw].reshape(lh // 2, 2, lw // 2, 2, 3).mean(axis=(1, 3)).astype(np.uint8)
+            tif.write(level, subfiletype=1, metadata=None, **kwargs)
+    return path
+
+
+def tiny_cohort(folder: Path, n: int, side: int = 64) -> list:
+    """``n`` tiny one-level TIFF slides (ten cancer types) and their manifest entries, for
+    measuring what a long manifest costs the scheduler."""
+    import tifffile
+
+    from pipeline.manifest import SlideEntry
+
+    image, _ = synthetic_slide_image(side, side, seed=0, tissue="full", spacing=20)
+    entries = []
+    for i in range(n):
+        path = folder / f"t{i:05d}.tiff"
+        tifffile.imwrite(path, image, compression="zlib")
+        entries.append(SlideEntry(f"t{i:05d}", path, cancer_type=f"T{i % 10}", mpp=0.25))
+    return entries
+
+
+def synthetic_slide_cohort(
+    folder: Path,
+    n: int,
+    width: int,
+    height: int,
+    seed: int = 0,
+    prefix: str = "s",
+    cancer_types: tuple[str, ...] = ("BRCA",),
+) -> Path:
+    """``n`` generated pyramidal slides in ``folder`` and their manifest (relative paths; cancer
+    types assigned in turn); returns the manifest's path."""
+    rows = ["slide_path,slide_id,cancer_type"]
+    for i in range(n):
+        image, _ = synthetic_slide_image(width, height, seed=seed + i)
+        write_pyramidal_tiff(folder / f"{prefix}{i}.svs", image, mpp=0.25)
+        rows.append(f"{prefix}{i}.svs,{prefix}{i},{cancer_types[i % len(cancer_types)]}")
+    manifest = folder / "manifest.csv"
+    manifest.write_text("\n".join(rows) + "\n")
+    return manifest

@@ -1,0 +1,5 @@
+"""Making the model: the U-net (``unet``), training data and targets (``synthetic``,
+``targets``; annotated images come from :mod:`pipeline.io.annotations`), the training loop
+(``train``), snapshot averaging (``average``), threshold tuning (``tune``), ONNX export and
+context measurement (``export``, ``fp16``) and the stain target (``stain_target``), with the
+recipes in ``configs/``. Needs the ``train`` extra (PyTorch); never imported by a run."""

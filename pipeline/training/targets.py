@@ -1,0 +1,105 @@
+"""Training targets and augmentations (numpy, CPU).
+
+Targets from instance labels: channel 0 = nucleus centre (the inner core of each nucleus:
+pixels at least half of that nucleus' largest inner distance away from its boundary, so
+touching nuclei get separate cores), channel 1 = nuclear material (union of the nuclei; with
+``touching_gap`` without the pixels where two nuclei touch, so the material map itself shows
+a valley between touching nuclei for the watershed to follow).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from pipeline.kernels.stain import reinhard_normalise, reinhard_stats
+
+CORE_FRACTION = 0.5  # centre target: distance to the boundary ≥ this share of the nucleus' maximum
+CORE_MIN_DISTANCE = 1.0  # … and at least the nucleus' innermost pixel(s) for tiny nuclei
+
+
+def normalised_rgb(rgb: np.ndarray) -> np.ndarray:
+    """The network's input for an RGB uint8 tile: Reinhard-normalised with the tile's own
+    statistics to the shipped target (float32 H×W×3 in [0, 1]) — the pipeline's convention."""
+    return np.asarray(reinhard_normalise(rgb, reinhard_stats(rgb, None)), dtype=np.float32)
+
+
+def instance_boundaries(labels: np.ndarray, touching_only: bool = False) -> np.ndarray:
+    """Pixels of a nucleus with a 4-neighbour in another nucleus or the background
+    (``touching_only``: in another nucleus)."""
+    edge = np.zeros(labels.shape, dtype=bool)
+    for a, b in (
+        ((slice(1, None), slice(None)), (slice(None, -1), slice(None))),
+        ((slice(None), slice(1, None)), (slice(None), slice(None, -1))),
+    ):
+        differ = labels[a] != labels[b]
+        if touching_only:
+            differ &= (labels[a] > 0) & (labels[b] > 0)
+        edge[a] |= differ
+        edge[b] |= differ
+    return edge & (labels > 0)
+
+
+def training_targets(labels: np.ndarray, touching_gap: bool = False) -> np.ndarray:
+    """2×H×W float32 targets (centre core, material) from int instance labels."""
+    material = labels > 0
+    inner = material & ~instance_boundaries(labels)
+    dist = ndi.distance_transform_edt(inner) + inner  # boundary pixels 0, the next ring ≥ 1 …
+    n = int(labels.max())
+    centre = np.zeros(labels.shape, dtype=bool)
+    if n > 0:
+        peak = np.zeros(n + 1)
+        peak[1:] = ndi.maximum(dist, labels, np.arange(1, n + 1))
+        need = np.maximum(CORE_FRACTION * peak, CORE_MIN_DISTANCE)
+        centre = material & (dist >= need[labels]) & (dist > 0)
+    if touching_gap:
+        material = material & ~instance_boundaries(labels, touching_only=True)
+    return np.stack([centre, material]).astype(np.float32)
+
+
+_HED_RGB = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])  # Ruifrok & Johnston
+_HED_RGB = _HED_RGB / np.linalg.norm(_HED_RGB, axis=1, keepdims=True)
+_RGB_HED = np.linalg.inv(_HED_RGB)
+
+
+def hed_jitter(rgb: np.ndarray, rng: np.random.Generator, scale: float = 0.08, shift: float = 0.015) -> np.ndarray:
+    """Stain augmentation (Tellez et al. 2018 style): scale and shift the haematoxylin, eosin
+    and DAB concentrations of a float RGB image in [0, 1] (colour deconvolution in optical density)."""
+    od = -np.log(np.clip(rgb, 1 / 255, 1.0))
+    hed = od @ _RGB_HED
+    hed = hed * rng.uniform(1 - scale, 1 + scale, 3) + rng.uniform(-shift, shift, 3)
+    return np.clip(np.exp(-(hed @ _HED_RGB)), 0.0, 1.0).astype(np.float32)
+
+
+def augment_patch(
+    rgb: np.ndarray,
+    labels: np.ndarray,
+    size: int,
+    rng: np.random.Generator,
+    scale_range: tuple[float, float] = (0.8, 1.25),
+    p_blur: float = 0.25,
+    p_stain: float = 0.8,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A random ``size``×``size`` training patch from a normalised float image and its labels:
+    random scale (bilinear image, nearest labels), rotation by 90°, flip, HED jitter, blur."""
+    s = rng.uniform(*scale_range)
+    src = min(int(round(size / s)), rgb.shape[0], rgb.shape[1])
+    r = int(rng.integers(0, rgb.shape[0] - src + 1))
+    c = int(rng.integers(0, rgb.shape[1] - src + 1))
+    img = rgb[r : r + src, c : c + src]
+    lab = labels[r : r + src, c : c + src]
+    if src != size:
+        z = size / src
+        img = ndi.zoom(img, (z, z, 1), order=1, grid_mode=True, mode="nearest")[:size, :size]
+        lab = ndi.zoom(lab, (z, z), order=0, grid_mode=True, mode="nearest")[:size, :size]
+    k = int(rng.integers(0, 4))
+    img, lab = np.rot90(img, k), np.rot90(lab, k)
+    if rng.random() < 0.5:
+        img, lab = img[:, ::-1], lab[:, ::-1]
+    img = np.ascontiguousarray(img, dtype=np.float32)
+    if rng.random() < p_stain:
+        img = hed_jitter(img, rng)
+    if rng.random() < p_blur:
+        sigma = rng.uniform(0.3, 1.2)
+        img = ndi.gaussian_filter(img, (sigma, sigma, 0))
+    return img, np.ascontiguousarray(lab, dtype=np.int32)

@@ -1,0 +1,285 @@
+"""Train the nucleus U-net: ``python -m pipeline.train [--config train.yaml] [--key value ...]``.
+
+Data: real MoNuSeg 2018 training tiles (the training split of
+:data:`pipeline.io.annotations.TRAINING_IMAGES`) plus, with ``--synthetic-fraction``,
+synthetic random-polygon patches (:mod:`pipeline.training.synthetic`). Every image is
+Reinhard-normalised with its own statistics first, exactly as the pipeline does.
+
+Resumable: ``OUT/checkpoint.pt`` is rewritten every ``checkpoint_minutes``; restarting the same
+command continues from it (the data stream is a function of (seed, step), so a resumed run
+sees the same batches as an uninterrupted one). ``OUT/step_NNNNNN.pt`` snapshots (weights only)
+are kept every ``snapshot_every`` steps for checkpoint selection and the ablation.
+Progress goes to stdout and ``OUT/log.jsonl``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline.io.annotations import TRAINING_IMAGES, VALIDATION_IMAGES, load_monuseg, shared_data_dir
+from pipeline.training.synthetic import SyntheticConfig, synthetic_patch
+from pipeline.training.targets import augment_patch, normalised_rgb, training_targets
+from pipeline.training.unet import NucleusUNet, UNetConfig
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    out: str = "runs/nuclei_unet"
+    data: str = str(shared_data_dir() / "monuseg2018_train")
+    cache: str = str(Path.home() / ".cache" / "pipeline-train")
+    steps: int = 3000
+    batch: int = 8
+    patch: int = 192  # px at 40x; a multiple of 16
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 100
+    synthetic_fraction: float = 0.25  # share of each batch that is synthetic (0 = real only)
+    centre_weight: float = 1.0  # loss weight of the centre channel relative to the material
+    touching_gap: bool = False  # material target without the pixels where two nuclei touch
+    seed: int = 0
+    threads: int = 2  # torch CPU threads
+    device: str = "auto"  # auto | cpu | cuda
+    checkpoint_minutes: float = 3.0
+    snapshot_every: int = 250
+    log_every: int = 10
+    val_every: int = 250
+    val_patches: int = 24
+    max_minutes: float = 0.0  # stop (resumably) after this long in this process; 0 = no limit
+    init_from: str = ""  # start a fresh run from these weights (a checkpoint or snapshot): fine-tuning
+    stop_at: int = 0  # stop (resumably) at this step, keeping the schedule of ``steps``; 0 = at ``steps``
+    base: int = 16
+    convs_per_stage: int = 2
+
+    def unet(self) -> UNetConfig:
+        return UNetConfig(base=self.base, convs_per_stage=self.convs_per_stage)
+
+
+def _flag(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def load_config(argv: list[str] | None = None) -> TrainConfig:
+    """Defaults → YAML file (``--config``) → command-line flags (``--steps 500`` …)."""
+    parser = argparse.ArgumentParser(description="Train the nucleus U-net.")
+    parser.add_argument("--config", type=Path, help="YAML file with TrainConfig fields")
+    for f in dataclasses.fields(TrainConfig):
+        kind = _flag if isinstance(f.default, bool) else type(f.default)
+        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=None)
+    args = parser.parse_args(argv)
+    values: dict[str, Any] = {}
+    if args.config is not None:
+        import yaml
+
+        loaded = yaml.safe_load(args.config.read_text()) or {}
+        known = {f.name for f in dataclasses.fields(TrainConfig)}
+        unknown = set(loaded) - known
+        if unknown:
+            raise SystemExit(f"unknown keys in {args.config}: {sorted(unknown)}")
+        values.update(loaded)
+    values.update({k: v for k, v in vars(args).items() if k != "config" and v is not None})
+    cfg = TrainConfig(**values)
+    if cfg.patch % 16:
+        raise SystemExit("--patch must be a multiple of 16")
+    return cfg
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class PatchSampler:
+    """Training batches as a deterministic function of (seed, step)."""
+
+    def __init__(self, images: list[np.ndarray], labels: list[np.ndarray], cfg: TrainConfig) -> None:
+        self.images, self.labels, self.cfg = images, labels, cfg
+        self.synth = SyntheticConfig(size=cfg.patch)
+
+    def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        k = int(rng.integers(len(self.images)))
+        if rng.random() < self.cfg.synthetic_fraction:
+            img, lab = synthetic_patch(self.images[k], self.labels[k], rng, self.synth)
+            img, lab = augment_patch(img, lab, self.cfg.patch, rng, scale_range=(1.0, 1.0))
+        else:
+            img, lab = augment_patch(self.images[k], self.labels[k], self.cfg.patch, rng)
+        return img.transpose(2, 0, 1), training_targets(lab, self.cfg.touching_gap)
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = np.random.default_rng([self.cfg.seed, step])
+        xs, ys = zip(*(self.sample(rng) for _ in range(self.cfg.batch)), strict=True)
+        return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
+
+
+def fixed_validation_patches(
+    images: list[np.ndarray], labels: list[np.ndarray], n: int, size: int, touching_gap: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` fixed crops of the validation images (no augmentation) for the loss curve."""
+    rng = np.random.default_rng(12345)
+    xs, ys = [], []
+    for i in range(n):
+        img, lab = images[i % len(images)], labels[i % len(images)]
+        r = int(rng.integers(0, img.shape[0] - size + 1))
+        c = int(rng.integers(0, img.shape[1] - size + 1))
+        xs.append(img[r : r + size, c : c + size].transpose(2, 0, 1))
+        ys.append(training_targets(lab[r : r + size, c : c + size], touching_gap))
+    return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
+
+
+def loss_fn(logits: torch.Tensor, target: torch.Tensor, centre_weight: float) -> torch.Tensor:
+    """Binary cross-entropy + soft Dice, per channel; the centre channel weighted."""
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(dim=(0, 2, 3))
+    p = torch.sigmoid(logits)
+    inter = (p * target).sum(dim=(0, 2, 3))
+    dice = 1 - (2 * inter + 1) / (p.sum(dim=(0, 2, 3)) + target.sum(dim=(0, 2, 3)) + 1)
+    per_channel = bce + dice
+    return centre_weight * per_channel[0] + per_channel[1]
+
+
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    t = (step - cfg.warmup_steps) / max(cfg.steps - cfg.warmup_steps, 1)
+    return cfg.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Run (or resume) training; returns the path of the final checkpoint."""
+    torch.set_num_threads(cfg.threads)
+    device = pick_device(cfg.device)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / "checkpoint.pt"
+    torch.manual_seed(cfg.seed)
+    net = NucleusUNet(cfg.unet()).to(device)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    step, elapsed_before = 0, 0.0
+    if ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        if state["config"]["unet"] != cfg.unet().as_dict():
+            raise SystemExit(f"{ckpt_path} was trained with another network: {state['config']['unet']}")
+        net.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        step, elapsed_before = int(state["step"]), float(state["train_seconds"])
+        print(f"resumed from {ckpt_path} at step {step}", flush=True)
+    elif cfg.init_from:
+        init = torch.load(cfg.init_from, map_location=device, weights_only=False)
+        if init["config"]["unet"] != cfg.unet().as_dict():
+            raise SystemExit(f"{cfg.init_from} has another network: {init['config']['unet']}")
+        net.load_state_dict(init["model"])
+        print(f"initialised from {cfg.init_from} (its step {init['step']})", flush=True)
+    (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+
+    t_load = time.time()
+    cache = Path(cfg.cache) if cfg.cache else None
+    train_set = load_monuseg(Path(cfg.data), TRAINING_IMAGES, cache)
+    val_set = load_monuseg(Path(cfg.data), VALIDATION_IMAGES, cache)
+    train_imgs = [normalised_rgb(a.rgb) for a in train_set]
+    val_imgs = [normalised_rgb(a.rgb) for a in val_set]
+    sampler = PatchSampler(train_imgs, [a.labels for a in train_set], cfg)
+    vx, vy = fixed_validation_patches(
+        val_imgs, [a.labels for a in val_set], cfg.val_patches, cfg.patch, cfg.touching_gap
+    )
+    print(
+        f"data: {len(train_set)} training / {len(val_set)} validation images "
+        f"({time.time() - t_load:.0f} s); device {device}; {cfg.steps} steps of {cfg.batch}×{cfg.patch}²",
+        flush=True,
+    )
+
+    def state_dict() -> dict[str, Any]:
+        return {
+            "model": net.state_dict(),
+            "optimizer": opt.state_dict(),
+            "step": step,
+            "train_seconds": elapsed_before + (time.time() - t0),
+            "config": {**dataclasses.asdict(cfg), "unet": cfg.unet().as_dict()},
+        }
+
+    stop_requested: list[int] = []
+
+    def request_stop(signum: int, _frame: Any) -> None:
+        stop_requested.append(signum)
+
+    signal.signal(signal.SIGTERM, request_stop)  # `kill PID`: finish the step, checkpoint, exit
+    t0 = time.time()
+    start_step = step
+    last_ckpt = time.time()
+    log = (out / "log.jsonl").open("a")
+    running = 0.0
+    net.train()
+    while step < cfg.steps:
+        for g in opt.param_groups:
+            g["lr"] = learning_rate(cfg, step)
+        x, y = sampler.batch(step)
+        x, y = x.to(device), y.to(device)
+        loss = loss_fn(net(x), y, cfg.centre_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        value = loss.item()
+        running = 0.9 * running + 0.1 * value if step > start_step + 1 else value
+        record: dict[str, Any] = {}
+        if step % cfg.log_every == 0:
+            spent = elapsed_before + time.time() - t0
+            record = {"step": step, "loss": round(running, 4), "lr": learning_rate(cfg, step), "seconds": round(spent)}
+            record["s_per_step"] = round((time.time() - t0) / max(step - start_step, 1), 2)
+        if step % cfg.val_every == 0 or step == cfg.steps:
+            net.eval()
+            with torch.no_grad():
+                vl = float(loss_fn(net(vx.to(device)), vy.to(device), cfg.centre_weight))
+            net.train()
+            record.update({"step": step, "val_loss": round(vl, 4), "seconds": round(elapsed_before + time.time() - t0)})
+        if record:
+            print(json.dumps(record), flush=True)
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+        if step % cfg.snapshot_every == 0 or step == cfg.steps:
+            save_atomic(
+                {"model": net.state_dict(), "step": step, "config": state_dict()["config"]}, out / f"step_{step:06d}.pt"
+            )
+        timed_out = (
+            (cfg.max_minutes > 0 and time.time() - t0 > cfg.max_minutes * 60)
+            or step == cfg.stop_at
+            or bool(stop_requested)
+        )
+        if time.time() - last_ckpt > cfg.checkpoint_minutes * 60 or step == cfg.steps or timed_out:
+            save_atomic(state_dict(), ckpt_path)
+            last_ckpt = time.time()
+        if timed_out:
+            print(f"stopping at step {step} (resumable)", flush=True)
+            break
+    log.close()
+    return ckpt_path
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg = load_config(argv)
+    print(json.dumps(dataclasses.asdict(cfg)), flush=True)
+    train(cfg)
+
+
+if __name__ == "__main__":
+    main()
