@@ -1,8 +1,6 @@
 """``python -m pipeline.train``: the command line lives in :mod:`pipeline.cli.train`."""
 
-import sys
-
 from pipeline.cli.train import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
