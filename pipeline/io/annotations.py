@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.io.outputs.publish import atomic_path
+
 # Organ of each MoNuSeg 2018 training image (Kumar et al. 2017, Table I / the challenge page).
 MONUSEG_ORGANS: dict[str, str] = {
     "TCGA-A7-A13E-01Z-00-DX1": "breast",
@@ -196,9 +198,8 @@ def load_monuseg_image(folder: Path, name: str, cache_dir: Path | None = None) -
     labels = labels_from_mask_folder(folder / name / "masks")
     if cached is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(".tmp.npy")
-        np.save(tmp, labels)
-        tmp.replace(cached)
+        with atomic_path(cached, durable=False) as tmp, open(tmp, "wb") as f:  # a cache: rebuilt if lost
+            np.save(f, labels)
     return AnnotatedImage(name, rgb, labels)
 
 

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.io.outputs.publish import atomic_path
 from pipeline.kernels.nuclei import NucleusThresholds
 from pipeline.training.unet import (
     DOWNSAMPLING,
@@ -127,25 +128,24 @@ def export_onnx(net: NucleusUNet, path: Path, metadata: dict[str, str]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     head = ProbabilityHead(net.eval().cpu()).eval()
     dummy = torch.zeros(1, 3, 4 * DOWNSAMPLING, 4 * DOWNSAMPLING)
-    tmp = path.with_suffix(".tmp.onnx")
-    torch.onnx.export(
-        head,
-        (dummy,),
-        str(tmp),
-        input_names=["image"],
-        output_names=["prob"],
-        dynamic_axes={"image": {0: "N", 2: "H", 3: "W"}, "prob": {0: "N", 2: "H", 3: "W"}},
-        opset_version=OPSET,
-        dynamo=False,
-    )
-    model = onnx.load(str(tmp))
-    del model.metadata_props[:]
-    for key, value in metadata.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, str(value)
-    onnx.checker.check_model(model)
-    onnx.save(model, str(tmp))
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        torch.onnx.export(
+            head,
+            (dummy,),
+            str(tmp),
+            input_names=["image"],
+            output_names=["prob"],
+            dynamic_axes={"image": {0: "N", 2: "H", 3: "W"}, "prob": {0: "N", 2: "H", 3: "W"}},
+            opset_version=OPSET,
+            dynamo=False,
+        )
+        model = onnx.load(str(tmp))
+        del model.metadata_props[:]
+        for key, value in metadata.items():
+            entry = model.metadata_props.add()
+            entry.key, entry.value = key, str(value)
+        onnx.checker.check_model(model)
+        onnx.save(model, str(tmp))
     return path
 
 

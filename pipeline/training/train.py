@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.io.annotations import TRAINING_IMAGES, VALIDATION_IMAGES, load_monuseg, shared_data_dir
+from pipeline.io.outputs.publish import atomic_path
 from pipeline.training.synthetic import SyntheticConfig, synthetic_patch
 from pipeline.training.targets import augment_patch, normalised_rgb, training_targets
 from pipeline.training.unet import NucleusUNet, UNetConfig
@@ -160,9 +161,8 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
 
 
 def save_atomic(obj: Any, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def train(cfg: TrainConfig) -> Path:
