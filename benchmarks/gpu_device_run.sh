@@ -133,8 +133,8 @@ rm -rf "$SITE"
   log "wheels ($WHEELS)"
   if ! compgen -G "$WHEELS/*.whl" > /dev/null; then
     if [ "$MODE" = dry-run ]; then
-      T=$(now); fetch_wheels "$PY" || fail "pip download of benchmarks/gpu_wheels.txt"
-      echo "fetched in $(since "$T") s"
+      T=$(now); fetch_wheels "$PY" 2> >(grep -v "^WARNING: Location" >&2) || fail "pip download of benchmarks/gpu_wheels.txt"
+      echo "fetched $(ls "$WHEELS"/*.whl 2>/dev/null | wc -l) wheels in $(since "$T") s"
     else
       echo "No wheels in $WHEELS. It is git-ignored, so it reaches the device only when the call names it:"
       echo "  carry: [\"benchmarks/wheels\"]   (fill it first with: bash benchmarks/gpu_device_run.sh --fetch)"

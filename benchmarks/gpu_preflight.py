@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         wheels = folder_bytes(args.dir)
         carry = tree + wheels
         print(f"tree_bytes={tree} ({files} files)")
-        print(f"wheels_bytes={wheels}")
+        print(f"carried_bytes={wheels} ({args.dir})")
         print(f"carry_bytes={carry} ({carry / 2**20:.1f} MiB of {args.limit / 2**20:.0f} MiB)")
         problems = [] if carry < args.limit else [f"the carry is {carry:,} B, over the limit of {args.limit:,} B"]
     elif args.command == "closure":
