@@ -286,7 +286,7 @@ PYEOF
     [ "$MODE" = dry-run ] && echo "dry-run ok"
     exit 0
   fi
-  echo "$MODE FAILED: ${FAILED[*]}"
+  echo "$MODE FAILED: $(printf '%s; ' "${FAILED[@]}")"
   exit 1
 } 2>&1 | tee "$OUT/run.log"
 exit "${PIPESTATUS[0]}"
