@@ -3,6 +3,14 @@
     python benchmarks/gpu_fp16_aji.py --model pipeline/runtime/weights/nuclei_unet.onnx \
         --data ../shared/data/monuseg2018_train --device cuda --out $OUT/fp16_aji.json
 
+For the lent GPU machine, which sees only what a call carries (and ../shared/data is 126 MB of
+PNG masks), pack the 7 validation images once, here, with their labels made from the masks:
+
+    python benchmarks/gpu_fp16_aji.py --pack benchmarks/fp16-data/validation.npz \
+        --data ../shared/data/monuseg2018_train
+    # then, there (benchmarks/fp16-data is git-ignored: the call carries it; docs/gpu.md):
+    python3 benchmarks/gpu_fp16_aji.py --packed benchmarks/fp16-data/validation.npz --out $OUT/fp16_aji.json
+
 Both precisions run the same ONNX file through the torch runtime (``half=False`` / ``True``),
 whole images tiled as in training evaluation (``pipeline.training.export.image_probabilities``),
 post-processed with the model's own thresholds, scored against the MoNuSeg masks of the 7
@@ -20,20 +28,41 @@ from pathlib import Path
 import numpy as np
 
 
-def main(argv: list[str] | None = None) -> dict:
-    import torch
+def pack(data: Path, names: tuple[str, ...], path: Path) -> Path:
+    """The validation images and their instance labels (from the per-nucleus masks) in one
+    compressed file: what the device call carries instead of the dataset folder."""
+    from pipeline.io.annotations import load_monuseg_image
 
-    from pipeline.evaluation.metrics import aggregated_jaccard_index
-    from pipeline.io.annotations import VALIDATION_IMAGES, load_monuseg_image
-    from pipeline.kernels.nuclei import NucleusThresholds, instances_from_probabilities
-    from pipeline.runtime.torch_onnx import TorchOnnxModel
-    from pipeline.training.export import image_probabilities
-    from pipeline.training.targets import normalised_rgb
+    arrays: dict[str, np.ndarray] = {"names": np.array(names)}
+    for i, name in enumerate(names):
+        image = load_monuseg_image(data, name)
+        if int(image.labels.max()) >= 2**16:
+            raise ValueError(f"{name}: {int(image.labels.max())} nuclei do not fit the packed uint16 labels")
+        arrays[f"rgb_{i}"] = image.rgb
+        arrays[f"labels_{i}"] = image.labels.astype(np.uint16)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez_compressed(tmp, **arrays)
+    tmp.replace(path)
+    return path
+
+
+def packed_images(path: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(name, RGB uint8, int32 labels) for each packed image, in order."""
+    with np.load(path) as z:
+        return [(str(name), z[f"rgb_{i}"], z[f"labels_{i}"].astype(np.int32)) for i, name in enumerate(z["names"])]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from pipeline.io.annotations import VALIDATION_IMAGES
 
     p = argparse.ArgumentParser()
-    p.add_argument("--model", type=Path, required=True)
-    p.add_argument("--data", type=Path, required=True, help="monuseg2018_train folder")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--model", type=Path, default=Path("pipeline/runtime/weights/nuclei_unet.onnx"))
+    data = p.add_mutually_exclusive_group(required=True)
+    data.add_argument("--data", type=Path, help="monuseg2018_train folder")
+    data.add_argument("--packed", type=Path, help="validation images packed with --pack (what a device call carries)")
+    p.add_argument("--pack", type=Path, default=None, help="write the validation images of --data here, and stop")
+    p.add_argument("--device", default=None, help="default: cuda where torch sees it, else cpu")
     p.add_argument("--images", type=int, default=len(VALIDATION_IMAGES))
     p.add_argument(
         "--emulate",
@@ -43,6 +72,30 @@ def main(argv: list[str] | None = None) -> dict:
     )
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
+    if args.pack:
+        if not args.data:
+            p.error("--pack needs --data")
+        path = pack(args.data, VALIDATION_IMAGES[: args.images], args.pack)
+        print(f"packed {args.images} images into {path} ({path.stat().st_size:,} B)")
+        return {"packed": str(path), "bytes": path.stat().st_size}
+
+    import torch
+
+    from pipeline.evaluation.metrics import aggregated_jaccard_index
+    from pipeline.io.annotations import load_monuseg_image
+    from pipeline.kernels.nuclei import NucleusThresholds, instances_from_probabilities
+    from pipeline.runtime.torch_onnx import TorchOnnxModel
+    from pipeline.training.export import image_probabilities
+    from pipeline.training.targets import normalised_rgb
+
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.packed:
+        images = packed_images(args.packed)[: args.images]
+    else:
+        images = [
+            (n, im.rgb, im.labels)
+            for n, im in ((n, load_monuseg_image(args.data, n)) for n in VALIDATION_IMAGES[: args.images])
+        ]
     emulate = args.emulate or args.device == "cpu"
     runs = {
         half: TorchOnnxModel(
@@ -56,16 +109,15 @@ def main(argv: list[str] | None = None) -> dict:
     }
     params = NucleusThresholds.from_metadata(runs[False].metadata)
     rows = []
-    for name in VALIDATION_IMAGES[: args.images]:
-        image = load_monuseg_image(args.data, name)
-        x = normalised_rgb(image.rgb)
+    for name, rgb, labels in images:
+        x = normalised_rgb(rgb)
         row: dict = {"image": name}
         for half, model in runs.items():
             t0 = time.perf_counter()
             prob = image_probabilities(model.run_numpy, x)
             row[f"{'fp16' if half else 'fp32'}_seconds"] = round(time.perf_counter() - t0, 3)
             row["fp16_aji" if half else "fp32_aji"] = aggregated_jaccard_index(
-                image.labels, instances_from_probabilities(prob, params)
+                labels, instances_from_probabilities(prob, params)
             )
             if half:
                 row["max_abs_prob_diff"] = float(np.abs(prob - row.pop("_prob32")).max())

@@ -13,7 +13,8 @@ One machine with GPUs: a ``dask_cuda.LocalCUDACluster`` sized for the nucleus pi
 One worker process per visible GPU (dask-cuda pins each to its GPU through
 ``CUDA_VISIBLE_DEVICES``, so inside a worker the GPU is always device 0: pass ``device_id=0`` to
 the model), an RMM memory pool per GPU that cupy and torch both allocate from (no fragmentation
-from thousands of tile-sized buffers, no two allocators fighting over one device), and host
+from thousands of tile-sized buffers, no two allocators fighting over one device; where RMM is
+not installed the cluster starts without a pool, since dask-cuda refuses one), and host
 threads per worker for the work that stays on the CPU (slide decoding, polygon tracing, Parquet
 and Zarr writes) while the GPU runs the next tile. The workers advertise ``GPU=1`` so the
 pipeline's tile tasks go to them (``GPU_RESOURCE``). ``pipeline.run`` starts this cluster by
@@ -22,6 +23,7 @@ itself when GPUs are visible; it only says how to start things, no pipeline logi
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from typing import Any
 
@@ -65,9 +67,13 @@ def cuda_cluster_options(
     rmm_pool_share: float = RMM_POOL_SHARE,
     threads_per_worker: int | None = None,
     rmm_libraries: bool = True,
+    rmm: bool = True,
 ) -> dict[str, Any]:
     """Keyword arguments for ``LocalCUDACluster``: one worker per GPU, the host cores shared
-    among them (at least 2 threads each: one feeds the GPU while the other decodes or writes)."""
+    among them (at least 2 threads each: one feeds the GPU while the other decodes or writes).
+
+    ``rmm``: whether RMM is installed. Without it there is no pool (dask-cuda refuses
+    ``rmm_pool_size`` when it cannot import rmm), and cupy and torch keep their own allocators."""
     if n_gpus < 1:
         raise ValueError("a CUDA cluster needs at least one GPU")
     if not 0 < rmm_pool_share <= 1:
@@ -76,20 +82,34 @@ def cuda_cluster_options(
     options: dict[str, Any] = {
         "n_workers": n_gpus,
         "threads_per_worker": threads,
-        "rmm_pool_size": rmm_pool_share,
         "resources": {GPU_RESOURCE: 1},
         "memory_limit": "auto",
     }
-    if rmm_libraries:
-        options["rmm_allocator_external_lib_list"] = list(RMM_LIBRARIES)
+    if rmm:
+        options["rmm_pool_size"] = rmm_pool_share
+        if rmm_libraries:
+            options["rmm_allocator_external_lib_list"] = list(RMM_LIBRARIES)
     return options
+
+
+def rmm_available() -> bool:
+    """Whether RMM (the pool allocator dask-cuda sets up) imports here, as dask-cuda imports it
+    before it accepts a pool: installed is not enough when its CUDA libraries are missing."""
+    if importlib.util.find_spec("rmm") is None:
+        return False
+    try:
+        import rmm  # noqa: F401
+    except Exception:
+        return False
+    return True
 
 
 def local_cuda_cluster(
     rmm_pool_share: float = RMM_POOL_SHARE, threads_per_worker: int | None = None, **kwargs: Any
 ) -> Any | None:
     """A started ``LocalCUDACluster``, or None when dask-cuda is not installed or no GPU is
-    visible (the caller then starts its CPU cluster). ``kwargs`` go to ``LocalCUDACluster``."""
+    visible (the caller then starts its CPU cluster). Without RMM the cluster starts without a
+    pool. ``kwargs`` go to ``LocalCUDACluster``."""
     try:
         import dask_cuda
     except ImportError:
@@ -101,7 +121,12 @@ def local_cuda_cluster(
 
     supports_libs = "rmm_allocator_external_lib_list" in inspect.signature(dask_cuda.LocalCUDACluster).parameters
     options = cuda_cluster_options(
-        n_gpus, os.cpu_count() or 1, rmm_pool_share, threads_per_worker, rmm_libraries=supports_libs
+        n_gpus,
+        os.cpu_count() or 1,
+        rmm_pool_share,
+        threads_per_worker,
+        rmm_libraries=supports_libs,
+        rmm=rmm_available(),
     )
     options.update(kwargs)
     return dask_cuda.LocalCUDACluster(**options)

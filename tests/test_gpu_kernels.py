@@ -25,6 +25,7 @@ from pipeline.kernels.nuclei import (
     fill_label_holes,
     instances_from_probabilities,
     remove_small_labels,
+    seed_components,
     seeds_from_centres,
     watershed_from_seeds,
 )
@@ -194,6 +195,14 @@ def test_watershed_device_branch(to_device: Any, probabilities: np.ndarray) -> N
     cpu = watershed_from_seeds(-material, seeds, foreground)
     dev = on_device(watershed_from_seeds(to_device(-material), to_device(seeds), to_device(foreground)))
     assert matched_share(cpu, dev) >= 0.99
+
+
+def test_seed_components(to_device: Any, probabilities: np.ndarray) -> None:
+    """The benchmark's count of touching nuclei, computed where the probabilities are."""
+    params = NucleusThresholds(centre_threshold=0.5)
+    cpu = seed_components(probabilities, params)
+    assert cpu["multi_seed_components"] > 0 and cpu["seeds"] > cpu["components"]
+    assert seed_components(to_device(probabilities), params) == cpu
 
 
 def test_instances_end_to_end(to_device: Any, probabilities: np.ndarray) -> None:

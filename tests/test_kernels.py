@@ -13,6 +13,7 @@ from pipeline.kernels.nuclei import (
     fill_label_holes,
     instances_from_probabilities,
     remove_small_labels,
+    seed_components,
     seeds_from_centres,
     watershed_from_seeds,
 )
@@ -50,6 +51,15 @@ def test_touching_nuclei_are_split_by_their_seeds() -> None:
     labels = instances_from_probabilities(prob, NucleusThresholds())
     assert labels.max() == 2
     assert labels[40, 30] != labels[40, 44]
+
+
+def test_seed_components_count_the_touching_nuclei() -> None:
+    """Two touching pairs and one lone nucleus: 3 components, 5 seeds, 2 to flood."""
+    prob = disc_probabilities([(20, 20), (20, 34), (60, 60), (60, 74), (80, 20)], 8, shape=(96, 96))
+    assert seed_components(prob, NucleusThresholds()) == {"components": 3, "seeds": 5, "multi_seed_components": 2}
+    apart = disc_probabilities([(20, 20), (60, 70)], 8)
+    assert seed_components(apart, NucleusThresholds())["multi_seed_components"] == 0
+    assert seed_components(np.zeros((2, 16, 16), np.float32), NucleusThresholds())["components"] == 0
 
 
 def test_foreground_without_seed_gets_one_and_tiny_objects_go() -> None:

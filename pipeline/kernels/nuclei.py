@@ -149,6 +149,33 @@ def instances_from_probabilities(prob: Any, params: NucleusThresholds) -> Any:
     return remove_small_labels(labels, params.min_area_px)
 
 
+def seed_components(prob: Any, params: NucleusThresholds) -> dict[str, int]:
+    """How much separating the watershed has to do on a 2×H×W probability array: foreground
+    components, seeds, and components holding several seeds (touching nuclei: only those are
+    flooded, see :func:`watershed_from_seeds`). The same foreground and seeds as
+    :func:`instances_from_probabilities`; numpy or cupy.
+
+    >>> prob = np.zeros((2, 20, 40), np.float32)
+    >>> prob[1, 5:15, 5:35] = 1                            # one foreground blob …
+    >>> prob[0, 9:11, 10:12] = prob[0, 9:11, 28:30] = 1    # … holding two centres
+    >>> prob[1, 16:19, 2:6] = 1                            # a second blob, no centre
+    >>> seed_components(prob, NucleusThresholds())
+    {'components': 2, 'seeds': 3, 'multi_seed_components': 1}
+    """
+    xp, ndi = array_module(prob), ndimage_module(prob)
+    material = ndi.gaussian_filter(prob[1].astype(xp.float32), params.material_sigma)
+    foreground = material > params.material_threshold
+    markers = seeds_from_centres(prob[0].astype(xp.float32), foreground, params)
+    components, n_comp = ndi.label(foreground)
+    n_seeds = int(markers.max()) if markers.size else 0
+    if int(n_comp) == 0 or n_seeds == 0:
+        return {"components": int(n_comp), "seeds": n_seeds, "multi_seed_components": 0}
+    seeded = markers > 0
+    pairs = xp.unique(components[seeded].astype(xp.int64) * (n_seeds + 1) + markers[seeded])
+    per_component = xp.bincount(pairs // (n_seeds + 1), minlength=int(n_comp) + 1)
+    return {"components": int(n_comp), "seeds": n_seeds, "multi_seed_components": int((per_component[1:] > 1).sum())}
+
+
 def fill_label_holes(labels: Any) -> Any:
     """Fill background pixels enclosed by nuclei (background components that do not touch the
     image border) with the label of a neighbouring nucleus, growing inwards from the rim."""

@@ -4,6 +4,7 @@ torch backend is chosen, and nothing imports training code."""
 
 from pipeline.runtime.session import (
     BACKENDS,
+    CPU_DEVICE_ID,
     RUNTIME_CHOICES,
     SHIPPED_MODEL,
     ModelError,
@@ -17,6 +18,7 @@ from pipeline.runtime.session import (
 
 __all__ = [
     "BACKENDS",
+    "CPU_DEVICE_ID",
     "RUNTIME_CHOICES",
     "SHIPPED_MODEL",
     "ModelError",

@@ -19,6 +19,12 @@ def available_providers() -> list[str]:
     return [p for p in PROVIDER_ORDER if p in present]
 
 
+def default_providers(device_id: int) -> list[str]:
+    """The providers a session uses when none are given: the best present, or the CPU alone for
+    a negative ``device_id`` (inference kept on the CPU on a GPU node)."""
+    return ["CPUExecutionProvider"] if device_id < 0 else available_providers()
+
+
 def provider_options(
     providers: list[str], device_id: int = 0, trt_cache_dir: str | None = None, half: bool = False
 ) -> list[tuple[str, dict[str, Any]]]:
@@ -99,7 +105,7 @@ class OnnxRuntimeBackend:
             self.session = ort.InferenceSession(
                 str(path),
                 sess_options=options,
-                providers=provider_options(providers or available_providers(), device_id, trt_cache_dir, half),
+                providers=provider_options(providers or default_providers(device_id), device_id, trt_cache_dir, half),
             )
         except Exception as exc:
             raise ModelError(f"{path}: ONNX Runtime cannot load the model: {exc}") from exc

@@ -30,6 +30,7 @@ INPUT_MULTIPLE = 16  # four 2× poolings
 # Context margin assumed when a model does not state `context_px` in its metadata: about half
 # the paper's 100 px inference-window overlap, enough for a 4-level U-net's effective field.
 DEFAULT_CONTEXT_PX = 64
+CPU_DEVICE_ID = -1  # ``device_id`` that keeps inference on the CPU, whatever GPUs the node has
 
 
 class ModelError(Exception):
@@ -100,16 +101,16 @@ def _nvidia_device_node() -> bool:
     )
 
 
-def choose_runtime(runtime: str = "auto") -> str:
+def choose_runtime(runtime: str = "auto", cpu: bool = False) -> str:
     """Which runtime ``runtime`` means on this node: 'auto' = the first backend of
     :data:`BACKENDS` that sees a GPU (onnxruntime when its CUDA provider is installed, TensorRT
     first where present; else torch, for nodes whose CUDA has no onnxruntime-gpu build), else
-    onnxruntime on the CPU."""
+    onnxruntime on the CPU. With ``cpu`` (inference kept on the CPU) 'auto' is onnxruntime."""
     if runtime not in RUNTIME_CHOICES:
         raise ModelError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIME_CHOICES)}")
     if runtime != "auto":
         return runtime
-    if _nvidia_device_node():
+    if not cpu and _nvidia_device_node():
         for name, backend in BACKENDS.items():
             if backend.sees_gpu():
                 return name
@@ -128,12 +129,12 @@ class NucleusModel:
     intra_op_threads: int = 1
     providers: list[str] = field(default_factory=list)  # ONNX Runtime providers; empty = the best present
     runtime: str = "auto"  # a key of BACKENDS, or 'auto' (see choose_runtime)
-    device_id: int = 0  # the GPU of this worker (dask-cuda gives each worker one)
+    device_id: int = 0  # the GPU of this worker (dask-cuda gives each worker one); CPU_DEVICE_ID = the CPU
     half: bool = False  # float16 compute on a GPU (TensorRT fp16, or torch half)
     trt_cache_dir: str | None = None  # TensorRT engine cache; None = no cache
 
     def __post_init__(self) -> None:
-        self.runtime = choose_runtime(self.runtime)
+        self.runtime = choose_runtime(self.runtime, cpu=self.device_id == CPU_DEVICE_ID)
         self.backend: Backend = BACKENDS[self.runtime](
             self.path,
             intra_op_threads=self.intra_op_threads,

@@ -25,7 +25,7 @@ class TorchBackend:
         from pipeline.runtime.session import ModelError
         from pipeline.runtime.torch_onnx import TorchOnnxModel, UnsupportedOperator
 
-        device = f"cuda:{device_id}" if torch.cuda.is_available() else "cpu"
+        device = f"cuda:{device_id}" if device_id >= 0 and torch.cuda.is_available() else "cpu"
         if device == "cpu":
             torch.set_num_threads(max(1, intra_op_threads))
         try:

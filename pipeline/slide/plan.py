@@ -20,7 +20,7 @@ from pipeline.kernels.nuclei import NucleusThresholds
 from pipeline.kernels.stain import MacenkoStains, StainStats, macenko_stains, reinhard_stats
 from pipeline.kernels.tissue import tissue_mask
 from pipeline.manifest import SlideEntry
-from pipeline.runtime import NucleusModel, load_model
+from pipeline.runtime import CPU_DEVICE_ID, NucleusModel, load_model
 from pipeline.tiling import TileGrid, derive_halo_px
 
 Tile = tuple[int, int]
@@ -63,12 +63,15 @@ def model_threads(config: Config) -> int:
 
 
 def model_for(config: Config, path: str | None = None) -> NucleusModel:
-    """This process's session for the configured model (created once, then reused)."""
+    """This process's session for the configured model (created once, then reused). With
+    ``device="cpu"`` inference stays on the CPU too, whatever GPUs the node has."""
+    cpu = config.device == "cpu"
     return load_model(
         path or config.model or None,
         model_threads(config),
         runtime=config.runtime,
-        half=config.half,
+        device_id=CPU_DEVICE_ID if cpu else 0,
+        half=config.half and not cpu,
         trt_cache_dir=config.trt_cache_dir or None,
     )
 
