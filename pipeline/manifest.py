@@ -25,6 +25,9 @@ ALIASES = {
     "mpp": "mpp",
 }
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# A slide id names folders (``slides/<id>/``, ``slides/.<id>.<token>.partial/``); file systems
+# allow 255 bytes per name, and the working names add up to 22 characters to the id.
+MAX_ID_LENGTH = 200
 
 
 class ManifestError(ValueError):
@@ -75,6 +78,12 @@ def read_manifest(path: str | Path) -> list[SlideEntry]:
         if not SAFE_ID.match(slide_id):
             problems.append(
                 f"row {number}: slide_id {slide_id!r} must be letters, digits, '.', '_' or '-' (it names a folder)"
+            )
+            continue
+        if len(slide_id) > MAX_ID_LENGTH:
+            problems.append(
+                f"row {number}: slide_id {slide_id[:40]!r}… is {len(slide_id)} characters, at most "
+                f"{MAX_ID_LENGTH} (it names a folder); give the row a shorter slide_id"
             )
             continue
         if slide_id in seen:

@@ -97,9 +97,11 @@ class RunRecord:
             atomic_write_json(self.path, self.data)
             self._last_write = time.time()
 
-    def finish(self, status: str) -> None:
+    def finish(self, status: str, error: str | None = None) -> None:
         self.data["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         self.data["status"] = status
+        if error is not None:
+            self.data["error"] = error
         self.write(force=True)
 
 
@@ -256,20 +258,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     record.write(force=True)
     started = time.time()
-    outcomes: list[SlideOutcome] = []
-    if todo:
-        client = connect(config)
-        print(f"dask dashboard: {client.dashboard_link}", file=sys.stderr)
-        progress = ConsoleProgress(len(todo), config.progress, record)
-        try:
-            outcomes = run_slides(client, todo, out_dir, config, progress)
-        except KeyboardInterrupt:
-            record.finish("interrupted")
-            print("interrupted: rerun the same command to resume (finished slides are kept)", file=sys.stderr)
-            return EXIT_SLIDES_FAILED
-        finally:
-            progress.close()
-            client.close()
+    try:
+        outcomes = process(todo, out_dir, config, record)
+    except KeyboardInterrupt:
+        record.finish("interrupted")
+        print("interrupted: rerun the same command to resume (finished slides are kept)", file=sys.stderr)
+        return EXIT_SLIDES_FAILED
+    except BaseException as exc:  # run.json never stays at "running"; the traceback still shows
+        record.finish("error", f"{type(exc).__name__}: {exc}")
+        raise
     rows = done + [o.stats for o in outcomes]
     any_failed = any(r.get("status") != "ok" for r in rows)
     record.finish("failed slides" if any_failed else "ok")
@@ -279,6 +276,20 @@ def main(argv: list[str] | None = None) -> int:
     rows.sort(key=lambda r: order.get(r["slide_id"], 0))
     print(summary_table(rows, time.time() - started))
     return EXIT_SLIDES_FAILED if any_failed else EXIT_OK
+
+
+def process(todo: list[SlideEntry], out_dir: Path, config: Config, record: RunRecord) -> list[SlideOutcome]:
+    """Run the slides still to do on the cluster (none started when there are none)."""
+    if not todo:
+        return []
+    client = connect(config)
+    print(f"dask dashboard: {client.dashboard_link}", file=sys.stderr)
+    progress = ConsoleProgress(len(todo), config.progress, record)
+    try:
+        return run_slides(client, todo, out_dir, config, progress)
+    finally:
+        progress.close()
+        client.close()
 
 
 def build_qc_tables(out_dir: Path) -> None:

@@ -138,6 +138,9 @@ def publish_slide(partial: Path, final: Path) -> None:
 def publish_failure(out_dir: Path, slide_id: str, stats: dict[str, Any]) -> None:
     """Publish a folder holding only the failed slide's stats.json (status + reason)."""
     partial = new_partial_dir(out_dir, slide_id)
-    atomic_write_json(partial / STATS_FILE, stats)
-    publish_slide(partial, final_slide_dir(out_dir, slide_id))
+    try:
+        atomic_write_json(partial / STATS_FILE, stats)
+        publish_slide(partial, final_slide_dir(out_dir, slide_id))
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)  # gone already when published
     remove_stale_partials(out_dir, slide_id)

@@ -1,0 +1,135 @@
+"""Fault injection (issue 13): hostile but realistic input and crashes. Nothing is lost, nothing
+hangs, nothing listens beyond this machine, and every bad input ends with exit 2 and one line
+saying what and where; run.json always ends in a final state.
+
+Faults that are about processes (two runs on one folder, a killed driver, a cluster) run real
+processes; they are marked slow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.manifest import MAX_ID_LENGTH, ManifestError, SlideEntry, read_manifest
+from pipeline.testing import synthetic_slide_cohort
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python -m pipeline.run`` in a fresh process (one worker, loopback, no progress bars)."""
+    defaults = [] if "--workers" in args else ["--workers", "1", "--threads", "1"]
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.run", *args, "--no-progress", *defaults],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def one_line_error(result: subprocess.CompletedProcess) -> str:
+    """The run refused with exit 2 and one ``error:`` line, no traceback."""
+    assert result.returncode == 2, (result.returncode, result.stderr[-3000:])
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr[-3000:]
+    return errors[0]
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three small generated slides (one tile each at --tile-px 256) and their manifest."""
+    folder = tmp_path_factory.mktemp("fault_cohort")
+    synthetic_slide_cohort(folder, 3, 300, 300, seed=40, prefix="s")
+    return folder
+
+
+def manifest_of(tmp_path: Path, rows: list[str], header: str = "slide_path,slide_id,cancer_type") -> Path:
+    path = tmp_path / "manifest.csv"
+    path.write_text("\n".join([header, *rows]) + "\n")
+    return path
+
+
+# ---------------------------------------------------------------- 1. over-long slide ids ----
+
+
+def test_overlong_slide_id_is_a_manifest_error_naming_the_row(tmp_path: Path) -> None:
+    long_id = "L" * 240
+    path = manifest_of(tmp_path, ["a.svs,g1,BRCA", f"b.svs,{long_id},BRCA", f"c.svs,{'x' * MAX_ID_LENGTH},BRCA"])
+    with pytest.raises(ManifestError) as err:
+        read_manifest(path)
+    message = str(err.value)
+    assert "row 3" in message and "240 characters" in message and f"at most {MAX_ID_LENGTH}" in message
+    assert "row 4" not in message  # the longest allowed id is fine
+    # a default id (the file's stem) is held to the same limit
+    path = manifest_of(tmp_path, [f"{'s' * 250}.svs,,BRCA"])
+    with pytest.raises(ManifestError, match="row 2"):
+        read_manifest(path)
+
+
+def test_overlong_slide_id_run_refuses_with_exit_2(tmp_path: Path, blob_model: Path) -> None:
+    manifest = manifest_of(tmp_path, ["a.svs,g1,BRCA", f"b.svs,{'L' * 240},BRCA"])
+    result = run_cli(str(manifest), "--out", str(tmp_path / "out"), "--model", str(blob_model))
+    line = one_line_error(result)
+    assert "row 3" in line or "row 3" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_failure_that_cannot_be_published_fails_only_its_slide(cohort: Path, blob_model: Path, tmp_path: Path) -> None:
+    """An OSError while publishing a failure (here: a name too long for the file system) becomes
+    that slide's failure; the driver goes on and the other slides finish."""
+    from distributed import Client, LocalCluster
+
+    from pipeline.config import load_config
+    from pipeline.graph import run_slides
+
+    config = load_config(None, {"model": str(blob_model), "tile_px": 256, "progress": False}, environ={})
+    entries = [
+        SlideEntry("g" + "x" * 260, cohort / "missing.svs"),  # fails, and its failure cannot be published
+        SlideEntry("s0", cohort / "s0.svs"),
+        SlideEntry("s1", cohort / "s1.svs"),
+    ]
+    out = tmp_path / "out"
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        with Client(cluster) as client:
+            outcomes = run_slides(client, entries, out, config)
+    status = {o.entry.slide_id: o.status for o in outcomes}
+    assert status == {entries[0].slide_id: "failed", "s0": "ok", "s1": "ok"}
+    failed = next(o for o in outcomes if o.status == "failed")
+    assert "missing.svs" in failed.error and "could not be recorded" in failed.error
+    assert (out / "slides" / "s0" / "nuclei.csv").exists()
+    assert not [p for p in (out / "slides").iterdir() if p.name.startswith(".")]
+
+
+def test_run_json_ends_in_a_final_state_when_the_driver_breaks(
+    cohort: Path, blob_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever breaks in the driver, run.json is not left at ``running``."""
+    import pipeline.cli.run as cli
+
+    class Client:
+        dashboard_link = "http://127.0.0.1:8787/status"
+
+        def close(self) -> None:
+            pass
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("the driver broke")
+
+    monkeypatch.setattr(cli, "connect", lambda config: Client())
+    monkeypatch.setattr(cli, "run_slides", broken)
+    manifest = manifest_of(tmp_path, [f"{cohort}/s0.svs,s0,BRCA"])
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="the driver broke"):
+        cli.main([str(manifest), "--out", str(out), "--model", str(blob_model), "--no-progress", "--no-qc"])
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "error" and run["finished"] and "the driver broke" in run["error"]
