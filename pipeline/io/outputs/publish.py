@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -97,15 +98,30 @@ def new_partial_dir(out_dir: Path, slide_id: str) -> Path:
     return path
 
 
+def stale_work_pattern(slide_id: str) -> re.Pattern[str]:
+    """The names of ``slide_id``'s own working folders: the id, exactly, then one token.
+
+    Slide ids may contain dots, so a glob such as ``.S1.*.partial`` would also match the live
+    folders of ``S1.rescan``; this pattern does not.
+
+    >>> p = stale_work_pattern("S1")
+    >>> bool(p.match(".S1.0123456789ab.partial")), bool(p.match(".S1.rescan.0123456789ab.partial"))
+    (True, False)
+    """
+    return re.compile(rf"\.{re.escape(slide_id)}\.[0-9a-f]{{12}}{re.escape(PARTIAL_SUFFIX)}")
+
+
 def remove_stale_partials(out_dir: Path, slide_id: str) -> int:
-    """Delete working folders left by an interrupted attempt at ``slide_id``."""
+    """Delete working folders left by an interrupted attempt at ``slide_id`` (and only those)."""
     removed = 0
     root = slides_dir(out_dir)
-    if not root.exists():
+    if not root.is_dir():
         return 0
-    for p in root.glob(f".{slide_id}.*{PARTIAL_SUFFIX}"):
-        shutil.rmtree(p, ignore_errors=True)
-        removed += 1
+    pattern = stale_work_pattern(slide_id)
+    for p in root.iterdir():
+        if pattern.fullmatch(p.name):
+            shutil.rmtree(p, ignore_errors=True)
+            removed += 1
     return removed
 
 
