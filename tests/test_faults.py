@@ -151,3 +151,58 @@ def test_stale_work_cleanup_matches_exactly_one_slide(tmp_path: Path) -> None:
     assert not any(p.exists() for p in mine)
     assert all(p.exists() for p in others + keep)
     assert remove_stale_partials(tmp_path, "S1.rescan") == 1 and others[1].exists() and others[2].exists()
+
+
+# ------------------------------------------------------------ 3. one run per output folder ----
+
+
+def start_run(manifest: Path, out: Path, model: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline.run", str(manifest), "--out", str(out), "--model", str(model)]
+        + ["--tile-px", "256", "--no-progress", "--no-qc", "--workers", "1", "--threads", "1"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its workers share its process group: one signal reaches them all
+    )
+
+
+def wait_for(predicate, timeout: float = 120) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    deadline = time.time() + timeout
+    while not predicate():
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_second_run_on_one_folder_is_refused_and_a_killed_holder_releases_it(
+    cohort: Path, blob_model: Path, tmp_path: Path
+) -> None:
+    import platform
+    import signal
+
+    out = tmp_path / "out"
+    first = start_run(cohort / "manifest.csv", out, blob_model)
+    try:
+        wait_for(lambda: (out / "run.json").exists())
+        os.killpg(first.pid, signal.SIGSTOP)  # a live run that holds the folder (hung, or just slow)
+        partials_before = sorted(p.name for p in (out / "slides").glob(".*")) if (out / "slides").exists() else []
+        second = run_cli(str(cohort / "manifest.csv"), "--out", str(out), "--model", str(blob_model), "--no-qc")
+        line = one_line_error(second)
+        assert str(out) in line and f"pid {first.pid}" in line and platform.node() in line and "started" in line
+        # the refused run touched nothing of the holder's
+        after = sorted(p.name for p in (out / "slides").glob(".*")) if (out / "slides").exists() else []
+        assert after == partials_before
+        assert json.loads((out / "run.json").read_text())["status"] == "running"
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)  # the driver dies without cleaning up: the kernel drops its lock
+        first.wait()
+    third = run_cli(
+        str(cohort / "manifest.csv"), "--out", str(out), "--model", str(blob_model), "--tile-px", "256", "--no-qc"
+    )
+    assert third.returncode == 0, third.stderr[-3000:]
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "ok" and {s["status"] for s in run["slides"].values()} == {"ok"}
+    assert not [p for p in (out / "slides").iterdir() if p.name.startswith(".")]

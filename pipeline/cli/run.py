@@ -21,6 +21,7 @@ from pipeline import __version__
 from pipeline.cluster import connect
 from pipeline.config import CHOICES, Config, load_config
 from pipeline.graph import SlideOutcome, run_slides
+from pipeline.io.outputs.lock import OutputInUse, lock_output
 from pipeline.io.outputs.publish import atomic_write_json, read_published_stats, remove_stale_partials
 from pipeline.manifest import ManifestError, SlideEntry, read_manifest
 from pipeline.qc import build_qc
@@ -246,7 +247,28 @@ def main(argv: list[str] | None = None) -> int:
     except (ManifestError, ModelError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        lock = lock_output(out_dir)
+    except OutputInUse as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as exc:
+        print(f"error: --out {out_dir} cannot be used as the output folder: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    with lock:
+        return run_locked(args, manifest, out_dir, config, entries, model)
+
+
+def run_locked(
+    args: argparse.Namespace,
+    manifest: Path,
+    out_dir: Path,
+    config: Config,
+    entries: list[SlideEntry],
+    model: dict[str, Any],
+) -> int:
+    """The run, once this process owns ``out_dir``."""
     todo, done = split_done(entries, out_dir, args.retry_failed)
     record = RunRecord(out_dir, config, manifest, model)
     for stats in done:
