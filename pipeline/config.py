@@ -125,3 +125,19 @@ def validate_config(config: Config) -> None:
         problems.append("max_attempts must be ≥ 1")
     if problems:
         raise ValueError("invalid configuration: " + "; ".join(problems))
+
+
+# The settings that change what a slide's published outputs hold (with the model's sha256 and the
+# slide's own inputs): a rerun redoes a slide made with other values. Execution settings (reader,
+# device, runtime, workers, ...) are meant to give the same outputs and are left out.
+OUTPUT_FIELDS: tuple[str, ...] = (
+    "default_mpp",
+    "tile_px",
+    "halo_px",
+    "max_nucleus_px",
+    "tissue_view_px",
+    "stain",
+    "save_probabilities",
+    "write_geojson",
+    "half",
+)

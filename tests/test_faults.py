@@ -206,3 +206,90 @@ def test_second_run_on_one_folder_is_refused_and_a_killed_holder_releases_it(
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "ok" and {s["status"] for s in run["slides"].values()} == {"ok"}
     assert not [p for p in (out / "slides").iterdir() if p.name.startswith(".")]
+
+
+# ------------------------------------------------- 4. resume verifies what a slide holds ----
+
+
+def slide_digest(slide_dir: Path) -> dict[str, str]:
+    from tests.test_run import output_digest
+
+    digest = output_digest(slide_dir)
+    digest.pop("stats")  # it records the slide file's identity, which some steps change on purpose
+    return digest
+
+
+@pytest.mark.slow
+def test_resume_redoes_slides_whose_outputs_or_inputs_changed(cohort: Path, blob_model: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from pipeline.io.outputs.stats import STATS_FIELDS
+
+    out = tmp_path / "out"
+    manifest = manifest_of(tmp_path, [f"{cohort}/s{i}.svs,s{i},BRCA" for i in range(3)])
+    args = ["--out", str(out), "--model", str(blob_model), "--tile-px", "256", "--no-qc"]
+    first = run_cli(str(manifest), *args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    slides = out / "slides"
+    reference = {s: slide_digest(slides / s) for s in ("s0", "s1", "s2")}
+    stats = json.loads((slides / "s0" / "stats.json").read_text())
+    assert list(stats) == list(STATS_FIELDS)  # the one schema, new keys at its end
+    assert {"nuclei.csv", "nuclei.parquet", "maps.zarr"} <= set(stats["outputs"])
+    assert stats["outputs"]["nuclei.csv"]["bytes"] == (slides / "s0" / "nuclei.csv").stat().st_size
+    assert stats["inputs"]["slide_bytes"] == (cohort / "s0.svs").stat().st_size
+    assert stats["inputs"]["model_sha256"] == stats["model_sha256"]
+
+    # outputs lost or damaged after publication; a crash between the two renames left an .old folder
+    (slides / "s0" / "nuclei.parquet").unlink()
+    (slides / "s1" / "nuclei.csv").write_text("")
+    shutil.rmtree(slides / "s2" / "maps.zarr")
+    (slides / ".s0.0123abcd.old").mkdir()
+    second = run_cli(str(manifest), *args)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "0 already complete, 3 to process" in second.stderr
+    assert "redoing s0: nuclei.parquet is missing" in second.stderr
+    assert "redoing s1: nuclei.csv" in second.stderr and "bytes" in second.stderr
+    assert "redoing s2: maps.zarr" in second.stderr
+    assert {s: slide_digest(slides / s) for s in reference} == reference
+    assert not [p.name for p in slides.iterdir() if p.name.startswith(".")]
+
+    # nothing changed: nothing redone
+    third = run_cli(str(manifest), *args)
+    assert "3 already complete, 0 to process" in third.stderr and "redoing" not in third.stderr
+
+    # same size, other bytes: caught by the checksums when asked for
+    csv = slides / "s0" / "nuclei.csv"
+    data = bytearray(csv.read_bytes())
+    data[-5] = ord("9") if data[-5] != ord("9") else ord("8")
+    csv.write_bytes(bytes(data))
+    assert "3 already complete" in run_cli(str(manifest), *args).stderr
+    fourth = run_cli(str(manifest), *args, "--verify-checksums")
+    assert "redoing s0: nuclei.csv" in fourth.stderr and "checksum" in fourth.stderr
+    assert slide_digest(slides / "s0") == reference["s0"]
+
+    # the inputs changed: another file under the same id, another mpp, another model, other settings
+    shutil.copy(cohort / "s2.svs", tmp_path / "other.svs")
+    manifest.write_text(
+        "slide_path,slide_id,cancer_type,mpp\n"
+        f"{tmp_path}/other.svs,s0,BRCA,\n{cohort}/s1.svs,s1,BRCA,0.3\n{cohort}/s2.svs,s2,BRCA,\n"
+    )
+    fifth = run_cli(str(manifest), *args)
+    assert fifth.returncode == 0, fifth.stderr[-3000:]
+    assert "redoing s0: the slide file" in fifth.stderr
+    assert "redoing s1: the manifest's mpp" in fifth.stderr
+    assert "redoing s2" not in fifth.stderr
+    assert json.loads((slides / "s1" / "stats.json").read_text())["mpp"] == 0.3
+    other_model = tmp_path / "other.onnx"
+    import onnx
+
+    model = onnx.load(blob_model)
+    model.metadata_props.add(key="note", value="retrained")  # same graph, another file: another model
+    onnx.save(model, other_model)
+    sixth = run_cli(str(manifest), *args[:3], str(other_model), *args[4:], "--stain", "macenko")
+    assert "redoing s2: the model" in sixth.stderr and "stain" in sixth.stderr
+
+    # a finished slide whose file has since been moved away keeps its results
+    (tmp_path / "other.svs").unlink()
+    seventh = run_cli(str(manifest), *args[:3], str(other_model), *args[4:], "--stain", "macenko")
+    assert "redoing s0" not in seventh.stderr and seventh.returncode == 0
+    assert (slides / "s0" / "nuclei.csv").exists()

@@ -21,11 +21,18 @@ from pipeline import __version__
 from pipeline.cluster import connect
 from pipeline.config import CHOICES, Config, load_config
 from pipeline.graph import SlideOutcome, run_slides
+from pipeline.io.outputs.contents import check_contents
 from pipeline.io.outputs.lock import OutputInUse, lock_output
-from pipeline.io.outputs.publish import atomic_write_json, read_published_stats, remove_stale_partials
+from pipeline.io.outputs.publish import (
+    atomic_write_json,
+    final_slide_dir,
+    read_published_stats,
+    remove_stale_partials,
+)
 from pipeline.manifest import ManifestError, SlideEntry, read_manifest
 from pipeline.qc import build_qc
 from pipeline.runtime import ModelError, model_summary
+from pipeline.slide.inputs import changed_inputs, slide_inputs
 
 EXIT_OK, EXIT_SLIDES_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 PACKAGES = [
@@ -185,23 +192,53 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--runtime", choices=CHOICES["runtime"], help="inference runtime")
     p.add_argument("--half", action="store_true", default=None, help="fp16 inference on the GPU")
     p.add_argument("--retry-failed", action="store_true", help="reprocess slides whose earlier attempt failed")
+    p.add_argument(
+        "--verify-checksums",
+        action="store_true",
+        help="before skipping a finished slide, check the sha256 of every file it holds (reads them all); "
+        "without it, presence and sizes are checked",
+    )
     p.add_argument("--no-qc", action="store_true", help="skip building the QC tables at the end")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
     return p.parse_args(argv)
 
 
 def split_done(
-    entries: list[SlideEntry], out_dir: Path, retry_failed: bool
+    entries: list[SlideEntry],
+    out_dir: Path,
+    retry_failed: bool,
+    model_sha256: str = "",
+    config: Config | None = None,
+    checksums: bool = False,
 ) -> tuple[list[SlideEntry], list[dict[str, Any]]]:
-    """Slides still to do, and the stats of those already published (skipped)."""
+    """Slides still to do, and the stats of those already published (skipped).
+
+    A finished slide is skipped only while its folder still holds what its stats.json says was
+    published and the inputs it was made from are still those of its manifest row; otherwise it
+    is redone, with a line saying why. A slide whose file has gone since keeps its results.
+    """
+    config = config or Config()
     todo, done = [], []
     for e in entries:
+        remove_stale_partials(out_dir, e.slide_id)
         stats = read_published_stats(out_dir, e.slide_id)
-        if stats is not None and (stats.get("status") == "ok" or not retry_failed):
-            done.append(stats)
-        else:
-            remove_stale_partials(out_dir, e.slide_id)
+        if stats is None or (stats.get("status") != "ok" and retry_failed):
             todo.append(e)
+            continue
+        reason = None
+        if stats.get("status") == "ok":
+            reason = check_contents(final_slide_dir(out_dir, e.slide_id), stats.get("outputs"), checksums)
+            try:
+                current = slide_inputs(e.slide_path, e.mpp, model_sha256, config)
+            except OSError:
+                current = None  # nothing to redo it from: the results stay
+            if reason is None and current is not None:
+                reason = changed_inputs(stats.get("inputs"), current)
+        if reason:
+            print(f"redoing {e.slide_id}: {reason}", file=sys.stderr)
+            todo.append(e)
+        else:
+            done.append(stats)
     return todo, done
 
 
@@ -269,7 +306,7 @@ def run_locked(
     model: dict[str, Any],
 ) -> int:
     """The run, once this process owns ``out_dir``."""
-    todo, done = split_done(entries, out_dir, args.retry_failed)
+    todo, done = split_done(entries, out_dir, args.retry_failed, model["sha256"], config, args.verify_checksums)
     record = RunRecord(out_dir, config, manifest, model)
     for stats in done:
         record.slide(stats["slide_id"], stats.get("status", "ok"), stats, stats.get("error"), skipped=True)
