@@ -22,9 +22,11 @@ from pipeline.testing import synthetic_slide_cohort
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    """``python -m pipeline.run`` in a fresh process (one worker, loopback, no progress bars)."""
-    defaults = [] if "--workers" in args else ["--workers", "1", "--threads", "1"]
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 300, small: bool = True
+) -> subprocess.CompletedProcess:
+    """``python -m pipeline.run`` in a fresh process (``small``: one worker of one thread), no progress bars."""
+    defaults = ["--workers", "1", "--threads", "1"] if small and "--workers" not in args else []
     return subprocess.run(
         [sys.executable, "-m", "pipeline.run", *args, "--no-progress", *defaults],
         cwd=ROOT,
@@ -293,3 +295,58 @@ def test_resume_redoes_slides_whose_outputs_or_inputs_changed(cohort: Path, blob
     seventh = run_cli(str(manifest), *args[:3], str(other_model), *args[4:], "--stain", "macenko")
     assert "redoing s0" not in seventh.stderr and seventh.returncode == 0
     assert (slides / "s0" / "nuclei.csv").exists()
+
+
+# ------------------------------------------------------ 5, 10. settings validated up front ----
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "named"),
+    [
+        (["--workers", "-1"], {}, "n_workers"),
+        ([], {"NUCLEI_N_WORKERS": "-3"}, "n_workers"),
+        (["--threads", "-2"], {}, "threads_per_worker"),
+        ([], {"NUCLEI_N_WORKERS": "two"}, "NUCLEI_N_WORKERS"),
+        ([], {"NUCLEI_HALF": "maybe"}, "NUCLEI_HALF"),
+        ([], {"NUCLEI_TILE_PX": "512.5"}, "NUCLEI_TILE_PX"),
+        ([], {"NUCLEI_DEFAULT_MPP": "-1"}, "default_mpp"),
+        ([], {"NUCLEI_MEMORY_LIMIT": "lots"}, "memory_limit"),
+    ],
+)
+def test_bad_settings_refuse_with_one_line(
+    args: list[str], env: dict[str, str], named: str, tmp_path: Path, blob_model: Path
+) -> None:
+    manifest = manifest_of(tmp_path, ["a.svs,a,BRCA"])
+    # before: 0 workers, and a run that waited for them forever
+    result = run_cli(str(manifest), "--out", str(tmp_path / "out"), *args, env=env, timeout=60, small=False)
+    assert named in one_line_error(result)
+    assert not (tmp_path / "out").exists()
+
+
+def test_yaml_floats_are_not_truncated_to_ints(tmp_path: Path) -> None:
+    from pipeline.config import load_config
+
+    config_file = tmp_path / "c.yaml"
+    config_file.write_text("tiles_per_task: 2.7\n")
+    with pytest.raises(ValueError, match=r"c.yaml: tiles_per_task=2.7 is not a whole number"):
+        load_config(config_file, environ={})
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("- tile_px\n- 512\n", "not a list"),
+        ("model: !!python/object/apply:os.system ['echo hacked']\n", "not a readable YAML"),
+        ("a: &a [x, x]\nb: &b [*a, *a]\nc: &c [*b, *b]\nstain: *c\n", "aliases"),
+        ("tile_px: [1, 2]\n", "tile_px"),
+        ("stain: {a: 1}\n", "stain"),
+    ],
+)
+def test_bad_config_files_refuse_with_one_line(text: str, named: str, tmp_path: Path, blob_model: Path) -> None:
+    config_file = tmp_path / "bad.yaml"
+    config_file.write_text(text)
+    manifest = manifest_of(tmp_path, ["a.svs,a,BRCA"])
+    result = run_cli(str(manifest), "--out", str(tmp_path / "out"), "--config", str(config_file), timeout=60)
+    line = one_line_error(result)
+    assert named in line and "bad.yaml" in line
+    assert "hacked" not in result.stdout + result.stderr
