@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,9 @@ class Config:
     n_workers: int = 0  # local cluster workers; 0 = sized to the machine
     threads_per_worker: int = 0  # 0 = cores / workers
     memory_limit: str = "auto"  # per local worker
+    # where a local run's dashboard listens: this machine only by default (it shows worker logs and
+    # folders and lets anyone who reaches it see the run); "0.0.0.0:8787" opens it on purpose, "off" none
+    dashboard: str = "127.0.0.1:8787"
     slides_in_flight: int = 0  # slides being processed at once; 0 = 3 × worker threads (at least 4)
     max_attempts: int = 3  # a slide that kills workers this many times is marked failed
     intra_op_threads: int = 0  # ONNX Runtime threads per session; 0 = one (tasks run in parallel)
@@ -211,6 +215,8 @@ def validate_config(config: Config) -> None:
         problems.append(
             f"memory_limit={config.memory_limit!r} must be 'auto', a size such as '4GB', or a share of memory (0-1)"
         )
+    if config.dashboard != "off" and not re.fullmatch(r"\[?[0-9A-Za-z.:_-]*\]?:\d{1,5}", config.dashboard):
+        problems.append(f"dashboard={config.dashboard!r} must be HOST:PORT (e.g. 127.0.0.1:8787) or 'off'")
     if config.tiles_per_task < 1:
         problems.append("tiles_per_task must be ≥ 1")
     if config.max_attempts < 1:

@@ -350,3 +350,156 @@ def test_bad_config_files_refuse_with_one_line(text: str, named: str, tmp_path: 
     line = one_line_error(result)
     assert named in line and "bad.yaml" in line
     assert "hacked" not in result.stdout + result.stderr
+
+
+# ------------------------------------------------------------- 8. nothing listens outside ----
+
+
+def listening_addresses(pids: list[int]) -> set[str]:
+    import psutil
+
+    found = set()
+    for conn in psutil.net_connections(kind="inet"):
+        if conn.status == psutil.CONN_LISTEN and conn.pid in pids:
+            found.add(conn.laddr.ip)
+    return found
+
+
+@pytest.mark.slow
+def test_local_cluster_listens_on_loopback_only(blob_model: Path) -> None:
+    """Scheduler, workers, nannies and dashboard of a local run: 127.0.0.1 and nothing else."""
+    import psutil
+
+    from pipeline.cluster import connect
+    from pipeline.config import load_config
+
+    config = load_config(None, {"n_workers": 1, "threads_per_worker": 1}, environ={})
+    client = connect(config)
+    try:
+        client.wait_for_workers(1, timeout=60)
+        me = psutil.Process()
+        pids = [me.pid] + [p.pid for p in me.children(recursive=True)]
+        addresses = listening_addresses(pids)
+        assert addresses == {"127.0.0.1"}, addresses
+        assert client.dashboard_link.startswith("http://127.0.0.1:")
+    finally:
+        client.close()
+        client.cluster.close()
+
+
+def test_dashboard_opens_only_when_asked() -> None:
+    from pipeline.cluster import dashboard_address
+    from pipeline.config import Config, load_config
+
+    assert dashboard_address(Config()).startswith("127.0.0.1:")
+    config = load_config(None, {"dashboard": "0.0.0.0:8787"}, environ={})
+    assert dashboard_address(config) == "0.0.0.0:8787"
+    with pytest.raises(ValueError, match="dashboard"):
+        load_config(None, {"dashboard": "8787"}, environ={})
+
+
+@pytest.mark.slow
+def test_local_launcher_listens_on_loopback_only(tmp_path: Path) -> None:
+    """cluster/local.sh: the scheduler, its dashboard and the workers bind to 127.0.0.1 unless told."""
+    import signal
+    import time
+
+    import psutil
+
+    sched = tmp_path / "sched.json"
+    env = {**os.environ, "SCHED": str(sched), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    proc = subprocess.Popen(
+        ["bash", str(ROOT / "cluster" / "local.sh"), "1"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        wait_for(sched.exists, timeout=60)
+        deadline = time.time() + 60
+        while True:  # until the worker has registered with the scheduler
+            info = json.loads(sched.read_text())
+            group = [p.pid for p in psutil.process_iter() if p.pid > 1 and _group(p.pid) == proc.pid]
+            addresses = listening_addresses(group)
+            if len(group) >= 4 and len(_listening_ports(group)) >= 4 or time.time() > deadline:
+                break
+            time.sleep(0.5)
+        assert info["address"].startswith("tcp://127.0.0.1:")
+        assert addresses == {"127.0.0.1"}, addresses
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def _group(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
+
+
+def _listening_ports(pids: list[int]) -> set[int]:
+    import psutil
+
+    return {
+        c.laddr.port for c in psutil.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN and c.pid in pids
+    }
+
+
+def test_batch_cluster_binds_to_the_given_interface_and_requires_tls(tmp_path: Path) -> None:
+    import shutil
+
+    pytest.importorskip("dask_jobqueue")
+    if not shutil.which("openssl"):
+        pytest.skip("openssl is not installed")
+    subprocess.run(  # a self-signed certificate serves as its own CA
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=nuclei"]
+        + ["-keyout", str(tmp_path / "node.key"), "-out", str(tmp_path / "node.pem")],
+        check=True,
+        capture_output=True,
+    )
+    shutil.copy(tmp_path / "node.pem", tmp_path / "ca.pem")
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "cluster" / "hpc.py"), "slurm", "--print-job-script"]
+        + ["--interface", "lo", "--tls-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "--interface lo" in out.stdout and f"--tls-ca-file {tmp_path}/ca.pem" in out.stdout
+    assert "--protocol tls://" in out.stdout or "tls://" in out.stdout
+    for script in ("slurm/scheduler_and_workers.sbatch", "pbs/scheduler_and_workers.pbs"):
+        text = (ROOT / "cluster" / script).read_text()
+        assert "--interface" in text and "--tls-ca-file" in text and "REQUIRE_ENCRYPTION" in text, script
+
+
+class _Payload:
+    """A pickled object that runs code when it is loaded (what a hostile checkpoint carries)."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (Path.write_text, (Path(self.marker), "ran"))
+
+
+def test_checkpoints_are_loaded_as_weights_only(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    from pipeline.training.export import load_checkpoint
+    from pipeline.training.unet import NucleusUNet
+    from tests.test_export import TINY
+
+    net = NucleusUNet(TINY)
+    good = tmp_path / "good.pt"
+    torch.save({"model": net.state_dict(), "step": 3, "config": {"unet": TINY.as_dict(), "lr": 1e-3}}, good)
+    assert isinstance(load_checkpoint(good), NucleusUNet)
+
+    marker = tmp_path / "pwned"
+    bad = tmp_path / "bad.pt"
+    torch.save({"model": net.state_dict(), "config": {"unet": TINY.as_dict()}, "x": _Payload(str(marker))}, bad)
+    with pytest.raises(Exception, match="(?i)weights"):
+        load_checkpoint(bad)
+    assert not marker.exists()

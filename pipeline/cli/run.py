@@ -180,6 +180,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--config", type=Path, help="YAML file with config values")
     p.add_argument("--model", help="ONNX model (default: the shipped model)")
     p.add_argument("--scheduler", help="address (tcp://host:8786) or scheduler file of a running dask-scheduler")
+    p.add_argument(
+        "--dashboard",
+        help="local cluster: where the dashboard listens (default 127.0.0.1:8787, this machine only; "
+        "0.0.0.0:8787 opens it to the network on purpose; off: none)",
+    )
     p.add_argument("--workers", type=int, dest="n_workers", help="local cluster: worker processes")
     p.add_argument("--threads", type=int, dest="threads_per_worker", help="local cluster: threads per worker")
     p.add_argument("--tile-px", type=int, help="tile core side at model resolution (multiple of 16)")
@@ -264,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         for k in (
             "model",
             "scheduler",
+            "dashboard",
             "n_workers",
             "threads_per_worker",
             "stain",
