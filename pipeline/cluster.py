@@ -135,6 +135,21 @@ def local_cuda_cluster(
 LOOPBACK = "127.0.0.1"
 
 
+def scheduler_file_address(path: str) -> str:
+    """The address in a scheduler file (``dask scheduler --scheduler-file``); ValueError naming
+    the file when it holds none."""
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            address = json.load(f).get("address")
+    except (ValueError, AttributeError) as exc:
+        raise ValueError(f"{path} is not a scheduler file (JSON with an address): {exc}") from None
+    if not isinstance(address, str) or "://" not in address:
+        raise ValueError(f"{path} is not a scheduler file: it has no scheduler address")
+    return address
+
+
 def dashboard_address(config: Config) -> str | None:
     """Where a local cluster's dashboard listens (None: no dashboard); loopback unless the
     config opens it deliberately (``dashboard: 0.0.0.0:8787``, ``--dashboard``)."""
@@ -154,7 +169,7 @@ def connect(config: Config) -> Any:
     dask.config.set({"distributed.scheduler.allowed-failures": max(0, config.max_attempts - 1)})
     if config.scheduler:
         if os.path.exists(config.scheduler):
-            return Client(scheduler_file=config.scheduler)
+            return Client(scheduler_file_address(config.scheduler))
         return Client(config.scheduler)
     cuda = local_cuda_cluster(
         rmm_pool_share=float(os.environ.get("NUCLEI_RMM_POOL", RMM_POOL_SHARE)),

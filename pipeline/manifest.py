@@ -10,6 +10,7 @@ before any work starts, naming every bad row.
 from __future__ import annotations
 
 import csv
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,7 +74,7 @@ def read_manifest(path: str | Path) -> list[SlideEntry]:
             continue
         slide_path = Path(raw_path).expanduser()
         if not slide_path.is_absolute():
-            slide_path = (path.parent / slide_path).resolve()
+            slide_path = _absolute(path.parent / slide_path)
         slide_id = rec.get("slide_id") or slide_path.stem
         if not SAFE_ID.match(slide_id):
             problems.append(
@@ -105,3 +106,12 @@ def read_manifest(path: str | Path) -> list[SlideEntry]:
     if not entries:
         raise ManifestError(f"{path}: no slides listed")
     return entries
+
+
+def _absolute(path: Path) -> Path:
+    """``path`` made absolute and normalised; symlinks resolved where they can be (a symlink loop
+    or an unreadable folder is left for reading the slide to report, so that slide fails alone)."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):  # RuntimeError: a symlink loop (Python < 3.13)
+        return Path(os.path.abspath(path))

@@ -503,3 +503,62 @@ def test_checkpoints_are_loaded_as_weights_only(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="(?i)weights"):
         load_checkpoint(bad)
     assert not marker.exists()
+
+
+# ------------------------------------------------ 11. bad input: exit 2, one line, no traceback ----
+
+
+def test_out_that_is_a_file_is_refused(tmp_path: Path, blob_model: Path) -> None:
+    (tmp_path / "out").write_text("not a folder")
+    manifest = manifest_of(tmp_path, ["a.svs,a,BRCA"])
+    line = one_line_error(run_cli(str(manifest), "--out", str(tmp_path / "out"), "--model", str(blob_model)))
+    assert str(tmp_path / "out") in line
+    (tmp_path / "out2").mkdir()
+    (tmp_path / "out2" / "slides").write_text("")
+    line = one_line_error(run_cli(str(manifest), "--out", str(tmp_path / "out2"), "--model", str(blob_model)))
+    assert "slides" in line
+
+
+def test_invalid_model_file_is_refused(tmp_path: Path) -> None:
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"this is not an onnx model")
+    manifest = manifest_of(tmp_path, ["a.svs,a,BRCA"])
+    line = one_line_error(run_cli(str(manifest), "--out", str(tmp_path / "out"), "--model", str(model), timeout=60))
+    assert "model.onnx" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_symlink_loop_fails_its_slide_alone(cohort: Path, blob_model: Path, tmp_path: Path) -> None:
+    (tmp_path / "loop_a.svs").symlink_to("loop_b.svs")
+    (tmp_path / "loop_b.svs").symlink_to("loop_a.svs")
+    manifest = manifest_of(tmp_path, ["loop_a.svs,loop,BRCA", f"{cohort}/s0.svs,s0,BRCA"])
+    result = run_cli(str(manifest), "--out", str(tmp_path / "out"), "--model", str(blob_model), "--tile-px", "256")
+    assert result.returncode == 1, result.stderr[-3000:]
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert run["status"] == "failed slides"
+    assert run["slides"]["s0"]["status"] == "ok" and run["slides"]["loop"]["status"] == "failed"
+    assert "loop_a.svs" in run["slides"]["loop"]["error"]
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "named"),
+    [
+        ("tcp://127.0.0.1:9", "127.0.0.1:9"),  # nothing listens there
+        ("tcp://[bad", "tcp://[bad"),
+        ("{sched}", "sched.json"),  # a scheduler file that is not JSON
+    ],
+)
+def test_unusable_scheduler_is_refused(
+    scheduler: str, named: str, cohort: Path, blob_model: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "sched.json").write_text("{not json")
+    manifest = manifest_of(tmp_path, [f"{cohort}/s0.svs,s0,BRCA"])
+    out = tmp_path / "out"
+    result = run_cli(
+        str(manifest), "--out", str(out), "--model", str(blob_model),
+        "--scheduler", scheduler.format(sched=tmp_path / "sched.json"),
+        env={"DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "3s"}, timeout=90,
+    )  # fmt: skip
+    assert named in one_line_error(result)
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "error" and run["finished"] and named in run["error"]

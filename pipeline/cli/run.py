@@ -28,6 +28,7 @@ from pipeline.io.outputs.publish import (
     final_slide_dir,
     read_published_stats,
     remove_stale_partials,
+    slides_dir,
 )
 from pipeline.manifest import ManifestError, SlideEntry, read_manifest
 from pipeline.qc import build_qc
@@ -55,6 +56,10 @@ PACKAGES = [
     "cupy-cuda13x",
     "dask-cuda",
 ]
+
+
+class SetupError(RuntimeError):
+    """The run cannot start its work (a scheduler that cannot be reached, ...): exit 2."""
 
 
 def package_versions() -> dict[str, str]:
@@ -286,13 +291,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config, overrides)
         entries = read_manifest(manifest)
-        model = model_summary(config.model or None)
+        model = model_summary(config.model or None, check=True)
     except (ManifestError, ModelError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         lock = lock_output(out_dir)
+        slides_dir(out_dir).mkdir(exist_ok=True)
     except OutputInUse as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -325,6 +331,10 @@ def run_locked(
     started = time.time()
     try:
         outcomes = process(todo, out_dir, config, record)
+    except SetupError as exc:
+        record.finish("error", str(exc))
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         record.finish("interrupted")
         print("interrupted: rerun the same command to resume (finished slides are kept)", file=sys.stderr)
@@ -347,7 +357,11 @@ def process(todo: list[SlideEntry], out_dir: Path, config: Config, record: RunRe
     """Run the slides still to do on the cluster (none started when there are none)."""
     if not todo:
         return []
-    client = connect(config)
+    try:
+        client = connect(config)
+    except (OSError, ValueError) as exc:  # TimeoutError is an OSError
+        where = f"the scheduler {config.scheduler}" if config.scheduler else "a local cluster"
+        raise SetupError(f"{where} cannot be used: {type(exc).__name__}: {' '.join(str(exc).split())}") from None
     print(f"dask dashboard: {client.dashboard_link}", file=sys.stderr)
     progress = ConsoleProgress(len(todo), config.progress, record)
     try:
