@@ -562,3 +562,36 @@ def test_unusable_scheduler_is_refused(
     assert named in one_line_error(result)
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "error" and run["finished"] and named in run["error"]
+
+
+# ------------------------------------------------------ 6. predict never overwrites a result ----
+
+
+def test_predict_keeps_one_result_per_input_even_when_names_repeat(tmp_path: Path, blob_model: Path) -> None:
+    import tifffile
+    from PIL import Image
+
+    from pipeline.testing import synthetic_slide_image
+
+    images = {}
+    for folder, seed in (("a", 1), ("b", 2)):
+        image, _ = synthetic_slide_image(200, 160, seed=seed, tissue="full")
+        (tmp_path / folder).mkdir()
+        Image.fromarray(image).save(tmp_path / folder / "x.png")
+        images[folder] = tmp_path / folder / "x.png"
+    Image.fromarray(image).save(tmp_path / "b" / "x.tif")
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.predict", str(images["a"]), str(images["b"]), str(tmp_path / "b" / "x.tif")]
+        + ["--out", str(tmp_path / "pred"), "--model", str(blob_model)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    written = sorted(p.name for p in (tmp_path / "pred").iterdir())
+    assert len(written) == 3, written
+    labels = {name: tifffile.imread(tmp_path / "pred" / name) for name in written}
+    assert len({v.tobytes() for v in labels.values()}) >= 2  # a/x.png and b/x.png: two different results
+    for name in written:
+        assert name in result.stdout
