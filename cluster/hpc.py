@@ -40,7 +40,8 @@ def make_cluster(system: str, profile: dict[str, Any], overrides: dict[str, Any]
 
     dask.config.set({"distributed.scheduler.allowed-failures": ALLOWED_FAILURES})
     kwargs = {k: v for k, v in profile.items() if v is not None}
-    kwargs.update({k: v for k, v in overrides.items() if v is not None})
+    kwargs.update({k: v for k, v in overrides.items() if v is not None and k != "scheduler_options"})
+    kwargs["scheduler_options"] = {**kwargs.get("scheduler_options", {}), **overrides.get("scheduler_options", {})}
     if system == "slurm":
         from dask_jobqueue import SLURMCluster
 
@@ -50,6 +51,31 @@ def make_cluster(system: str, profile: dict[str, Any], overrides: dict[str, Any]
 
         return PBSCluster(**kwargs)
     raise SystemExit(f"unknown batch system {system!r} (slurm or pbs)")
+
+
+def network_options(interface: str | None, tls_dir: Path | None) -> dict[str, Any]:
+    """Where the cluster listens and how it talks: the given interface (never every interface),
+    TLS with the given certificates (a Dask scheduler runs whatever pickled code reaches it),
+    and the scheduler's dashboard on this machine's loopback (reach it with ``ssh -L``)."""
+    options: dict[str, Any] = {"scheduler_options": {"dashboard_address": "127.0.0.1:8787"}}
+    if interface:
+        options["interface"] = interface
+    if tls_dir:
+        from distributed.security import Security
+
+        ca, cert, key = (str(tls_dir / name) for name in ("ca.pem", "node.pem", "node.key"))
+        options["protocol"] = "tls://"
+        options["security"] = Security(
+            tls_ca_file=ca,
+            tls_scheduler_cert=cert,
+            tls_scheduler_key=key,
+            tls_worker_cert=cert,
+            tls_worker_key=key,
+            tls_client_cert=cert,
+            tls_client_key=key,
+            require_encryption=True,
+        )
+    return options
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,10 +89,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=0, help="fixed number of worker jobs")
     p.add_argument("--adapt", default="", help="MIN:MAX worker jobs, scaled to the work queued")
     p.add_argument("--scheduler-file", type=Path, default=Path("nuclei-scheduler.json"))
+    p.add_argument("--interface", help="the cluster network interface the scheduler and workers bind to (e.g. ib0)")
+    p.add_argument(
+        "--tls-dir",
+        type=Path,
+        help="folder with ca.pem, node.pem, node.key on the shared filesystem: all traffic TLS, encryption required",
+    )
     p.add_argument("--print-job-script", action="store_true")
     args = p.parse_args(argv)
     profile = load_profile(args.system, args.profile, args.config)
     overrides = {"queue": args.queue, "account": args.account, "walltime": args.walltime}
+    overrides.update(network_options(args.interface, args.tls_dir))
     cluster = make_cluster(args.system, profile, overrides)
     if args.print_job_script:
         print(cluster.job_script())

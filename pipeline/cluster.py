@@ -132,22 +132,50 @@ def local_cuda_cluster(
     return dask_cuda.LocalCUDACluster(**options)
 
 
+LOOPBACK = "127.0.0.1"
+
+
+def scheduler_file_address(path: str) -> str:
+    """The address in a scheduler file (``dask scheduler --scheduler-file``); ValueError naming
+    the file when it holds none."""
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            address = json.load(f).get("address")
+    except (ValueError, AttributeError) as exc:
+        raise ValueError(f"{path} is not a scheduler file (JSON with an address): {exc}") from None
+    if not isinstance(address, str) or "://" not in address:
+        raise ValueError(f"{path} is not a scheduler file: it has no scheduler address")
+    return address
+
+
+def dashboard_address(config: Config) -> str | None:
+    """Where a local cluster's dashboard listens (None: no dashboard); loopback unless the
+    config opens it deliberately (``dashboard: 0.0.0.0:8787``, ``--dashboard``)."""
+    return None if config.dashboard == "off" else config.dashboard
+
+
 def connect(config: Config) -> Any:
     """A distributed Client: to ``config.scheduler`` (address or scheduler file) when given;
     else a ``LocalCUDACluster`` (one worker per GPU) when GPUs and dask-cuda are present;
-    else a local cluster of worker processes sized to this machine."""
+    else a local cluster of worker processes sized to this machine.
+
+    A local cluster listens on 127.0.0.1 only, dashboard included (``config.dashboard`` opens
+    the dashboard deliberately): a Dask scheduler runs whatever pickled code reaches it."""
     import dask
     from distributed import Client, LocalCluster
 
     dask.config.set({"distributed.scheduler.allowed-failures": max(0, config.max_attempts - 1)})
     if config.scheduler:
         if os.path.exists(config.scheduler):
-            return Client(scheduler_file=config.scheduler)
+            return Client(scheduler_file_address(config.scheduler))
         return Client(config.scheduler)
     cuda = local_cuda_cluster(
         rmm_pool_share=float(os.environ.get("NUCLEI_RMM_POOL", RMM_POOL_SHARE)),
         threads_per_worker=config.threads_per_worker or None,
-        dashboard_address=":8787",
+        host=LOOPBACK,
+        dashboard_address=dashboard_address(config),
     )
     if cuda is not None:
         return Client(cuda)
@@ -159,6 +187,7 @@ def connect(config: Config) -> Any:
         threads_per_worker=threads,
         processes=True,
         memory_limit=config.memory_limit,
-        dashboard_address=":8787",
+        host=LOOPBACK,  # scheduler, nannies and workers: only this machine can reach them
+        dashboard_address=dashboard_address(config),
     )
     return Client(cluster)

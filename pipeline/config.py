@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,9 @@ class Config:
     n_workers: int = 0  # local cluster workers; 0 = sized to the machine
     threads_per_worker: int = 0  # 0 = cores / workers
     memory_limit: str = "auto"  # per local worker
+    # where a local run's dashboard listens: this machine only by default (it shows worker logs and
+    # folders and lets anyone who reaches it see the run); "0.0.0.0:8787" opens it on purpose, "off" none
+    dashboard: str = "127.0.0.1:8787"
     slides_in_flight: int = 0  # slides being processed at once; 0 = 3 × worker threads (at least 4)
     max_attempts: int = 3  # a slide that kills workers this many times is marked failed
     intra_op_threads: int = 0  # ONNX Runtime threads per session; 0 = one (tasks run in parallel)
@@ -68,45 +72,121 @@ class Config:
         return dataclasses.asdict(self)
 
 
-def _coerce(name: str, value: Any) -> Any:
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off", "")
+
+
+def _coerce(name: str, value: Any, source: str = "") -> Any:
+    """``value`` as the type of the field ``name``; a value of another kind is an error naming
+    where it came from (a YAML file, a NUCLEI_* variable, an option), never silently changed."""
     field = {f.name: f for f in fields(Config)}[name]
     kind = field.type if isinstance(field.type, str) else field.type.__name__
+    where = f"{source}: " if source else ""
     if kind == "bool":
         if isinstance(value, bool):
             return value
-        return str(value).strip().lower() in ("1", "true", "yes", "on")
+        word = str(value).strip().lower()
+        if word in TRUE_WORDS or word in FALSE_WORDS:
+            return word in TRUE_WORDS
+        raise ValueError(f"{where}{name}={value!r} is not a yes/no value (true, false, 1, 0, yes, no, on, off)")
     if kind == "int":
-        return int(value)
+        if isinstance(value, bool):
+            raise ValueError(f"{where}{name}={value!r} is not a whole number")
+        if isinstance(value, float):
+            if not value.is_integer():
+                raise ValueError(f"{where}{name}={value!r} is not a whole number")
+            return int(value)
+        try:
+            return int(str(value).strip())
+        except ValueError:
+            raise ValueError(f"{where}{name}={value!r} is not a whole number") from None
     if kind == "float":
-        return float(value)
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}{name}={value!r} is not a number") from None
+        if number != number or number in (float("inf"), float("-inf")):
+            raise ValueError(f"{where}{name}={value!r} is not a finite number")
+        return number
+    if isinstance(value, (dict, list)):
+        raise ValueError(f"{where}{name} must be a single value, not a {type(value).__name__}")
     return str(value)
 
 
 def load_config(
     yaml_path: str | Path | None = None, overrides: dict[str, Any] | None = None, environ: dict[str, str] | None = None
 ) -> Config:
-    """Resolve the config: defaults, then a YAML file, then NUCLEI_* variables, then overrides."""
-    names = {f.name for f in fields(Config)}
-    values: dict[str, Any] = {}
-    if yaml_path:
-        import yaml
+    """Resolve the config: defaults, then a YAML file, then NUCLEI_* variables, then overrides.
 
-        data = yaml.safe_load(Path(yaml_path).read_text()) or {}
-        unknown = set(data) - names
-        if unknown:
-            raise ValueError(f"{yaml_path}: unknown config keys: {', '.join(sorted(unknown))}")
-        values.update(data)
+    Raises ValueError with one message naming the key and where it came from."""
+    names = {f.name for f in fields(Config)}
+    values: dict[str, tuple[Any, str]] = {}
+    if yaml_path:
+        for name, value in read_config_file(Path(yaml_path)).items():
+            values[name] = (value, str(yaml_path))
     env = os.environ if environ is None else environ
     for name in names:
         key = ENV_PREFIX + name.upper()
         if key in env:
-            values[name] = env[key]
+            values[name] = (env[key], key)
     for name, value in (overrides or {}).items():
         if value is not None:
-            values[name] = value
-    config = Config(**{k: _coerce(k, v) for k, v in values.items()})
+            values[name] = (value, "the command line")
+    config = Config(**{k: _coerce(k, v, source) for k, (v, source) in values.items()})
     validate_config(config)
     return config
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The mapping in a YAML config file (safe loading: no Python objects)."""
+    import yaml
+
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ValueError(
+            f"{path}: {path.stat().st_size} bytes is too large for a config file (at most {MAX_CONFIG_BYTES})"
+        )
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    try:
+        # a flat file of settings has no use for aliases; refusing them keeps an alias bomb from expanding
+        if any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text)):
+            raise ValueError(f"{path}: YAML aliases (*name) are not accepted in a config file")
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not a readable YAML config file: {' '.join(str(exc).split())}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a config file holds key: value lines, not a {type(data).__name__}")
+    names = {f.name for f in fields(Config)}
+    unknown = {str(k) for k in data} - names
+    if unknown:
+        raise ValueError(f"{path}: unknown config keys: {', '.join(sorted(unknown))}")
+    return data
+
+
+MAX_CONFIG_BYTES = 65536
+MAX_TILE_PX = 8192  # a tile's core, at the model's resolution (its halo comes on top)
+
+
+def _memory_limit_ok(value: str) -> bool:
+    from dask.utils import parse_bytes
+
+    text = value.strip().lower()
+    if text == "auto":
+        return True
+    try:
+        number = float(text)
+    except ValueError:
+        pass
+    else:
+        return 0 <= number  # 0 = no limit, (0, 1] = share of memory, more = bytes
+    try:
+        return parse_bytes(text) > 0
+    except (ValueError, TypeError):
+        return False
 
 
 def validate_config(config: Config) -> None:
@@ -119,9 +199,43 @@ def validate_config(config: Config) -> None:
         value = getattr(config, name)
         if value not in choices:
             problems.append(f"{name}={value!r} must be one of {', '.join(choices)}")
+    if not 0.01 < config.default_mpp < 100:
+        problems.append(f"default_mpp={config.default_mpp} must be microns per pixel between 0.01 and 100")
+    if config.tile_px > MAX_TILE_PX:
+        problems.append(f"tile_px={config.tile_px} must be at most {MAX_TILE_PX}")
+    for name, meaning in (
+        ("n_workers", "0 = sized to the machine"),
+        ("threads_per_worker", "0 = cores / workers"),
+        ("slides_in_flight", "0 = 3 × worker threads"),
+        ("intra_op_threads", "0 = one"),
+    ):
+        if getattr(config, name) < 0:
+            problems.append(f"{name}={getattr(config, name)} must be ≥ 0 ({meaning})")
+    if not _memory_limit_ok(config.memory_limit):
+        problems.append(
+            f"memory_limit={config.memory_limit!r} must be 'auto', a size such as '4GB', or a share of memory (0-1)"
+        )
+    if config.dashboard != "off" and not re.fullmatch(r"\[?[0-9A-Za-z.:_-]*\]?:\d{1,5}", config.dashboard):
+        problems.append(f"dashboard={config.dashboard!r} must be HOST:PORT (e.g. 127.0.0.1:8787) or 'off'")
     if config.tiles_per_task < 1:
         problems.append("tiles_per_task must be ≥ 1")
     if config.max_attempts < 1:
         problems.append("max_attempts must be ≥ 1")
     if problems:
         raise ValueError("invalid configuration: " + "; ".join(problems))
+
+
+# The settings that change what a slide's published outputs hold (with the model's sha256 and the
+# slide's own inputs): a rerun redoes a slide made with other values. Execution settings (reader,
+# device, runtime, workers, ...) are meant to give the same outputs and are left out.
+OUTPUT_FIELDS: tuple[str, ...] = (
+    "default_mpp",
+    "tile_px",
+    "halo_px",
+    "max_nucleus_px",
+    "tissue_view_px",
+    "stain",
+    "save_probabilities",
+    "write_geojson",
+    "half",
+)

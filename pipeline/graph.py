@@ -160,7 +160,13 @@ def run_slides(
         stats = failure_stats(
             entry.slide_id, entry.cancer_type, str(entry.slide_path), reason, time.time() - flight.started
         )
-        publish_failure(out_dir, slide_id, stats)
+        try:
+            publish_failure(out_dir, slide_id, stats)
+        except OSError as publish_error:
+            # the slide stays failed (and is retried by the next run, which finds no record of
+            # it); the driver goes on with the other slides
+            reason = f"{reason}; the failure could not be recorded in {out_dir}: {publish_error}"
+            stats = {**stats, "error": reason}
         finish(slide_id, SlideOutcome(flight.entry, "failed", stats, reason))
 
     def build_slide_graph(plan: SlidePlan) -> None:

@@ -10,6 +10,7 @@ before any work starts, naming every bad row.
 from __future__ import annotations
 
 import csv
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,9 @@ ALIASES = {
     "mpp": "mpp",
 }
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# A slide id names folders (``slides/<id>/``, ``slides/.<id>.<token>.partial/``); file systems
+# allow 255 bytes per name, and the working names add up to 22 characters to the id.
+MAX_ID_LENGTH = 200
 
 
 class ManifestError(ValueError):
@@ -70,11 +74,17 @@ def read_manifest(path: str | Path) -> list[SlideEntry]:
             continue
         slide_path = Path(raw_path).expanduser()
         if not slide_path.is_absolute():
-            slide_path = (path.parent / slide_path).resolve()
+            slide_path = _absolute(path.parent / slide_path)
         slide_id = rec.get("slide_id") or slide_path.stem
         if not SAFE_ID.match(slide_id):
             problems.append(
                 f"row {number}: slide_id {slide_id!r} must be letters, digits, '.', '_' or '-' (it names a folder)"
+            )
+            continue
+        if len(slide_id) > MAX_ID_LENGTH:
+            problems.append(
+                f"row {number}: slide_id {slide_id[:40]!r}… is {len(slide_id)} characters, at most "
+                f"{MAX_ID_LENGTH} (it names a folder); give the row a shorter slide_id"
             )
             continue
         if slide_id in seen:
@@ -96,3 +106,12 @@ def read_manifest(path: str | Path) -> list[SlideEntry]:
     if not entries:
         raise ManifestError(f"{path}: no slides listed")
     return entries
+
+
+def _absolute(path: Path) -> Path:
+    """``path`` made absolute and normalised; symlinks resolved where they can be (a symlink loop
+    or an unreadable folder is left for reading the slide to report, so that slide fails alone)."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):  # RuntimeError: a symlink loop (Python < 3.13)
+        return Path(os.path.abspath(path))

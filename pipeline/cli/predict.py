@@ -34,6 +34,39 @@ def predict_labels(image_path: Path, config: Config, mpp: float | None = None) -
     return np.asarray(labels, dtype=np.uint32)
 
 
+def output_names(paths: list[Path]) -> dict[Path, str]:
+    """A distinct ``<name>_labels.tif`` for every input: the file's stem, and where two inputs
+    share it, as much of their paths as tells them apart (never one result overwriting another).
+
+    >>> names = output_names([Path("a/x.png"), Path("b/x.png"), Path("b/x.tif"), Path("c/y.png")])
+    >>> [names[Path(p)] for p in ("a/x.png", "b/x.png", "b/x.tif", "c/y.png")]
+    ['a_x.png_labels.tif', 'b_x.png_labels.tif', 'x.tif_labels.tif', 'y_labels.tif']
+    """
+    unique = list(dict.fromkeys(paths))
+
+    def name(path: Path, level: int) -> str:
+        """0: the stem; 1: the file name; 2, 3, ...: with 1, 2, ... of its folders in front."""
+        if level == 0:
+            return path.stem
+        folders = path.absolute().parent.parts[1:]
+        return "_".join([*folders[max(0, len(folders) - (level - 1)) :], path.name]) if level > 1 else path.name
+
+    level = dict.fromkeys(unique, 0)
+    while True:
+        names = {p: name(p, level[p]) for p in unique}
+        groups: dict[str, list[Path]] = {}
+        for p, n in names.items():
+            groups.setdefault(n, []).append(p)
+        clashes = [group for group in groups.values() if len(group) > 1]
+        if not clashes:
+            return {p: f"{n}_labels.tif" for p, n in names.items()}
+        for group in clashes:
+            for p in group:
+                if level[p] > len(p.absolute().parts) + 1:  # the same file twice: same result
+                    return {q: f"{names[q]}_labels.tif" for q in unique}
+                level[p] += 1
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m pipeline.predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -49,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     import tifffile
 
     failed = 0
-    for path in args.images:
+    names = output_names(args.images)
+    for path in dict.fromkeys(args.images):
         t0 = time.perf_counter()
         try:
             labels = predict_labels(path, config, args.mpp)
@@ -57,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"FAILED {path}: {type(exc).__name__}: {exc}", file=sys.stderr)
             failed += 1
             continue
-        target = args.out / f"{path.stem}_labels.tif"
+        target = args.out / names[path]
         with atomic_path(target) as tmp:
             tifffile.imwrite(tmp, labels, compression="zlib")
         print(f"{path.name}: {int(len(np.unique(labels)) - 1)} nuclei → {target} ({time.perf_counter() - t0:.1f} s)")

@@ -21,10 +21,19 @@ from pipeline import __version__
 from pipeline.cluster import connect
 from pipeline.config import CHOICES, Config, load_config
 from pipeline.graph import SlideOutcome, run_slides
-from pipeline.io.outputs.publish import atomic_write_json, read_published_stats, remove_stale_partials
+from pipeline.io.outputs.contents import check_contents
+from pipeline.io.outputs.lock import OutputInUse, lock_output
+from pipeline.io.outputs.publish import (
+    atomic_write_json,
+    final_slide_dir,
+    read_published_stats,
+    remove_stale_partials,
+    slides_dir,
+)
 from pipeline.manifest import ManifestError, SlideEntry, read_manifest
 from pipeline.qc import build_qc
 from pipeline.runtime import ModelError, model_summary
+from pipeline.slide.inputs import changed_inputs, slide_inputs
 
 EXIT_OK, EXIT_SLIDES_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 PACKAGES = [
@@ -47,6 +56,10 @@ PACKAGES = [
     "cupy-cuda13x",
     "dask-cuda",
 ]
+
+
+class SetupError(RuntimeError):
+    """The run cannot start its work (a scheduler that cannot be reached, ...): exit 2."""
 
 
 def package_versions() -> dict[str, str]:
@@ -97,9 +110,11 @@ class RunRecord:
             atomic_write_json(self.path, self.data)
             self._last_write = time.time()
 
-    def finish(self, status: str) -> None:
+    def finish(self, status: str, error: str | None = None) -> None:
         self.data["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         self.data["status"] = status
+        if error is not None:
+            self.data["error"] = error
         self.write(force=True)
 
 
@@ -170,6 +185,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--config", type=Path, help="YAML file with config values")
     p.add_argument("--model", help="ONNX model (default: the shipped model)")
     p.add_argument("--scheduler", help="address (tcp://host:8786) or scheduler file of a running dask-scheduler")
+    p.add_argument(
+        "--dashboard",
+        help="local cluster: where the dashboard listens (default 127.0.0.1:8787, this machine only; "
+        "0.0.0.0:8787 opens it to the network on purpose; off: none)",
+    )
     p.add_argument("--workers", type=int, dest="n_workers", help="local cluster: worker processes")
     p.add_argument("--threads", type=int, dest="threads_per_worker", help="local cluster: threads per worker")
     p.add_argument("--tile-px", type=int, help="tile core side at model resolution (multiple of 16)")
@@ -182,23 +202,53 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--runtime", choices=CHOICES["runtime"], help="inference runtime")
     p.add_argument("--half", action="store_true", default=None, help="fp16 inference on the GPU")
     p.add_argument("--retry-failed", action="store_true", help="reprocess slides whose earlier attempt failed")
+    p.add_argument(
+        "--verify-checksums",
+        action="store_true",
+        help="before skipping a finished slide, check the sha256 of every file it holds (reads them all); "
+        "without it, presence and sizes are checked",
+    )
     p.add_argument("--no-qc", action="store_true", help="skip building the QC tables at the end")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
     return p.parse_args(argv)
 
 
 def split_done(
-    entries: list[SlideEntry], out_dir: Path, retry_failed: bool
+    entries: list[SlideEntry],
+    out_dir: Path,
+    retry_failed: bool,
+    model_sha256: str = "",
+    config: Config | None = None,
+    checksums: bool = False,
 ) -> tuple[list[SlideEntry], list[dict[str, Any]]]:
-    """Slides still to do, and the stats of those already published (skipped)."""
+    """Slides still to do, and the stats of those already published (skipped).
+
+    A finished slide is skipped only while its folder still holds what its stats.json says was
+    published and the inputs it was made from are still those of its manifest row; otherwise it
+    is redone, with a line saying why. A slide whose file has gone since keeps its results.
+    """
+    config = config or Config()
     todo, done = [], []
     for e in entries:
+        remove_stale_partials(out_dir, e.slide_id)
         stats = read_published_stats(out_dir, e.slide_id)
-        if stats is not None and (stats.get("status") == "ok" or not retry_failed):
-            done.append(stats)
-        else:
-            remove_stale_partials(out_dir, e.slide_id)
+        if stats is None or (stats.get("status") != "ok" and retry_failed):
             todo.append(e)
+            continue
+        reason = None
+        if stats.get("status") == "ok":
+            reason = check_contents(final_slide_dir(out_dir, e.slide_id), stats.get("outputs"), checksums)
+            try:
+                current = slide_inputs(e.slide_path, e.mpp, model_sha256, config)
+            except OSError:
+                current = None  # nothing to redo it from: the results stay
+            if reason is None and current is not None:
+                reason = changed_inputs(stats.get("inputs"), current)
+        if reason:
+            print(f"redoing {e.slide_id}: {reason}", file=sys.stderr)
+            todo.append(e)
+        else:
+            done.append(stats)
     return todo, done
 
 
@@ -224,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         for k in (
             "model",
             "scheduler",
+            "dashboard",
             "n_workers",
             "threads_per_worker",
             "stain",
@@ -240,12 +291,34 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config, overrides)
         entries = read_manifest(manifest)
-        model = model_summary(config.model or None)
+        model = model_summary(config.model or None, check=True)
     except (ManifestError, ModelError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    out_dir.mkdir(parents=True, exist_ok=True)
-    todo, done = split_done(entries, out_dir, args.retry_failed)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        lock = lock_output(out_dir)
+        slides_dir(out_dir).mkdir(exist_ok=True)
+    except OutputInUse as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as exc:
+        print(f"error: --out {out_dir} cannot be used as the output folder: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    with lock:
+        return run_locked(args, manifest, out_dir, config, entries, model)
+
+
+def run_locked(
+    args: argparse.Namespace,
+    manifest: Path,
+    out_dir: Path,
+    config: Config,
+    entries: list[SlideEntry],
+    model: dict[str, Any],
+) -> int:
+    """The run, once this process owns ``out_dir``."""
+    todo, done = split_done(entries, out_dir, args.retry_failed, model["sha256"], config, args.verify_checksums)
     record = RunRecord(out_dir, config, manifest, model)
     for stats in done:
         record.slide(stats["slide_id"], stats.get("status", "ok"), stats, stats.get("error"), skipped=True)
@@ -256,20 +329,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     record.write(force=True)
     started = time.time()
-    outcomes: list[SlideOutcome] = []
-    if todo:
-        client = connect(config)
-        print(f"dask dashboard: {client.dashboard_link}", file=sys.stderr)
-        progress = ConsoleProgress(len(todo), config.progress, record)
-        try:
-            outcomes = run_slides(client, todo, out_dir, config, progress)
-        except KeyboardInterrupt:
-            record.finish("interrupted")
-            print("interrupted: rerun the same command to resume (finished slides are kept)", file=sys.stderr)
-            return EXIT_SLIDES_FAILED
-        finally:
-            progress.close()
-            client.close()
+    try:
+        outcomes = process(todo, out_dir, config, record)
+    except SetupError as exc:
+        record.finish("error", str(exc))
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        record.finish("interrupted")
+        print("interrupted: rerun the same command to resume (finished slides are kept)", file=sys.stderr)
+        return EXIT_SLIDES_FAILED
+    except BaseException as exc:  # run.json never stays at "running"; the traceback still shows
+        record.finish("error", f"{type(exc).__name__}: {exc}")
+        raise
     rows = done + [o.stats for o in outcomes]
     any_failed = any(r.get("status") != "ok" for r in rows)
     record.finish("failed slides" if any_failed else "ok")
@@ -279,6 +351,24 @@ def main(argv: list[str] | None = None) -> int:
     rows.sort(key=lambda r: order.get(r["slide_id"], 0))
     print(summary_table(rows, time.time() - started))
     return EXIT_SLIDES_FAILED if any_failed else EXIT_OK
+
+
+def process(todo: list[SlideEntry], out_dir: Path, config: Config, record: RunRecord) -> list[SlideOutcome]:
+    """Run the slides still to do on the cluster (none started when there are none)."""
+    if not todo:
+        return []
+    try:
+        client = connect(config)
+    except (OSError, ValueError) as exc:  # TimeoutError is an OSError
+        where = f"the scheduler {config.scheduler}" if config.scheduler else "a local cluster"
+        raise SetupError(f"{where} cannot be used: {type(exc).__name__}: {' '.join(str(exc).split())}") from None
+    print(f"dask dashboard: {client.dashboard_link}", file=sys.stderr)
+    progress = ConsoleProgress(len(todo), config.progress, record)
+    try:
+        return run_slides(client, todo, out_dir, config, progress)
+    finally:
+        progress.close()
+        client.close()
 
 
 def build_qc_tables(out_dir: Path) -> None:

@@ -223,7 +223,23 @@ def load_model(
     return model
 
 
-def model_summary(path: str | Path | None) -> dict[str, Any]:
-    """What run.json records about the model, without building a session."""
+def model_summary(path: str | Path | None, check: bool = False) -> dict[str, Any]:
+    """What run.json records about the model. ``check`` also opens it once on the CPU (ONNX
+    Runtime) and checks its inputs, outputs and metadata, so that a file that is not a usable
+    model is refused before any work starts (raises ModelError naming the file)."""
     resolved = resolve_model_path(path)
+    if check:
+        check_model(resolved)
     return {"path": str(resolved), "sha256": file_sha256(resolved)}
+
+
+def check_model(path: Path) -> None:
+    """Raise ModelError unless ``path`` is an ONNX model that meets the contract (DESIGN §6)."""
+    if not path.is_file():
+        raise ModelError(f"{path}: the model is not a file")
+    try:
+        NucleusModel(path, runtime="onnxruntime", providers=["CPUExecutionProvider"])
+    except ModelError:
+        raise
+    except Exception as exc:
+        raise ModelError(f"{path}: not a usable model: {' '.join(str(exc).split())}") from None

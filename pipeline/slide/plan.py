@@ -11,6 +11,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pipeline.config import Config
 from pipeline.io.outputs.maps import create_maps
@@ -21,6 +22,7 @@ from pipeline.kernels.stain import MacenkoStains, StainStats, macenko_stains, re
 from pipeline.kernels.tissue import tissue_mask
 from pipeline.manifest import SlideEntry
 from pipeline.runtime import CPU_DEVICE_ID, NucleusModel, load_model
+from pipeline.slide.inputs import slide_inputs
 from pipeline.tiling import TileGrid, derive_halo_px
 
 Tile = tuple[int, int]
@@ -49,6 +51,7 @@ class SlidePlan:
     thresholds: NucleusThresholds
     config: Config
     started: float = field(default_factory=time.time)
+    inputs: dict[str, Any] = field(default_factory=dict)  # what determines the outputs (slide.inputs)
 
 
 @dataclass(frozen=True)
@@ -132,6 +135,7 @@ def plan_slide(entry: SlideEntry, out_dir: str, config: Config) -> SlidePlan:
         model_sha256=model.sha256,
         thresholds=model.thresholds,
         config=config,
+        inputs=slide_inputs(entry.slide_path, entry.mpp, model.sha256, config),
     )
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.io.outputs.contents import folder_contents
 from pipeline.io.outputs.publish import atomic_write_json, final_slide_dir, publish_slide
 from pipeline.io.outputs.stats import STATS_FILE, SlideStats, nucleus_size_stats
 from pipeline.io.outputs.tables import NUCLEUS_TABLE_FORMATS, write_nucleus_tables
@@ -33,7 +34,12 @@ def nucleus_tables(plan: SlidePlan, offsets: dict[Tile, int]) -> Iterator[pa.Tab
 
 
 def slide_stats(
-    plan: SlidePlan, areas_um2: np.ndarray, n_tiles: int, seconds: float, timings: dict[str, float]
+    plan: SlidePlan,
+    areas_um2: np.ndarray,
+    n_tiles: int,
+    seconds: float,
+    timings: dict[str, float],
+    outputs: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """stats.json of a finished slide."""
     return SlideStats(
@@ -54,6 +60,8 @@ def slide_stats(
         model_sha256=plan.model_sha256,
         tile_core_px=plan.grid.core0,
         tile_halo_px=plan.grid.halo0,
+        inputs=plan.inputs or None,
+        outputs=outputs,
     ).as_dict()
 
 
@@ -70,8 +78,9 @@ def reduce_slide(plan: SlidePlan, summaries: list[list[TileSummary]], assembled:
         for s in batch:
             for k, v in s.seconds.items():
                 timings[k] = timings.get(k, 0.0) + v
-    stats = slide_stats(plan, areas, len(plan.tiles), time.time() - plan.started, timings)
     shutil.rmtree(work / "tiles", ignore_errors=True)
+    outputs = folder_contents(work)
+    stats = slide_stats(plan, areas, len(plan.tiles), time.time() - plan.started, timings, outputs)
     atomic_write_json(work / STATS_FILE, stats)
     publish_slide(work, final_slide_dir(Path(plan.out_dir), plan.slide_id))
     del assembled

@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    loaded = [torch.load(p, map_location="cpu", weights_only=False) for p in args.snapshots]
+    loaded = [torch.load(p, map_location="cpu", weights_only=True) for p in args.snapshots]
     unets = {repr(s["config"]["unet"]) for s in loaded}
     if len(unets) != 1:
         raise SystemExit(f"snapshots hold different networks: {sorted(unets)}")

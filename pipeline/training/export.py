@@ -43,7 +43,7 @@ ProbabilityFn = Callable[[np.ndarray], np.ndarray]  # N×3×H×W float32 → N×
 
 def load_checkpoint(path: Path, device: str = "cpu") -> NucleusUNet:
     """The U-net of a training checkpoint or snapshot, in eval mode."""
-    state = torch.load(path, map_location=device, weights_only=False)
+    state = torch.load(path, map_location=device, weights_only=True)
     net = NucleusUNet(UNetConfig(**state["config"]["unet"]))
     net.load_state_dict(state["model"])
     return net.eval()
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> None:
     if context is None:
         imgs = [normalised_rgb(read_rgb(args.data / n / "images" / f"{n}.png")) for n in VALIDATION_IMAGES[:3]]
         context = measure_context_px(torch_probabilities(net), imgs)
-    step = torch.load(args.checkpoint, map_location="cpu", weights_only=False).get("step")
+    step = torch.load(args.checkpoint, map_location="cpu", weights_only=True).get("step")
     meta = contract_metadata(net, thresholds, context, args.version, args.training_data, {"training_step": step})
     export_onnx(net, args.out, meta)
     print(json.dumps({"out": str(args.out), "bytes": args.out.stat().st_size, **meta}, indent=1))

@@ -177,7 +177,7 @@ def train(cfg: TrainConfig) -> Path:
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step, elapsed_before = 0, 0.0
     if ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        state = torch.load(ckpt_path, map_location=device, weights_only=True)
         if state["config"]["unet"] != cfg.unet().as_dict():
             raise SystemExit(f"{ckpt_path} was trained with another network: {state['config']['unet']}")
         net.load_state_dict(state["model"])
@@ -185,7 +185,7 @@ def train(cfg: TrainConfig) -> Path:
         step, elapsed_before = int(state["step"]), float(state["train_seconds"])
         print(f"resumed from {ckpt_path} at step {step}", flush=True)
     elif cfg.init_from:
-        init = torch.load(cfg.init_from, map_location=device, weights_only=False)
+        init = torch.load(cfg.init_from, map_location=device, weights_only=True)
         if init["config"]["unet"] != cfg.unet().as_dict():
             raise SystemExit(f"{cfg.init_from} has another network: {init['config']['unet']}")
         net.load_state_dict(init["model"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -19,9 +20,11 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.io.outputs.contents import fsync_dir, fsync_tree
 from pipeline.io.outputs.stats import STATS_FILE
 
 PARTIAL_SUFFIX = ".partial"
+OLD_SUFFIX = ".old"
 
 # ------------------------------------------------------------------ atomic files ----
 
@@ -48,6 +51,8 @@ def atomic_path(path: Path, durable: bool = True) -> Iterator[Path]:
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
         os.replace(tmp, path)
+        if durable:
+            fsync_dir(path.parent)
     except BaseException:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -97,15 +102,36 @@ def new_partial_dir(out_dir: Path, slide_id: str) -> Path:
     return path
 
 
+def stale_work_pattern(slide_id: str) -> re.Pattern[str]:
+    """The names of ``slide_id``'s own working folders: the id, exactly, then one token; and of
+    the earlier folder that :func:`publish_slide` moves aside (a crash between its two renames
+    leaves it behind).
+
+    Slide ids may contain dots, so a glob such as ``.S1.*.partial`` would also match the live
+    folders of ``S1.rescan``; this pattern does not.
+
+    >>> p = stale_work_pattern("S1")
+    >>> bool(p.fullmatch(".S1.0123456789ab.partial")), bool(p.fullmatch(".S1.rescan.0123456789ab.partial"))
+    (True, False)
+    >>> bool(p.fullmatch(".S1.0123abcd.old")), bool(p.fullmatch(".S1.rescan.0123abcd.old"))
+    (True, False)
+    """
+    partial = rf"[0-9a-f]{{12}}{re.escape(PARTIAL_SUFFIX)}"
+    return re.compile(rf"\.{re.escape(slide_id)}\.(?:{partial}|[0-9a-f]{{8}}{re.escape(OLD_SUFFIX)})")
+
+
 def remove_stale_partials(out_dir: Path, slide_id: str) -> int:
-    """Delete working folders left by an interrupted attempt at ``slide_id``."""
+    """Delete working folders left by an interrupted attempt at ``slide_id``, and the earlier
+    folder an interrupted publication left aside (only ``slide_id``'s own)."""
     removed = 0
     root = slides_dir(out_dir)
-    if not root.exists():
+    if not root.is_dir():
         return 0
-    for p in root.glob(f".{slide_id}.*{PARTIAL_SUFFIX}"):
-        shutil.rmtree(p, ignore_errors=True)
-        removed += 1
+    pattern = stale_work_pattern(slide_id)
+    for p in root.iterdir():
+        if pattern.fullmatch(p.name):
+            shutil.rmtree(p, ignore_errors=True)
+            removed += 1
     return removed
 
 
@@ -126,11 +152,13 @@ def publish_slide(partial: Path, final: Path) -> None:
     An existing final folder (an earlier failure being retried) is moved aside first and
     deleted after the new one is in place.
     """
+    fsync_tree(partial)  # every byte on disk before the name says the folder is complete
     old = None
     if final.exists():
-        old = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.old")
+        old = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}{OLD_SUFFIX}")
         os.replace(final, old)
     os.replace(partial, final)
+    fsync_dir(final.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
@@ -138,6 +166,9 @@ def publish_slide(partial: Path, final: Path) -> None:
 def publish_failure(out_dir: Path, slide_id: str, stats: dict[str, Any]) -> None:
     """Publish a folder holding only the failed slide's stats.json (status + reason)."""
     partial = new_partial_dir(out_dir, slide_id)
-    atomic_write_json(partial / STATS_FILE, stats)
-    publish_slide(partial, final_slide_dir(out_dir, slide_id))
+    try:
+        atomic_write_json(partial / STATS_FILE, stats)
+        publish_slide(partial, final_slide_dir(out_dir, slide_id))
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)  # gone already when published
     remove_stale_partials(out_dir, slide_id)

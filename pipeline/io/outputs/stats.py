@@ -46,6 +46,11 @@ class SlideStats:
     model_sha256: str | None = None
     tile_core_px: int | None = None
     tile_halo_px: int | None = None
+    # what determined the outputs (slide file size and mtime, the manifest's mpp, model sha256,
+    # the settings in config.OUTPUT_FIELDS) and what the published folder holds (size and sha256
+    # per file, per folder): a rerun skips the slide only while both still check out
+    inputs: dict[str, Any] | None = None
+    outputs: dict[str, dict[str, Any]] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -1,0 +1,121 @@
+"""What a published slide folder holds: recorded in its stats.json when it is published
+(``outputs``), checked by a rerun before the slide is skipped as complete.
+
+Each entry of the folder but stats.json is recorded: a file with its size and sha256, a folder
+(``maps.zarr``) with its number of files, their total size and one sha256 over the sorted
+relative paths, sizes and checksums of its files. A rerun always compares what is cheap
+(presence, sizes, file counts) and, on request, the checksums (which reads every byte again).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+from pipeline.io.outputs.stats import STATS_FILE
+
+_BLOCK = 1 << 20
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _tree_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file())
+
+
+def _tree_record(folder: Path, checksums: bool) -> dict[str, Any]:
+    files = _tree_files(folder)
+    record: dict[str, Any] = {"files": len(files), "bytes": sum(p.stat().st_size for p in files)}
+    if checksums:
+        digest = hashlib.sha256()
+        for p in files:
+            digest.update(f"{p.relative_to(folder).as_posix()}\t{p.stat().st_size}\t{file_sha256(p)}\n".encode())
+        record["sha256"] = digest.hexdigest()
+    return record
+
+
+def _record(path: Path, checksums: bool) -> dict[str, Any]:
+    if path.is_dir():
+        return _tree_record(path, checksums)
+    record: dict[str, Any] = {"bytes": path.stat().st_size}
+    if checksums:
+        record["sha256"] = file_sha256(path)
+    return record
+
+
+def folder_contents(folder: Path) -> dict[str, dict[str, Any]]:
+    """What ``folder`` holds, for its stats.json: every entry but stats.json and hidden names.
+
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> _ = (folder / "nuclei.csv").write_text("a,b\\n")
+    >>> (folder / "maps.zarr").mkdir(); _ = (folder / "maps.zarr" / "zarr.json").write_text("{}")
+    >>> contents = folder_contents(folder)
+    >>> contents["nuclei.csv"]["bytes"], contents["maps.zarr"]["files"], contents["maps.zarr"]["bytes"]
+    (4, 1, 2)
+    >>> check_contents(folder, contents, checksums=True) is None
+    True
+    >>> _ = (folder / "nuclei.csv").write_text("")
+    >>> check_contents(folder, contents)
+    'nuclei.csv has 0 bytes, 4 were published'
+    """
+    return {
+        p.name: _record(p, checksums=True)
+        for p in sorted(folder.iterdir())
+        if p.name != STATS_FILE and not p.name.startswith(".")
+    }
+
+
+def check_contents(folder: Path, recorded: Any, checksums: bool = False) -> str | None:
+    """None when ``folder`` still holds what ``recorded`` says was published; else what differs."""
+    if not isinstance(recorded, dict) or not recorded:
+        return "its stats.json does not record what the folder holds (written by an older version)"
+    for name, expected in recorded.items():
+        path = folder / name
+        if not path.exists():
+            return f"{name} is missing"
+        if not isinstance(expected, dict):
+            return f"the record of {name} in stats.json is not readable"
+        is_tree = "files" in expected
+        if is_tree != path.is_dir():
+            return f"{name} is a {'file' if is_tree else 'folder'} now"
+        try:
+            found = _record(path, checksums)
+        except OSError as exc:
+            return f"{name} cannot be read: {exc}"
+        if is_tree and found["files"] != expected.get("files"):
+            return f"{name} holds {found['files']} files, {expected.get('files')} were published"
+        if found["bytes"] != expected.get("bytes"):
+            return f"{name} has {found['bytes']} bytes, {expected.get('bytes')} were published"
+        if checksums and found.get("sha256") != expected.get("sha256"):
+            return f"{name} does not match its published checksum (sha256)"
+    return None
+
+
+def fsync_tree(folder: Path) -> None:
+    """Flush every file and folder under ``folder`` (and ``folder`` itself) to disk."""
+    for root, _dirs, files in os.walk(folder, topdown=False):
+        for name in files:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(Path(root))
+
+
+def fsync_dir(folder: Path) -> None:
+    """Flush a folder's entries (a rename into it, a new file) to disk."""
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

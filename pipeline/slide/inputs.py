@@ -1,0 +1,66 @@
+"""The inputs that determine a slide's outputs, recorded in its stats.json (``inputs``) when it
+is planned and compared by a rerun before it skips the slide as complete.
+
+The slide file is known by its size and modification time (a rename or a move keeps both; a
+copy, a rescan or an edit changes them); the manifest's mpp override; the model's sha256; and
+the settings that change outputs (``config.OUTPUT_FIELDS``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import OUTPUT_FIELDS, Config
+
+
+def slide_inputs(
+    slide_path: str | Path, manifest_mpp: float | None, model_sha256: str, config: Config
+) -> dict[str, Any]:
+    """The record of what a slide's outputs are made from (raises OSError when the file is gone)."""
+    st = os.stat(slide_path)
+    return {
+        "slide_path": str(slide_path),
+        "slide_bytes": st.st_size,
+        "slide_mtime_ns": st.st_mtime_ns,
+        "manifest_mpp": manifest_mpp,
+        "model_sha256": model_sha256,
+        "config": {name: getattr(config, name) for name in OUTPUT_FIELDS},
+    }
+
+
+def changed_inputs(recorded: Any, current: dict[str, Any]) -> str | None:
+    """None when ``current`` inputs are those ``recorded``; else what changed, in words.
+
+    >>> from pipeline.config import Config
+    >>> a = {"slide_path": "a.svs", "slide_bytes": 10, "slide_mtime_ns": 1, "manifest_mpp": None,
+    ...      "model_sha256": "ab" * 32, "config": {"stain": "reinhard"}}
+    >>> changed_inputs(a, dict(a)) is None
+    True
+    >>> changed_inputs(a, {**a, "slide_path": "moved/a.svs"}) is None  # same file, moved
+    True
+    >>> changed_inputs(a, {**a, "manifest_mpp": 0.5, "config": {"stain": "macenko"}})
+    "the manifest's mpp is 0.5 (it was None); stain='macenko' (it was 'reinhard')"
+    """
+    if not isinstance(recorded, dict):
+        return "its stats.json does not record the inputs it was made from (written by an older version)"
+    reasons = []
+    if (recorded.get("slide_bytes"), recorded.get("slide_mtime_ns")) != (
+        current["slide_bytes"],
+        current["slide_mtime_ns"],
+    ):
+        reasons.append(
+            f"the slide file {current['slide_path']} is not the one it was made from "
+            f"({current['slide_bytes']} bytes now, {recorded.get('slide_bytes')} then, or modified since)"
+        )
+    if recorded.get("manifest_mpp") != current["manifest_mpp"]:
+        reasons.append(f"the manifest's mpp is {current['manifest_mpp']} (it was {recorded.get('manifest_mpp')})")
+    if recorded.get("model_sha256") != current["model_sha256"]:
+        was = str(recorded.get("model_sha256"))[:12]
+        reasons.append(f"the model is another one (sha256 {current['model_sha256'][:12]}…, it was {was}…)")
+    settings = recorded.get("config") if isinstance(recorded.get("config"), dict) else {}
+    for name, value in current["config"].items():
+        if settings.get(name) != value:
+            reasons.append(f"{name}={value!r} (it was {settings.get(name)!r})")
+    return "; ".join(reasons) or None

@@ -1,0 +1,597 @@
+"""Fault injection (issue 13): hostile but realistic input and crashes. Nothing is lost, nothing
+hangs, nothing listens beyond this machine, and every bad input ends with exit 2 and one line
+saying what and where; run.json always ends in a final state.
+
+Faults that are about processes (two runs on one folder, a killed driver, a cluster) run real
+processes; they are marked slow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.manifest import MAX_ID_LENGTH, ManifestError, SlideEntry, read_manifest
+from pipeline.testing import synthetic_slide_cohort
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 300, small: bool = True
+) -> subprocess.CompletedProcess:
+    """``python -m pipeline.run`` in a fresh process (``small``: one worker of one thread), no progress bars."""
+    defaults = ["--workers", "1", "--threads", "1"] if small and "--workers" not in args else []
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.run", *args, "--no-progress", *defaults],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def one_line_error(result: subprocess.CompletedProcess) -> str:
+    """The run refused with exit 2 and one ``error:`` line, no traceback."""
+    assert result.returncode == 2, (result.returncode, result.stderr[-3000:])
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr[-3000:]
+    return errors[0]
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three small generated slides (one tile each at --tile-px 256) and their manifest."""
+    folder = tmp_path_factory.mktemp("fault_cohort")
+    synthetic_slide_cohort(folder, 3, 300, 300, seed=40, prefix="s")
+    return folder
+
+
+def manifest_of(tmp_path: Path, rows: list[str], header: str = "slide_path,slide_id,cancer_type") -> Path:
+    path = tmp_path / "manifest.csv"
+    path.write_text("\n".join([header, *rows]) + "\n")
+    return path
+
+
+# ---------------------------------------------------------------- 1. over-long slide ids ----
+
+
+def test_overlong_slide_id_is_a_manifest_error_naming_the_row(tmp_path: Path) -> None:
+    long_id = "L" * 240
+    path = manifest_of(tmp_path, ["a.svs,g1,BRCA", f"b.svs,{long_id},BRCA", f"c.svs,{'x' * MAX_ID_LENGTH},BRCA"])
+    with pytest.raises(ManifestError) as err:
+        read_manifest(path)
+    message = str(err.value)
+    assert "row 3" in message and "240 characters" in message and f"at most {MAX_ID_LENGTH}" in message
+    assert "row 4" not in message  # the longest allowed id is fine
+    # a default id (the file's stem) is held to the same limit
+    path = manifest_of(tmp_path, [f"{'s' * 250}.svs,,BRCA"])
+    with pytest.raises(ManifestError, match="row 2"):
+        read_manifest(path)
+
+
+def test_overlong_slide_id_run_refuses_with_exit_2(tmp_path: Path, blob_model: Path) -> None:
+    manifest = manifest_of(tmp_path, ["a.svs,g1,BRCA", f"b.svs,{'L' * 240},BRCA"])
+    result = run_cli(str(manifest), "--out", str(tmp_path / "out"), "--model", str(blob_model))
+    line = one_line_error(result)
+    assert "row 3" in line or "row 3" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_failure_that_cannot_be_published_fails_only_its_slide(cohort: Path, blob_model: Path, tmp_path: Path) -> None:
+    """An OSError while publishing a failure (here: a name too long for the file system) becomes
+    that slide's failure; the driver goes on and the other slides finish."""
+    from distributed import Client, LocalCluster
+
+    from pipeline.config import load_config
+    from pipeline.graph import run_slides
+
+    config = load_config(None, {"model": str(blob_model), "tile_px": 256, "progress": False}, environ={})
+    entries = [
+        SlideEntry("g" + "x" * 260, cohort / "missing.svs"),  # fails, and its failure cannot be published
+        SlideEntry("s0", cohort / "s0.svs"),
+        SlideEntry("s1", cohort / "s1.svs"),
+    ]
+    out = tmp_path / "out"
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        with Client(cluster) as client:
+            outcomes = run_slides(client, entries, out, config)
+    status = {o.entry.slide_id: o.status for o in outcomes}
+    assert status == {entries[0].slide_id: "failed", "s0": "ok", "s1": "ok"}
+    failed = next(o for o in outcomes if o.status == "failed")
+    assert "missing.svs" in failed.error and "could not be recorded" in failed.error
+    assert (out / "slides" / "s0" / "nuclei.csv").exists()
+    assert not [p for p in (out / "slides").iterdir() if p.name.startswith(".")]
+
+
+def test_run_json_ends_in_a_final_state_when_the_driver_breaks(
+    cohort: Path, blob_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever breaks in the driver, run.json is not left at ``running``."""
+    import pipeline.cli.run as cli
+
+    class Client:
+        dashboard_link = "http://127.0.0.1:8787/status"
+
+        def close(self) -> None:
+            pass
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("the driver broke")
+
+    monkeypatch.setattr(cli, "connect", lambda config: Client())
+    monkeypatch.setattr(cli, "run_slides", broken)
+    manifest = manifest_of(tmp_path, [f"{cohort}/s0.svs,s0,BRCA"])
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="the driver broke"):
+        cli.main([str(manifest), "--out", str(out), "--model", str(blob_model), "--no-progress", "--no-qc"])
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "error" and run["finished"] and "the driver broke" in run["error"]
+
+
+# ------------------------------------------------- 2. clean-up never touches other slides ----
+
+
+def test_stale_work_cleanup_matches_exactly_one_slide(tmp_path: Path) -> None:
+    """Cleaning ``S1`` leaves ``S1.rescan``'s live working folder (and every other name) alone."""
+    from pipeline.io.outputs.publish import new_partial_dir, remove_stale_partials, slides_dir
+
+    mine = [new_partial_dir(tmp_path, "S1"), new_partial_dir(tmp_path, "S1")]
+    others = [new_partial_dir(tmp_path, "S1.rescan"), new_partial_dir(tmp_path, "S1.2"), new_partial_dir(tmp_path, "S")]
+    keep = [slides_dir(tmp_path) / "S1", slides_dir(tmp_path) / ".S1.notes.partial"]
+    for p in keep:
+        p.mkdir()
+    assert remove_stale_partials(tmp_path, "S1") == 2
+    assert not any(p.exists() for p in mine)
+    assert all(p.exists() for p in others + keep)
+    assert remove_stale_partials(tmp_path, "S1.rescan") == 1 and others[1].exists() and others[2].exists()
+
+
+# ------------------------------------------------------------ 3. one run per output folder ----
+
+
+def start_run(manifest: Path, out: Path, model: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline.run", str(manifest), "--out", str(out), "--model", str(model)]
+        + ["--tile-px", "256", "--no-progress", "--no-qc", "--workers", "1", "--threads", "1"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its workers share its process group: one signal reaches them all
+    )
+
+
+def wait_for(predicate, timeout: float = 120) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    deadline = time.time() + timeout
+    while not predicate():
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_second_run_on_one_folder_is_refused_and_a_killed_holder_releases_it(
+    cohort: Path, blob_model: Path, tmp_path: Path
+) -> None:
+    import platform
+    import signal
+
+    out = tmp_path / "out"
+    first = start_run(cohort / "manifest.csv", out, blob_model)
+    try:
+        wait_for(lambda: (out / "run.json").exists())
+        os.killpg(first.pid, signal.SIGSTOP)  # a live run that holds the folder (hung, or just slow)
+        partials_before = sorted(p.name for p in (out / "slides").glob(".*")) if (out / "slides").exists() else []
+        second = run_cli(str(cohort / "manifest.csv"), "--out", str(out), "--model", str(blob_model), "--no-qc")
+        line = one_line_error(second)
+        assert str(out) in line and f"pid {first.pid}" in line and platform.node() in line and "started" in line
+        # the refused run touched nothing of the holder's
+        after = sorted(p.name for p in (out / "slides").glob(".*")) if (out / "slides").exists() else []
+        assert after == partials_before
+        assert json.loads((out / "run.json").read_text())["status"] == "running"
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)  # the driver dies without cleaning up: the kernel drops its lock
+        first.wait()
+    third = run_cli(
+        str(cohort / "manifest.csv"), "--out", str(out), "--model", str(blob_model), "--tile-px", "256", "--no-qc"
+    )
+    assert third.returncode == 0, third.stderr[-3000:]
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "ok" and {s["status"] for s in run["slides"].values()} == {"ok"}
+    assert not [p for p in (out / "slides").iterdir() if p.name.startswith(".")]
+
+
+# ------------------------------------------------- 4. resume verifies what a slide holds ----
+
+
+def slide_digest(slide_dir: Path) -> dict[str, str]:
+    from tests.test_run import output_digest
+
+    digest = output_digest(slide_dir)
+    digest.pop("stats")  # it records the slide file's identity, which some steps change on purpose
+    return digest
+
+
+@pytest.mark.slow
+def test_resume_redoes_slides_whose_outputs_or_inputs_changed(cohort: Path, blob_model: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from pipeline.io.outputs.stats import STATS_FIELDS
+
+    out = tmp_path / "out"
+    manifest = manifest_of(tmp_path, [f"{cohort}/s{i}.svs,s{i},BRCA" for i in range(3)])
+    args = ["--out", str(out), "--model", str(blob_model), "--tile-px", "256", "--no-qc"]
+    first = run_cli(str(manifest), *args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    slides = out / "slides"
+    reference = {s: slide_digest(slides / s) for s in ("s0", "s1", "s2")}
+    stats = json.loads((slides / "s0" / "stats.json").read_text())
+    assert list(stats) == list(STATS_FIELDS)  # the one schema, new keys at its end
+    assert {"nuclei.csv", "nuclei.parquet", "maps.zarr"} <= set(stats["outputs"])
+    assert stats["outputs"]["nuclei.csv"]["bytes"] == (slides / "s0" / "nuclei.csv").stat().st_size
+    assert stats["inputs"]["slide_bytes"] == (cohort / "s0.svs").stat().st_size
+    assert stats["inputs"]["model_sha256"] == stats["model_sha256"]
+
+    # outputs lost or damaged after publication; a crash between the two renames left an .old folder
+    (slides / "s0" / "nuclei.parquet").unlink()
+    (slides / "s1" / "nuclei.csv").write_text("")
+    shutil.rmtree(slides / "s2" / "maps.zarr")
+    (slides / ".s0.0123abcd.old").mkdir()
+    second = run_cli(str(manifest), *args)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "0 already complete, 3 to process" in second.stderr
+    assert "redoing s0: nuclei.parquet is missing" in second.stderr
+    assert "redoing s1: nuclei.csv" in second.stderr and "bytes" in second.stderr
+    assert "redoing s2: maps.zarr" in second.stderr
+    assert {s: slide_digest(slides / s) for s in reference} == reference
+    assert not [p.name for p in slides.iterdir() if p.name.startswith(".")]
+
+    # nothing changed: nothing redone
+    third = run_cli(str(manifest), *args)
+    assert "3 already complete, 0 to process" in third.stderr and "redoing" not in third.stderr
+
+    # same size, other bytes: caught by the checksums when asked for
+    csv = slides / "s0" / "nuclei.csv"
+    data = bytearray(csv.read_bytes())
+    data[-5] = ord("9") if data[-5] != ord("9") else ord("8")
+    csv.write_bytes(bytes(data))
+    assert "3 already complete" in run_cli(str(manifest), *args).stderr
+    fourth = run_cli(str(manifest), *args, "--verify-checksums")
+    assert "redoing s0: nuclei.csv" in fourth.stderr and "checksum" in fourth.stderr
+    assert slide_digest(slides / "s0") == reference["s0"]
+
+    # the inputs changed: another file under the same id, another mpp, another model, other settings
+    shutil.copy(cohort / "s2.svs", tmp_path / "other.svs")
+    manifest.write_text(
+        "slide_path,slide_id,cancer_type,mpp\n"
+        f"{tmp_path}/other.svs,s0,BRCA,\n{cohort}/s1.svs,s1,BRCA,0.3\n{cohort}/s2.svs,s2,BRCA,\n"
+    )
+    fifth = run_cli(str(manifest), *args)
+    assert fifth.returncode == 0, fifth.stderr[-3000:]
+    assert "redoing s0: the slide file" in fifth.stderr
+    assert "redoing s1: the manifest's mpp" in fifth.stderr
+    assert "redoing s2" not in fifth.stderr
+    assert json.loads((slides / "s1" / "stats.json").read_text())["mpp"] == 0.3
+    other_model = tmp_path / "other.onnx"
+    import onnx
+
+    model = onnx.load(blob_model)
+    model.metadata_props.add(key="note", value="retrained")  # same graph, another file: another model
+    onnx.save(model, other_model)
+    sixth = run_cli(str(manifest), *args[:3], str(other_model), *args[4:], "--stain", "macenko")
+    assert "redoing s2: the model" in sixth.stderr and "stain" in sixth.stderr
+
+    # a finished slide whose file has since been moved away keeps its results
+    (tmp_path / "other.svs").unlink()
+    seventh = run_cli(str(manifest), *args[:3], str(other_model), *args[4:], "--stain", "macenko")
+    assert "redoing s0" not in seventh.stderr and seventh.returncode == 0
+    assert (slides / "s0" / "nuclei.csv").exists()
+
+
+# ------------------------------------------------------ 5, 10. settings validated up front ----
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "named"),
+    [
+        (["--workers", "-1"], {}, "n_workers"),
+        ([], {"NUCLEI_N_WORKERS": "-3"}, "n_workers"),
+        (["--threads", "-2"], {}, "threads_per_worker"),
+        ([], {"NUCLEI_N_WORKERS": "two"}, "NUCLEI_N_WORKERS"),
+        ([], {"NUCLEI_HALF": "maybe"}, "NUCLEI_HALF"),
+        ([], {"NUCLEI_TILE_PX": "512.5"}, "NUCLEI_TILE_PX"),
+        ([], {"NUCLEI_DEFAULT_MPP": "-1"}, "default_mpp"),
+        ([], {"NUCLEI_MEMORY_LIMIT": "lots"}, "memory_limit"),
+    ],
+)
+def test_bad_settings_refuse_with_one_line(
+    args: list[str], env: dict[str, str], named: str, tmp_path: Path, blob_model: Path
+) -> None:
+    manifest = manifest_of(tmp_path, ["a.svs,a,BRCA"])
+    # before: 0 workers, and a run that waited for them forever
+    result = run_cli(str(manifest), "--out", str(tmp_path / "out"), *args, env=env, timeout=60, small=False)
+    assert named in one_line_error(result)
+    assert not (tmp_path / "out").exists()
+
+
+def test_yaml_floats_are_not_truncated_to_ints(tmp_path: Path) -> None:
+    from pipeline.config import load_config
+
+    config_file = tmp_path / "c.yaml"
+    config_file.write_text("tiles_per_task: 2.7\n")
+    with pytest.raises(ValueError, match=r"c.yaml: tiles_per_task=2.7 is not a whole number"):
+        load_config(config_file, environ={})
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("- tile_px\n- 512\n", "not a list"),
+        ("model: !!python/object/apply:os.system ['echo hacked']\n", "not a readable YAML"),
+        ("a: &a [x, x]\nb: &b [*a, *a]\nc: &c [*b, *b]\nstain: *c\n", "aliases"),
+        ("tile_px: [1, 2]\n", "tile_px"),
+        ("stain: {a: 1}\n", "stain"),
+    ],
+)
+def test_bad_config_files_refuse_with_one_line(text: str, named: str, tmp_path: Path, blob_model: Path) -> None:
+    config_file = tmp_path / "bad.yaml"
+    config_file.write_text(text)
+    manifest = manifest_of(tmp_path, ["a.svs,a,BRCA"])
+    result = run_cli(str(manifest), "--out", str(tmp_path / "out"), "--config", str(config_file), timeout=60)
+    line = one_line_error(result)
+    assert named in line and "bad.yaml" in line
+    assert "hacked" not in result.stdout + result.stderr
+
+
+# ------------------------------------------------------------- 8. nothing listens outside ----
+
+
+def listening_addresses(pids: list[int]) -> set[str]:
+    import psutil
+
+    found = set()
+    for conn in psutil.net_connections(kind="inet"):
+        if conn.status == psutil.CONN_LISTEN and conn.pid in pids:
+            found.add(conn.laddr.ip)
+    return found
+
+
+@pytest.mark.slow
+def test_local_cluster_listens_on_loopback_only(blob_model: Path) -> None:
+    """Scheduler, workers, nannies and dashboard of a local run: 127.0.0.1 and nothing else."""
+    import psutil
+
+    from pipeline.cluster import connect
+    from pipeline.config import load_config
+
+    config = load_config(None, {"n_workers": 1, "threads_per_worker": 1}, environ={})
+    client = connect(config)
+    try:
+        client.wait_for_workers(1, timeout=60)
+        me = psutil.Process()
+        pids = [me.pid] + [p.pid for p in me.children(recursive=True)]
+        addresses = listening_addresses(pids)
+        assert addresses == {"127.0.0.1"}, addresses
+        assert client.dashboard_link.startswith("http://127.0.0.1:")
+    finally:
+        client.close()
+        client.cluster.close()
+
+
+def test_dashboard_opens_only_when_asked() -> None:
+    from pipeline.cluster import dashboard_address
+    from pipeline.config import Config, load_config
+
+    assert dashboard_address(Config()).startswith("127.0.0.1:")
+    config = load_config(None, {"dashboard": "0.0.0.0:8787"}, environ={})
+    assert dashboard_address(config) == "0.0.0.0:8787"
+    with pytest.raises(ValueError, match="dashboard"):
+        load_config(None, {"dashboard": "8787"}, environ={})
+
+
+@pytest.mark.slow
+def test_local_launcher_listens_on_loopback_only(tmp_path: Path) -> None:
+    """cluster/local.sh: the scheduler, its dashboard and the workers bind to 127.0.0.1 unless told."""
+    import signal
+    import time
+
+    import psutil
+
+    sched = tmp_path / "sched.json"
+    env = {**os.environ, "SCHED": str(sched), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    proc = subprocess.Popen(
+        ["bash", str(ROOT / "cluster" / "local.sh"), "1"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        wait_for(sched.exists, timeout=60)
+        deadline = time.time() + 60
+        while True:  # until the worker has registered with the scheduler
+            info = json.loads(sched.read_text())
+            group = [p.pid for p in psutil.process_iter() if p.pid > 1 and _group(p.pid) == proc.pid]
+            addresses = listening_addresses(group)
+            if len(group) >= 4 and len(_listening_ports(group)) >= 4 or time.time() > deadline:
+                break
+            time.sleep(0.5)
+        assert info["address"].startswith("tcp://127.0.0.1:")
+        assert addresses == {"127.0.0.1"}, addresses
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def _group(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
+
+
+def _listening_ports(pids: list[int]) -> set[int]:
+    import psutil
+
+    return {
+        c.laddr.port for c in psutil.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN and c.pid in pids
+    }
+
+
+def test_batch_cluster_binds_to_the_given_interface_and_requires_tls(tmp_path: Path) -> None:
+    import shutil
+
+    pytest.importorskip("dask_jobqueue")
+    if not shutil.which("openssl"):
+        pytest.skip("openssl is not installed")
+    subprocess.run(  # a self-signed certificate serves as its own CA
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=nuclei"]
+        + ["-keyout", str(tmp_path / "node.key"), "-out", str(tmp_path / "node.pem")],
+        check=True,
+        capture_output=True,
+    )
+    shutil.copy(tmp_path / "node.pem", tmp_path / "ca.pem")
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "cluster" / "hpc.py"), "slurm", "--print-job-script"]
+        + ["--interface", "lo", "--tls-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "--interface lo" in out.stdout and f"--tls-ca-file {tmp_path}/ca.pem" in out.stdout
+    assert "--protocol tls://" in out.stdout or "tls://" in out.stdout
+    for script in ("slurm/scheduler_and_workers.sbatch", "pbs/scheduler_and_workers.pbs"):
+        text = (ROOT / "cluster" / script).read_text()
+        assert "--interface" in text and "--tls-ca-file" in text and "REQUIRE_ENCRYPTION" in text, script
+
+
+class _Payload:
+    """A pickled object that runs code when it is loaded (what a hostile checkpoint carries)."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (Path.write_text, (Path(self.marker), "ran"))
+
+
+def test_checkpoints_are_loaded_as_weights_only(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    from pipeline.training.export import load_checkpoint
+    from pipeline.training.unet import NucleusUNet
+    from tests.test_export import TINY
+
+    net = NucleusUNet(TINY)
+    good = tmp_path / "good.pt"
+    torch.save({"model": net.state_dict(), "step": 3, "config": {"unet": TINY.as_dict(), "lr": 1e-3}}, good)
+    assert isinstance(load_checkpoint(good), NucleusUNet)
+
+    marker = tmp_path / "pwned"
+    bad = tmp_path / "bad.pt"
+    torch.save({"model": net.state_dict(), "config": {"unet": TINY.as_dict()}, "x": _Payload(str(marker))}, bad)
+    with pytest.raises(Exception, match="(?i)weights"):
+        load_checkpoint(bad)
+    assert not marker.exists()
+
+
+# ------------------------------------------------ 11. bad input: exit 2, one line, no traceback ----
+
+
+def test_out_that_is_a_file_is_refused(tmp_path: Path, blob_model: Path) -> None:
+    (tmp_path / "out").write_text("not a folder")
+    manifest = manifest_of(tmp_path, ["a.svs,a,BRCA"])
+    line = one_line_error(run_cli(str(manifest), "--out", str(tmp_path / "out"), "--model", str(blob_model)))
+    assert str(tmp_path / "out") in line
+    (tmp_path / "out2").mkdir()
+    (tmp_path / "out2" / "slides").write_text("")
+    line = one_line_error(run_cli(str(manifest), "--out", str(tmp_path / "out2"), "--model", str(blob_model)))
+    assert "slides" in line
+
+
+def test_invalid_model_file_is_refused(tmp_path: Path) -> None:
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"this is not an onnx model")
+    manifest = manifest_of(tmp_path, ["a.svs,a,BRCA"])
+    line = one_line_error(run_cli(str(manifest), "--out", str(tmp_path / "out"), "--model", str(model), timeout=60))
+    assert "model.onnx" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_symlink_loop_fails_its_slide_alone(cohort: Path, blob_model: Path, tmp_path: Path) -> None:
+    (tmp_path / "loop_a.svs").symlink_to("loop_b.svs")
+    (tmp_path / "loop_b.svs").symlink_to("loop_a.svs")
+    manifest = manifest_of(tmp_path, ["loop_a.svs,loop,BRCA", f"{cohort}/s0.svs,s0,BRCA"])
+    result = run_cli(str(manifest), "--out", str(tmp_path / "out"), "--model", str(blob_model), "--tile-px", "256")
+    assert result.returncode == 1, result.stderr[-3000:]
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert run["status"] == "failed slides"
+    assert run["slides"]["s0"]["status"] == "ok" and run["slides"]["loop"]["status"] == "failed"
+    assert "loop_a.svs" in run["slides"]["loop"]["error"]
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "named"),
+    [
+        ("tcp://127.0.0.1:9", "127.0.0.1:9"),  # nothing listens there
+        ("tcp://[bad", "tcp://[bad"),
+        ("{sched}", "sched.json"),  # a scheduler file that is not JSON
+    ],
+)
+def test_unusable_scheduler_is_refused(
+    scheduler: str, named: str, cohort: Path, blob_model: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "sched.json").write_text("{not json")
+    manifest = manifest_of(tmp_path, [f"{cohort}/s0.svs,s0,BRCA"])
+    out = tmp_path / "out"
+    result = run_cli(
+        str(manifest), "--out", str(out), "--model", str(blob_model),
+        "--scheduler", scheduler.format(sched=tmp_path / "sched.json"),
+        env={"DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "3s"}, timeout=90,
+    )  # fmt: skip
+    assert named in one_line_error(result)
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "error" and run["finished"] and named in run["error"]
+
+
+# ------------------------------------------------------ 6. predict never overwrites a result ----
+
+
+def test_predict_keeps_one_result_per_input_even_when_names_repeat(tmp_path: Path, blob_model: Path) -> None:
+    import tifffile
+    from PIL import Image
+
+    from pipeline.testing import synthetic_slide_image
+
+    images = {}
+    for folder, seed in (("a", 1), ("b", 2)):
+        image, _ = synthetic_slide_image(200, 160, seed=seed, tissue="full")
+        (tmp_path / folder).mkdir()
+        Image.fromarray(image).save(tmp_path / folder / "x.png")
+        images[folder] = tmp_path / folder / "x.png"
+    Image.fromarray(image).save(tmp_path / "b" / "x.tif")
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.predict", str(images["a"]), str(images["b"]), str(tmp_path / "b" / "x.tif")]
+        + ["--out", str(tmp_path / "pred"), "--model", str(blob_model)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    written = sorted(p.name for p in (tmp_path / "pred").iterdir())
+    assert len(written) == 3, written
+    labels = {name: tifffile.imread(tmp_path / "pred" / name) for name in written}
+    assert len({v.tobytes() for v in labels.values()}) >= 2  # a/x.png and b/x.png: two different results
+    for name in written:
+        assert name in result.stdout
