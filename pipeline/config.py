@@ -34,7 +34,11 @@ CHOICES: dict[str, tuple[str, ...]] = {
 class Config:
     # --- model and resolution ---
     model: str = ""  # path to an ONNX model; empty = the model shipped in the package
-    default_mpp: float = 0.25  # µm/px assumed (with a warning) when neither slide nor manifest says
+    default_mpp: float = 0.25  # µm/px assumed (with a warning) when no metadata says and no estimate is possible
+    estimate_scale: bool = True  # estimate the resolution from the nuclei: used without metadata, else a cross-check
+    prefer_estimate: bool = False  # when metadata and estimate disagree beyond 1.5×, run at the estimate
+    max_mpp: float = 2.0  # coarser than this (µm/px) a slide is refused: nuclei are a few pixels wide
+    low_resolution_mpp: float = 0.6  # coarser than this (up to max_mpp) a slide runs, flagged low_resolution
     # --- tiling (pixels at the model's resolution) ---
     tile_px: int = 1024  # tile core; the label map's chunks are this core in level-0 pixels
     halo_px: int = -1  # -1 = derived: model context + largest nucleus (see pipeline.tiling)
@@ -219,6 +223,10 @@ def validate_config(config: Config) -> None:
         problems.append(f"dashboard={config.dashboard!r} must be HOST:PORT (e.g. 127.0.0.1:8787) or 'off'")
     if config.tiles_per_task < 1:
         problems.append("tiles_per_task must be ≥ 1")
+    if not 0 < config.low_resolution_mpp <= config.max_mpp:
+        problems.append(f"low_resolution_mpp={config.low_resolution_mpp} must be > 0 and ≤ max_mpp={config.max_mpp}")
+    if config.default_mpp <= 0:
+        problems.append(f"default_mpp={config.default_mpp} must be > 0")
     if config.max_attempts < 1:
         problems.append("max_attempts must be ≥ 1")
     if problems:

@@ -1,0 +1,236 @@
+"""Scale from the image: a slide's resolution estimated from its own nuclei.
+
+The model was trained at 40x (0.25 µm/px), where its nuclei have a known median area
+(``REFERENCE_AREA_PX``, measured on the training images). Read at an assumed resolution ``g``,
+a slide of true resolution ``m`` shows nuclei whose area at model resolution is the reference
+times ``(g / m)²``; so ``m ≈ g · sqrt(reference / measured)``. The estimate starts from a guess
+(the metadata's value, or 40x), segments a few tissue windows at that scale, and refines once
+from the nuclei it found. Per-window estimates give the confidence (the share that agree with
+the result within 1.25×).
+
+Nucleus size varies between tissues (the 30 MoNuSeg images' median nucleus areas span 0.5–1.5×
+their geometric mean), so the estimate tells 10x from 20x from 40x, and catches metadata that is
+wrong by more than 1.5×, but it is not a substitute for a scanner's own calibration; figures in
+benchmarks/RESULTS-scale.md.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from pipeline.io.readers import Slide
+from pipeline.kernels.nuclei import instances_from_probabilities
+from pipeline.kernels.stain import MacenkoStains, StainStats
+from pipeline.runtime import NucleusModel
+
+# Median nucleus area (px at the model's resolution) the shipped model finds on its 23 training
+# images at their true 40x scale (benchmarks/scale_estimate.py --calibrate). A model can state
+# its own in its metadata as `median_nucleus_area_px`.
+REFERENCE_AREA_PX = 388.0
+WINDOW_PX = 384  # side of one sample window at model resolution (~96 µm at 40x)
+N_WINDOWS = 4
+MIN_NUCLEI = 20  # fewer nuclei than this over all windows: no estimate
+CONVERGED = 1.05  # a pass that moves the estimate by less than this factor ends the search
+AGREEMENT = 1.25  # a window agrees with the estimate when within this factor of it
+MPP_RANGE = (0.05, 16.0)  # estimates are clipped to this range (80x-oversampled to far coarser than 2 µm/px)
+
+
+@dataclass(frozen=True)
+class ScaleEstimate:
+    mpp: float  # µm per level-0 pixel
+    confidence: float  # share of sample windows whose own estimate agrees within AGREEMENT
+    n_nuclei: int  # nuclei measured in the last pass
+    n_windows: int
+
+    def as_stats(self) -> dict[str, Any]:
+        return {"mpp_estimate": round(self.mpp, 4), "mpp_estimate_confidence": round(self.confidence, 2)}
+
+
+def reference_area(model: NucleusModel) -> float:
+    return float(model.metadata.get("median_nucleus_area_px", REFERENCE_AREA_PX))
+
+
+def tissue_windows(
+    tissue: np.ndarray, view_ds: float, size: tuple[int, int], side0: int, n: int, seed: int = 0
+) -> list[tuple[int, int]]:
+    """Top-left corners (level-0 px) of up to ``n`` windows of ``side0`` px centred on tissue
+    pixels of the low-resolution mask, spread over the tissue (deterministic for a seed).
+
+    >>> mask = np.zeros((10, 10), bool); mask[4:6, 4:6] = True
+    >>> tissue_windows(mask, 10.0, (100, 100), 20, 1)
+    [(35, 35)]
+    """
+    width, height = size
+    ys, xs = np.nonzero(tissue)
+    if ys.size == 0:
+        return []
+    rng = np.random.default_rng(seed)
+    picks = rng.choice(ys.size, size=min(n, ys.size), replace=False) if ys.size > n else np.arange(ys.size)
+    corners = []
+    for i in sorted(picks, key=lambda k: (ys[k], xs[k])):
+        cx, cy = (xs[i] + 0.5) * view_ds, (ys[i] + 0.5) * view_ds
+        x = int(round(min(max(cx - side0 / 2, 0), max(width - side0, 0))))
+        y = int(round(min(max(cy - side0 / 2, 0), max(height - side0, 0))))
+        corners.append((x, y))
+    return corners
+
+
+def _nucleus_areas(
+    slide: Slide,
+    corner: tuple[int, int],
+    side0: int,
+    mpp: float,
+    model: NucleusModel,
+    stain: StainStats | MacenkoStains | None,
+) -> np.ndarray:
+    """Areas (px at model resolution) of the nuclei in one window read as if at ``mpp``."""
+    import scipy.ndimage as ndi
+
+    from pipeline.slide.segment import model_input, normalise_stain
+
+    window = slide.read_region(corner[0], corner[1], side0, side0, 0)
+    zoom = mpp / model.mpp
+    side = max(32, int(round(side0 * zoom)) // 16 * 16)
+    rgb = np.asarray(
+        ndi.zoom(window, (side / window.shape[0], side / window.shape[1], 1), order=1, grid_mode=True, mode="nearest")
+    )
+    prob = model.predict(model_input([normalise_stain(rgb, stain)], side))[0]
+    labels = instances_from_probabilities(prob, model.thresholds)
+    areas = np.bincount(labels.ravel())[1:]
+    return areas[areas > 0].astype(np.float64)
+
+
+def estimate_mpp(
+    slide: Slide,
+    tissue: np.ndarray,
+    view_ds: float,
+    model: NucleusModel,
+    stain: StainStats | MacenkoStains | None,
+    guess: float | None = None,
+    passes: int = 2,
+    seed: int = 0,
+) -> ScaleEstimate | None:
+    """The slide's resolution from its nuclei, or None when too few nuclei are found (no tissue,
+    blank glass). ``guess`` (default 40x) is the resolution the first pass assumes."""
+    ref = reference_area(model)
+    mpp = guess or model.mpp
+    size = slide.level_dimensions[0]
+    result = None
+    for _ in range(passes):
+        side0 = max(16, int(round(WINDOW_PX * model.mpp / mpp)))
+        side0 = min(side0, max(size))
+        corners = tissue_windows(tissue, view_ds, size, side0, N_WINDOWS, seed)
+        per_window = [_nucleus_areas(slide, c, side0, mpp, model, stain) for c in corners]
+        pooled = np.concatenate(per_window) if per_window else np.zeros(0)
+        if pooled.size < MIN_NUCLEI:
+            return result
+        new = float(np.clip(mpp * math.sqrt(ref / np.median(pooled)), *MPP_RANGE))
+        estimates = [mpp * math.sqrt(ref / np.median(a)) for a in per_window if a.size >= 3]
+        agree = sum(1 for e in estimates if 1 / AGREEMENT <= e / new <= AGREEMENT)
+        result = ScaleEstimate(new, agree / max(len(estimates), 1), int(pooled.size), len(corners))
+        converged = abs(math.log(new / mpp)) < math.log(CONVERGED)
+        mpp = new
+        if converged:
+            break
+    return result
+
+
+# ------------------------------------------------------------------------- the decision ----
+
+DISAGREEMENT = 1.5  # metadata and estimate further apart than this: a warning and a QC note
+
+
+@dataclass(frozen=True)
+class SlideScale:
+    """The resolution a slide is segmented at, where it came from, and what a person should know."""
+
+    mpp: float
+    source: str  # manifest | slide | estimate | default
+    field: str | None  # metadata field or manifest column; None for estimate and default
+    estimate: ScaleEstimate | None
+    flags: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        where = {"estimate": "estimated from the nuclei", "default": "the default (nothing else known)"}
+        return f"{self.mpp:.3g} µm/px from {self.field or where[self.source]}"
+
+
+def decide_scale(
+    slide_id: str,
+    manifest_mpp: float | None,
+    slide: Slide,
+    tissue: np.ndarray,
+    view_ds: float,
+    model: NucleusModel,
+    stain: StainStats | MacenkoStains | None,
+    *,
+    estimate: bool,
+    prefer_estimate: bool,
+    default_mpp: float,
+    max_mpp: float,
+    low_resolution_mpp: float,
+    seed: int = 0,
+) -> SlideScale:
+    """The slide's resolution: the manifest's, else its metadata's, else estimated from its
+    nuclei, else the default (with a warning). With ``estimate`` the estimate also cross-checks
+    a stated resolution. Raises ValueError, naming the value and its source, when the slide is
+    too coarse to segment nuclei."""
+    flags: list[str] = []
+    notes: list[str] = []
+    res = slide.resolution
+    if manifest_mpp:
+        mpp, source, field = float(manifest_mpp), "manifest", "manifest mpp column"
+    elif res is not None:
+        mpp, source, field = res.mpp, "slide", res.field
+        if not res.square:
+            flags.append("non_square_pixels")
+            notes.append(f"non-square pixels ({res.describe()}); segmented at the x spacing")
+    else:
+        mpp, source, field = float("nan"), "", None
+    stated = source in ("manifest", "slide")
+    found = None
+    if estimate or not stated:
+        found = estimate_mpp(
+            slide, tissue, view_ds, model, stain, guess=mpp if stated else None, seed=seed
+        )
+    if not stated:
+        if found is not None:
+            mpp, source = found.mpp, "estimate"
+            notes.append(
+                f"no resolution in the slide or the manifest: {found.mpp:.3g} µm/px estimated from "
+                f"{found.n_nuclei} nuclei (confidence {found.confidence:.2f})"
+            )
+        else:
+            mpp, source = default_mpp, "default"
+            flags.append("mpp_default")
+            notes.append(
+                f"no resolution in the slide or the manifest and too few nuclei to estimate one: "
+                f"assumed {default_mpp} µm/px (set the manifest's mpp column)"
+            )
+    elif found is not None and not 1 / DISAGREEMENT <= found.mpp / mpp <= DISAGREEMENT:
+        flags.append("scale_disagreement")
+        chosen = found.mpp if prefer_estimate else mpp
+        notes.append(
+            f"{mpp:.3g} µm/px from {field} but {found.mpp:.3g} estimated from the nuclei "
+            f"({found.mpp / mpp:.2f}×); segmented at {chosen:.3g}"
+        )
+        if prefer_estimate:
+            mpp, source, field = found.mpp, "estimate", None
+    scale = SlideScale(mpp, source, field, found, tuple(flags), tuple(notes))
+    if mpp > max_mpp:
+        raise ValueError(f"{scale.describe()} is too coarse to segment nuclei (limit {max_mpp})")
+    if mpp > low_resolution_mpp:
+        flags.append("low_resolution")
+        notes.append(
+            f"{scale.describe()} is coarser than {low_resolution_mpp} µm/px: nuclei are small; check the review patches"
+        )
+        scale = SlideScale(mpp, source, field, found, tuple(flags), tuple(notes))
+    for note in notes:
+        warnings.warn(f"{slide_id}: {note}", stacklevel=2)
+    return scale
