@@ -223,8 +223,9 @@ def validate_config(config: Config) -> None:
         problems.append(f"dashboard={config.dashboard!r} must be HOST:PORT (e.g. 127.0.0.1:8787) or 'off'")
     if config.tiles_per_task < 1:
         problems.append("tiles_per_task must be ≥ 1")
-    if not 0 < config.low_resolution_mpp <= config.max_mpp:
-        problems.append(f"low_resolution_mpp={config.low_resolution_mpp} must be > 0 and ≤ max_mpp={config.max_mpp}")
+    for name in ("max_mpp", "low_resolution_mpp"):
+        if not getattr(config, name) > 0:
+            problems.append(f"{name}={getattr(config, name)} must be > 0 (µm per pixel)")
     if config.default_mpp <= 0:
         problems.append(f"default_mpp={config.default_mpp} must be > 0")
     if config.max_attempts < 1:

@@ -161,8 +161,9 @@ def test_real_fixture_slides(tmp_path: Path, blob_model: Path) -> None:
     for sid in ("cmu", "tcga"):
         assert run["slides"][sid]["status"] == "ok" and run["slides"][sid]["n_nuclei"] > 100, sid
     assert run["slides"]["dicom"]["status"] == "failed"
-    assert "µm/px from DICOM ImagedVolumeWidth is too coarse to segment nuclei (limit 2.0)" in (
-        run["slides"]["dicom"]["error"]
+    assert (
+        "µm/px from DICOM ImagedVolumeWidth is too coarse to segment nuclei (limit 2.0)"
+        in (run["slides"]["dicom"]["error"])
     )
     for sid in ("missing", "cut"):
         assert run["slides"][sid]["status"] == "failed" and run["slides"][sid]["error"], sid

@@ -70,8 +70,11 @@ def test_too_coarse_is_refused_with_value_and_source(tmp_path: Path, blob_model:
     with pytest.raises(SlideError, match=r"4 µm/px from Aperio MPP is too coarse to segment nuclei \(limit 2.0\)"):
         plan_slide(SlideEntry("thumb", path), str(tmp_path / "out"), Config(model=str(blob_model)))
     with pytest.raises(SlideError, match=r"from manifest mpp column is too coarse .*limit 3.0"):
-        plan_slide(SlideEntry("thumb", path, mpp=3.5), str(tmp_path / "out"),
-                   Config(model=str(blob_model), max_mpp=3.0, low_resolution_mpp=1.0))
+        plan_slide(
+            SlideEntry("thumb", path, mpp=3.5),
+            str(tmp_path / "out"),
+            Config(model=str(blob_model), max_mpp=3.0, low_resolution_mpp=1.0),
+        )
 
 
 def test_coarse_but_usable_is_flagged_low_resolution(tmp_path: Path, blob_model: Path) -> None:
@@ -121,8 +124,16 @@ def test_stats_and_qc_columns_for_ok_and_failed_slides(tmp_path: Path, blob_mode
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         process_slide_inline(SlideEntry("a", path, cancer_type="BRCA"), str(out), Config(model=str(blob_model)))
-    publish_failure(out, "b", failure_stats("b", "BRCA", "b.svs", "b.svs: 4.64 µm/px from DICOM "
-                                            "ImagedVolumeWidth is too coarse to segment nuclei (limit 2.0)"))
+    publish_failure(
+        out,
+        "b",
+        failure_stats(
+            "b",
+            "BRCA",
+            "b.svs",
+            "b.svs: 4.64 µm/px from DICOM ImagedVolumeWidth is too coarse to segment nuclei (limit 2.0)",
+        ),
+    )
     for sid in ("a", "b"):
         stats = json.loads((out / "slides" / sid / "stats.json").read_text())
         assert list(stats) == list(STATS_FIELDS), sid

@@ -75,8 +75,12 @@ def test_ome_xml_physical_size(tmp_path: Path) -> None:
 
     img, _ = synthetic_slide_image(300, 200, seed=1)
     path = tmp_path / "ome.tiff"
-    tifffile.imwrite(path, img, ome=True, metadata={"PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5,
-                                                    "PhysicalSizeXUnit": "µm", "PhysicalSizeYUnit": "µm"})
+    tifffile.imwrite(
+        path,
+        img,
+        ome=True,
+        metadata={"PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5, "PhysicalSizeXUnit": "µm", "PhysicalSizeYUnit": "µm"},
+    )
     with open_slide(path) as slide:
         assert slide.resolution == Resolution(0.5, "OME-XML PhysicalSizeX", 0.5)
     nm = '<OME><Image><Pixels PhysicalSizeX="250" PhysicalSizeXUnit="nm"/></Image></OME>'
@@ -88,7 +92,9 @@ def test_dicom_spacing_sources() -> None:
 
     ds = Dataset()
     ds.ImagedVolumeWidth, ds.ImagedVolumeHeight = 15.0, 12.0  # mm
-    assert mpp_from_dicom(ds, 3236, 2638).describe().startswith("4.64 × 4.55 (non-square pixels) µm/px from DICOM Imaged")
+    assert (
+        mpp_from_dicom(ds, 3236, 2638).describe().startswith("4.64 × 4.55 (non-square pixels) µm/px from DICOM Imaged")
+    )
     measures = Dataset()
     measures.PixelSpacing = [0.00025, 0.00025]
     group = Dataset()

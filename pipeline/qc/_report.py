@@ -299,11 +299,23 @@ def render_report(
         if len(odd):
             out.append("<h3>Scale and artifacts</h3>")
             rows = [
-                [r["WSI-ID"], _fmt(r["MPP"]), r["MPPSource"], _fmt(r["MPPEstimate"]), r["Flags"], _fmt(r["ArtifactMM2"])]
+                [
+                    r["WSI-ID"],
+                    _fmt(r["MPP"]),
+                    r["MPPSource"],
+                    _fmt(r["MPPEstimate"]),
+                    r["Flags"],
+                    _fmt(r["ArtifactMM2"]),
+                ]
                 for _, r in odd.iterrows()
             ]
-            out.append(_table(["WSI-ID", "µm/px", "from", "estimate", "flags", "artifacts mm²"], rows,
-                              [False, True, False, True, False, True]))
+            out.append(
+                _table(
+                    ["WSI-ID", "µm/px", "from", "estimate", "flags", "artifacts mm²"],
+                    rows,
+                    [False, True, False, True, False, True],
+                )
+            )
         gfail = group[group["Status"] != "ok"]
         if len(gfail):
             out.append("<h3>Failed slides</h3>")

@@ -196,9 +196,7 @@ def decide_scale(
     stated = source in ("manifest", "slide")
     found = None
     if estimate or not stated:
-        found = estimate_mpp(
-            slide, tissue, view_ds, model, stain, guess=mpp if stated else None, seed=seed
-        )
+        found = estimate_mpp(slide, tissue, view_ds, model, stain, guess=mpp if stated else None, seed=seed)
     if not stated:
         if found is not None:
             mpp, source = found.mpp, "estimate"
