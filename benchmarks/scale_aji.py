@@ -40,8 +40,9 @@ def main() -> int:
     import tifffile
     from PIL import Image
 
-    images = load_monuseg(shared_data_dir() / "monuseg2018_train", VALIDATION_IMAGES,
-                          cache_dir=Path.home() / ".cache" / "pipeline-train")
+    images = load_monuseg(
+        shared_data_dir() / "monuseg2018_train", VALIDATION_IMAGES, cache_dir=Path.home() / ".cache" / "pipeline-train"
+    )
     src, truth = args.work / "images", args.work / "truth"
     src.mkdir(parents=True, exist_ok=True)
     truth.mkdir(parents=True, exist_ok=True)
