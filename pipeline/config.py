@@ -226,8 +226,6 @@ def validate_config(config: Config) -> None:
     for name in ("max_mpp", "low_resolution_mpp"):
         if not getattr(config, name) > 0:
             problems.append(f"{name}={getattr(config, name)} must be > 0 (µm per pixel)")
-    if config.default_mpp <= 0:
-        problems.append(f"default_mpp={config.default_mpp} must be > 0")
     if config.max_attempts < 1:
         problems.append("max_attempts must be ≥ 1")
     if problems:
@@ -239,6 +237,10 @@ def validate_config(config: Config) -> None:
 # device, runtime, workers, ...) are meant to give the same outputs and are left out.
 OUTPUT_FIELDS: tuple[str, ...] = (
     "default_mpp",
+    "estimate_scale",
+    "prefer_estimate",
+    "max_mpp",
+    "low_resolution_mpp",
     "tile_px",
     "halo_px",
     "max_nucleus_px",
