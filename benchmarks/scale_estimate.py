@@ -53,17 +53,12 @@ def main() -> int:
     p.add_argument("--factors", type=float, nargs="+", default=[0.5, 1.0, 2.0, 4.0])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, help="write the per-image rows as JSON")
-    p.add_argument("--raw", action="store_true", help="without the calibration (to measure it)")
     args = p.parse_args()
     root = shared_data_dir() / "monuseg2018_train"
     if not root.exists():
         print(f"{root} is not present", file=sys.stderr)
         return 2
     model = load_model(None, args.threads)
-    if args.raw:
-        import pipeline.slide.scale as scale
-
-        scale.CALIBRATION = ()
     if args.calibrate:
         medians = []
         for name in TRAINING_IMAGES:

@@ -36,7 +36,8 @@ class Config:
     model: str = ""  # path to an ONNX model; empty = the model shipped in the package
     default_mpp: float = 0.25  # µm/px assumed (with a warning) when no metadata says and no estimate is possible
     estimate_scale: bool = True  # estimate the resolution from the nuclei: used without metadata, else a cross-check
-    prefer_estimate: bool = False  # when metadata and estimate disagree beyond 1.5×, run at the estimate
+    prefer_estimate: bool = False  # when metadata and estimate disagree beyond scale_tolerance, run at the estimate
+    scale_tolerance: float = 1.5  # metadata and estimate further apart than this factor: flagged scale_disagreement
     max_mpp: float = 2.0  # coarser than this (µm/px) a slide is refused: nuclei are a few pixels wide
     low_resolution_mpp: float = 0.6  # coarser than this (up to max_mpp) a slide runs, flagged low_resolution
     # --- tiling (pixels at the model's resolution) ---
@@ -226,6 +227,8 @@ def validate_config(config: Config) -> None:
     for name in ("max_mpp", "low_resolution_mpp"):
         if not getattr(config, name) > 0:
             problems.append(f"{name}={getattr(config, name)} must be > 0 (µm per pixel)")
+    if not config.scale_tolerance > 1:
+        problems.append(f"scale_tolerance={config.scale_tolerance} must be a factor > 1")
     if config.max_attempts < 1:
         problems.append("max_attempts must be ≥ 1")
     if problems:
@@ -239,6 +242,7 @@ OUTPUT_FIELDS: tuple[str, ...] = (
     "default_mpp",
     "estimate_scale",
     "prefer_estimate",
+    "scale_tolerance",
     "max_mpp",
     "low_resolution_mpp",
     "tile_px",

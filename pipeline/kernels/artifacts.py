@@ -14,13 +14,13 @@ import scipy.ndimage as ndi
 
 # Hue in degrees, saturation and value in [0, 1] (HSV). Haematoxylin sits at hue ~260–290°
 # (S 0.4–0.6), eosin at ~320–345° (S 0.2–0.6); glass is bright and grey.
-INK_RULES: dict[str, tuple[tuple[float, float], float, tuple[float, float]]] = {
-    # kind: ((hue from, hue to), minimum saturation, (value from, value to))
-    "green_ink": ((70.0, 185.0), 0.20, (0.0, 0.92)),
-    "blue_ink": ((190.0, 245.0), 0.35, (0.0, 0.92)),
-    "red_ink": ((-12.0, 18.0), 0.70, (0.25, 1.0)),
-    "black_ink": ((0.0, 360.0), 0.0, (0.0, 0.16)),
-    "fold": ((250.0, 320.0), 0.60, (0.0, 0.25)),
+INK_RULES: dict[str, tuple[tuple[float, float], tuple[float, float], tuple[float, float]]] = {
+    # kind: ((hue from, hue to), (saturation from, to), (value from, to))
+    "green_ink": ((70.0, 185.0), (0.20, 1.0), (0.0, 0.92)),
+    "blue_ink": ((190.0, 245.0), (0.35, 1.0), (0.0, 0.92)),
+    "red_ink": ((-12.0, 18.0), (0.70, 1.0), (0.25, 1.0)),
+    "black_ink": ((0.0, 360.0), (0.0, 0.40), (0.0, 0.26)),  # dark and grey: haematoxylin is dark but purple
+    "fold": ((250.0, 320.0), (0.60, 1.0), (0.0, 0.25)),
 }
 ARTIFACT_KINDS = tuple(INK_RULES)
 
@@ -59,8 +59,8 @@ def artifact_masks(rgb: np.ndarray, min_region_px: int = 16) -> dict[str, np.nda
     """
     h, s, v = rgb_to_hsv(rgb)
     out = {}
-    for kind, ((h0, h1), s_min, (v0, v1)) in INK_RULES.items():
-        mask = _hue_in(h, h0, h1) & (s >= s_min) & (v >= v0) & (v <= v1)
+    for kind, ((h0, h1), (s0, s1), (v0, v1)) in INK_RULES.items():
+        mask = _hue_in(h, h0, h1) & (s >= s0) & (s <= s1) & (v >= v0) & (v <= v1)
         mask = ndi.binary_opening(mask, iterations=1)
         labels, n = ndi.label(mask)
         if n:

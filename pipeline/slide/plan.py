@@ -102,17 +102,22 @@ def plan_slide(entry: SlideEntry, out_dir: str, config: Config) -> SlidePlan:
         width, height = slide.level_dimensions[0]
         view, view_ds = low_resolution_view(slide, config.tissue_view_px)
         tissue = tissue_mask(view)
+        # Stain statistics and scale sample windows come from tissue without anything ink-like
+        # (ink would shift the normalisation of every tile); which artifacts are excluded from
+        # segmentation is decided below, once the scale gives their size in µm².
+        provisional_mpp = entry.mpp or slide.mpp or model.mpp
+        clean = tissue & ~artifact_mask(artifact_masks(view, min_artifact_px(view_ds, provisional_mpp)))
         stain: StainStats | MacenkoStains | None = None
         if config.stain == "reinhard":
-            stain = reinhard_stats(view, tissue)
+            stain = reinhard_stats(view, clean)
         elif config.stain == "macenko":
-            stain = macenko_stains(view, tissue)
+            stain = macenko_stains(view, clean)
         try:
             scale = decide_scale(
                 entry.slide_id,
                 entry.mpp,
                 slide,
-                tissue,
+                clean,
                 view_ds,
                 model,
                 stain,
@@ -121,13 +126,14 @@ def plan_slide(entry: SlideEntry, out_dir: str, config: Config) -> SlidePlan:
                 default_mpp=config.default_mpp,
                 max_mpp=config.max_mpp,
                 low_resolution_mpp=config.low_resolution_mpp,
+                tolerance=config.scale_tolerance,
                 seed=slide_seed(entry.slide_id),
             )
         except ValueError as exc:
             raise SlideError(str(exc)) from exc
     mpp = scale.mpp
     view_px_mm2 = (view_ds * mpp) ** 2 / 1e6
-    artifacts = artifact_masks(view, min_region_px=max(4, int(round(MIN_ARTIFACT_MM2 / view_px_mm2))))
+    artifacts = artifact_masks(view, min_artifact_px(view_ds, mpp))
     excluded = artifact_mask(artifacts) & tissue
     artifact_mm2 = {k: round(float((m & tissue).sum()) * view_px_mm2, 4) for k, m in artifacts.items()}
     tissue_mm2 = float(tissue.sum()) * view_px_mm2
@@ -176,6 +182,11 @@ def plan_slide(entry: SlideEntry, out_dir: str, config: Config) -> SlidePlan:
         config=config,
         inputs=slide_inputs(entry.slide_path, entry.mpp, model.sha256, config),
     )
+
+
+def min_artifact_px(view_ds: float, mpp: float) -> int:
+    """The smallest artifact region, in pixels of the low-resolution view."""
+    return max(4, int(round(MIN_ARTIFACT_MM2 / ((view_ds * mpp) ** 2 / 1e6))))
 
 
 def slide_seed(slide_id: str) -> int:

@@ -5,9 +5,10 @@ The model was trained at 40x (0.25 µm/px), where its nuclei have a known median
 a slide of true resolution ``m`` shows nuclei whose area at model resolution is the reference
 times ``(g / m)²``; so ``m ≈ g · sqrt(reference / measured)``. The estimate segments a few
 tissue windows at a starting scale and iterates that to a fixed point, from two starts (40x and
-10x), keeping the fixed point where the model is surest of its nucleus centres; the raw fixed
-point is then calibrated (``CALIBRATION``). Per-window estimates give the confidence (the share
-that agree with the result within 1.25×). It is independent of the metadata, so it can check it.
+10x), keeping the fixed point where the model is surest of its nucleus centres (from one start
+only, a 10x slide read as 40x can settle at 40x: clumps of small nuclei pass for one). Per-window
+estimates give the confidence (the share that agree with the result within 1.25×). It is
+independent of the metadata, so it can check it.
 
 Nucleus size varies between tissues (the 30 MoNuSeg images' median nucleus areas span 0.5–1.5×
 their geometric mean), so the estimate tells 10x from 20x from 40x, and catches metadata that is
@@ -33,13 +34,6 @@ from pipeline.runtime import NucleusModel
 # images at their true 40x scale (benchmarks/scale_estimate.py --calibrate). A model can state
 # its own in its metadata as `median_nucleus_area_px`.
 REFERENCE_AREA_PX = 388.0
-# The size response is not exactly proportional: far from 40x, nuclei read blurred or few pixels
-# wide are segmented a little large, so the raw fixed point falls short of the truth (0.6 for a
-# 1 µm/px image). Pairs (raw estimate, true µm/px): the median raw estimate of the 23 training
-# images at 80x, 40x, 20x and 10x (benchmarks/scale_estimate.py --split training); raw estimates
-# are mapped through them piecewise-linearly in log scale. For the shipped model only: a model
-# that states its own `median_nucleus_area_px` is used uncalibrated.
-CALIBRATION: tuple[tuple[float, float], ...] = ((0.1449, 0.125), (0.25, 0.25), (0.4527, 0.5), (0.6011, 1.0))
 WINDOW_PX = 384  # side of one sample window at model resolution (~96 µm at 40x)
 N_WINDOWS = 4
 MIN_NUCLEI = 20  # fewer nuclei than this over all windows: no estimate
@@ -65,27 +59,10 @@ def reference_area(model: NucleusModel) -> float:
 
 
 def own_scale_reference(model: NucleusModel) -> bool:
-    """Whether the model states its own reference nucleus area. The calibration and the second
-    start (whose centre-certainty criterion was checked on the shipped model only) apply to the
-    shipped model; a model with its own reference is used plainly: one start, uncalibrated."""
+    """Whether the model states its own reference nucleus area. The second start (whose
+    centre-certainty criterion was checked on the shipped model only) applies to the shipped
+    model; a model with its own reference is used from one start."""
     return "median_nucleus_area_px" in model.metadata
-
-
-def calibrated(raw: float, model: NucleusModel) -> float:
-    """The raw fixed point mapped to a resolution (see ``CALIBRATION``).
-
-    >>> calibrated(0.3, type("M", (), {"metadata": {"median_nucleus_area_px": "200"}})())
-    0.3
-    """
-    if own_scale_reference(model) or len(CALIBRATION) < 2:
-        return raw
-    xs = np.log([r for r, _ in CALIBRATION])
-    ys = np.log([t for _, t in CALIBRATION])
-    x = math.log(raw)
-    if x <= xs[0] or x >= xs[-1]:  # beyond the table: proportional to its nearest end (no steeper)
-        i = 0 if x <= xs[0] else len(xs) - 1
-        return float(math.exp(ys[i] + x - xs[i]))
-    return float(math.exp(np.interp(x, xs, ys)))
 
 
 def tissue_windows(
@@ -201,12 +178,12 @@ def estimate_mpp(
     if best is None:
         return None
     raw, _, agree, n_nuclei, n_windows = best
-    return ScaleEstimate(calibrated(raw, model), agree, n_nuclei, n_windows)
+    return ScaleEstimate(raw, agree, n_nuclei, n_windows)
 
 
 # ------------------------------------------------------------------------- the decision ----
 
-DISAGREEMENT = 1.5  # metadata and estimate further apart than this: a warning and a QC note
+DISAGREEMENT = 1.5  # default tolerance: metadata and estimate further apart: a warning and a QC note
 
 
 @dataclass(frozen=True)
@@ -239,6 +216,7 @@ def decide_scale(
     default_mpp: float,
     max_mpp: float,
     low_resolution_mpp: float,
+    tolerance: float = DISAGREEMENT,
     seed: int = 0,
 ) -> SlideScale:
     """The slide's resolution: the manifest's, else its metadata's, else estimated from its
@@ -275,7 +253,7 @@ def decide_scale(
                 f"no resolution in the slide or the manifest and too few nuclei to estimate one: "
                 f"assumed {default_mpp} µm/px (set the manifest's mpp column)"
             )
-    elif found is not None and not 1 / DISAGREEMENT <= found.mpp / mpp <= DISAGREEMENT:
+    elif found is not None and not 1 / tolerance <= found.mpp / mpp <= tolerance:
         flags.append("scale_disagreement")
         chosen = found.mpp if prefer_estimate else mpp
         notes.append(
