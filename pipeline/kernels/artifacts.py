@@ -79,3 +79,21 @@ def artifact_mask(masks: dict[str, np.ndarray]) -> np.ndarray:
     for m in masks.values():
         union |= m
     return union
+
+
+def artifacts_on_tissue(masks: dict[str, np.ndarray], tissue: np.ndarray) -> dict[str, np.ndarray]:
+    """Each kind's pixels that lie on a piece of tissue: in a connected region of tissue and
+    artifacts together that holds tissue (dark ink is not tissue itself, being grey, but a stroke
+    across a section is on it; marks on bare glass are not).
+
+    >>> tissue = np.zeros((5, 9), bool); tissue[:, :3] = tissue[:, 4:6] = True
+    >>> ink = np.zeros((5, 9), bool); ink[:, 3] = ink[:, 8] = True  # across the tissue; on glass
+    >>> int(artifacts_on_tissue({"black_ink": ink}, tissue)["black_ink"].sum())
+    5
+    """
+    union = tissue | artifact_mask(masks)
+    labels, n = ndi.label(union)
+    holds_tissue = np.bincount(labels[tissue], minlength=n + 1) > 0
+    holds_tissue[0] = False
+    on = holds_tissue[labels]
+    return {kind: m & on for kind, m in masks.items()}

@@ -19,7 +19,7 @@ from pipeline.config import Config
 from pipeline.io.outputs.maps import create_maps
 from pipeline.io.outputs.publish import new_partial_dir, remove_stale_partials
 from pipeline.io.readers import SlideError, choose_reader, low_resolution_view, open_slide
-from pipeline.kernels.artifacts import artifact_mask, artifact_masks
+from pipeline.kernels.artifacts import artifact_mask, artifact_masks, artifacts_on_tissue
 from pipeline.kernels.nuclei import NucleusThresholds
 from pipeline.kernels.stain import MacenkoStains, StainStats, macenko_stains, reinhard_stats
 from pipeline.kernels.tissue import tissue_mask
@@ -133,16 +133,17 @@ def plan_slide(entry: SlideEntry, out_dir: str, config: Config) -> SlidePlan:
             raise SlideError(str(exc)) from exc
     mpp = scale.mpp
     view_px_mm2 = (view_ds * mpp) ** 2 / 1e6
-    artifacts = artifact_masks(view, min_artifact_px(view_ds, mpp))
-    excluded = artifact_mask(artifacts) & tissue
-    artifact_mm2 = {k: round(float((m & tissue).sum()) * view_px_mm2, 4) for k, m in artifacts.items()}
+    artifacts = artifacts_on_tissue(artifact_masks(view, min_artifact_px(view_ds, mpp)), tissue)
+    excluded = artifact_mask(artifacts)  # on tissue, whether the tissue mask counted it or not (dark ink is grey)
+    artifact_mm2 = {k: round(float(m.sum()) * view_px_mm2, 4) for k, m in artifacts.items()}
     tissue_mm2 = float(tissue.sum()) * view_px_mm2
+    covered = float((tissue | excluded).sum()) * view_px_mm2
     flags, notes = list(scale.flags), list(scale.warnings)
-    if tissue_mm2 > 0 and sum(artifact_mm2.values()) > ARTIFACT_NOTE_SHARE * tissue_mm2:
+    if covered > 0 and sum(artifact_mm2.values()) > ARTIFACT_NOTE_SHARE * covered:
         kinds = ", ".join(f"{k.replace('_', ' ')} {v:.2f} mm²" for k, v in artifact_mm2.items() if v > 0)
         flags.append("artifacts")
         notes.append(
-            f"artifacts cover {sum(artifact_mm2.values()) / tissue_mm2:.0%} of the tissue ({kinds}); "
+            f"artifacts cover {float(excluded.sum()) * view_px_mm2 / covered:.0%} of the tissue ({kinds}); "
             "excluded from segmentation"
         )
     tissue = tissue & ~excluded
