@@ -86,12 +86,17 @@ def main() -> int:
             totals["in_ink"] += in_ink
             totals["kept"].append(kept)
             totals["found_share"].append(found_mm2 / painted_mm2)
-            print(f"{name} ({ink_name}): clean tile artifacts {false_mm2:.4f} mm²; ink found {found_mm2:.4f} of "
-                  f"{painted_mm2:.4f} mm² painted; nuclei in ink {in_ink}; nuclei away from it kept {kept:.1%} "
-                  f"({len(away)})", flush=True)
-    print(f"all {args.images}: false artifact area on clean tiles {totals['false_mm2']:.4f} mm²; nuclei in ink "
-          f"{totals['in_ink']}; ink found / painted median {np.median(totals['found_share']):.2f}; nuclei away "
-          f"from the ink kept: mean {np.mean(totals['kept']):.1%}, min {np.min(totals['kept']):.1%}")
+            print(
+                f"{name} ({ink_name}): clean tile artifacts {false_mm2:.4f} mm²; ink found {found_mm2:.4f} of "
+                f"{painted_mm2:.4f} mm² painted; nuclei in ink {in_ink}; nuclei away from it kept {kept:.1%} "
+                f"({len(away)})",
+                flush=True,
+            )
+    print(
+        f"all {args.images}: false artifact area on clean tiles {totals['false_mm2']:.4f} mm²; nuclei in ink "
+        f"{totals['in_ink']}; ink found / painted median {np.median(totals['found_share']):.2f}; nuclei away "
+        f"from the ink kept: mean {np.mean(totals['kept']):.1%}, min {np.min(totals['kept']):.1%}"
+    )
     return 0
 
 

@@ -27,7 +27,7 @@ from pipeline.io.readers import ArraySlide  # noqa: E402
 from pipeline.kernels.stain import reinhard_stats  # noqa: E402
 from pipeline.kernels.tissue import tissue_mask  # noqa: E402
 from pipeline.runtime import load_model  # noqa: E402
-from pipeline.slide.scale import _read_at, estimate_mpp, tissue_windows  # noqa: E402
+from pipeline.slide.scale import N_WINDOWS, WINDOW_PX, _read_at, estimate_mpp, tissue_windows  # noqa: E402
 
 
 def resample(rgb: np.ndarray, factor: float) -> np.ndarray:
@@ -63,8 +63,8 @@ def main() -> int:
         medians = []
         for name in TRAINING_IMAGES:
             slide, tissue, stain = slide_inputs(read_rgb(root / name / "images" / f"{name}.png"))
-            corners = tissue_windows(tissue, 1.0, slide.level_dimensions[0], 384, 4)
-            areas = np.concatenate([_read_at(slide, c, 384, 0.25, model, stain)[0] for c in corners])
+            corners = tissue_windows(tissue, 1.0, slide.level_dimensions[0], WINDOW_PX, N_WINDOWS)
+            areas = np.concatenate([_read_at(slide, c, WINDOW_PX, 0.25, model, stain)[0] for c in corners])
             medians.append(float(np.median(areas)))
             print(f"{name}: median nucleus area {medians[-1]:.0f} px over {areas.size} nuclei", flush=True)
         print(f"reference (median of the {len(medians)} images' medians): {np.median(medians):.0f} px")

@@ -33,12 +33,12 @@ from pipeline.runtime import NucleusModel
 # Median nucleus area (px at the model's resolution) the shipped model finds on its 23 training
 # images at their true 40x scale (benchmarks/scale_estimate.py --calibrate). A model can state
 # its own in its metadata as `median_nucleus_area_px`.
-REFERENCE_AREA_PX = 388.0
-WINDOW_PX = 384  # side of one sample window at model resolution (~96 µm at 40x)
-N_WINDOWS = 4
+REFERENCE_AREA_PX = 416.0
+WINDOW_PX = 256  # side of one sample window at model resolution (~64 µm at 40x)
+N_WINDOWS = 6
 MIN_NUCLEI = 20  # fewer nuclei than this over all windows: no estimate
 START_MAGNIFICATIONS = (1.0, 4.0)  # first reads at the model's resolution and at a quarter of it (10x)
-CONVERGED = 1.05  # a pass that moves the estimate by less than this factor ends the search
+CONVERGED = 1.1  # a pass that moves the estimate by less than this factor ends the search
 AGREEMENT = 1.25  # a window agrees with the estimate when within this factor of it
 MPP_RANGE = (0.05, 16.0)  # estimates are clipped to this range (80x-oversampled to far coarser than 2 µm/px)
 
@@ -112,7 +112,10 @@ def _read_at(
     )
     prob = model.predict(model_input([normalise_stain(rgb, stain)], side))[0]
     labels = instances_from_probabilities(prob, model.thresholds)
-    areas = np.bincount(labels.ravel())[1:]
+    areas = np.bincount(labels.ravel())
+    cut = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    areas[cut] = 0  # nuclei the window's edge cuts would read small
+    areas = areas[1:]
     return areas[areas > 0].astype(np.float64), float(np.percentile(prob[0], 99.5))
 
 
@@ -183,6 +186,7 @@ def estimate_mpp(
 
 # ------------------------------------------------------------------------- the decision ----
 
+FINEST_SCANNER_MPP = 0.1  # an estimate finer than this (beyond 80x) says the image is not what the model knows
 DISAGREEMENT = 1.5  # default tolerance: metadata and estimate further apart: a warning and a QC note
 
 
@@ -198,8 +202,9 @@ class SlideScale:
     warnings: tuple[str, ...] = ()
 
     def describe(self) -> str:
-        where = {"estimate": "estimated from the nuclei", "default": "the default (nothing else known)"}
-        return f"{self.mpp:.3g} µm/px from {self.field or where[self.source]}"
+        """'0.499 µm/px from Aperio MPP', '0.958 µm/px estimated from the nuclei'."""
+        where = {"estimate": "estimated from the nuclei", "default": "assumed (the default; nothing else known)"}
+        return f"{self.mpp:.3g} µm/px " + (f"from {self.field}" if self.field else where[self.source])
 
 
 def decide_scale(
@@ -239,6 +244,11 @@ def decide_scale(
     found = None
     if estimate or not stated:
         found = estimate_mpp(slide, tissue, view_ds, model, stain, seed=seed)
+    if found is not None and found.mpp < FINEST_SCANNER_MPP:
+        notes.append(
+            f"the nuclei suggest {found.mpp:.3g} µm/px, finer than any scanner: not a resolution (is this H&E tissue?)"
+        )
+        found = None
     if not stated:
         if found is not None:
             mpp, source = found.mpp, "estimate"
