@@ -34,7 +34,12 @@ CHOICES: dict[str, tuple[str, ...]] = {
 class Config:
     # --- model and resolution ---
     model: str = ""  # path to an ONNX model; empty = the model shipped in the package
-    default_mpp: float = 0.25  # µm/px assumed (with a warning) when neither slide nor manifest says
+    default_mpp: float = 0.25  # µm/px assumed (with a warning) when no metadata says and no estimate is possible
+    estimate_scale: bool = True  # estimate the resolution from the nuclei: used without metadata, else a cross-check
+    prefer_estimate: bool = False  # when metadata and estimate disagree beyond scale_tolerance, run at the estimate
+    scale_tolerance: float = 1.5  # metadata and estimate further apart than this factor: flagged scale_disagreement
+    max_mpp: float = 2.0  # coarser than this (µm/px) a slide is refused: nuclei are a few pixels wide
+    low_resolution_mpp: float = 0.6  # coarser than this (up to max_mpp) a slide runs, flagged low_resolution
     # --- tiling (pixels at the model's resolution) ---
     tile_px: int = 1024  # tile core; the label map's chunks are this core in level-0 pixels
     halo_px: int = -1  # -1 = derived: model context + largest nucleus (see pipeline.tiling)
@@ -219,6 +224,11 @@ def validate_config(config: Config) -> None:
         problems.append(f"dashboard={config.dashboard!r} must be HOST:PORT (e.g. 127.0.0.1:8787) or 'off'")
     if config.tiles_per_task < 1:
         problems.append("tiles_per_task must be ≥ 1")
+    for name in ("max_mpp", "low_resolution_mpp"):
+        if not getattr(config, name) > 0:
+            problems.append(f"{name}={getattr(config, name)} must be > 0 (µm per pixel)")
+    if not config.scale_tolerance > 1:
+        problems.append(f"scale_tolerance={config.scale_tolerance} must be a factor > 1")
     if config.max_attempts < 1:
         problems.append("max_attempts must be ≥ 1")
     if problems:
@@ -230,6 +240,11 @@ def validate_config(config: Config) -> None:
 # device, runtime, workers, ...) are meant to give the same outputs and are left out.
 OUTPUT_FIELDS: tuple[str, ...] = (
     "default_mpp",
+    "estimate_scale",
+    "prefer_estimate",
+    "scale_tolerance",
+    "max_mpp",
+    "low_resolution_mpp",
     "tile_px",
     "halo_px",
     "max_nucleus_px",

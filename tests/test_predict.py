@@ -42,10 +42,13 @@ def test_predict_writes_the_slide_pipelines_labels(tmp_path: Path, blob_model: P
         str(blob_model),
         "--config",
         str(config),
+        "--mpp",
+        "0.25",
     )
     assert pred.returncode == 1, pred.stderr[-3000:]
     assert "missing.png" in pred.stderr and "broken.png" in pred.stderr
-    assert sorted(p.name for p in (tmp_path / "pred").iterdir()) == ["tile_labels.tif"]
+    assert sorted(p.name for p in (tmp_path / "pred").iterdir()) == ["scales.csv", "tile_labels.tif"]
+    assert "tile.png,0.25,manifest," in (tmp_path / "pred" / "scales.csv").read_text()
     labels = tifffile.imread(tmp_path / "pred" / "tile_labels.tif")
     assert labels.dtype == np.uint32 and labels.shape == image.shape[:2]
 
@@ -109,3 +112,29 @@ def test_nuclei_cut_by_the_image_edge_end_at_the_edge(tmp_path: Path, blob_model
         xy = np.asarray(table.loc[i, "polygon"]).reshape(-1, 2)
         assert xy[:, 0].min() >= -0.5 and xy[:, 0].max() <= width - 0.5
         assert xy[:, 1].min() >= -0.5 and xy[:, 1].max() <= height - 0.5
+
+
+def test_predict_without_mpp_estimates_each_images_scale(tmp_path: Path, blob_model: Path, synthetic_image) -> None:
+    import csv
+
+    from PIL import Image
+
+    image, _ = synthetic_image
+    h, w = image.shape[0] // 2 * 2, image.shape[1] // 2 * 2
+    half = image[:h, :w].reshape(h // 2, 2, w // 2, 2, 3).mean(axis=(1, 3)).round().astype(np.uint8)
+    Image.fromarray(image).save(tmp_path / "x40.png")
+    Image.fromarray(half).save(tmp_path / "x20.png")
+    pred = cli(
+        "pipeline.predict",
+        str(tmp_path / "x40.png"),
+        str(tmp_path / "x20.png"),
+        "--out",
+        str(tmp_path / "pred"),
+        "--model",
+        str(blob_model),
+    )
+    assert pred.returncode == 0, pred.stderr[-3000:]
+    rows = {Path(r["image"]).name: r for r in csv.DictReader(open(tmp_path / "pred" / "scales.csv"))}
+    assert {r["mpp_source"] for r in rows.values()} == {"estimate"}
+    assert float(rows["x40.png"]["mpp"]) == pytest.approx(0.25, rel=0.2)
+    assert float(rows["x20.png"]["mpp"]) == pytest.approx(0.5, rel=0.2)

@@ -142,7 +142,7 @@ def test_malformed_manifest_is_rejected_before_any_work(tmp_path: Path, blob_mod
 
 @pytest.mark.slow
 def test_real_fixture_slides(tmp_path: Path, blob_model: Path) -> None:
-    """The three real slides give nuclei; a missing and a truncated file fail with reasons."""
+    """The real slides give nuclei; the thumbnail-scale DICOM, a missing and a truncated file fail with reasons."""
     need_shared("CMU-1-Small-Region.svs", "tcga-cr-7395-01a-01-ts1.svs", "small_dicom.dcm")
     data = (WSI_FIXTURES / "CMU-1-Small-Region.svs").read_bytes()
     (tmp_path / "cut.svs").write_bytes(data[:200_000])
@@ -150,7 +150,7 @@ def test_real_fixture_slides(tmp_path: Path, blob_model: Path) -> None:
     manifest.write_text(
         "slide_path,slide_id,cancer_type,mpp\n"
         f"{WSI_FIXTURES / 'CMU-1-Small-Region.svs'},cmu,SKCM,\n"
-        f"{WSI_FIXTURES / 'tcga-cr-7395-01a-01-ts1.svs'},tcga,HNSC,\n"
+        f"{WSI_FIXTURES / 'tcga-cr-7395-01a-01-ts1.svs'},tcga,HNSC,0.25\n"
         f"{WSI_FIXTURES / 'small_dicom.dcm'},dicom,BRCA,\n"
         "nowhere.svs,missing,BRCA,\n"
         "cut.svs,cut,BRCA,\n"
@@ -158,7 +158,12 @@ def test_real_fixture_slides(tmp_path: Path, blob_model: Path) -> None:
     result = run_cli(str(manifest), "--out", str(tmp_path / "out"), "--model", str(blob_model), "--no-qc")
     assert result.returncode == 1
     run = json.loads((tmp_path / "out" / "run.json").read_text())
-    for sid in ("cmu", "tcga", "dicom"):
+    for sid in ("cmu", "tcga"):
         assert run["slides"][sid]["status"] == "ok" and run["slides"][sid]["n_nuclei"] > 100, sid
+    assert run["slides"]["dicom"]["status"] == "failed"
+    assert (
+        "µm/px from DICOM ImagedVolumeWidth is too coarse to segment nuclei (limit 2.0)"
+        in (run["slides"]["dicom"]["error"])
+    )
     for sid in ("missing", "cut"):
         assert run["slides"][sid]["status"] == "failed" and run["slides"][sid]["error"], sid

@@ -2,36 +2,41 @@
 any size) with the slide pipeline's own code path and write ``DIR/<stem>_labels.tif`` (uint32
 instance labels, same height and width as the input), to check the model on annotated tiles.
 
-Each image is treated as a one-level slide at the model's resolution (or ``--mpp``), tiled with
+Each image is treated as a one-level slide at ``--mpp``, else its own metadata, else the
+resolution estimated from its nuclei (written to ``DIR/scales.csv``), tiled with
 halos, normalised with its own statistics, segmented and assembled exactly as a slide is.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from pipeline.config import Config, load_config
 from pipeline.io.outputs.publish import atomic_path, final_slide_dir
 from pipeline.manifest import SlideEntry
-from pipeline.slide import model_for, process_slide_inline
+from pipeline.slide import process_slide_inline
 
 
-def predict_labels(image_path: Path, config: Config, mpp: float | None = None) -> np.ndarray:
-    """Instance labels (uint32, the image's height × width) for one image file."""
+def predict_labels(image_path: Path, config: Config, mpp: float | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """Instance labels (uint32, the image's height × width) for one image file, and its stats
+    (the resolution used and where it came from: ``mpp``, the image's own metadata, or an
+    estimate from its nuclei)."""
     import zarr
 
-    model = model_for(config)
-    entry = SlideEntry(slide_id="image", slide_path=image_path, mpp=mpp or model.mpp)
+    entry = SlideEntry(slide_id="image", slide_path=image_path, mpp=mpp)
     with tempfile.TemporaryDirectory(prefix="predict-") as tmp:
-        process_slide_inline(entry, tmp, config)
+        stats = process_slide_inline(entry, tmp, config)
         labels = zarr.open_array(str(final_slide_dir(Path(tmp), "image") / "maps.zarr" / "labels"), mode="r")[:]
-    return np.asarray(labels, dtype=np.uint32)
+    return np.asarray(labels, dtype=np.uint32), stats
 
 
 def output_names(paths: list[Path]) -> dict[Path, str]:
@@ -74,7 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("images", nargs="+", type=Path)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--model", help="ONNX model (default: the shipped model)")
-    p.add_argument("--mpp", type=float, help="microns per pixel of the images (default: the model's)")
+    p.add_argument(
+        "--mpp",
+        type=float,
+        help="microns per pixel of the images (default: each image's metadata, else estimated from its nuclei)",
+    )
     p.add_argument("--config", type=Path, help="YAML config (tile size, stain, ...)")
     args = p.parse_args(argv)
     config = load_config(args.config, {"model": args.model, "intra_op_threads": 0})
@@ -83,10 +92,13 @@ def main(argv: list[str] | None = None) -> int:
 
     failed = 0
     names = output_names(args.images)
+    scales = []
     for path in dict.fromkeys(args.images):
         t0 = time.perf_counter()
         try:
-            labels = predict_labels(path, config, args.mpp)
+            with warnings.catch_warnings(record=True) as caught:  # said once below, not as a traceback
+                warnings.simplefilter("always", UserWarning)
+                labels, stats = predict_labels(path, config, args.mpp)
         except Exception as exc:
             print(f"FAILED {path}: {type(exc).__name__}: {exc}", file=sys.stderr)
             failed += 1
@@ -94,7 +106,27 @@ def main(argv: list[str] | None = None) -> int:
         target = args.out / names[path]
         with atomic_path(target) as tmp:
             tifffile.imwrite(tmp, labels, compression="zlib")
-        print(f"{path.name}: {int(len(np.unique(labels)) - 1)} nuclei → {target} ({time.perf_counter() - t0:.1f} s)")
+        scales.append(
+            (
+                str(path),
+                stats["mpp"],
+                stats["mpp_source"],
+                stats["mpp_field"] or "",
+                stats["mpp_estimate"],
+                ",".join(stats["flags"]),
+            )
+        )
+        print(
+            f"{path.name}: {int(len(np.unique(labels)) - 1)} nuclei at {stats['mpp']:.3g} µm/px "
+            f"({stats['mpp_source']}) → {target} ({time.perf_counter() - t0:.1f} s)"
+        )
+        for w in caught:
+            print(f"  {w.message}", file=sys.stderr)
+    if scales:
+        with atomic_path(args.out / "scales.csv") as tmp, open(tmp, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["image", "mpp", "mpp_source", "mpp_field", "mpp_estimate", "flags"])
+            writer.writerows(scales)
     return 1 if failed else 0
 
 

@@ -201,6 +201,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", choices=CHOICES["device"], help="where stages after the read run")
     p.add_argument("--runtime", choices=CHOICES["runtime"], help="inference runtime")
     p.add_argument("--half", action="store_true", default=None, help="fp16 inference on the GPU")
+    p.add_argument("--max-mpp", type=float, help="refuse slides coarser than this many µm/px (default 2.0)")
+    p.add_argument(
+        "--prefer-estimate",
+        action="store_true",
+        default=None,
+        help="where metadata and the estimate from the nuclei disagree beyond 1.5×, run at the estimate",
+    )
     p.add_argument("--retry-failed", action="store_true", help="reprocess slides whose earlier attempt failed")
     p.add_argument(
         "--verify-checksums",
@@ -285,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
             "device",
             "runtime",
             "half",
+            "max_mpp",
+            "prefer_estimate",
         )
     }
     overrides["tile_px"], overrides["halo_px"] = args.tile_px, args.halo_px

@@ -79,6 +79,11 @@ WSI_QC_COLUMNS = (
     WSI_COMMENT,
     "SelectedForReview",
     "Status",
+    "MPP",  # the resolution the slide was segmented at (µm/px) ...
+    "MPPSource",  # ... and where it came from: manifest, slide (metadata field), estimate, default
+    "MPPEstimate",  # what the nuclei say (a cross-check when metadata gave the resolution)
+    "Flags",  # low_resolution, scale_disagreement, mpp_default, artifacts, non_square_pixels
+    "ArtifactMM2",  # tissue excluded from segmentation as pen ink or folds
 )
 REGION_COLUMNS = (
     WSI_ID,
@@ -254,8 +259,9 @@ def build_qc(
                 )
             result = qc_result(r.status, v_text, n_bad, n_reviewed, n_regions)
             if r.status == "ok":
-                note = "; ".join(notes[sid])
-                selected = bool(notes[sid])
+                # a slide the run flagged (scale, artifacts) is reviewed like a statistical outlier
+                note = "; ".join([*notes[sid], *([r.warnings] if isinstance(r.warnings, str) and r.warnings else [])])
+                selected = bool(notes[sid]) or (isinstance(r.flags, str) and bool(r.flags))
             else:
                 note = f"failed: {r.error}"
                 selected = False
@@ -275,6 +281,11 @@ def build_qc(
                     v_comment,
                     "yes" if selected else "no",
                     r.status,
+                    r.mpp,
+                    ": ".join(v for v in (r.mpp_source, r.mpp_field) if isinstance(v, str) and v),
+                    r.mpp_estimate,
+                    r.flags,
+                    r.artifact_mm2_total,
                 )
             )
             pct = 100.0 * n_bad / n_reviewed if n_reviewed else math.nan

@@ -15,7 +15,10 @@ from pipeline.io.outputs.stats import NUMERIC_FIELDS, TEXT_FIELDS
 # stats.json keys the QC reads (DESIGN §5, one schema); the numeric ones are null for a failed slide.
 UNKNOWN_CANCER_TYPE = "UNKNOWN"  # DESIGN §4: the manifest's default cancer type
 
-COLUMNS = TEXT_FIELDS + NUMERIC_FIELDS
+# Lists and mappings of stats.json, flattened for the table: flags and warnings joined, artifact
+# areas summed over their kinds.
+FLAT_FIELDS = ("flags", "warnings", "artifact_mm2_total")
+COLUMNS = TEXT_FIELDS + NUMERIC_FIELDS + FLAT_FIELDS
 
 
 def _as_float(value: Any) -> float:
@@ -32,6 +35,7 @@ def read_slide_stats(folder: str | Path) -> dict[str, Any]:
     """
     record: dict[str, Any] = {k: None for k in TEXT_FIELDS}
     record.update({k: float("nan") for k in NUMERIC_FIELDS})
+    record.update(flags="", warnings="", artifact_mm2_total=float("nan"))
     record["slide_id"] = os.path.basename(folder)
     try:
         with open(os.path.join(folder, "stats.json"), encoding="utf-8") as f:
@@ -46,6 +50,11 @@ def read_slide_stats(folder: str | Path) -> dict[str, Any]:
         record[k] = None if v is None else str(v)
     for k in NUMERIC_FIELDS:
         record[k] = _as_float(data.get(k))
+    record["flags"] = ",".join(str(f) for f in data.get("flags") or [])
+    record["warnings"] = "; ".join(str(w) for w in data.get("warnings") or [])
+    artifacts = data.get("artifact_mm2")
+    if isinstance(artifacts, dict):
+        record["artifact_mm2_total"] = sum(_as_float(v) for v in artifacts.values())
     record["cancer_type"] = record["cancer_type"] or UNKNOWN_CANCER_TYPE
     status = (record["status"] or "").lower()
     if status not in ("ok", "failed"):
@@ -74,6 +83,6 @@ def read_cohort(out_dir: Path) -> pd.DataFrame:
             if os.path.exists(os.path.join(folder, "stats.json")):
                 records.append(read_slide_stats(folder))
     df = pd.DataFrame.from_records(records, columns=list(COLUMNS))
-    for k in NUMERIC_FIELDS:
+    for k in (*NUMERIC_FIELDS, "artifact_mm2_total"):
         df[k] = df[k].astype(np.float64)
     return df.sort_values(["cancer_type", "slide_id"], kind="stable").reset_index(drop=True)

@@ -295,6 +295,27 @@ def render_report(
                     f"<tr><td colspan='6'>{image_cells[row['WSI-ID']]}</td></tr>"
                 )
             out.append("</table>")
+        odd = gok[(gok["Flags"].fillna("") != "") | ~gok["MPPSource"].fillna("").str.match(r"(slide|manifest)")]
+        if len(odd):
+            out.append("<h3>Scale and artifacts</h3>")
+            rows = [
+                [
+                    r["WSI-ID"],
+                    _fmt(r["MPP"]),
+                    r["MPPSource"],
+                    _fmt(r["MPPEstimate"]),
+                    r["Flags"],
+                    _fmt(r["ArtifactMM2"]),
+                ]
+                for _, r in odd.iterrows()
+            ]
+            out.append(
+                _table(
+                    ["WSI-ID", "µm/px", "from", "estimate", "flags", "artifacts mm²"],
+                    rows,
+                    [False, True, False, True, False, True],
+                )
+            )
         gfail = group[group["Status"] != "ok"]
         if len(gfail):
             out.append("<h3>Failed slides</h3>")

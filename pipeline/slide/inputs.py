@@ -59,7 +59,8 @@ def changed_inputs(recorded: Any, current: dict[str, Any]) -> str | None:
     if recorded.get("model_sha256") != current["model_sha256"]:
         was = str(recorded.get("model_sha256"))[:12]
         reasons.append(f"the model is another one (sha256 {current['model_sha256'][:12]}…, it was {was}…)")
-    settings = recorded.get("config") if isinstance(recorded.get("config"), dict) else {}
+    recorded_config = recorded.get("config")
+    settings: dict[str, Any] = recorded_config if isinstance(recorded_config, dict) else {}
     for name, value in current["config"].items():
         if settings.get(name) != value:
             reasons.append(f"{name}={value!r} (it was {settings.get(name)!r})")

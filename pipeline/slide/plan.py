@@ -7,25 +7,33 @@ The :class:`SlidePlan` it returns is all the later stages (``segment``, ``assemb
 
 from __future__ import annotations
 
+import hashlib
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from pipeline.config import Config
 from pipeline.io.outputs.maps import create_maps
 from pipeline.io.outputs.publish import new_partial_dir, remove_stale_partials
-from pipeline.io.readers import Slide, choose_reader, low_resolution_view, open_slide
+from pipeline.io.readers import SlideError, choose_reader, low_resolution_view, open_slide
+from pipeline.kernels.artifacts import artifact_mask, artifact_masks, artifacts_on_tissue
 from pipeline.kernels.nuclei import NucleusThresholds
 from pipeline.kernels.stain import MacenkoStains, StainStats, macenko_stains, reinhard_stats
 from pipeline.kernels.tissue import tissue_mask
 from pipeline.manifest import SlideEntry
 from pipeline.runtime import CPU_DEVICE_ID, NucleusModel, load_model
 from pipeline.slide.inputs import slide_inputs
+from pipeline.slide.scale import ScaleEstimate, decide_scale
 from pipeline.tiling import TileGrid, derive_halo_px
 
 Tile = tuple[int, int]
+
+ARTIFACT_MASK_FILE = "artifacts.npy"  # packed bits of the low-resolution view: pixels excluded (ink, folds)
+MIN_ARTIFACT_MM2 = 0.001  # smallest artifact region (~32 µm across): specks are not ink
+ARTIFACT_NOTE_SHARE = 0.05  # artifacts over this share of the tissue get a QC note (the issue's 5 %)
 
 
 @dataclass(frozen=True)
@@ -40,10 +48,16 @@ class SlidePlan:
     height: int
     mpp: float
     mpp_source: str
+    mpp_field: str | None
+    mpp_estimate: ScaleEstimate | None
+    flags: tuple[str, ...]
+    warnings: tuple[str, ...]
     grid: TileGrid
     tiles: tuple[Tile, ...]
     stain: StainStats | MacenkoStains | None
     tissue_mm2: float
+    artifact_mm2: dict[str, float]
+    artifact_view: tuple[int, int, float] | None  # (rows, columns, downsample) of the excluded-pixel mask
     work_dir: str
     out_dir: str
     model_path: str
@@ -79,42 +93,68 @@ def model_for(config: Config, path: str | None = None) -> NucleusModel:
     )
 
 
-def resolve_mpp(entry: SlideEntry, slide: Slide, config: Config) -> tuple[float, str]:
-    """Microns per pixel and where it came from: manifest, slide metadata or the default."""
-    if entry.mpp:
-        return entry.mpp, "manifest"
-    if slide.mpp:
-        return slide.mpp, "slide"
-    warnings.warn(
-        f"{entry.slide_id}: no microns-per-pixel in the slide or the manifest; assuming "
-        f"{config.default_mpp} (set the manifest's mpp column to override)",
-        stacklevel=2,
-    )
-    return config.default_mpp, "default"
-
-
 def plan_slide(entry: SlideEntry, out_dir: str, config: Config) -> SlidePlan:
     """Open the slide, find its tissue on a low-resolution view, compute its stain statistics
     once, lay the tile grid over the tissue and create the slide's working folder."""
     reader = choose_reader(entry.slide_path, config.reader)
+    model = model_for(config)
     with open_slide(entry.slide_path, reader) as slide:
         width, height = slide.level_dimensions[0]
-        mpp, mpp_source = resolve_mpp(entry, slide, config)
-        model = model_for(config)
         view, view_ds = low_resolution_view(slide, config.tissue_view_px)
-    tissue = tissue_mask(view)
-    tissue_mm2 = float(tissue.sum()) * (view_ds * mpp) ** 2 / 1e6
-    stain: StainStats | MacenkoStains | None = None
-    if config.stain == "reinhard":
-        stain = reinhard_stats(view, tissue)
-    elif config.stain == "macenko":
-        stain = macenko_stains(view, tissue)
+        tissue = tissue_mask(view)
+        # Stain statistics and scale sample windows come from tissue without anything ink-like
+        # (ink would shift the normalisation of every tile); which artifacts are excluded from
+        # segmentation is decided below, once the scale gives their size in µm².
+        provisional_mpp = entry.mpp or slide.mpp or model.mpp
+        clean = tissue & ~artifact_mask(artifact_masks(view, min_artifact_px(view_ds, provisional_mpp)))
+        stain: StainStats | MacenkoStains | None = None
+        if config.stain == "reinhard":
+            stain = reinhard_stats(view, clean)
+        elif config.stain == "macenko":
+            stain = macenko_stains(view, clean)
+        try:
+            scale = decide_scale(
+                entry.slide_id,
+                entry.mpp,
+                slide,
+                clean,
+                view_ds,
+                model,
+                stain,
+                estimate=config.estimate_scale,
+                prefer_estimate=config.prefer_estimate,
+                default_mpp=config.default_mpp,
+                max_mpp=config.max_mpp,
+                low_resolution_mpp=config.low_resolution_mpp,
+                tolerance=config.scale_tolerance,
+                seed=slide_seed(entry.slide_id),
+            )
+        except ValueError as exc:
+            raise SlideError(str(exc)) from exc
+    mpp = scale.mpp
+    view_px_mm2 = (view_ds * mpp) ** 2 / 1e6
+    artifacts = artifacts_on_tissue(artifact_masks(view, min_artifact_px(view_ds, mpp)), tissue)
+    excluded = artifact_mask(artifacts)  # on tissue, whether the tissue mask counted it or not (dark ink is grey)
+    artifact_mm2 = {k: round(float(m.sum()) * view_px_mm2, 4) for k, m in artifacts.items()}
+    tissue_mm2 = float(tissue.sum()) * view_px_mm2
+    covered = float((tissue | excluded).sum()) * view_px_mm2
+    flags, notes = list(scale.flags), list(scale.warnings)
+    if covered > 0 and sum(artifact_mm2.values()) > ARTIFACT_NOTE_SHARE * covered:
+        kinds = ", ".join(f"{k.replace('_', ' ')} {v:.2f} mm²" for k, v in artifact_mm2.items() if v > 0)
+        flags.append("artifacts")
+        notes.append(
+            f"artifacts cover {float(excluded.sum()) * view_px_mm2 / covered:.0%} of the tissue ({kinds}); "
+            "excluded from segmentation"
+        )
+    tissue = tissue & ~excluded
     halo = config.halo_px if config.halo_px >= 0 else derive_halo_px(model.context_px, config.max_nucleus_px)
     grid = TileGrid.for_slide(width, height, mpp, model.mpp, config.tile_px, halo)
     tiles = tuple(grid.tiles_over(tissue, view_ds))
     remove_stale_partials(Path(out_dir), entry.slide_id)
     work = new_partial_dir(Path(out_dir), entry.slide_id)
     (work / "tiles").mkdir()
+    if excluded.any():
+        np.save(work / ARTIFACT_MASK_FILE, np.packbits(excluded, axis=None))
     create_maps(work, width, height, grid.core0, config.save_probabilities)
     return SlidePlan(
         slide_id=entry.slide_id,
@@ -124,11 +164,17 @@ def plan_slide(entry: SlideEntry, out_dir: str, config: Config) -> SlidePlan:
         width=width,
         height=height,
         mpp=mpp,
-        mpp_source=mpp_source,
+        mpp_source=scale.source,
+        mpp_field=scale.field,
+        mpp_estimate=scale.estimate,
+        flags=tuple(flags),
+        warnings=tuple(notes),
         grid=grid,
         tiles=tiles,
         stain=stain,
         tissue_mm2=tissue_mm2,
+        artifact_mm2=artifact_mm2,
+        artifact_view=(view.shape[0], view.shape[1], view_ds) if excluded.any() else None,
         work_dir=str(work),
         out_dir=out_dir,
         model_path=str(model.path),
@@ -137,6 +183,16 @@ def plan_slide(entry: SlideEntry, out_dir: str, config: Config) -> SlidePlan:
         config=config,
         inputs=slide_inputs(entry.slide_path, entry.mpp, model.sha256, config),
     )
+
+
+def min_artifact_px(view_ds: float, mpp: float) -> int:
+    """The smallest artifact region, in pixels of the low-resolution view."""
+    return max(4, int(round(MIN_ARTIFACT_MM2 / ((view_ds * mpp) ** 2 / 1e6))))
+
+
+def slide_seed(slide_id: str) -> int:
+    """A seed of the slide's own, so that its sample windows do not depend on the run."""
+    return int.from_bytes(hashlib.sha256(slide_id.encode()).digest()[:4], "little")
 
 
 def tile_file(plan: SlidePlan, tile: Tile, suffix: str) -> Path:

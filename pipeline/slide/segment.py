@@ -10,6 +10,8 @@ the kernels take numpy or cupy arrays alike).
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +29,7 @@ from pipeline.kernels.features import nucleus_moments, nucleus_outlines, polygon
 from pipeline.kernels.nuclei import NucleusThresholds, instances_from_probabilities, remove_small_labels
 from pipeline.kernels.stain import MacenkoStains, StainStats, haematoxylin, macenko_normalise, reinhard_normalise
 from pipeline.runtime import NucleusModel
-from pipeline.slide.plan import SlidePlan, Tile, TileSummary, model_for, tile_file
+from pipeline.slide.plan import ARTIFACT_MASK_FILE, SlidePlan, Tile, TileSummary, model_for, tile_file
 from pipeline.tiling import TileGrid
 
 
@@ -77,15 +79,22 @@ def model_input(images: list[Any], side: int) -> Any:
 
 
 def tile_nuclei(
-    labels: np.ndarray, h_map: np.ndarray, grid: TileGrid, tile: Tile, mpp: float
+    labels: np.ndarray,
+    h_map: np.ndarray,
+    grid: TileGrid,
+    tile: Tile,
+    mpp: float,
+    excluded: ExcludedPixels | None = None,
 ) -> tuple[pa.Table, np.ndarray]:
-    """The nuclei a tile owns (centroid inside its core) as a table with local ids 1..k, and
-    the map old label → local id (0 = not owned)."""
+    """The nuclei a tile owns (centroid inside its core, not on an artifact) as a table with
+    local ids 1..k, and the map old label → local id (0 = not owned)."""
     model_mpp = grid.scale * mpp
     moments = nucleus_moments(labels, h_map)
     x, y = grid.to_level0(tile[0], tile[1], moments["row"], moments["col"])
     cx0, cy0, cx1, cy1 = grid.core(*tile)
     owned = (moments["area"] > 0) & (x >= cx0 - 0.5) & (x < cx1 - 0.5) & (y >= cy0 - 0.5) & (y < cy1 - 0.5)
+    if excluded is not None:
+        owned &= ~excluded.at(x, y)
     ids = np.nonzero(owned)[0] + 1
     local = np.zeros(labels.max() + 1 if labels.size else 1, dtype=np.uint32)
     local[ids] = np.arange(1, len(ids) + 1, dtype=np.uint32)
@@ -160,6 +169,34 @@ def cut_at_slide_edge(labels: np.ndarray, grid: TileGrid, tile: Tile, min_area_p
     return remove_small_labels(np.where(rows[:, None] & cols[None, :], labels, 0), min_area_px)
 
 
+@dataclass(frozen=True)
+class ExcludedPixels:
+    """The slide's artifact mask on its low-resolution view (pen ink, folds): nuclei there are not reported."""
+
+    mask: np.ndarray  # bool, rows × columns of the view
+    downsample: float  # level-0 px per view px
+
+    def at(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Whether level-0 points (x, y) lie on an excluded view pixel."""
+        rows = np.clip((np.asarray(y) / self.downsample).astype(np.int64), 0, self.mask.shape[0] - 1)
+        cols = np.clip((np.asarray(x) / self.downsample).astype(np.int64), 0, self.mask.shape[1] - 1)
+        return self.mask[rows, cols]
+
+
+@lru_cache(maxsize=8)
+def _load_excluded(path: str, rows: int, cols: int, downsample: float) -> ExcludedPixels:
+    bits = np.load(path)
+    return ExcludedPixels(np.unpackbits(bits)[: rows * cols].reshape(rows, cols).astype(bool), downsample)
+
+
+def excluded_pixels(plan: SlidePlan) -> ExcludedPixels | None:
+    """The plan's artifact mask (read once per worker process and slide), or None when it has none."""
+    if plan.artifact_view is None:
+        return None
+    rows, cols, downsample = plan.artifact_view
+    return _load_excluded(str(Path(plan.work_dir) / ARTIFACT_MASK_FILE), rows, cols, downsample)
+
+
 def segment_tiles(plan: SlidePlan, tiles: list[Tile]) -> list[TileSummary]:
     """Read, normalise, infer and watershed a batch of tiles; write each tile's owned nuclei
     (table + level-0 label window with local ids) into the slide's working folder."""
@@ -204,7 +241,7 @@ def write_tile_outputs(
     for features / write."""
     t0 = time.perf_counter()
     labels = cut_at_slide_edge(labels, plan.grid, tile, plan.thresholds.min_area_px)
-    table, local = tile_nuclei(labels, h_map, plan.grid, tile, plan.mpp)
+    table, local = tile_nuclei(labels, h_map, plan.grid, tile, plan.mpp, excluded_pixels(plan))
     t1 = time.perf_counter()
     owned = local[labels]
     if plan.grid.model_side != plan.grid.extent0:  # resampled: back onto the level-0 grid

@@ -65,6 +65,8 @@ def build_blob_model(path: Path, mpp: float = 0.25) -> Path:
         "min_area_px": "20",
         "context_px": "16",
         "receptive_field_px": "25",
+        # what it finds on synthetic_slide_image's nuclei at their true scale (for the scale estimate)
+        "median_nucleus_area_px": "213",
     }
     for k, v in meta.items():
         entry = model.metadata_props.add()

@@ -32,8 +32,14 @@ class SlideStats:
     width: int | None = None
     height: int | None = None
     mpp: float | None = None
-    mpp_source: str | None = None  # manifest | slide | default
+    mpp_source: str | None = None  # manifest | slide | estimate | default
+    mpp_field: str | None = None  # the metadata field (or manifest column) the resolution was read from
+    mpp_estimate: float | None = None  # resolution estimated from the slide's own nuclei
+    mpp_estimate_confidence: float | None = None  # share of sample windows agreeing with it within 1.25×
+    flags: list[str] | None = None  # e.g. low_resolution, scale_disagreement, mpp_default, artifacts
+    warnings: list[str] | None = None  # what a person should know about this slide's result, in words
     tissue_mm2: float | None = None
+    artifact_mm2: dict[str, float] | None = None  # area excluded from segmentation, by kind (pen ink, ...)
     n_nuclei: int | None = None
     area_mean_um2: float | None = None
     area_std_um2: float | None = None

@@ -18,6 +18,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from pipeline.io.readers.metadata import Resolution
+
 GLASS = 255  # value used for pixels outside the image
 
 
@@ -31,6 +33,7 @@ class Slide(Protocol):
     level_dimensions: list[tuple[int, int]]  # (width, height) per level, level 0 first
     level_downsamples: list[float]
     mpp: float | None  # microns per level-0 pixel, None when the file does not say
+    resolution: Resolution | None  # the same, with the metadata field it came from
     properties: dict[str, str]
 
     def read_region(self, x: int, y: int, width: int, height: int, level: int = 0) -> np.ndarray:

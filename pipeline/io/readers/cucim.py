@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.io.readers.base import ClosesOnExit, FileSignature, Reader, read_clipped
-from pipeline.io.readers.metadata import mpp_from_aperio, mpp_from_spacing
+from pipeline.io.readers.metadata import Resolution, first, mpp_from_aperio, mpp_from_spacing
 
 # TIFF compression codes cuCIM decodes correctly (checked on the fixtures): JPEG, Aperio JPEG2000.
 CUCIM_SAFE_COMPRESSIONS = frozenset({7, 33003, 33005})
@@ -26,6 +26,7 @@ class CuCIMSlide(ClosesOnExit):
     level_dimensions: list[tuple[int, int]] = field(default_factory=list)
     level_downsamples: list[float] = field(default_factory=list)
     mpp: float | None = None
+    resolution: Resolution | None = None
     properties: dict[str, str] = field(default_factory=dict)
     _img: Any = None
 
@@ -38,14 +39,13 @@ class CuCIMSlide(ClosesOnExit):
         dims = [(int(w), int(h)) for w, h in res["level_dimensions"]]
         meta = img.metadata
         aperio = meta.get("aperio", {}) if isinstance(meta, dict) else {}
-        mpp = mpp_from_aperio(aperio)
-        if mpp is None:
-            mpp = mpp_from_spacing(img.spacing(), img.spacing_units())
+        resolution = first(mpp_from_aperio(aperio), mpp_from_spacing(img.spacing(), img.spacing_units()))
         return cls(
             path=path,
             level_dimensions=dims,
             level_downsamples=[float(d) for d in res["level_downsamples"]],
-            mpp=mpp,
+            mpp=resolution.mpp if resolution else None,
+            resolution=resolution,
             properties={f"aperio.{k}": str(v) for k, v in aperio.items()},
             _img=img,
         )

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.io.readers.base import GLASS, ClosesOnExit, Reader, SlideError, read_clipped
-from pipeline.io.readers.metadata import mpp_from_dicom
+from pipeline.io.readers.metadata import Resolution, mpp_from_dicom
 
 
 @dataclass
@@ -24,6 +24,7 @@ class DicomSlide(ClosesOnExit):
     level_dimensions: list[tuple[int, int]] = field(default_factory=list)
     level_downsamples: list[float] = field(default_factory=lambda: [1.0])
     mpp: float | None = None
+    resolution: Resolution | None = None
     properties: dict[str, str] = field(default_factory=dict)
     _frames: list[bytes] = field(default_factory=list)
     _frame_size: tuple[int, int] = (0, 0)  # (rows, columns) of one frame
@@ -49,11 +50,12 @@ class DicomSlide(ClosesOnExit):
             raise SlideError("uncompressed DICOM WSI frames are not supported")
         frames = list(generate_frames(ds.PixelData, number_of_frames=n_frames))
         grid = (math.ceil(height / rows), math.ceil(width / cols))
-        mpp = mpp_from_dicom(ds, width)
+        resolution = mpp_from_dicom(ds, width, height)
         slide = cls(
             path=path,
             level_dimensions=[(width, height)],
-            mpp=mpp,
+            mpp=resolution.mpp if resolution else None,
+            resolution=resolution,
             properties={"dicom.PatientID": str(ds.get("PatientID", ""))},
             _frames=frames,
             _frame_size=(rows, cols),

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.io.readers.base import ClosesOnExit, Reader, SlideError, read_clipped
+from pipeline.io.readers.metadata import Resolution, mpp_from_resolution_tags
 
 
 @dataclass
@@ -21,8 +22,13 @@ class ArraySlide(ClosesOnExit):
     level_dimensions: list[tuple[int, int]] = field(default_factory=list)
     level_downsamples: list[float] = field(default_factory=lambda: [1.0])
     properties: dict[str, str] = field(default_factory=dict)
+    resolution: Resolution | None = None
 
     def __post_init__(self) -> None:
+        if self.resolution is None and self.mpp:
+            self.resolution = Resolution(float(self.mpp), "given with the image")
+        if self.resolution is not None:
+            self.mpp = self.resolution.mpp
         if self.image.ndim == 2:
             self.image = np.repeat(self.image[..., None], 3, axis=2)
         if self.image.ndim != 3 or self.image.shape[2] < 3:
@@ -42,7 +48,9 @@ def open_image(path: Path) -> ArraySlide:
     from PIL import Image
 
     with Image.open(path) as im:
-        return ArraySlide(np.asarray(im.convert("RGB")), mpp=None, path=path, reader="image")
+        dpi = im.info.get("dpi")
+        resolution = mpp_from_resolution_tags(dpi[0], 2, dpi[1]) if dpi else None
+        return ArraySlide(np.asarray(im.convert("RGB")), mpp=None, path=path, reader="image", resolution=resolution)
 
 
 READER = Reader(open=open_image, claims=lambda sig: sig.kind in ("png", "jpeg"))

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.io.readers.base import ClosesOnExit, Reader, SlideError, read_clipped
-from pipeline.io.readers.metadata import aperio_fields, mpp_from_tiff
+from pipeline.io.readers.metadata import Resolution, aperio_fields, mpp_from_tiff
 
 
 @dataclass
@@ -24,6 +24,7 @@ class TiffSlide(ClosesOnExit):
     level_dimensions: list[tuple[int, int]] = field(default_factory=list)
     level_downsamples: list[float] = field(default_factory=list)
     mpp: float | None = None
+    resolution: Resolution | None = None
     properties: dict[str, str] = field(default_factory=dict)
     _tif: Any = None
     _levels: list[Any] = field(default_factory=list)
@@ -51,14 +52,14 @@ class TiffSlide(ClosesOnExit):
             dims.append((int(w), int(h)))
             levels.append(zarr.open(series.aszarr(level=i), mode="r"))
         description = str(page.description or "")
-        xres = page.tags.get("XResolution")
-        unit = page.tags.get("ResolutionUnit")
-        mpp = mpp_from_tiff(description, xres.value if xres else None, unit.value if unit else None)
+        tags = {name: page.tags.get(name) for name in ("XResolution", "YResolution", "ResolutionUnit")}
+        resolution = mpp_from_tiff(description, *(t.value if t is not None else None for t in tags.values()))
         return cls(
             path=path,
             level_dimensions=dims,
             level_downsamples=[dims[0][0] / d[0] for d in dims],
-            mpp=mpp,
+            mpp=resolution.mpp if resolution else None,
+            resolution=resolution,
             properties={f"aperio.{k}": v for k, v in aperio_fields(description).items()},
             _tif=tif,
             _levels=levels,

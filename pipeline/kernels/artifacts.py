@@ -1,0 +1,99 @@
+"""Slide artifacts on the low-resolution view: marker ink and tissue folds.
+
+Pathologists circle regions with green, blue, black or red markers; H&E itself is pink
+(eosin) and purple (haematoxylin), so ink is told apart by hue, saturation and darkness; a fold
+(tissue lying on itself) is darker and more saturated than any single layer. Each check is a
+pure function of an RGB array (after HistoQC's ``functional`` modules); small specks are
+ignored, so single dark nuclei or red blood cells do not count: an artifact is a region.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.ndimage as ndi
+
+# Hue in degrees, saturation and value in [0, 1] (HSV). Haematoxylin sits at hue ~260–290°
+# (S 0.4–0.6), eosin at ~320–345° (S 0.2–0.6); glass is bright and grey.
+INK_RULES: dict[str, tuple[tuple[float, float], tuple[float, float], tuple[float, float]]] = {
+    # kind: ((hue from, hue to), (saturation from, to), (value from, to))
+    "green_ink": ((70.0, 185.0), (0.20, 1.0), (0.0, 0.92)),
+    "blue_ink": ((190.0, 245.0), (0.35, 1.0), (0.0, 0.92)),
+    "red_ink": ((-12.0, 18.0), (0.70, 1.0), (0.25, 1.0)),
+    "black_ink": ((0.0, 360.0), (0.0, 0.40), (0.0, 0.26)),  # dark and grey: haematoxylin is dark but purple
+    "fold": ((250.0, 320.0), (0.60, 1.0), (0.0, 0.25)),
+}
+ARTIFACT_KINDS = tuple(INK_RULES)
+
+
+def rgb_to_hsv(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Hue (degrees, [0, 360)), saturation and value of uint8 RGB.
+
+    >>> h, s, v = rgb_to_hsv(np.array([[[0, 200, 0], [92, 60, 140]]], np.uint8))
+    >>> [round(float(x)) for x in h[0]], [round(float(x), 2) for x in s[0]]
+    ([120, 264], [1.0, 0.57])
+    """
+    x = rgb[..., :3].astype(np.float32) / 255.0
+    r, g, b = x[..., 0], x[..., 1], x[..., 2]
+    v = x.max(axis=-1)
+    c = v - x.min(axis=-1)
+    s = np.where(v > 0, c / np.maximum(v, 1e-6), 0.0)
+    safe = np.maximum(c, 1e-6)
+    h = np.where(v == r, (g - b) / safe, np.where(v == g, 2.0 + (b - r) / safe, 4.0 + (r - g) / safe))
+    h = np.where(c > 0, (60.0 * h) % 360.0, 0.0)
+    return h, s, v
+
+
+def _hue_in(h: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    if lo < 0:
+        return (h >= lo % 360.0) | (h <= hi)
+    return (h >= lo) & (h <= hi)
+
+
+def artifact_masks(rgb: np.ndarray, min_region_px: int = 16) -> dict[str, np.ndarray]:
+    """One boolean mask per kind of artifact (``ARTIFACT_KINDS``), regions of at least
+    ``min_region_px`` pixels only, slightly dilated to cover their edges.
+
+    >>> img = np.full((40, 40, 3), 235, np.uint8); img[5:25, 5:25] = (40, 150, 60)  # a green stroke
+    >>> {k: int(m.sum()) for k, m in artifact_masks(img).items() if m.any()}
+    {'green_ink': 472}
+    """
+    h, s, v = rgb_to_hsv(rgb)
+    out = {}
+    for kind, ((h0, h1), (s0, s1), (v0, v1)) in INK_RULES.items():
+        mask = _hue_in(h, h0, h1) & (s >= s0) & (s <= s1) & (v >= v0) & (v <= v1)
+        mask = ndi.binary_opening(mask, iterations=1)
+        labels, n = ndi.label(mask)
+        if n:
+            sizes = np.bincount(labels.ravel())
+            keep = sizes >= min_region_px
+            keep[0] = False
+            mask = keep[labels]
+            mask = ndi.binary_dilation(mask, iterations=1)
+        out[kind] = mask
+    return out
+
+
+def artifact_mask(masks: dict[str, np.ndarray]) -> np.ndarray:
+    """Union of the kinds' masks (pixels excluded from segmentation)."""
+    union = np.zeros(next(iter(masks.values())).shape, dtype=bool)
+    for m in masks.values():
+        union |= m
+    return union
+
+
+def artifacts_on_tissue(masks: dict[str, np.ndarray], tissue: np.ndarray) -> dict[str, np.ndarray]:
+    """Each kind's pixels that lie on a piece of tissue: in a connected region of tissue and
+    artifacts together that holds tissue (dark ink is not tissue itself, being grey, but a stroke
+    across a section is on it; marks on bare glass are not).
+
+    >>> tissue = np.zeros((5, 9), bool); tissue[:, :3] = tissue[:, 4:6] = True
+    >>> ink = np.zeros((5, 9), bool); ink[:, 3] = ink[:, 8] = True  # across the tissue; on glass
+    >>> int(artifacts_on_tissue({"black_ink": ink}, tissue)["black_ink"].sum())
+    5
+    """
+    union = tissue | artifact_mask(masks)
+    labels, n = ndi.label(union)
+    holds_tissue = np.bincount(labels[tissue], minlength=n + 1) > 0
+    holds_tissue[0] = False
+    on = holds_tissue[labels]
+    return {kind: m & on for kind, m in masks.items()}

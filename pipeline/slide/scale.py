@@ -1,0 +1,286 @@
+"""Scale from the image: a slide's resolution estimated from its own nuclei.
+
+The model was trained at 40x (0.25 µm/px), where its nuclei have a known median area
+(``REFERENCE_AREA_PX``, measured on the training images). Read at an assumed resolution ``g``,
+a slide of true resolution ``m`` shows nuclei whose area at model resolution is the reference
+times ``(g / m)²``; so ``m ≈ g · sqrt(reference / measured)``. The estimate segments a few
+tissue windows at a starting scale and iterates that to a fixed point, from two starts (40x and
+10x), keeping the fixed point where the model is surest of its nucleus centres (from one start
+only, a 10x slide read as 40x can settle at 40x: clumps of small nuclei pass for one). Per-window
+estimates give the confidence (the share that agree with the result within 1.25×). It is
+independent of the metadata, so it can check it.
+
+Nucleus size varies between tissues (the 30 MoNuSeg images' median nucleus areas span 0.5–1.5×
+their geometric mean), so the estimate tells 10x from 20x from 40x, and catches metadata that is
+wrong by more than 1.5×, but it is not a substitute for a scanner's own calibration; figures in
+benchmarks/RESULTS-scale.md.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from pipeline.io.readers import Slide
+from pipeline.kernels.nuclei import instances_from_probabilities
+from pipeline.kernels.stain import MacenkoStains, StainStats
+from pipeline.runtime import NucleusModel
+
+# Median nucleus area (px at the model's resolution) the shipped model finds on its 23 training
+# images at their true 40x scale (benchmarks/scale_estimate.py --calibrate). A model can state
+# its own in its metadata as `median_nucleus_area_px`.
+REFERENCE_AREA_PX = 416.0
+WINDOW_PX = 256  # side of one sample window at model resolution (~64 µm at 40x)
+N_WINDOWS = 6
+MIN_NUCLEI = 20  # fewer nuclei than this over all windows: no estimate
+START_MAGNIFICATIONS = (1.0, 4.0)  # first reads at the model's resolution and at a quarter of it (10x)
+CONVERGED = 1.1  # a pass that moves the estimate by less than this factor ends the search
+AGREEMENT = 1.25  # a window agrees with the estimate when within this factor of it
+MPP_RANGE = (0.05, 16.0)  # estimates are clipped to this range (80x-oversampled to far coarser than 2 µm/px)
+
+
+@dataclass(frozen=True)
+class ScaleEstimate:
+    mpp: float  # µm per level-0 pixel
+    confidence: float  # share of sample windows whose own estimate agrees within AGREEMENT
+    n_nuclei: int  # nuclei measured in the last pass
+    n_windows: int
+
+    def as_stats(self) -> dict[str, Any]:
+        return {"mpp_estimate": round(self.mpp, 4), "mpp_estimate_confidence": round(self.confidence, 2)}
+
+
+def reference_area(model: NucleusModel) -> float:
+    return float(model.metadata.get("median_nucleus_area_px", REFERENCE_AREA_PX))
+
+
+def own_scale_reference(model: NucleusModel) -> bool:
+    """Whether the model states its own reference nucleus area. The second start (whose
+    centre-certainty criterion was checked on the shipped model only) applies to the shipped
+    model; a model with its own reference is used from one start."""
+    return "median_nucleus_area_px" in model.metadata
+
+
+def tissue_windows(
+    tissue: np.ndarray, view_ds: float, size: tuple[int, int], side0: int, n: int, seed: int = 0
+) -> list[tuple[int, int]]:
+    """Top-left corners (level-0 px) of up to ``n`` windows of ``side0`` px centred on tissue
+    pixels of the low-resolution mask, spread over the tissue (deterministic for a seed).
+
+    >>> mask = np.zeros((10, 10), bool); mask[4:6, 4:6] = True
+    >>> tissue_windows(mask, 10.0, (100, 100), 20, 1)
+    [(45, 45)]
+    """
+    width, height = size
+    ys, xs = np.nonzero(tissue)
+    if ys.size == 0:
+        return []
+    rng = np.random.default_rng(seed)
+    picks = rng.choice(ys.size, size=min(n, ys.size), replace=False) if ys.size > n else np.arange(ys.size)
+    corners = []
+    for i in sorted(picks, key=lambda k: (ys[k], xs[k])):
+        cx, cy = (xs[i] + 0.5) * view_ds, (ys[i] + 0.5) * view_ds
+        x = int(round(min(max(cx - side0 / 2, 0), max(width - side0, 0))))
+        y = int(round(min(max(cy - side0 / 2, 0), max(height - side0, 0))))
+        corners.append((x, y))
+    return corners
+
+
+def _read_at(
+    slide: Slide,
+    corner: tuple[int, int],
+    side0: int,
+    mpp: float,
+    model: NucleusModel,
+    stain: StainStats | MacenkoStains | None,
+) -> tuple[np.ndarray, float]:
+    """One window read as if at ``mpp``: the areas (px at model resolution) of its nuclei, and
+    how sure the model is of their centres (99.5th percentile of the centre probability)."""
+    import scipy.ndimage as ndi
+
+    from pipeline.slide.segment import model_input, normalise_stain
+
+    window = slide.read_region(corner[0], corner[1], side0, side0, 0)
+    zoom = mpp / model.mpp
+    side = max(32, int(round(side0 * zoom)) // 16 * 16)
+    rgb = np.asarray(
+        ndi.zoom(window, (side / window.shape[0], side / window.shape[1], 1), order=1, grid_mode=True, mode="nearest")
+    )
+    prob = model.predict(model_input([normalise_stain(rgb, stain)], side))[0]
+    labels = instances_from_probabilities(prob, model.thresholds)
+    areas = np.bincount(labels.ravel())
+    cut = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    areas[cut] = 0  # nuclei the window's edge cuts would read small
+    areas = areas[1:]
+    return areas[areas > 0].astype(np.float64), float(np.percentile(prob[0], 99.5))
+
+
+def _fixed_point(
+    slide: Slide,
+    tissue: np.ndarray,
+    view_ds: float,
+    model: NucleusModel,
+    stain: StainStats | MacenkoStains | None,
+    start: float,
+    passes: int,
+    seed: int,
+) -> tuple[float, float, float, int, int] | None:
+    """Iterate m ← m·sqrt(reference / measured) from ``start``: (raw estimate, centre certainty at
+    the last pass, window agreement, nuclei, windows), or None when too few nuclei are found."""
+    ref = reference_area(model)
+    mpp = start
+    size = slide.level_dimensions[0]
+    found = None
+    for _ in range(passes):
+        side0 = min(max(16, int(round(WINDOW_PX * model.mpp / mpp))), max(size))
+        corners = tissue_windows(tissue, view_ds, size, side0, N_WINDOWS, seed)
+        reads = [_read_at(slide, c, side0, mpp, model, stain) for c in corners]
+        per_window = [areas for areas, _ in reads]
+        pooled = np.concatenate(per_window) if per_window else np.zeros(0)
+        if pooled.size < MIN_NUCLEI:
+            return found
+        new = float(np.clip(mpp * math.sqrt(ref / np.median(pooled)), *MPP_RANGE))
+        estimates = [mpp * math.sqrt(ref / np.median(a)) for a in per_window if a.size >= 3]
+        agree = sum(1 for e in estimates if 1 / AGREEMENT <= e / new <= AGREEMENT) / max(len(estimates), 1)
+        certainty = float(np.median([c for _, c in reads]))
+        found = (new, certainty, agree, int(pooled.size), len(corners))
+        converged = abs(math.log(new / mpp)) < math.log(CONVERGED)
+        mpp = new
+        if converged:
+            break
+    return found
+
+
+def estimate_mpp(
+    slide: Slide,
+    tissue: np.ndarray,
+    view_ds: float,
+    model: NucleusModel,
+    stain: StainStats | MacenkoStains | None,
+    starts: tuple[float, ...] = START_MAGNIFICATIONS,
+    passes: int = 4,
+    seed: int = 0,
+) -> ScaleEstimate | None:
+    """The slide's resolution from its nuclei, or None when too few nuclei are found (no tissue,
+    blank glass).
+
+    The size iteration can settle where it started: a 10x slide read as 40x shows clumps of
+    several small nuclei whose size passes for one. So it starts from each of ``starts`` (factors
+    of the model's resolution), and keeps the fixed point where the model is surest of its nucleus
+    centres: on the validation images that picks the true scale in every pair tried (the centre
+    map's 99.5th percentile is ≈ 0.99 at the right scale and falls to 0.87–0.97 at 4× off)."""
+    best = None
+    for factor in starts[:1] if own_scale_reference(model) else starts:
+        found = _fixed_point(slide, tissue, view_ds, model, stain, model.mpp * factor, passes, seed)
+        if found is not None and (best is None or found[1] > best[1]):
+            best = found
+    if best is None:
+        return None
+    raw, _, agree, n_nuclei, n_windows = best
+    return ScaleEstimate(raw, agree, n_nuclei, n_windows)
+
+
+# ------------------------------------------------------------------------- the decision ----
+
+FINEST_SCANNER_MPP = 0.1  # an estimate finer than this (beyond 80x) says the image is not what the model knows
+DISAGREEMENT = 1.5  # default tolerance: metadata and estimate further apart: a warning and a QC note
+
+
+@dataclass(frozen=True)
+class SlideScale:
+    """The resolution a slide is segmented at, where it came from, and what a person should know."""
+
+    mpp: float
+    source: str  # manifest | slide | estimate | default
+    field: str | None  # metadata field or manifest column; None for estimate and default
+    estimate: ScaleEstimate | None
+    flags: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        """'0.499 µm/px from Aperio MPP', '0.958 µm/px estimated from the nuclei'."""
+        where = {"estimate": "estimated from the nuclei", "default": "assumed (the default; nothing else known)"}
+        return f"{self.mpp:.3g} µm/px " + (f"from {self.field}" if self.field else where[self.source])
+
+
+def decide_scale(
+    slide_id: str,
+    manifest_mpp: float | None,
+    slide: Slide,
+    tissue: np.ndarray,
+    view_ds: float,
+    model: NucleusModel,
+    stain: StainStats | MacenkoStains | None,
+    *,
+    estimate: bool,
+    prefer_estimate: bool,
+    default_mpp: float,
+    max_mpp: float,
+    low_resolution_mpp: float,
+    tolerance: float = DISAGREEMENT,
+    seed: int = 0,
+) -> SlideScale:
+    """The slide's resolution: the manifest's, else its metadata's, else estimated from its
+    nuclei, else the default (with a warning). With ``estimate`` the estimate also cross-checks
+    a stated resolution. Raises ValueError, naming the value and its source, when the slide is
+    too coarse to segment nuclei."""
+    flags: list[str] = []
+    notes: list[str] = []
+    res = slide.resolution
+    if manifest_mpp:
+        mpp, source, field = float(manifest_mpp), "manifest", "manifest mpp column"
+    elif res is not None:
+        mpp, source, field = res.mpp, "slide", res.field
+        if not res.square:
+            flags.append("non_square_pixels")
+            notes.append(f"non-square pixels ({res.describe()}); segmented at the x spacing")
+    else:
+        mpp, source, field = float("nan"), "", None
+    stated = source in ("manifest", "slide")
+    found = None
+    if estimate or not stated:
+        found = estimate_mpp(slide, tissue, view_ds, model, stain, seed=seed)
+    if found is not None and found.mpp < FINEST_SCANNER_MPP:
+        notes.append(
+            f"the nuclei suggest {found.mpp:.3g} µm/px, finer than any scanner: not a resolution (is this H&E tissue?)"
+        )
+        found = None
+    if not stated:
+        if found is not None:
+            mpp, source = found.mpp, "estimate"
+            notes.append(
+                f"no resolution in the slide or the manifest: {found.mpp:.3g} µm/px estimated from "
+                f"{found.n_nuclei} nuclei (confidence {found.confidence:.2f})"
+            )
+        else:
+            mpp, source = default_mpp, "default"
+            flags.append("mpp_default")
+            notes.append(
+                f"no resolution in the slide or the manifest and too few nuclei to estimate one: "
+                f"assumed {default_mpp} µm/px (set the manifest's mpp column)"
+            )
+    elif found is not None and not 1 / tolerance <= found.mpp / mpp <= tolerance:
+        flags.append("scale_disagreement")
+        chosen = found.mpp if prefer_estimate else mpp
+        notes.append(
+            f"{mpp:.3g} µm/px from {field} but {found.mpp:.3g} estimated from the nuclei "
+            f"({found.mpp / mpp:.2f}×); segmented at {chosen:.3g}"
+        )
+        if prefer_estimate:
+            mpp, source, field = found.mpp, "estimate", None
+    scale = SlideScale(mpp, source, field, found, tuple(flags), tuple(notes))
+    if mpp > max_mpp:
+        raise ValueError(f"{scale.describe()} is too coarse to segment nuclei (limit {max_mpp})")
+    if mpp > low_resolution_mpp:
+        flags.append("low_resolution")
+        notes.append(
+            f"{scale.describe()} is coarser than {low_resolution_mpp} µm/px: nuclei are small; check the review patches"
+        )
+        scale = SlideScale(mpp, source, field, found, tuple(flags), tuple(notes))
+    for note in notes:
+        warnings.warn(f"{slide_id}: {note}", stacklevel=2)
+    return scale
