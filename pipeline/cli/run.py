@@ -255,12 +255,12 @@ def split_done(
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.example:
-        from pipeline.cli.example import example_manifest
+        from pipeline.cli.example import ExampleUnavailable, example_manifest
 
         out_dir = args.out or Path("example_out")
         try:
             manifest = example_manifest(out_dir)
-        except OSError as exc:
+        except (OSError, ExampleUnavailable) as exc:
             print(f"error: the example slide could not be fetched: {exc}", file=sys.stderr)
             return EXIT_BAD_INPUT
     elif args.manifest is None:
