@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -157,6 +158,8 @@ def test_dashboard_renders_the_task_stream_while_a_run_works(blob_model: Path, t
         for line in run.stderr:
             if line.startswith("dask dashboard:"):
                 break
+        # keep reading what the run writes, so that a full pipe never stalls it
+        threading.Thread(target=run.stderr.read, daemon=True).start()
         found = re.search(r"(http://127\.0\.0\.1:\d+)/status", line)
         assert found, f"no dashboard address printed: {line!r}"
         url = found.group(1) + "/status"
@@ -192,10 +195,10 @@ def test_dashboard_renders_the_task_stream_while_a_run_works(blob_model: Path, t
         if run.poll() is None:  # the run, its nannies and workers: the process group started here
             os.killpg(run.pid, signal.SIGTERM)
         try:
-            run.communicate(timeout=60)
+            run.wait(timeout=60)
         except subprocess.TimeoutExpired:
             os.killpg(run.pid, signal.SIGKILL)
-            run.communicate()
+            run.wait()
     from PIL import Image
 
     image = Image.open(shot)
