@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import socket
 from typing import Any
+from urllib.parse import urlsplit
 
 from pipeline.config import Config
 
@@ -154,6 +156,54 @@ def dashboard_address(config: Config) -> str | None:
     """Where a local cluster's dashboard listens (None: no dashboard); loopback unless the
     config opens it deliberately (``dashboard: 0.0.0.0:8787``, ``--dashboard``)."""
     return None if config.dashboard == "off" else config.dashboard
+
+
+def dashboard_link(client: Any) -> str | None:
+    """The dashboard's address as the client sees it (``http://host:port/status``): a local
+    cluster's, or a running scheduler's own; None when the scheduler serves none (``--dashboard
+    off``, or bokeh missing where the scheduler runs)."""
+    try:
+        link = client.dashboard_link
+    except (KeyError, AttributeError, TypeError, ValueError):  # no HTTP server among its services
+        return None
+    try:  # the HTTP server runs either way; the dashboard is the bokeh application mounted on it
+        if not client.run_on_scheduler(_serves_dashboard):
+            return None
+    except Exception:  # cannot ask (an older or locked-down scheduler): report the address anyway
+        pass
+    return link or None
+
+
+def _serves_dashboard(dask_scheduler: Any = None) -> bool:
+    """On the scheduler: whether its HTTP server carries the dashboard (bokeh present and the
+    dashboard not switched off)."""
+    return bool(getattr(getattr(dask_scheduler, "http_application", None), "applications", None))
+
+
+def dashboard_message(link: str | None, config: Config, hostname: str | None = None) -> str:
+    """The line a run prints about its dashboard: where it is and how to reach it from another
+    machine (an SSH tunnel to a loopback dashboard), or why there is none."""
+    if link is None:
+        if config.scheduler:
+            return "dask dashboard: none (the scheduler serves none: bokeh>=3.1 must be installed where it runs)"
+        if config.dashboard == "off":
+            return "dask dashboard: none (--dashboard off)"
+        return "dask dashboard: none (bokeh>=3.1 is not installed)"
+    parsed = urlsplit(link)
+    host, port = parsed.hostname or "localhost", parsed.port or 8787
+    local = f"http://localhost:{port}{parsed.path or '/status'}"
+    if config.scheduler:
+        return (
+            f"dask dashboard: {link} (the scheduler's; where it listens on its node's loopback, as cluster/ starts "
+            f"it: ssh -L {port}:localhost:{port} {host}, then open {local})"
+        )
+    if host in ("127.0.0.1", "localhost", "::1"):
+        where = hostname or socket.gethostname()
+        return (
+            f"dask dashboard: {link} (this machine only; from another: ssh -L {port}:localhost:{port} {where}, "
+            f"then open {local})"
+        )
+    return f"dask dashboard: {link}"
 
 
 def connect(config: Config) -> Any:

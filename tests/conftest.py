@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,18 @@ def gpu_present() -> bool:
     from pipeline.kernels.dispatch import gpu_available
 
     return gpu_available()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Tests that need PyTorch skip without it (the README's light install); CI installs it and
+    sets NUCLEI_REQUIRE_TORCH=1 so that they cannot skip there unnoticed."""
+    if os.environ.get("NUCLEI_REQUIRE_TORCH") == "1":
+        try:
+            import torch  # noqa: F401
+        except ImportError as exc:
+            raise pytest.UsageError(
+                f"NUCLEI_REQUIRE_TORCH=1 but PyTorch is not installed ({exc}): its tests would skip"
+            ) from None
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import __version__
-from pipeline.cluster import connect
+from pipeline.cluster import connect, dashboard_link, dashboard_message
 from pipeline.config import CHOICES, Config, load_config
 from pipeline.graph import SlideOutcome, run_slides
 from pipeline.io.outputs.contents import check_contents
@@ -262,12 +262,12 @@ def split_done(
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.example:
-        from pipeline.cli.example import example_manifest
+        from pipeline.cli.example import ExampleUnavailable, example_manifest
 
         out_dir = args.out or Path("example_out")
         try:
             manifest = example_manifest(out_dir)
-        except OSError as exc:
+        except (OSError, ExampleUnavailable) as exc:
             print(f"error: the example slide could not be fetched: {exc}", file=sys.stderr)
             return EXIT_BAD_INPUT
     elif args.manifest is None:
@@ -371,7 +371,7 @@ def process(todo: list[SlideEntry], out_dir: Path, config: Config, record: RunRe
     except (OSError, ValueError) as exc:  # TimeoutError is an OSError
         where = f"the scheduler {config.scheduler}" if config.scheduler else "a local cluster"
         raise SetupError(f"{where} cannot be used: {type(exc).__name__}: {' '.join(str(exc).split())}") from None
-    print(f"dask dashboard: {client.dashboard_link}", file=sys.stderr)
+    print(dashboard_message(dashboard_link(client), config), file=sys.stderr, flush=True)
     progress = ConsoleProgress(len(todo), config.progress, record)
     try:
         return run_slides(client, todo, out_dir, config, progress)

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
+from scipy import ndimage as ndi
 
 from pipeline.io.outputs.publish import atomic_path, atomic_write_text
 from pipeline.io.outputs.stats import MPP_40X
@@ -28,6 +29,8 @@ N_PATCHES = 15  # paper: 15 random patches per slide
 # (~100k px) gives ~100 level-0 px per mask pixel, i.e. ~2.5 mask pixels per 40x patch.
 TISSUE_VIEW_PX = 1024
 THUMBNAIL_PX = 256  # long side of the slide thumbnail kept for the report
+OVERLAY_PX = 512  # long side of the thumbnail with the slide's nuclei drawn on it
+OVERLAY_ALPHA = (0.6, 0.9)  # opacity of the nucleus tint: one nucleus in a pixel .. the densest pixels
 # A patch is accepted when at least this share of its footprint on the mask is tissue.
 MIN_PATCH_TISSUE = 0.5
 TRIES_PER_PATCH = 40  # rejection-sampling budget before the overlap / tissue-share rules relax
@@ -157,6 +160,42 @@ def render_review_image(
     return np.asarray(raw), np.asarray(over)
 
 
+def nuclei_overlay(view: np.ndarray, level0: tuple[int, int], xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """The slide's low-resolution view with every nucleus drawn: each thumbnail pixel that holds
+    nucleus centroids is tinted green, more opaque where they are denser (a million nuclei stay
+    one picture; each nucleus covers 3×3 px at least). ``level0`` is the slide's (width, height);
+    ``xs, ys`` level-0 centroids.
+
+    >>> view = np.full((40, 60, 3), 255, np.uint8)
+    >>> out = nuclei_overlay(view, (600, 400), np.array([15.0, 15.0, 590.0]), np.array([15.0, 18.0, 390.0]))
+    >>> out.shape, out[1, 1].tolist(), out[39, 59].tolist(), out[20, 30].tolist()
+    ((40, 60, 3), [25, 255, 25], [102, 255, 102], [255, 255, 255])
+    """
+    thumb = Image.fromarray(view)
+    thumb.thumbnail((OVERLAY_PX, OVERLAY_PX))
+    rgb = np.asarray(thumb, dtype=np.float32)
+    h, w = rgb.shape[:2]
+    if len(xs):
+        col = np.clip((np.asarray(xs, np.float64) * w / level0[0]).astype(np.int64), 0, w - 1)
+        row = np.clip((np.asarray(ys, np.float64) * h / level0[1]).astype(np.int64), 0, h - 1)
+        counts = np.bincount(row * w + col, minlength=h * w).reshape(h, w).astype(np.float32)
+        top = max(1.0, float(np.percentile(counts[counts > 0], 99)))
+        lo, hi = OVERLAY_ALPHA
+        alpha = np.where(counts > 0, lo + (hi - lo) * np.clip((counts - 1) / max(top - 1, 1), 0, 1), 0)
+        # 3×3 px per nucleus at least: single pixels vanish in JPEG's colour subsampling and downscaling
+        alpha = ndi.maximum_filter(alpha, size=3, mode="constant")[..., None]
+        rgb = rgb * (1 - alpha) + np.asarray(OUTLINE_RGB, np.float32) * alpha
+    return np.round(rgb).astype(np.uint8)
+
+
+def read_centroids(nuclei_path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Every nucleus centroid (level-0 x, y) of a slide: two columns of nuclei.parquet."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(str(nuclei_path), columns=["centroid_x", "centroid_y"])
+    return table.column("centroid_x").to_numpy(), table.column("centroid_y").to_numpy()
+
+
 def side_by_side(raw: np.ndarray, overlay: np.ndarray) -> np.ndarray:
     """Raw patch | white gap | overlay, as one RGB image."""
     h = raw.shape[0]
@@ -208,6 +247,7 @@ class SlidePatches:
     images: list[str]  # review image paths, relative to the qc folder
     thumbnail: str  # relative to the qc folder, "" when none
     note: str
+    overlay: str = ""  # the thumbnail with the slide's nuclei drawn, relative to the qc folder; "" when none
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -266,6 +306,7 @@ def extract_review_patches(
         and cached.n_requested == n
         and cached.patches
         and all(os.path.exists(os.path.join(qc_dir, p)) for p in cached.images)
+        and (bool(cached.overlay) or not os.path.exists(nuclei_path))  # sets from before overlays: redone
     ):
         return cached
     result = SlidePatches(slide_id, seed, n, 0, stats_mpp, [], [], "", "")
@@ -307,6 +348,11 @@ def extract_review_patches(
         thumb.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
         _write_image(folder / "thumbnail.jpg", np.asarray(thumb), quality=80)
         result.thumbnail = f"patches/{slide_id}/thumbnail.jpg"
+        if os.path.exists(nuclei_path):
+            xs, ys = read_centroids(nuclei_path)
+            overlay = nuclei_overlay(view, slide.level_dimensions[0], xs, ys)
+            _write_image(folder / "thumbnail_nuclei.jpg", overlay, quality=90, subsampling=0)  # 4:4:4 keeps dots
+            result.overlay = f"patches/{slide_id}/thumbnail_nuclei.jpg"
     except Exception as exc:  # one bad slide never stops the cohort's QC
         result.patches, result.images = [], []
         result.note = f"patch extraction failed ({type(exc).__name__}: {exc})"

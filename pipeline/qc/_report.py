@@ -1,10 +1,12 @@
 """report.html: one self-contained page a pathologist opens in a browser.
 
 Everything is inline: plots are compact hand-written SVG elements, images are JPEG data URIs,
-styles sit in one <style> block, and there is no script and no external resource. Images are
-embedded only for the slides selected for review (thumbnail + a few overlay patches) and only
-within a byte budget, so the page stays small at TCGA scale (5,060 slides); past the budget a
-slide links to its review images on disk instead.
+styles sit in one <style> block, and there is no script and no external resource. The page is
+``report.html.j2`` rendered by jinja2 with autoescape on. A cohort of at most
+:data:`SMALL_COHORT_SLIDES` slides shows every segmented slide: its thumbnail with its nuclei
+drawn and all its review patches. A bigger one shows the slides selected for review (thumbnail +
+a few overlay patches). Images are embedded within a byte budget, so the page stays small at
+TCGA scale (5,060 slides); past the budget a slide links to its review images on disk instead.
 """
 
 from __future__ import annotations
@@ -13,11 +15,15 @@ import base64
 import html
 import io
 from collections.abc import Mapping, Sequence
+from functools import cache
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import numpy as np
 import pandas as pd
+from markupsafe import Markup
 from PIL import Image
 
 from pipeline.qc._rules import ADEQUATE_MIN_PRECISION_RECALL, NUM_NUCLEI, STATISTICS, TailCut
@@ -26,7 +32,9 @@ from pipeline.qc._rules import ADEQUATE_MIN_PRECISION_RECALL, NUM_NUCLEI, STATIS
 # (≈ 500 selected slides at 2 % × ~60 kB each would otherwise be ~30 MB, ~60 MB at 4 %).
 REPORT_IMAGE_BUDGET_BYTES = 30_000_000
 PATCHES_PER_FLAGGED_SLIDE = 3  # overlay patches shown inline for each selected slide
+SMALL_COHORT_SLIDES = 50  # up to this many slides, every segmented slide is shown with all its images
 INLINE_THUMBNAIL_PX = 160
+INLINE_OVERVIEW_PX = 512  # the nuclei-overlay thumbnail of a small cohort's slide, at its own size
 INLINE_PATCH_PX = 256  # the 40x patch at full size: 1 px outlines survive
 JPEG_QUALITY = 75
 HIST_BINS = 30
@@ -43,23 +51,24 @@ th{background:#f0f0f0}td.n{text-align:right}.plots{display:flex;flex-wrap:wrap;g
 """
 
 
-def jpeg_bytes(rgb: np.ndarray, max_px: int) -> bytes:
-    """JPEG bytes of an RGB image no larger than ``max_px`` on its long side."""
+def jpeg_bytes(rgb: np.ndarray, max_px: int, sharp: bool = False) -> bytes:
+    """JPEG bytes of an RGB image no larger than ``max_px`` on its long side; ``sharp`` keeps
+    full colour resolution (4:4:4), which pixel-sized coloured marks need."""
     im = Image.fromarray(rgb)
     im.thumbnail((max_px, max_px))
     buf = io.BytesIO()
-    im.save(buf, format="JPEG", quality=JPEG_QUALITY)
+    im.save(buf, format="JPEG", quality=JPEG_QUALITY, **({"subsampling": 0} if sharp else {}))
     return buf.getvalue()
 
 
-def report_image_uri(qc_dir: Path, rel: str, max_px: int, overlay_only: bool) -> str | None:
+def report_image_uri(qc_dir: Path, rel: str, max_px: int, overlay_only: bool, sharp: bool = False) -> str | None:
     """The data URI of a review image as the report shows it, cached beside the image.
 
     Decoding PNGs dominated rebuilds of a report with ~1,000 selected slides; the small JPEG
     is made once (``<name>.report<px>.jpg``) and later rebuilds only read its bytes.
     """
     src = qc_dir / rel
-    cache = src.with_name(f"{src.stem}.report{max_px}.jpg")
+    cache = src.with_name(f"{src.stem}.report{max_px}{'s' if sharp else ''}.jpg")
     try:
         data = cache.read_bytes()
     except OSError:
@@ -68,7 +77,7 @@ def report_image_uri(qc_dir: Path, rel: str, max_px: int, overlay_only: bool) ->
             return None
         if overlay_only:
             rgb = rgb[:, rgb.shape[1] - rgb.shape[0] :]  # right half: outlines drawn
-        data = jpeg_bytes(rgb, max_px)
+        data = jpeg_bytes(rgb, max_px, sharp)
         tmp = cache.with_name("." + cache.name)
         try:
             tmp.write_bytes(data)
@@ -143,19 +152,6 @@ def histogram_svg(
     return "".join(parts)
 
 
-def _table(columns: Sequence[str], rows: Sequence[Sequence[Any]], numeric: Sequence[bool] | None = None) -> str:
-    numeric = numeric or [False] * len(columns)
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
-    body = []
-    for row in rows:
-        cells = "".join(
-            f'<td class="n">{html.escape(str(x))}</td>' if isnum else f"<td>{html.escape(str(x))}</td>"
-            for x, isnum in zip(row, numeric, strict=True)
-        )
-        body.append(f"<tr>{cells}</tr>")
-    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
-
-
 class _ImageBudget:
     def __init__(self, budget: int):
         self.left = budget
@@ -177,45 +173,50 @@ def _load_rgb(path: Path) -> np.ndarray | None:
         return None
 
 
-def _plan_images(qc_dir: Path, selected: Sequence[str], patches: Mapping[str, Any]) -> tuple[dict[str, str], int]:
-    """The images cell of every selected slide, sharing the byte budget fairly.
+def _plan_images(
+    qc_dir: Path, shown: Sequence[str], patches: Mapping[str, Any], n_images: int, overview: bool
+) -> tuple[dict[str, dict[str, Any]], int]:
+    """The images of every shown slide, sharing the byte budget fairly.
 
-    Images are embedded round by round - every slide's thumbnail first, then every slide's
-    first overlay patch, then the second, ... - so when the budget runs out each slide still
-    has its most useful images and the rest are links to the files on disk.
+    Images are embedded round by round - every slide's thumbnail first (with its nuclei drawn,
+    when ``overview`` and the slide has that picture), then every slide's first overlay patch,
+    then the second, ... - so when the budget runs out each slide still has its most useful
+    images and the rest are links to the files on disk.
     """
     budget = _ImageBudget(REPORT_IMAGE_BUDGET_BYTES)
-    imgs: dict[str, list[str]] = {sid: [] for sid in selected}
-    links: dict[str, list[str]] = {sid: [] for sid in selected}
-    for rnd in range(PATCHES_PER_FLAGGED_SLIDE + 1):
-        for sid in selected:
+    cells: dict[str, dict[str, Any]] = {}
+    for sid in shown:
+        sp = patches.get(sid)
+        cells[sid] = {"images": [], "links": [], "patch_note": sp.note if sp is not None else ""}
+    for rnd in range(n_images + 1):
+        for sid in shown:
             sp = patches.get(sid)
             if sp is None:
                 continue
             if rnd == 0:
-                rel, px, alt, crop = sp.thumbnail, INLINE_THUMBNAIL_PX, "thumbnail", False
+                rel = sp.overlay if overview and sp.overlay else sp.thumbnail
+                px, alt, crop = (INLINE_OVERVIEW_PX if overview else INLINE_THUMBNAIL_PX), "thumbnail", False
+                title = f"{sid}: nuclei in green ({rel})" if rel == sp.overlay else rel
+                sharp = rel == sp.overlay
             else:
                 rel = sp.images[rnd - 1] if rnd - 1 < len(sp.images) else ""
-                px, alt, crop = INLINE_PATCH_PX, "patch", True
+                px, alt, crop, title, sharp = INLINE_PATCH_PX, "patch", True, rel, False
             if not rel:
                 continue
-            uri = report_image_uri(qc_dir, rel, px, crop)
+            uri = report_image_uri(qc_dir, rel, px, crop, sharp)
             if uri is None:
                 continue
             if budget.take(uri):
-                imgs[sid].append(f'<img src="{uri}" alt="{alt}" title="{html.escape(rel)}">')
+                cells[sid]["images"].append({"uri": uri, "alt": alt, "title": title})
             else:
-                links[sid].append(f'<a href="{html.escape(rel)}">{html.escape(Path(rel).name)}</a>')
-    cells = {}
-    for sid in selected:
-        cell = f'<div class="imgs">{"".join(imgs[sid])}</div>'
-        if links[sid]:
-            cell += f'<div class="muted">on disk: {" ".join(links[sid])}</div>'
-        sp = patches.get(sid)
-        if sp is not None and sp.note:
-            cell += f'<div class="muted">{html.escape(sp.note)}</div>'
-        cells[sid] = cell
+                cells[sid]["links"].append({"href": rel, "name": Path(rel).name})
     return cells, budget.refused
+
+
+@cache
+def _template() -> jinja2.Template:
+    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    return env.from_string(resources.files("pipeline.qc").joinpath("report.html.j2").read_text(encoding="utf-8"))
 
 
 def render_report(
@@ -229,101 +230,84 @@ def render_report(
     """The whole page as one HTML string."""
     ok = wsi_qc[wsi_qc["Status"] == "ok"]
     failed = wsi_qc[wsi_qc["Status"] != "ok"]
-    selected = wsi_qc.loc[wsi_qc["SelectedForReview"] == "yes", "WSI-ID"].tolist()
-    n_sel = len(selected)
-    image_cells, refused = _plan_images(qc_dir, selected, patches)
-    out = [
-        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
-        "<title>Nucleus segmentation QC</title>",
-        f"<style>{_CSS}</style></head><body>",
-        "<h1>Nucleus segmentation: cohort quality control</h1>",
-        f"<p>{len(wsi_qc)} slides ({len(ok)} segmented, {len(failed)} failed) in "
-        f"{wsi_qc['CancerType'].nunique()} cancer types; {n_sel} selected for visual review "
-        f"(outer {params['outer_percent']:g}% per tail and cancer type; size spread: high tail only). "
-        f"Random patches: {params['n_patches']} per slide, seed {params['seed']}.</p>",
-        "<p class='muted'>Sizes are nucleus areas in pixels at 40x (0.25 µm/px). Tiers follow Hou et al. "
-        "(Sci. Data 2020): Best 0%, Good ≤ 6.67%, Adequate ≤ 13.3%, Problematic ≤ 20%, Unacceptable "
-        "&gt; 20% of the sampled regions unacceptable, or a failed whole-slide review. "
-        f"A patch is adequate when both precision and recall of its outlines are at least "
-        f"{ADEQUATE_MIN_PRECISION_RECALL:.0%}. Reviews go into review_sheet.csv (Adequate: yes/no) and "
-        "wsi_review_sheet.csv (SegmentationUnacceptableOrNot: yes/no), then "
-        "<code>python -m pipeline.qc DIR --reviews FILE...</code>.</p>",
-        "<h2>Tiers per cancer type (as the paper's Table 2)</h2>",
-    ]
-    cols = list(tiers.columns)
-    out.append(_table(cols, tiers.values.tolist(), [c != "CancerType" for c in cols]))
+    selected_mask = wsi_qc["SelectedForReview"] == "yes"
+    show_all = len(wsi_qc) <= SMALL_COHORT_SLIDES
+    shown_mask = (wsi_qc["Status"] == "ok") if show_all else selected_mask
+    shown = wsi_qc.loc[shown_mask, "WSI-ID"].tolist()
+    n_images = max(int(params.get("n_patches", 0)), 0) if show_all else PATCHES_PER_FLAGGED_SLIDE
+    cells, refused = _plan_images(qc_dir, shown, patches, n_images, overview=show_all)
     cut_by = {(c.cancer_type, c.statistic): c for c in cuts}
+    sections = []
     for ctype in sorted(wsi_qc["CancerType"].unique()):
         group = wsi_qc[wsi_qc["CancerType"] == ctype]
         gok = group[group["Status"] == "ok"]
-        sel = group[group["SelectedForReview"] == "yes"]
-        out.append(f"<h2 id='{html.escape(ctype)}'>{html.escape(ctype)}</h2>")
-        out.append(
-            f"<p>{len(group)} slides, {len(gok)} segmented, {len(group) - len(gok)} failed, "
-            f"{len(sel)} selected for review.</p><div class='plots'>"
-        )
+        plots = []
         for stat in STATISTICS:
             cut = cut_by.get((ctype, stat.column))
             values = gok[stat.column].to_numpy(dtype=np.float64)
             flagged_mask = gok["Note"].str.contains(stat.column, regex=False).to_numpy()
-            out.append(
-                histogram_svg(
-                    values,
-                    stat.column,
-                    cut.low_cut if cut else None,
-                    cut.high_cut if cut else None,
-                    values[flagged_mask],
-                    log=stat.column == NUM_NUCLEI,
-                )
+            svg = histogram_svg(
+                values,
+                stat.column,
+                cut.low_cut if cut else None,
+                cut.high_cut if cut else None,
+                values[flagged_mask],
+                log=stat.column == NUM_NUCLEI,
             )
-        out.append("</div>")
-        small = [c for c in cuts if c.cancer_type == ctype and c.note]
-        for c in small:
-            out.append(f"<p class='note'>{html.escape(c.statistic)}: {html.escape(c.note)} (n={c.n}).</p>")
-        if len(sel):
-            out.append(
-                "<h3>Selected for visual review</h3><table><tr><th>WSI-ID</th><th>Note</th>"
-                "<th>Nuclei</th><th>Mean size</th><th>Size std</th><th>QCResult</th></tr>"
+            plots.append(Markup(svg))  # built here from numbers and escaped titles
+        rows = []
+        for _, row in group[shown_mask[group.index]].iterrows():
+            sid = row["WSI-ID"]
+            rows.append(
+                {
+                    "id": sid,
+                    "note": row["Note"],
+                    "nuclei": _fmt(row["NumNucleiSample"]),
+                    "mean": _fmt(row["SizeOfNuclei-Average"]),
+                    "std": _fmt(row["SizeOfNuclei-Stddev"]),
+                    "result": row["QCResult"],
+                    **cells[sid],
+                }
             )
-            for _, row in sel.iterrows():
-                out.append(
-                    f"<tr><td>{html.escape(row['WSI-ID'])}</td><td>{html.escape(row['Note'])}</td>"
-                    f"<td class='n'>{_fmt(row['NumNucleiSample'])}</td>"
-                    f"<td class='n'>{_fmt(row['SizeOfNuclei-Average'])}</td>"
-                    f"<td class='n'>{_fmt(row['SizeOfNuclei-Stddev'])}</td>"
-                    f"<td>{html.escape(row['QCResult'])}</td></tr>"
-                    f"<tr><td colspan='6'>{image_cells[row['WSI-ID']]}</td></tr>"
-                )
-            out.append("</table>")
         odd = gok[(gok["Flags"].fillna("") != "") | ~gok["MPPSource"].fillna("").str.match(r"(slide|manifest)")]
-        if len(odd):
-            out.append("<h3>Scale and artifacts</h3>")
-            rows = [
-                [
-                    r["WSI-ID"],
-                    _fmt(r["MPP"]),
-                    r["MPPSource"],
-                    _fmt(r["MPPEstimate"]),
-                    r["Flags"],
-                    _fmt(r["ArtifactMM2"]),
-                ]
-                for _, r in odd.iterrows()
-            ]
-            out.append(
-                _table(
-                    ["WSI-ID", "µm/px", "from", "estimate", "flags", "artifacts mm²"],
-                    rows,
-                    [False, True, False, True, False, True],
-                )
-            )
+        scale_rows = [
+            [r["WSI-ID"], _fmt(r["MPP"]), r["MPPSource"], _fmt(r["MPPEstimate"]), r["Flags"], _fmt(r["ArtifactMM2"])]
+            for _, r in odd.iterrows()
+        ]
         gfail = group[group["Status"] != "ok"]
-        if len(gfail):
-            out.append("<h3>Failed slides</h3>")
-            out.append(_table(["WSI-ID", "Reason"], gfail[["WSI-ID", "Note"]].values.tolist()))
-    if refused:
-        out.append(
-            f"<p class='muted'>Image budget reached: {refused} review images are linked "
-            "(files under qc/patches/), not embedded.</p>"
+        sections.append(
+            {
+                "ctype": ctype,
+                "n": len(group),
+                "n_ok": len(gok),
+                "n_failed": len(group) - len(gok),
+                "n_selected": int(selected_mask[group.index].sum()),
+                "plots": plots,
+                "notes": [
+                    {"statistic": c.statistic, "note": c.note, "n": c.n}
+                    for c in cuts
+                    if c.cancer_type == ctype and c.note
+                ],
+                "shown": rows,
+                "scale": scale_rows,
+                "failed": gfail[["WSI-ID", "Note"]].values.tolist(),
+            }
         )
-    out.append("</body></html>")
-    return "\n".join(out)
+    cols = [str(c) for c in tiers.columns]
+    return _template().render(
+        css=Markup(_CSS),
+        n_slides=len(wsi_qc),
+        n_ok=len(ok),
+        n_failed=len(failed),
+        n_types=wsi_qc["CancerType"].nunique(),
+        n_selected=int(selected_mask.sum()),
+        outer_percent=f"{params['outer_percent']:g}",
+        n_patches=params["n_patches"],
+        seed=params["seed"],
+        show_all=show_all,
+        small_cohort=SMALL_COHORT_SLIDES,
+        adequate=f"{ADEQUATE_MIN_PRECISION_RECALL:.0%}",
+        tiers={"columns": cols, "rows": tiers.values.tolist(), "numeric": [c != "CancerType" for c in cols]},
+        sections=sections,
+        refused=refused,
+    )
