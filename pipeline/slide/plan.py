@@ -133,19 +133,12 @@ def plan_slide(entry: SlideEntry, out_dir: str, config: Config) -> SlidePlan:
             raise SlideError(str(exc)) from exc
     mpp = scale.mpp
     view_px_mm2 = (view_ds * mpp) ** 2 / 1e6
-    artifacts = artifacts_on_tissue(artifact_masks(view, min_artifact_px(view_ds, mpp)), tissue)
-    excluded = artifact_mask(artifacts)  # on tissue, whether the tissue mask counted it or not (dark ink is grey)
-    artifact_mm2 = {k: round(float(m.sum()) * view_px_mm2, 4) for k, m in artifacts.items()}
     tissue_mm2 = float(tissue.sum()) * view_px_mm2
-    covered = float((tissue | excluded).sum()) * view_px_mm2
+    excluded, artifact_mm2, note = find_artifacts(view, tissue, view_ds, mpp)
     flags, notes = list(scale.flags), list(scale.warnings)
-    if covered > 0 and sum(artifact_mm2.values()) > ARTIFACT_NOTE_SHARE * covered:
-        kinds = ", ".join(f"{k.replace('_', ' ')} {v:.2f} mm²" for k, v in artifact_mm2.items() if v > 0)
+    if note:
         flags.append("artifacts")
-        notes.append(
-            f"artifacts cover {float(excluded.sum()) * view_px_mm2 / covered:.0%} of the tissue ({kinds}); "
-            "excluded from segmentation"
-        )
+        notes.append(note)
     tissue = tissue & ~excluded
     halo = config.halo_px if config.halo_px >= 0 else derive_halo_px(model.context_px, config.max_nucleus_px)
     grid = TileGrid.for_slide(width, height, mpp, model.mpp, config.tile_px, halo)
@@ -183,6 +176,24 @@ def plan_slide(entry: SlideEntry, out_dir: str, config: Config) -> SlidePlan:
         config=config,
         inputs=slide_inputs(entry.slide_path, entry.mpp, model.sha256, config),
     )
+
+
+def find_artifacts(
+    view: np.ndarray, tissue: np.ndarray, view_ds: float, mpp: float
+) -> tuple[np.ndarray, dict[str, float], str | None]:
+    """Pixels of the low-resolution view to exclude (artifacts on the tissue, whether the tissue
+    mask counted them or not: dark ink is grey), their area (mm²) by kind, and a note when they
+    cover more than ``ARTIFACT_NOTE_SHARE`` of the tissue."""
+    view_px_mm2 = (view_ds * mpp) ** 2 / 1e6
+    artifacts = artifacts_on_tissue(artifact_masks(view, min_artifact_px(view_ds, mpp)), tissue)
+    excluded = artifact_mask(artifacts)
+    artifact_mm2 = {k: round(float(m.sum()) * view_px_mm2, 4) for k, m in artifacts.items()}
+    covered = float((tissue | excluded).sum())
+    share = float(excluded.sum()) / covered if covered else 0.0
+    if share <= ARTIFACT_NOTE_SHARE:
+        return excluded, artifact_mm2, None
+    kinds = ", ".join(f"{k.replace('_', ' ')} {v:.2f} mm²" for k, v in artifact_mm2.items() if v > 0)
+    return excluded, artifact_mm2, f"artifacts cover {share:.0%} of the tissue ({kinds}); excluded from segmentation"
 
 
 def min_artifact_px(view_ds: float, mpp: float) -> int:
