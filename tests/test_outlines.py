@@ -172,6 +172,10 @@ def test_flat_arrays_and_empty_input() -> None:
     np.testing.assert_array_equal(cols, np.concatenate([r[:, 1] for r in rings]))
     rows, cols, offsets = outline_arrays(np.zeros((8, 8), dtype=np.int32), np.array([], dtype=np.int64))
     assert len(rows) == len(cols) == 0 and offsets.tolist() == [0]
+    assert len(outline_perimeters(rows, cols, offsets)) == 0
+    assert nucleus_outlines(labels, np.array([], dtype=np.int64)) == []
+    rows, cols, offsets = outline_arrays(np.zeros((8, 8), dtype=np.int32), np.array([1, 2]))  # no nuclei at all
+    assert offsets.tolist() == [0, 0, 0] and outline_perimeters(rows, cols, offsets).tolist() == [0.0, 0.0]
 
 
 def reference_moments(labels: np.ndarray, intensity: np.ndarray) -> dict[str, np.ndarray]:

@@ -255,7 +255,8 @@ def drop_collinear(ring: np.ndarray) -> np.ndarray:
 def nucleus_outlines(labels: Any, ids: Any) -> list[np.ndarray]:
     """Outlines (k×2 float, row/col in the label image's coordinates) of the given label ids."""
     rows, cols, offsets = outline_arrays(labels, ids)
-    return np.split(np.stack([rows, cols], axis=1), offsets[1:-1])
+    vertices = np.stack([rows, cols], axis=1)
+    return [vertices[offsets[k] : offsets[k + 1]] for k in range(len(offsets) - 1)]
 
 
 def outline_perimeters(rows: np.ndarray, cols: np.ndarray, offsets: np.ndarray) -> np.ndarray:
@@ -264,7 +265,7 @@ def outline_perimeters(rows: np.ndarray, cols: np.ndarray, offsets: np.ndarray) 
     bit-identical to summing that ring alone (one small reduction per ring, no Python arithmetic)."""
     _, nxt, _ = _ring_neighbours(offsets)
     step = np.hypot(rows[nxt] - rows, cols[nxt] - cols)
-    return np.array([part.sum() for part in np.split(step, offsets[1:-1])], dtype=np.float64)
+    return np.array([step[offsets[k] : offsets[k + 1]].sum() for k in range(len(offsets) - 1)], dtype=np.float64)
 
 
 def polygon_perimeter(ring: np.ndarray) -> float:
