@@ -156,4 +156,6 @@ def test_stage_seconds_cover_every_stage(runs) -> None:
     expected = {"plan", "tissue_view", "read", "normalise", "infer", "watershed", "features", "write"}
     assert expected | {"assemble", "reduce"} <= set(stages)
     assert all(v >= 0 for v in stages.values())
-    assert sum(stages.values()) <= stats["seconds"] + 0.01  # one thread here: the stages fit in the wall time
+    # one thread here: the stages after planning fit in the slide's seconds (counted from the plan)
+    after_plan = sum(v for k, v in stages.items() if k not in ("plan", "tissue_view"))
+    assert 0.5 * stats["seconds"] <= after_plan <= stats["seconds"] + 0.01
