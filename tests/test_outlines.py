@@ -1,6 +1,6 @@
 """The compiled-speed outline tracer against the per-nucleus ``find_contours`` tracer it replaced.
 
-The reference below is the previous implementation, kept verbatim: a Python loop over each
+The reference (``tests/reference/features_loop.py``) is the previous implementation, verbatim: a Python loop over each
 nucleus' bounding-box crop, ``skimage.measure.find_contours`` at the half level, the longest
 contour, the repeated end vertex dropped, collinear vertices dropped. The new tracer must give
 the same rings: the same vertices in the same order from the same start (so ``nuclei.csv`` and
@@ -15,6 +15,7 @@ import pytest
 import scipy.ndimage as ndi
 from scipy.spatial.distance import directed_hausdorff
 
+import tests.reference.features_loop as reference
 from pipeline.kernels.features import (
     nucleus_moments,
     nucleus_outlines,
@@ -23,51 +24,10 @@ from pipeline.kernels.features import (
     polygon_perimeter,
 )
 
-
-def reference_outline(mask: np.ndarray) -> np.ndarray:
-    from skimage.measure import find_contours
-
-    padded = np.pad(mask, 1)
-    contours = find_contours(padded.astype(np.float32), 0.5)
-    if not contours:
-        return np.zeros((0, 2))
-    ring = max(contours, key=len) if len(contours) > 1 else contours[0]
-    if len(ring) > 1 and ring[0, 0] == ring[-1, 0] and ring[0, 1] == ring[-1, 1]:
-        ring = ring[:-1]
-    return reference_drop_collinear(ring) - 1.0
-
-
-def reference_drop_collinear(ring: np.ndarray) -> np.ndarray:
-    if len(ring) < 4:
-        return ring
-    step = np.diff(ring, axis=0, append=ring[:1])
-    after = step
-    before = np.concatenate([step[-1:], step[:-1]])
-    cross = before[:, 0] * after[:, 1] - before[:, 1] * after[:, 0]
-    keep = np.abs(cross) > 1e-9
-    return ring[keep] if keep.sum() >= 3 else ring
-
-
-def reference_outlines(labels: np.ndarray, ids: np.ndarray) -> list[np.ndarray]:
-    boxes = ndi.find_objects(labels)
-    out = []
-    for i in ids:
-        box = boxes[int(i) - 1] if int(i) - 1 < len(boxes) else None
-        if box is None:
-            out.append(np.zeros((0, 2)))
-            continue
-        ring = reference_outline(labels[box] == i)
-        ring[:, 0] += box[0].start
-        ring[:, 1] += box[1].start
-        out.append(ring)
-    return out
-
-
-def reference_perimeter(ring: np.ndarray) -> float:
-    if len(ring) < 2:
-        return 0.0
-    closed = np.vstack([ring, ring[:1]])
-    return float(np.hypot(*np.diff(closed, axis=0).T).sum())
+reference_outlines = reference.nucleus_outlines
+reference_perimeter = reference.polygon_perimeter
+reference_moments = reference.nucleus_moments
+reference_tile_table = reference.tile_table
 
 
 def hausdorff(a: np.ndarray, b: np.ndarray) -> float:
@@ -178,29 +138,6 @@ def test_flat_arrays_and_empty_input() -> None:
     assert offsets.tolist() == [0, 0, 0] and outline_perimeters(rows, cols, offsets).tolist() == [0.0, 0.0]
 
 
-def reference_moments(labels: np.ndarray, intensity: np.ndarray) -> dict[str, np.ndarray]:
-    n = int(labels.max()) if labels.size else 0
-    flat = labels.ravel()
-    rows, cols = np.indices(labels.shape)
-    r = rows.ravel().astype(np.float64)
-    c = cols.ravel().astype(np.float64)
-    size = n + 1
-    area = np.bincount(flat, minlength=size).astype(np.float64)
-    safe = np.maximum(area, 1.0)
-    mr = np.bincount(flat, weights=r, minlength=size) / safe
-    mc = np.bincount(flat, weights=c, minlength=size) / safe
-    rr = np.bincount(flat, weights=r * r, minlength=size) / safe - mr**2
-    cc = np.bincount(flat, weights=c * c, minlength=size) / safe - mc**2
-    rc = np.bincount(flat, weights=r * c, minlength=size) / safe - mr * mc
-    rr, cc = rr + 1 / 12, cc + 1 / 12
-    root = np.sqrt(((rr - cc) / 2) ** 2 + rc**2)
-    l1 = (rr + cc) / 2 + root
-    l2 = (rr + cc) / 2 - root
-    ecc = np.sqrt(np.clip(1 - l2 / np.maximum(l1, 1e-12), 0, 1))
-    mean_i = np.bincount(flat, weights=intensity.ravel().astype(np.float64), minlength=size) / safe
-    return {"area": area[1:], "row": mr[1:], "col": mc[1:], "eccentricity": ecc[1:], "mean_intensity": mean_i[1:]}
-
-
 @pytest.mark.parametrize("seed", range(3))
 def test_moments_as_before(seed: int) -> None:
     """Moments skip background pixels; each nucleus' sums are accumulated in the same order, so
@@ -214,43 +151,6 @@ def test_moments_as_before(seed: int) -> None:
         np.testing.assert_array_equal(new[key], old[key], err_msg=key)
     empty = nucleus_moments(np.zeros((5, 5), dtype=np.int32), np.zeros((5, 5), dtype=np.float32))
     assert all(len(v) == 0 for v in empty.values())
-
-
-def reference_tile_table(labels: np.ndarray, h_map: np.ndarray, grid, tile, mpp: float):  # type: ignore[no-untyped-def]
-    """The previous ``tile_nuclei`` table (per-nucleus loop over the reference outlines)."""
-    import pyarrow as pa
-
-    from pipeline.io.outputs.schema import NUCLEI_SCHEMA
-
-    model_mpp = grid.scale * mpp
-    moments = reference_moments(labels, h_map)
-    x, y = grid.to_level0(tile[0], tile[1], moments["row"], moments["col"])
-    cx0, cy0, cx1, cy1 = grid.core(*tile)
-    owned = (moments["area"] > 0) & (x >= cx0 - 0.5) & (x < cx1 - 0.5) & (y >= cy0 - 0.5) & (y < cy1 - 0.5)
-    ids = np.nonzero(owned)[0] + 1
-    polygons, perimeters = [], []
-    for ring in reference_outlines(labels, ids):
-        px, py = grid.to_level0(tile[0], tile[1], ring[:, 0], ring[:, 1])
-        flat = np.empty(2 * len(ring))
-        flat[0::2], flat[1::2] = px, py
-        polygons.append(flat)
-        perimeters.append(reference_perimeter(ring) * grid.step)
-    sel = ids - 1
-    area_um2 = moments["area"][sel] * model_mpp**2
-    return pa.table(
-        {
-            "id": pa.array(np.arange(1, len(ids) + 1, dtype=np.uint32)),
-            "centroid_x": x[sel],
-            "centroid_y": y[sel],
-            "area_px": area_um2 / mpp**2,
-            "area_um2": area_um2,
-            "perimeter_px": np.asarray(perimeters, dtype=np.float64),
-            "eccentricity": moments["eccentricity"][sel],
-            "mean_haematoxylin": moments["mean_intensity"][sel],
-            "polygon": pa.array([p.tolist() for p in polygons], type=pa.list_(pa.float64())),
-        },
-        schema=NUCLEI_SCHEMA,
-    )
 
 
 @pytest.mark.parametrize("slide_mpp", [0.25, 0.5])
@@ -268,3 +168,29 @@ def test_tile_table_identical(slide_mpp: float) -> None:
         assert new.num_rows == old.num_rows > 5
         assert new.equals(old)
         assert int(local.max()) == new.num_rows
+
+
+@pytest.mark.parametrize("slide_mpp", [0.25, 0.5])
+def test_tiles_cut_at_the_slide_edge_as_before(slide_mpp: float) -> None:
+    """Cutting a window at the slide's edge no longer renumbers the ids; the tile's table and its
+    label window (local ids) are what the previous cut (renumbering) gave."""
+    from pipeline.kernels.nuclei import remove_small_labels
+    from pipeline.slide.segment import cut_at_slide_edge, tile_nuclei
+    from pipeline.tiling import TileGrid
+
+    grid = TileGrid.for_slide(250, 170, slide_mpp, 0.25, 96, 32)
+    labels = touching_nuclei(4, side=grid.model_side)
+    h_map = np.random.default_rng(4).random(labels.shape).astype(np.float32)
+    edge_tiles = 0
+    for tile in grid.tiles_over(np.ones((4, 4), dtype=bool), 1000.0):
+        rows, cols = grid.inside_slide(*tile)
+        inside = rows.all() and cols.all()
+        old_cut = labels if inside else remove_small_labels(np.where(rows[:, None] & cols[None, :], labels, 0), 20)
+        new_cut = cut_at_slide_edge(labels, grid, tile, 20)
+        edge_tiles += not inside
+        old = reference_tile_table(old_cut, h_map, grid, tile, slide_mpp)
+        new, new_local = tile_nuclei(new_cut, h_map, grid, tile, slide_mpp)
+        assert new.equals(old)
+        _, old_local = tile_nuclei(old_cut, h_map, grid, tile, slide_mpp)
+        np.testing.assert_array_equal(new_local[new_cut], old_local[old_cut])
+    assert edge_tiles >= 3

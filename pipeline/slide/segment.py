@@ -26,7 +26,7 @@ from pipeline.io.outputs.schema import NUCLEI_SCHEMA
 from pipeline.io.readers import Slide, open_slide, read_mirrored
 from pipeline.kernels.dispatch import array_module, gpu_available, to_host
 from pipeline.kernels.features import nucleus_moments, outline_arrays, outline_perimeters
-from pipeline.kernels.nuclei import NucleusThresholds, instances_from_probabilities, remove_small_labels
+from pipeline.kernels.nuclei import NucleusThresholds, instances_from_probabilities
 from pipeline.kernels.stain import MacenkoStains, StainStats, haematoxylin, macenko_normalise, reinhard_normalise
 from pipeline.runtime import NucleusModel
 from pipeline.slide.plan import ARTIFACT_MASK_FILE, SlidePlan, Tile, TileSummary, model_for, tile_file
@@ -159,11 +159,21 @@ def segment_window(
 def cut_at_slide_edge(labels: np.ndarray, grid: TileGrid, tile: Tile, min_area_px: int) -> np.ndarray:
     """Labels of a tile's window without the pixels that lie off the slide: a nucleus the slide's
     edge cuts is measured (area, outline, centroid) as far as the slide holds it, never with its
-    mirror image, and dropped, as any small object, when less than ``min_area_px`` is left."""
+    mirror image, and dropped, as any small object, when less than ``min_area_px`` is left.
+
+    Ids are not renumbered (the tile's table numbers its nuclei itself, in the same order)."""
     rows, cols = grid.inside_slide(*tile)
     if rows.all() and cols.all():
         return labels
-    return remove_small_labels(np.where(rows[:, None] & cols[None, :], labels, 0), min_area_px)
+    cut = labels.copy()
+    cut[~rows] = 0
+    cut[:, ~cols] = 0
+    counts = np.bincount(cut.ravel())
+    small = (counts > 0) & (counts < min_area_px)
+    small[0] = False
+    if small.any():
+        cut[small[cut]] = 0
+    return cut
 
 
 @dataclass(frozen=True)
