@@ -21,7 +21,8 @@ def nucleus_moments(labels: Any, intensity: Any) -> dict[str, np.ndarray]:
     The pixel sums (count, Σr, Σc, Σr², Σc², Σrc) come from where each row's runs of a label
     start and end, in closed form (Σ_{c=a..b} c = T1(b) − T1(a−1), …): integer arithmetic on a
     few values per run instead of a pass per sum over every pixel; being exact integers, they are
-    the same float64 values a pixel-by-pixel sum gives. The intensity is summed pixel by pixel.
+    the same float64 values a pixel-by-pixel sum gives. The intensity is summed pixel by pixel
+    over the labelled pixels.
     """
     xp = array_module(labels)
     if labels.size == 0:
@@ -66,8 +67,8 @@ def nucleus_moments(labels: Any, intensity: Any) -> dict[str, np.ndarray]:
     l1 = (rr + cc) / 2 + root
     l2 = (rr + cc) / 2 - root
     ecc = xp.sqrt(xp.clip(1 - l2 / xp.maximum(l1, 1e-12), 0, 1))
-    flat = labels.ravel()
-    mean_i = xp.bincount(flat, weights=intensity.ravel().astype(xp.float64), minlength=size) / safe
+    inside = labels != 0  # each nucleus' intensities summed in raster order, as over every pixel
+    mean_i = xp.bincount(labels[inside], weights=intensity[inside].astype(xp.float64), minlength=size) / safe
     return {
         "area": to_host(area[1:]),
         "row": to_host(mr[1:]),
