@@ -200,3 +200,18 @@ def test_haematoxylin_column_equals_full_deconvolution() -> None:
     x = rng.random((64, 48, 3)).astype(np.float32)
     full = np.maximum((optical_density(x) @ np.asarray(_HED_FROM_RGB, dtype=np.float32))[..., 0], 0.0)
     np.testing.assert_array_equal(haematoxylin(x), full)
+
+
+def test_tissue_mask_channelwise_equals_axis_reductions() -> None:
+    """The channel-by-channel sums and extrema give the mask the axis reductions gave."""
+    from pipeline.kernels.stain import optical_density
+    from pipeline.kernels.tissue import TISSUE_MAX_OD, TISSUE_MIN_CHROMA, TISSUE_MIN_OD
+
+    rng = np.random.default_rng(5)
+    img = rng.integers(0, 256, size=(120, 90, 3)).astype(np.uint8)
+    img[:40] = 240 + rng.integers(0, 8, size=(40, 90, 3)).astype(np.uint8)  # glass
+    od = optical_density(img)
+    rgb_i = img.astype(np.int16)
+    chroma = rgb_i.max(axis=-1) - rgb_i.min(axis=-1)
+    before = (od.sum(axis=-1) > TISSUE_MIN_OD) & (chroma >= TISSUE_MIN_CHROMA) & ~(od.min(axis=-1) > TISSUE_MAX_OD)
+    np.testing.assert_array_equal(tissue_mask(img, closing_px=1, min_size_px=1), before)
