@@ -428,10 +428,20 @@ def write_in_process(plan: Any, tile: Any, labels: np.ndarray, h_map: np.ndarray
 def warm_process(hold_s: float = 0.0) -> int:
     """Imports the write path in a write process (its initializer), and holds it a moment so that
     the warm-up tasks start every process of the pool before any clock starts."""
-    import pipeline.slide.segment  # noqa: F401
-
+    warm_imports()
     time.sleep(hold_s)
     return os.getpid()
+
+
+def warm_imports() -> None:
+    """One-time costs of a process, paid before any clock: the write path's modules, and pyarrow's
+    first conversion of a numpy array (it imports pandas, ~1 s here, once per process)."""
+    import pyarrow as pa
+
+    import pipeline.io.outputs.tables  # noqa: F401
+    import pipeline.slide.segment  # noqa: F401
+
+    pa.array(np.zeros(1))
 
 
 class DeviceLoop:
@@ -659,6 +669,7 @@ def run_phases(args: argparse.Namespace, results: Results, state: dict[str, Any]
         data.update(runtime=model.runtime, inference_device=model.device, half=bool(model.half))
         cpu_config = config.replace(device="cpu")  # inference on the CPU too (model_for), whatever the node has
         model_for(cpu_config, str(model_path))  # the CPU session, created outside the clock
+        warm_imports()
         ctx = multiprocessing.get_context("spawn")  # no fork of a process holding a CUDA context
         procs = ProcessPoolExecutor(max_workers=max(1, args.write_procs), mp_context=ctx, initializer=warm_process)
         state["procs"] = procs
