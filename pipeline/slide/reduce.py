@@ -76,7 +76,7 @@ def reduce_slide(
     """Write the slide's nucleus tables and stats.json, drop the scratch files and publish the
     folder under its final name. Returns the stats.
 
-    ``stage_seconds`` sums every stage's thread-seconds: planning (``plan``, ``tissue_view``), the
+    ``stage_seconds`` sums every stage's thread-seconds: planning (``plan``, ``tissue_view``, ``scale``), the
     tiles' (``read`` … ``write``), ``assemble`` and this ``reduce`` (up to writing stats.json)."""
     started = time.perf_counter()
     work = Path(plan.work_dir)
