@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.io.outputs.numbers import concatenated, fixed, integers, joined, list_parts
 
@@ -28,7 +29,7 @@ def csv_rows(table: pa.Table) -> bytes:
     polygons = joined(fixed(values, 1), offsets, ":")
     area_px = integers(table.column("area_px").to_numpy())
     area_um2 = fixed(table.column("area_um2").to_numpy(), 2)
-    return concatenated(pa.compute.binary_join_element_wise(area_px, ",", area_um2, ",[", polygons, "]\n", ""))
+    return concatenated(pc.binary_join_element_wise(area_px, ",", area_um2, ",[", polygons, "]\n", ""))
 
 
 class PaperCsvWriter:
