@@ -109,9 +109,9 @@ for _cfg, _segs in _SEGMENTS.items():
 
 
 def _side_vertex(cell: np.ndarray, side: np.ndarray, width: int) -> np.ndarray:
-    """Vertex id of a cell side: 2·pixel + 0 for the crack below-right of a row pair (r, c+½),
-    2·pixel + 1 for a column pair (r+½, c); ``cell`` is the index of the cell's top-left pixel in
-    an image ``width`` wide."""
+    """Vertex id of a cell side: 2·p for the vertex between flat pixel p = (r, c) and its right
+    neighbour, at (r, c+½); 2·p + 1 for the one between p and the pixel below, at (r+½, c).
+    ``cell`` is the flat index of the cell's top-left pixel in an image ``width`` wide."""
     offset = np.array([0, 2 * width, 1, 3], dtype=np.int64)  # top, bottom, left, right
     return 2 * cell + offset[side]
 
@@ -121,8 +121,9 @@ def _pointer_jumps(length: int) -> int:
 
 
 def outline_arrays(labels: Any, ids: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Outlines of the nuclei ``ids`` of a label image, all at once: (rows, cols, offsets), ring
-    ``k`` being ``rows[offsets[k]:offsets[k+1]]`` (an empty ring for an id that does not occur).
+    """Outlines of the nuclei ``ids`` (distinct) of a label image, all at once: (rows, cols,
+    offsets), ring ``k`` being ``rows[offsets[k]:offsets[k+1]]`` (empty for an id that does not
+    occur).
 
     Each ring is what tracing the nucleus' mask alone gives (``skimage.measure.find_contours`` at
     the half level on the mask padded by one pixel): vertices midway between its pixels and the
