@@ -12,7 +12,9 @@ Phases, in order (``phases`` in the JSON: status, seconds, budget, error):
   px: the watershed has components holding several seeds to flood), its plan, the write processes.
 * ``cpu``: ``pipeline.slide.segment.segment_tiles`` as the pipeline runs it with
   ``Config(device="cpu")`` (ONNX Runtime on the CPU with every core, whatever GPU the node has),
-  tile by tile until ``--cpu-tiles`` or its budget.
+  tile by tile until ``--cpu-tiles`` or its budget; then the slide's ``assemble`` and ``reduce``
+  (nucleus tables in every format, stats.json, publication) on the tiles done, in the wall time:
+  the host work per Gpx and a 10-Gpx slide's host seconds projected with them.
 * ``device_stages``: every stage after the read on the device (cupy): upload, Reinhard
   normalisation, inference without host round trips (``NucleusModel.predict_device``: the torch
   runtime through DLPack, or ONNX Runtime I/O binding), seeds and the level-bucketed watershed,
@@ -60,7 +62,8 @@ import numpy as np
 
 GOAL_GPX = 10.0  # the issue's goal: a 10-gigapixel slide …
 GOAL_SECONDS = 30.0  # … in at most 30 s on one H100
-STAGES = ("read", "upload", "normalise", "infer", "watershed", "download", "features", "write")
+STAGES = ("read", "upload", "normalise", "infer", "watershed", "download", "features", "write", "assemble", "reduce")
+HOST_STAGES = ("read", "normalise", "watershed", "features", "write")  # the host work around the model, per tile
 PHASES = ("setup", "cpu", "device_stages", "writes_after", "device_full")
 SEED_COUNT_TILES = 8  # tiles whose multi-seed components are counted (outside the clock)
 
@@ -251,11 +254,34 @@ def per_gpx(result: dict[str, Any], gpx: float) -> dict[str, Any]:
         "stage_s_per_gpx": {k: round(v / gpx, 2) for k, v in result["stage_s"].items() if v},
         "n_nuclei": result["n_nuclei"],
         "projected_10gpx_s": round(GOAL_GPX * result["wall_s"] / gpx, 1),
+        **host_work(result["stage_s"], gpx),
         **{
             k: result[k]
-            for k in ("stopped_by_budget", "writes_unfinished", "gpu_sampling", "multi_seed_components", "warm_up_s")
+            for k in (
+                "reduce_nuclei",
+                "stopped_by_budget",
+                "writes_unfinished",
+                "gpu_sampling",
+                "multi_seed_components",
+                "warm_up_s",
+            )
             if k in result
         },
+    }
+
+
+def host_work(stage_s: dict[str, float], gpx: float) -> dict[str, Any]:
+    """Host seconds per Gpx of tissue around the model (read, normalise, watershed, features,
+    write) and with the slide's reduce, where the path ran it, and a 10-Gpx slide's host seconds
+    projected from them (per core; a node with c cores: divide by c)."""
+    if not stage_s.get("reduce"):
+        return {}
+    tiles = sum(stage_s.get(k, 0.0) for k in HOST_STAGES) / gpx
+    reduce = stage_s["reduce"] / gpx
+    return {
+        "host_s_per_gpx": round(tiles, 2),
+        "reduce_s_per_gpx": round(reduce, 2),
+        "host_10gpx_projected_s": round(GOAL_GPX * (tiles + reduce + stage_s.get("assemble", 0.0) / gpx), 1),
     }
 
 
@@ -308,6 +334,13 @@ def markdown(results: dict[str, Any]) -> str:
             f"components holding several seeds (the watershed floods them), per tile: {seeds['per_tile']} "
             f"of {seeds['components_per_tile']} components  "
         )
+    cpu = results.get("cpu") or {}
+    if "host_s_per_gpx" in cpu:
+        lines.append(
+            f"cpu path, host work per Gpx of tissue: {' + '.join(HOST_STAGES)} = {cpu['host_s_per_gpx']} s; "
+            f"reduce {cpu['reduce_s_per_gpx']} s ({cpu.get('reduce_nuclei')} nuclei); projected host seconds for a "
+            f"10-Gpx slide (these stages, assemble and reduce, one core): {cpu['host_10gpx_projected_s']} s  "
+        )
     if "speedup_device_over_cpu" in results:
         lines.append(f"speed-up of device_full over cpu (s/Gpx ratio): {results['speedup_device_over_cpu']}×  ")
     if "goal_met" in results:
@@ -343,11 +376,19 @@ def with_work_dir(plan: Any, folder: Path) -> Any:
 
 
 def cpu_path(plan: Any, tiles: list[Any], deadline: float) -> dict[str, Any]:
-    """The pipeline's own tile function with ``device="cpu"``, one tile at a time until the deadline."""
+    """The pipeline's own tile function with ``device="cpu"``, one tile at a time until the
+    deadline; then, on the tiles done, the slide's label assembly and its reduce (the nucleus
+    tables in every format, stats.json, publication), timed as the stages ``assemble`` and
+    ``reduce`` and included in the wall time."""
+    from pipeline.io.outputs.maps import create_maps
+    from pipeline.slide import assemble_labels, chunks_to_assemble
+    from pipeline.slide.reduce import reduce_slide
     from pipeline.slide.segment import segment_tiles
 
     stages = dict.fromkeys(STAGES, 0.0)
     per_tile: dict[Any, int] = {}
+    summaries = []
+    create_maps(Path(plan.work_dir), plan.width, plan.height, plan.grid.core0, False)
     t0 = time.perf_counter()
     for tile in tiles:
         if per_tile and time.perf_counter() > deadline:
@@ -356,6 +397,14 @@ def cpu_path(plan: Any, tiles: list[Any], deadline: float) -> dict[str, Any]:
             for k, v in s.seconds.items():
                 stages[k] = stages.get(k, 0.0) + v
             per_tile[s.tile] = s.n_nuclei
+            summaries.append(s)
+    done = dataclasses.replace(plan, tiles=tuple(t for t in plan.tiles if t in per_tile))
+    t1 = time.perf_counter()
+    assembled = assemble_labels(done, chunks_to_assemble(done), [summaries])
+    stages["assemble"] = time.perf_counter() - t1
+    t2 = time.perf_counter()
+    stats = reduce_slide(done, [summaries], [assembled])
+    stages["reduce"] = time.perf_counter() - t2
     return {
         "wall_s": time.perf_counter() - t0,
         "stage_s": stages,
@@ -363,6 +412,7 @@ def cpu_path(plan: Any, tiles: list[Any], deadline: float) -> dict[str, Any]:
         "per_tile": per_tile,
         "tiles": len(per_tile),
         "stopped_by_budget": len(per_tile) < len(tiles),
+        "reduce_nuclei": stats["n_nuclei"],
     }
 
 
@@ -378,10 +428,20 @@ def write_in_process(plan: Any, tile: Any, labels: np.ndarray, h_map: np.ndarray
 def warm_process(hold_s: float = 0.0) -> int:
     """Imports the write path in a write process (its initializer), and holds it a moment so that
     the warm-up tasks start every process of the pool before any clock starts."""
-    import pipeline.slide.segment  # noqa: F401
-
+    warm_imports()
     time.sleep(hold_s)
     return os.getpid()
+
+
+def warm_imports() -> None:
+    """One-time costs of a process, paid before any clock: the write path's modules, and pyarrow's
+    first conversion of a numpy array (it imports pandas, ~1 s here, once per process)."""
+    import pyarrow as pa
+
+    import pipeline.io.outputs.tables  # noqa: F401
+    import pipeline.slide.segment  # noqa: F401
+
+    pa.array(np.zeros(1))
 
 
 class DeviceLoop:
@@ -609,6 +669,7 @@ def run_phases(args: argparse.Namespace, results: Results, state: dict[str, Any]
         data.update(runtime=model.runtime, inference_device=model.device, half=bool(model.half))
         cpu_config = config.replace(device="cpu")  # inference on the CPU too (model_for), whatever the node has
         model_for(cpu_config, str(model_path))  # the CPU session, created outside the clock
+        warm_imports()
         ctx = multiprocessing.get_context("spawn")  # no fork of a process holding a CUDA context
         procs = ProcessPoolExecutor(max_workers=max(1, args.write_procs), mp_context=ctx, initializer=warm_process)
         state["procs"] = procs

@@ -171,3 +171,47 @@ def test_macenko_identity_and_haematoxylin_ordering() -> None:
     purple = np.array([[[90, 60, 140]]], dtype=np.uint8)
     pink = np.array([[[235, 175, 205]]], dtype=np.uint8)
     assert haematoxylin(purple)[0, 0] > haematoxylin(pink)[0, 0]
+
+
+def test_fused_reinhard_equals_the_step_by_step_definition() -> None:
+    """The one-pass float32 normalisation against the definition (lαβ, shift, back) within
+    float32 rounding, for uint8 and [0, 1] float input."""
+    from pipeline.kernels.stain import StainStats, lab_reinhard_to_rgb, rgb_to_lab_reinhard
+
+    rng = np.random.default_rng(1)
+    img = np.clip(rng.normal((170, 110, 160), 40, size=(96, 80, 3)), 0, 255).astype(np.uint8)
+    img[:10] = 255  # glass
+    img[10:12] = 0  # black
+    source = StainStats(mean=(-0.4, -0.07, 0.03), std=(0.25, 0.05, 0.02))
+    for x in (img, img.astype(np.float32) / 255.0):
+        lab = rgb_to_lab_reinhard(x)
+        m, s = np.asarray(source.mean, np.float32), np.asarray(source.std, np.float32)
+        tm, ts = np.asarray(REINHARD_TARGET.mean, np.float32), np.asarray(REINHARD_TARGET.std, np.float32)
+        expected = lab_reinhard_to_rgb((lab - m) * (ts / s) + tm)
+        got = reinhard_normalise(x, source)
+        assert got.dtype == np.float32 and got.shape == x.shape
+        np.testing.assert_allclose(got, expected, atol=2e-5, rtol=0)
+
+
+def test_haematoxylin_column_equals_full_deconvolution() -> None:
+    from pipeline.kernels.stain import _HED_FROM_RGB, haematoxylin, optical_density
+
+    rng = np.random.default_rng(2)
+    x = rng.random((64, 48, 3)).astype(np.float32)
+    full = np.maximum((optical_density(x) @ np.asarray(_HED_FROM_RGB, dtype=np.float32))[..., 0], 0.0)
+    np.testing.assert_array_equal(haematoxylin(x), full)
+
+
+def test_tissue_mask_channelwise_equals_axis_reductions() -> None:
+    """The channel-by-channel sums and extrema give the mask the axis reductions gave."""
+    from pipeline.kernels.stain import optical_density
+    from pipeline.kernels.tissue import TISSUE_MAX_OD, TISSUE_MIN_CHROMA, TISSUE_MIN_OD
+
+    rng = np.random.default_rng(5)
+    img = rng.integers(0, 256, size=(120, 90, 3)).astype(np.uint8)
+    img[:40] = 240 + rng.integers(0, 8, size=(40, 90, 3)).astype(np.uint8)  # glass
+    od = optical_density(img)
+    rgb_i = img.astype(np.int16)
+    chroma = rgb_i.max(axis=-1) - rgb_i.min(axis=-1)
+    before = (od.sum(axis=-1) > TISSUE_MIN_OD) & (chroma >= TISSUE_MIN_CHROMA) & ~(od.min(axis=-1) > TISSUE_MAX_OD)
+    np.testing.assert_array_equal(tissue_mask(img, closing_px=1, min_size_px=1), before)

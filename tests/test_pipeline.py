@@ -146,3 +146,16 @@ def test_20x_slide_is_resampled_and_reported_in_level0_pixels(tmp_path: Path, bl
     assert np.abs(np.median(found[nearest] - true, axis=0)).max() < 0.25  # no half-pixel shift
     polygon = np.array(table["polygon"].iloc[0]).reshape(-1, 2)
     assert np.abs(polygon.mean(axis=0) - found[0]).max() < 2.0
+
+
+def test_stage_seconds_cover_every_stage(runs) -> None:
+    """stats.json's stage_seconds account for the whole slide: planning, tissue view, the tiles'
+    stages, assembly and the reduce."""
+    stats = json.loads((runs[256] / "stats.json").read_text())
+    stages = stats["stage_seconds"]
+    expected = {"plan", "tissue_view", "scale", "read", "normalise", "infer", "watershed", "features", "write"}
+    assert expected | {"assemble", "reduce"} <= set(stages)
+    assert all(v >= 0 for v in stages.values())
+    # one thread here: the stages after planning fit in the slide's seconds (counted from the plan)
+    after_plan = sum(v for k, v in stages.items() if k not in ("plan", "tissue_view", "scale"))
+    assert 0.5 * stats["seconds"] <= after_plan <= stats["seconds"] + 0.01

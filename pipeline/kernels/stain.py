@@ -77,20 +77,39 @@ def reinhard_stats(rgb: Any, tissue: Any | None = None) -> StainStats:
     return StainStats(mean=(m[0], m[1], m[2]), std=(s[0], s[1], s[2]))
 
 
+def reinhard_transform(source: StainStats, target: StainStats = REINHARD_TARGET) -> tuple[np.ndarray, ...]:
+    """The Reinhard mapping folded into three 3×3 matrices and an offset (float64), for
+    ``clip(exp(ln(max(rgb_u8 @ M1, 1/255)) @ M2 + b) @ M3, 0, 1)``: RGB → LMS (with the 1/255 of
+    uint8 input), log-LMS → lαβ → per-channel affine → lαβ → log-LMS (natural logs: the log10 and
+    10^x of the definition cancel into the offset), LMS → RGB."""
+    k = np.asarray(target.std, dtype=np.float64) / np.asarray(source.std, dtype=np.float64)
+    shift = np.asarray(target.mean, dtype=np.float64) - k * np.asarray(source.mean, dtype=np.float64)
+    m2 = _LMS2LAB.T @ np.diag(k) @ _LAB2LMS.T
+    b = np.log(10.0) * (shift @ _LAB2LMS.T)
+    return _RGB2LMS.T, m2, b, _LMS2RGB.T
+
+
 def reinhard_normalise(rgb: Any, source: StainStats, target: StainStats = REINHARD_TARGET) -> Any:
     """Map an RGB tile from the slide's statistics to the target's; returns float32 RGB in [0, 1].
 
     Only pixels are changed, never geometry; background stays near white because the transform
-    is affine in log-LMS space.
+    is affine in log-LMS space. One pass of three 3×3 products, a log and an exp in float32
+    (:func:`reinhard_transform`); equal to the step-by-step definition
+    (``lab_reinhard_to_rgb`` of the shifted ``rgb_to_lab_reinhard``) within float32 rounding.
     """
     xp = array_module(rgb)
-    lab = rgb_to_lab_reinhard(rgb)
-    src_m = xp.asarray(source.mean, dtype=xp.float32)
-    src_s = xp.asarray(source.std, dtype=xp.float32)
-    tgt_m = xp.asarray(target.mean, dtype=xp.float32)
-    tgt_s = xp.asarray(target.std, dtype=xp.float32)
-    lab = (lab - src_m) * (tgt_s / src_s) + tgt_m
-    return lab_reinhard_to_rgb(lab)
+    m1, m2, b, m3 = reinhard_transform(source, target)
+    if rgb.dtype == np.uint8:
+        m1 = m1 / 255.0
+    x = rgb.astype(xp.float32, copy=False)
+    lms = x @ xp.asarray(m1, dtype=xp.float32)
+    xp.maximum(lms, xp.float32(1.0 / 255.0), out=lms)
+    xp.log(lms, out=lms)
+    mixed = lms @ xp.asarray(m2, dtype=xp.float32)
+    mixed += xp.asarray(b, dtype=xp.float32)
+    xp.exp(mixed, out=mixed)
+    out = mixed @ xp.asarray(m3, dtype=xp.float32)
+    return xp.clip(out, 0.0, 1.0, out=out)
 
 
 def optical_density(rgb: Any) -> Any:
@@ -106,8 +125,8 @@ def haematoxylin(rgb: Any) -> Any:
     """Haematoxylin optical density (colour deconvolution, Ruifrok & Johnston), float32 ≥ 0."""
     xp = array_module(rgb)
     od = optical_density(rgb)
-    hed = od @ xp.asarray(_HED_FROM_RGB, dtype=xp.float32)
-    return xp.maximum(hed[..., 0], 0.0)
+    h = od @ xp.asarray(_HED_FROM_RGB[:, 0], dtype=xp.float32)  # the haematoxylin column only
+    return xp.maximum(h, xp.float32(0.0), out=h)
 
 
 @dataclass(frozen=True)

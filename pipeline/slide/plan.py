@@ -66,6 +66,7 @@ class SlidePlan:
     config: Config
     started: float = field(default_factory=time.time)
     inputs: dict[str, Any] = field(default_factory=dict)  # what determines the outputs (slide.inputs)
+    stage_seconds: dict[str, float] = field(default_factory=dict)  # planning: plan, tissue_view, scale
 
 
 @dataclass(frozen=True)
@@ -96,10 +97,12 @@ def model_for(config: Config, path: str | None = None) -> NucleusModel:
 def plan_slide(entry: SlideEntry, out_dir: str, config: Config) -> SlidePlan:
     """Open the slide, find its tissue on a low-resolution view, compute its stain statistics
     once, lay the tile grid over the tissue and create the slide's working folder."""
+    started = time.perf_counter()
     reader = choose_reader(entry.slide_path, config.reader)
     model = model_for(config)
     with open_slide(entry.slide_path, reader) as slide:
         width, height = slide.level_dimensions[0]
+        view_started = time.perf_counter()
         view, view_ds = low_resolution_view(slide, config.tissue_view_px)
         tissue = tissue_mask(view)
         # Stain statistics and scale sample windows come from tissue without anything ink-like
@@ -112,6 +115,8 @@ def plan_slide(entry: SlideEntry, out_dir: str, config: Config) -> SlidePlan:
             stain = reinhard_stats(view, clean)
         elif config.stain == "macenko":
             stain = macenko_stains(view, clean)
+        tissue_view_s = time.perf_counter() - view_started  # view, tissue mask, ink-free tissue, stain statistics
+        scale_started = time.perf_counter()
         try:
             scale = decide_scale(
                 entry.slide_id,
@@ -131,6 +136,8 @@ def plan_slide(entry: SlideEntry, out_dir: str, config: Config) -> SlidePlan:
             )
         except ValueError as exc:
             raise SlideError(str(exc)) from exc
+        scale_s = time.perf_counter() - scale_started
+    artifacts_started = time.perf_counter()
     mpp = scale.mpp
     view_px_mm2 = (view_ds * mpp) ** 2 / 1e6
     tissue_mm2 = float(tissue.sum()) * view_px_mm2
@@ -140,6 +147,7 @@ def plan_slide(entry: SlideEntry, out_dir: str, config: Config) -> SlidePlan:
         flags.append("artifacts")
         notes.append(note)
     tissue = tissue & ~excluded
+    tissue_view_s += time.perf_counter() - artifacts_started  # artifacts measured on the view
     halo = config.halo_px if config.halo_px >= 0 else derive_halo_px(model.context_px, config.max_nucleus_px)
     grid = TileGrid.for_slide(width, height, mpp, model.mpp, config.tile_px, halo)
     tiles = tuple(grid.tiles_over(tissue, view_ds))
@@ -175,6 +183,11 @@ def plan_slide(entry: SlideEntry, out_dir: str, config: Config) -> SlidePlan:
         thresholds=model.thresholds,
         config=config,
         inputs=slide_inputs(entry.slide_path, entry.mpp, model.sha256, config),
+        stage_seconds={
+            "plan": time.perf_counter() - started - tissue_view_s - scale_s,
+            "tissue_view": tissue_view_s,
+            "scale": scale_s,
+        },
     )
 
 

@@ -70,23 +70,28 @@ def slide_stats(
     ).as_dict()
 
 
-def reduce_slide(plan: SlidePlan, summaries: list[list[TileSummary]], assembled: list[int]) -> dict[str, Any]:
+def reduce_slide(
+    plan: SlidePlan, summaries: list[list[TileSummary]], assembled: list[dict[str, float]]
+) -> dict[str, Any]:
     """Write the slide's nucleus tables and stats.json, drop the scratch files and publish the
-    folder under its final name. Returns the stats."""
+    folder under its final name. Returns the stats.
+
+    ``stage_seconds`` sums every stage's thread-seconds: planning (``plan``, ``tissue_view``, ``scale``), the
+    tiles' (``read`` … ``write``), ``assemble`` and this ``reduce`` (up to writing stats.json)."""
+    started = time.perf_counter()
     work = Path(plan.work_dir)
     offsets = label_offsets(plan, summaries)
     formats = [f for f in NUCLEUS_TABLE_FORMATS if f != "geojson" or plan.config.write_geojson]
     n = write_nucleus_tables(nucleus_tables(plan, offsets), work, formats)
     areas = pq.read_table(work / "nuclei.parquet", columns=["area_um2"]).column(0).to_numpy() if n else np.zeros(0)
-    timings: dict[str, float] = {}
-    for batch in summaries:
-        for s in batch:
-            for k, v in s.seconds.items():
-                timings[k] = timings.get(k, 0.0) + v
+    timings: dict[str, float] = dict(plan.stage_seconds)
+    for part in [s.seconds for batch in summaries for s in batch] + list(assembled):
+        for k, v in part.items():
+            timings[k] = timings.get(k, 0.0) + v
     shutil.rmtree(work / "tiles", ignore_errors=True)
     outputs = folder_contents(work)
+    timings["reduce"] = time.perf_counter() - started
     stats = slide_stats(plan, areas, len(plan.tiles), time.time() - plan.started, timings, outputs)
     atomic_write_json(work / STATS_FILE, stats)
     publish_slide(work, final_slide_dir(Path(plan.out_dir), plan.slide_id))
-    del assembled
     return stats

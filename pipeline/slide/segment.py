@@ -25,8 +25,8 @@ from pipeline.io.outputs.publish import atomic_write_bytes
 from pipeline.io.outputs.schema import NUCLEI_SCHEMA
 from pipeline.io.readers import Slide, open_slide, read_mirrored
 from pipeline.kernels.dispatch import array_module, gpu_available, to_host
-from pipeline.kernels.features import nucleus_moments, nucleus_outlines, polygon_perimeter
-from pipeline.kernels.nuclei import NucleusThresholds, instances_from_probabilities, remove_small_labels
+from pipeline.kernels.features import nucleus_moments, outline_arrays, outline_perimeters
+from pipeline.kernels.nuclei import NucleusThresholds, instances_from_probabilities
 from pipeline.kernels.stain import MacenkoStains, StainStats, haematoxylin, macenko_normalise, reinhard_normalise
 from pipeline.runtime import NucleusModel
 from pipeline.slide.plan import ARTIFACT_MASK_FILE, SlidePlan, Tile, TileSummary, model_for, tile_file
@@ -98,15 +98,12 @@ def tile_nuclei(
     ids = np.nonzero(owned)[0] + 1
     local = np.zeros(labels.max() + 1 if labels.size else 1, dtype=np.uint32)
     local[ids] = np.arange(1, len(ids) + 1, dtype=np.uint32)
-    rings = nucleus_outlines(labels, ids)
-    polygons = []
-    perimeters = []
-    for ring in rings:
-        px, py = grid.to_level0(tile[0], tile[1], ring[:, 0], ring[:, 1])
-        flat = np.empty(2 * len(ring))
-        flat[0::2], flat[1::2] = px, py
-        polygons.append(flat)
-        perimeters.append(polygon_perimeter(ring) * grid.step)
+    rows, cols, offsets = outline_arrays(labels, ids)
+    px, py = grid.to_level0(tile[0], tile[1], rows, cols)
+    flat = np.empty(2 * len(rows))
+    flat[0::2], flat[1::2] = px, py
+    polygon = pa.ListArray.from_arrays(pa.array(2 * offsets, type=pa.int32()), pa.array(flat, type=pa.float64()))
+    perimeters = outline_perimeters(rows, cols, offsets) * grid.step
     sel = ids - 1
     area_um2 = moments["area"][sel] * model_mpp**2
     table = pa.table(
@@ -116,10 +113,10 @@ def tile_nuclei(
             "centroid_y": y[sel],
             "area_px": area_um2 / mpp**2,
             "area_um2": area_um2,
-            "perimeter_px": np.asarray(perimeters, dtype=np.float64),
+            "perimeter_px": perimeters,
             "eccentricity": moments["eccentricity"][sel],
             "mean_haematoxylin": moments["mean_intensity"][sel],
-            "polygon": pa.array([p.tolist() for p in polygons], type=pa.list_(pa.float64())),
+            "polygon": polygon,
         },
         schema=NUCLEI_SCHEMA,
     )
@@ -162,11 +159,21 @@ def segment_window(
 def cut_at_slide_edge(labels: np.ndarray, grid: TileGrid, tile: Tile, min_area_px: int) -> np.ndarray:
     """Labels of a tile's window without the pixels that lie off the slide: a nucleus the slide's
     edge cuts is measured (area, outline, centroid) as far as the slide holds it, never with its
-    mirror image, and dropped, as any small object, when less than ``min_area_px`` is left."""
+    mirror image, and dropped, as any small object, when less than ``min_area_px`` is left.
+
+    Ids are not renumbered (the tile's table numbers its nuclei itself, in the same order)."""
     rows, cols = grid.inside_slide(*tile)
     if rows.all() and cols.all():
         return labels
-    return remove_small_labels(np.where(rows[:, None] & cols[None, :], labels, 0), min_area_px)
+    cut = labels.copy()
+    cut[~rows] = 0
+    cut[:, ~cols] = 0
+    counts = np.bincount(cut.ravel())
+    small = (counts > 0) & (counts < min_area_px)
+    small[0] = False
+    if small.any():
+        cut[small[cut]] = 0
+    return cut
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -15,7 +14,7 @@ class ParquetWriter:
     def __init__(self, folder: Path) -> None:
         self._writer = pq.ParquetWriter(folder / "nuclei.parquet", NUCLEI_SCHEMA, compression="zstd")
 
-    def write(self, table: pa.Table, columns: dict[str, list[Any]]) -> None:
+    def write(self, table: pa.Table) -> None:
         self._writer.write_table(table)
 
     def close(self) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import pyarrow as pa
 
@@ -22,8 +22,8 @@ from pipeline.io.outputs.schema import NUCLEI_SCHEMA
 class NucleusTableWriter(Protocol):
     def __init__(self, folder: Path) -> None: ...
 
-    def write(self, table: pa.Table, columns: dict[str, list[Any]]) -> None:
-        """Append ``table`` (rows in :data:`NUCLEI_SCHEMA`; ``columns`` is its ``to_pydict()``)."""
+    def write(self, table: pa.Table) -> None:
+        """Append ``table`` (rows in :data:`NUCLEI_SCHEMA`), column-wise: no Python per nucleus."""
         ...
 
     def close(self) -> None: ...
@@ -51,9 +51,8 @@ def write_nucleus_tables(
             if table.num_rows == 0:
                 continue
             table = table.cast(NUCLEI_SCHEMA)
-            columns = table.to_pydict()
             for writer in writers:
-                writer.write(table, columns)
+                writer.write(table)
             n += table.num_rows
     finally:
         for writer in writers:

@@ -1,0 +1,196 @@
+"""The compiled-speed outline tracer against the per-nucleus ``find_contours`` tracer it replaced.
+
+The reference (``tests/reference/features_loop.py``) is the previous implementation, verbatim: a Python loop over each
+nucleus' bounding-box crop, ``skimage.measure.find_contours`` at the half level, the longest
+contour, the repeated end vertex dropped, collinear vertices dropped. The new tracer must give
+the same rings: the same vertices in the same order from the same start (so ``nuclei.csv`` and
+``nuclei.geojson`` do not change), which the tests check exactly and, as the issue's criterion,
+as a symmetric Hausdorff distance between old and new rings of at most 0.5 px.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.ndimage as ndi
+from scipy.spatial.distance import directed_hausdorff
+
+import tests.reference.features_loop as reference
+from pipeline.kernels.features import (
+    nucleus_moments,
+    nucleus_outlines,
+    outline_arrays,
+    outline_perimeters,
+    polygon_perimeter,
+)
+
+reference_outlines = reference.nucleus_outlines
+reference_perimeter = reference.polygon_perimeter
+reference_moments = reference.nucleus_moments
+reference_tile_table = reference.tile_table
+
+
+def hausdorff(a: np.ndarray, b: np.ndarray) -> float:
+    """Symmetric Hausdorff distance between two rings' vertex sets (px)."""
+    return max(directed_hausdorff(a, b)[0], directed_hausdorff(b, a)[0])
+
+
+def touching_nuclei(seed: int, side: int = 160, spacing: int = 11) -> np.ndarray:
+    """Watershed-separated touching blobs of random shape: the label images the pipeline makes."""
+    from skimage.segmentation import watershed
+
+    rng = np.random.default_rng(seed)
+    field = ndi.gaussian_filter(rng.random((side, side)), 2.0)
+    fg = field > np.quantile(field, 0.35)
+    n = (side // spacing) ** 2
+    markers = np.zeros((side, side), dtype=np.int32)
+    markers[rng.integers(0, side, n), rng.integers(0, side, n)] = np.arange(1, n + 1)
+    labels = watershed(-field, markers, mask=fg)
+    return labels.astype(np.int32)
+
+
+def awkward_labels() -> np.ndarray:
+    """Single pixels, diagonal-only contacts (saddles), a hole, one id in several pieces, a ring,
+    thin lines and spurs, and nuclei on every edge of the image."""
+    lab = np.zeros((40, 48), dtype=np.int32)
+    lab[5, 5] = 1  # one pixel
+    lab[10, 10] = lab[11, 11] = lab[12, 12] = 2  # diagonal chain: three 4-separated pieces
+    lab[2:9, 14:21] = 3
+    lab[5, 17] = 0  # a hole
+    lab[15:18, 2:5] = 4
+    lab[25:28, 2:5] = 4  # the same id twice, equal size (ties go to the first)
+    lab[30:33, 2:6] = 4  # and a larger third piece
+    lab[14:23, 14:23] = 5
+    lab[16:21, 16:21] = 0  # a ring (outer and inner contour)
+    lab[18, 18] = 6  # inside the ring
+    lab[0:3, 30:40] = 7  # on the top edge
+    lab[30:40, 44:48] = 8  # bottom right corner
+    lab[20, 30:42] = 9  # a one-pixel line
+    lab[21:26, 35] = 9  # with a spur
+    lab[26, 36] = 9  # and a diagonal step
+    lab[30:35, 20:25] = 10
+    lab[32, 25:28] = 10  # a thin tongue
+    lab[30:35, 25] = 11  # touching 10
+    lab[35, 26] = 12  # diagonal to 11
+    lab[10:14, 30:34] = 13
+    lab[11:13, 34] = 13
+    lab[12, 30] = 0  # a notch
+    lab[36:40, 10:14] = 14  # bottom edge
+    lab[6:9, 40:48] = 15  # right edge
+    lab[6:8, 38:40] = 16  # touching 15
+    return lab
+
+
+def check_same(labels: np.ndarray, ids: np.ndarray) -> None:
+    old = reference_outlines(labels, ids)
+    new = nucleus_outlines(labels, ids)
+    assert len(new) == len(old)
+    for i, a, b in zip(ids, old, new, strict=True):
+        if len(a) == 0:
+            assert len(b) == 0, i
+            continue
+        assert hausdorff(a, b) <= 0.5, i  # the issue's criterion …
+        np.testing.assert_array_equal(b, a, err_msg=f"label {i}")  # … met exactly: same vertices, order, start
+        assert polygon_perimeter(b) == reference_perimeter(a)  # bit for bit
+    perimeters = outline_perimeters(*outline_arrays(labels, ids))
+    assert perimeters.tolist() == [reference_perimeter(a) for a in old]  # all rings at once, bit for bit
+
+
+def test_awkward_shapes_trace_as_before() -> None:
+    labels = awkward_labels()
+    check_same(labels, np.arange(1, labels.max() + 1))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_touching_nuclei_trace_as_before(seed: int) -> None:
+    labels = touching_nuclei(seed)
+    ids = np.unique(labels)[1:]
+    check_same(labels, ids)
+    # a subset of ids (the owned ones), ids that do not occur, and uint32 labels
+    rng = np.random.default_rng(seed)
+    some = np.sort(rng.choice(ids, size=len(ids) // 2, replace=False))
+    check_same(labels.astype(np.uint32), some)
+    missing = np.array([labels.max() + 5]) if labels.max() < 2**20 else np.array([], dtype=np.int64)
+    assert [len(r) for r in nucleus_outlines(labels, missing)] == [0] * len(missing)
+
+
+def test_random_noise_labels_trace_as_before() -> None:
+    """Speckle: many saddles, holes and multi-piece ids."""
+    rng = np.random.default_rng(7)
+    labels = rng.integers(0, 6, size=(30, 34)).astype(np.int32)
+    labels[rng.random(labels.shape) < 0.3] = 0
+    check_same(labels, np.arange(1, 6))
+
+
+def test_flat_arrays_and_empty_input() -> None:
+    labels = awkward_labels()
+    ids = np.array([3, 1, 9])
+    rows, cols, offsets = outline_arrays(labels, ids)
+    rings = reference_outlines(labels, ids)
+    assert offsets.tolist() == np.cumsum([0] + [len(r) for r in rings]).tolist()
+    np.testing.assert_array_equal(rows, np.concatenate([r[:, 0] for r in rings]))
+    np.testing.assert_array_equal(cols, np.concatenate([r[:, 1] for r in rings]))
+    rows, cols, offsets = outline_arrays(np.zeros((8, 8), dtype=np.int32), np.array([], dtype=np.int64))
+    assert len(rows) == len(cols) == 0 and offsets.tolist() == [0]
+    assert len(outline_perimeters(rows, cols, offsets)) == 0
+    assert nucleus_outlines(labels, np.array([], dtype=np.int64)) == []
+    rows, cols, offsets = outline_arrays(np.zeros((8, 8), dtype=np.int32), np.array([1, 2]))  # no nuclei at all
+    assert offsets.tolist() == [0, 0, 0] and outline_perimeters(rows, cols, offsets).tolist() == [0.0, 0.0]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_moments_as_before(seed: int) -> None:
+    """Moments skip background pixels; each nucleus' sums are accumulated in the same order, so
+    they agree with the previous sums over every pixel bit for bit."""
+    labels = touching_nuclei(seed)
+    labels[labels == labels.max() // 2] = 0  # an id that does not occur
+    intensity = np.random.default_rng(seed).random(labels.shape).astype(np.float32)
+    new, old = nucleus_moments(labels, intensity), reference_moments(labels, intensity)
+    assert set(new) == set(old)
+    for key in old:
+        np.testing.assert_array_equal(new[key], old[key], err_msg=key)
+    empty = nucleus_moments(np.zeros((5, 5), dtype=np.int32), np.zeros((5, 5), dtype=np.float32))
+    assert all(len(v) == 0 for v in empty.values())
+
+
+@pytest.mark.parametrize("slide_mpp", [0.25, 0.5])
+def test_tile_table_identical(slide_mpp: float) -> None:
+    """A tile's nucleus table (what every output is written from) equals the previous one."""
+    from pipeline.slide.segment import tile_nuclei
+    from pipeline.tiling import TileGrid
+
+    grid = TileGrid.for_slide(400, 300, slide_mpp, 0.25, 96, 32)
+    labels = touching_nuclei(1, side=grid.model_side)
+    h_map = np.random.default_rng(1).random(labels.shape).astype(np.float32)
+    for tile in [(0, 0), (1, 1)]:
+        new, local = tile_nuclei(labels, h_map, grid, tile, slide_mpp)
+        old = reference_tile_table(labels, h_map, grid, tile, slide_mpp)
+        assert new.num_rows == old.num_rows > 5
+        assert new.equals(old)
+        assert int(local.max()) == new.num_rows
+
+
+@pytest.mark.parametrize("slide_mpp", [0.25, 0.5])
+def test_tiles_cut_at_the_slide_edge_as_before(slide_mpp: float) -> None:
+    """Cutting a window at the slide's edge no longer renumbers the ids; the tile's table and its
+    label window (local ids) are what the previous cut (renumbering) gave."""
+    from pipeline.kernels.nuclei import remove_small_labels
+    from pipeline.slide.segment import cut_at_slide_edge, tile_nuclei
+    from pipeline.tiling import TileGrid
+
+    grid = TileGrid.for_slide(250, 170, slide_mpp, 0.25, 96, 32)
+    labels = touching_nuclei(4, side=grid.model_side)
+    h_map = np.random.default_rng(4).random(labels.shape).astype(np.float32)
+    edge_tiles = 0
+    for tile in grid.tiles_over(np.ones((4, 4), dtype=bool), 1000.0):
+        rows, cols = grid.inside_slide(*tile)
+        inside = rows.all() and cols.all()
+        old_cut = labels if inside else remove_small_labels(np.where(rows[:, None] & cols[None, :], labels, 0), 20)
+        new_cut = cut_at_slide_edge(labels, grid, tile, 20)
+        edge_tiles += not inside
+        old = reference_tile_table(old_cut, h_map, grid, tile, slide_mpp)
+        new, new_local = tile_nuclei(new_cut, h_map, grid, tile, slide_mpp)
+        assert new.equals(old)
+        _, old_local = tile_nuclei(old_cut, h_map, grid, tile, slide_mpp)
+        np.testing.assert_array_equal(new_local[new_cut], old_local[old_cut])
+    assert edge_tiles >= 3

@@ -1,0 +1,90 @@
+"""The column-wise nucleus-table writers against the previous row-by-row writers (kept verbatim
+in ``tests/reference``): the same tables give byte-identical ``nuclei.csv`` and ``nuclei.geojson``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from pipeline.io.outputs.schema import NUCLEI_SCHEMA
+from pipeline.io.outputs.tables import write_nucleus_tables
+from tests.reference.csv_rows import PaperCsvWriter as RowCsvWriter
+from tests.reference.geojson_rows import QuPathGeoJsonWriter as RowGeoJsonWriter
+
+
+def random_table(rng: np.random.Generator, n: int, first_id: int, scale: float) -> pa.Table:
+    """Nuclei with awkward numbers: halves and exact decimal ties, tiny and negative coordinates,
+    resampled (non-dyadic) positions, zero eccentricity, large ids."""
+    k = rng.integers(4, 40, size=n)
+    offsets = np.r_[0, np.cumsum(2 * k)]
+    base = rng.integers(-1, 5000, size=offsets[-1]) + rng.choice([0.0, 0.5, 0.25, 0.75, 0.05, 0.15], size=offsets[-1])
+    coords = np.where(rng.random(offsets[-1]) < 0.5, base, base * scale - 0.5)
+    area_px = rng.choice([rng.random() * 900, 20.5, 21.5, 0.5, 300.0], size=n) + rng.integers(0, 3, size=n)
+    area_um2 = np.where(rng.random(n) < 0.3, np.round(area_px * 0.0625, 3), area_px * 0.0625)
+    return pa.table(
+        {
+            "id": pa.array(np.arange(first_id, first_id + n, dtype=np.uint32)),
+            "centroid_x": rng.random(n) * 1000,
+            "centroid_y": rng.random(n) * 1000,
+            "area_px": area_px,
+            "area_um2": area_um2,
+            "perimeter_px": np.where(rng.random(n) < 0.3, rng.integers(10, 90, n) + 0.005, rng.random(n) * 120),
+            "eccentricity": np.where(rng.random(n) < 0.2, 0.0, rng.random(n)),
+            "mean_haematoxylin": np.where(rng.random(n) < 0.2, 0.00005, rng.random(n) * 2),
+            "polygon": pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(coords)),
+        },
+        schema=NUCLEI_SCHEMA,
+    )
+
+
+def write_rows(tables: list[pa.Table], folder: Path) -> None:
+    writers = [RowCsvWriter(folder), RowGeoJsonWriter(folder)]
+    for table in tables:
+        if table.num_rows == 0:
+            continue
+        columns = table.to_pydict()
+        for w in writers:
+            w.write(table, columns)
+    for w in writers:
+        w.close()
+
+
+@pytest.mark.parametrize("scale", [1.0, 1.996])
+def test_csv_and_geojson_bytes_unchanged(tmp_path: Path, scale: float) -> None:
+    rng = np.random.default_rng(int(scale * 10))
+    tables = [random_table(rng, n, 1 + 1000 * i, scale) for i, n in enumerate([300, 0, 1, 57, 2])]
+    tables.append(tables[0].slice(100, 50))  # a table that is a slice (list offsets not from 0)
+    (tmp_path / "rows").mkdir()
+    (tmp_path / "columns").mkdir()
+    write_rows(tables, tmp_path / "rows")
+    n = write_nucleus_tables(iter(tables), tmp_path / "columns", ["parquet", "csv", "geojson"])
+    assert n == sum(t.num_rows for t in tables)
+    for name in ("nuclei.csv", "nuclei.geojson"):
+        old, new = (tmp_path / "rows" / name).read_bytes(), (tmp_path / "columns" / name).read_bytes()
+        assert len(old) > 1000
+        assert new == old, name
+
+
+def test_empty_outputs_unchanged(tmp_path: Path) -> None:
+    (tmp_path / "rows").mkdir()
+    (tmp_path / "columns").mkdir()
+    write_rows([], tmp_path / "rows")
+    write_nucleus_tables(iter([]), tmp_path / "columns", ["csv", "geojson"])
+    for name in ("nuclei.csv", "nuclei.geojson"):
+        assert (tmp_path / "columns" / name).read_bytes() == (tmp_path / "rows" / name).read_bytes()
+
+
+def test_non_finite_values_written_as_json_writes_them(tmp_path: Path) -> None:
+    table = random_table(np.random.default_rng(3), 5, 1, 1.0)
+    ecc = table.column("eccentricity").to_numpy().copy()
+    ecc[2] = np.nan
+    table = table.set_column(6, "eccentricity", pa.array(ecc))
+    (tmp_path / "rows").mkdir()
+    (tmp_path / "columns").mkdir()
+    write_rows([table], tmp_path / "rows")
+    write_nucleus_tables(iter([table]), tmp_path / "columns", ["geojson"])
+    new = (tmp_path / "columns" / "nuclei.geojson").read_bytes()
+    assert b"NaN" in new and new == (tmp_path / "rows" / "nuclei.geojson").read_bytes()
