@@ -108,8 +108,9 @@ def plan_slide(entry: SlideEntry, out_dir: str, config: Config) -> SlidePlan:
         # Stain statistics and scale sample windows come from tissue without anything ink-like
         # (ink would shift the normalisation of every tile); which artifacts are excluded from
         # segmentation is decided below, once the scale gives their size in µm².
-        provisional_mpp = entry.mpp or slide.mpp or model.mpp
-        clean = tissue & ~artifact_mask(artifact_masks(view, min_artifact_px(view_ds, provisional_mpp)))
+        provisional_px = min_artifact_px(view_ds, entry.mpp or slide.mpp or model.mpp)
+        masks = artifact_masks(view, provisional_px)
+        clean = tissue & ~artifact_mask(masks)
         stain: StainStats | MacenkoStains | None = None
         if config.stain == "reinhard":
             stain = reinhard_stats(view, clean)
@@ -141,7 +142,9 @@ def plan_slide(entry: SlideEntry, out_dir: str, config: Config) -> SlidePlan:
     mpp = scale.mpp
     view_px_mm2 = (view_ds * mpp) ** 2 / 1e6
     tissue_mm2 = float(tissue.sum()) * view_px_mm2
-    excluded, artifact_mm2, note = find_artifacts(view, tissue, view_ds, mpp)
+    if min_artifact_px(view_ds, mpp) != provisional_px:  # the scale found differs: regions sized again
+        masks = artifact_masks(view, min_artifact_px(view_ds, mpp))
+    excluded, artifact_mm2, note = find_artifacts(masks, tissue, view_px_mm2)
     flags, notes = list(scale.flags), list(scale.warnings)
     if note:
         flags.append("artifacts")
@@ -192,13 +195,12 @@ def plan_slide(entry: SlideEntry, out_dir: str, config: Config) -> SlidePlan:
 
 
 def find_artifacts(
-    view: np.ndarray, tissue: np.ndarray, view_ds: float, mpp: float
+    masks: dict[str, np.ndarray], tissue: np.ndarray, view_px_mm2: float
 ) -> tuple[np.ndarray, dict[str, float], str | None]:
-    """Pixels of the low-resolution view to exclude (artifacts on the tissue, whether the tissue
-    mask counted them or not: dark ink is grey), their area (mm²) by kind, and a note when they
-    cover more than ``ARTIFACT_NOTE_SHARE`` of the tissue."""
-    view_px_mm2 = (view_ds * mpp) ** 2 / 1e6
-    artifacts = artifacts_on_tissue(artifact_masks(view, min_artifact_px(view_ds, mpp)), tissue)
+    """From the view's artifact masks by kind: the pixels to exclude (artifacts on the tissue,
+    whether the tissue mask counted them or not: dark ink is grey), their area (mm²) by kind, and
+    a note when they cover more than ``ARTIFACT_NOTE_SHARE`` of the tissue."""
+    artifacts = artifacts_on_tissue(masks, tissue)
     excluded = artifact_mask(artifacts)
     artifact_mm2 = {k: round(float(m.sum()) * view_px_mm2, 4) for k, m in artifacts.items()}
     covered = float((tissue | excluded).sum())
