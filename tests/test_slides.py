@@ -168,3 +168,47 @@ def test_dicom_frames_assemble_without_seams() -> None:
     seam = np.abs(region[:, 499] - region[:, 500]).mean()
     inner = np.abs(region[:, 249] - region[:, 250]).mean()
     assert seam < 3 * inner + 5
+
+
+@pytest.mark.skipif(not cucim_available(), reason="cuCIM is not installed")
+def test_cucim_slides_open_one_at_a_time(synthetic_slide, monkeypatch: pytest.MonkeyPatch) -> None:
+    """cuCIM 26.10 can crash the process (SIGSEGV) when two threads construct ``CuImage`` at once
+    (seen in a worker planning two slides and in the QC's patch threads: 2 of 15 runs of the
+    4-slide test cohort). The reader opens one slide at a time; reading stays concurrent."""
+    import threading
+    import time
+
+    import cucim
+
+    real = cucim.CuImage
+    inside, most = 0, 0
+    count = threading.Lock()
+
+    def recording(*args, **kwargs):
+        nonlocal inside, most
+        with count:
+            inside += 1
+            most = max(most, inside)
+        time.sleep(0.05)  # long enough for every other thread to arrive
+        try:
+            return real(*args, **kwargs)
+        finally:
+            with count:
+                inside -= 1
+
+    monkeypatch.setattr(cucim, "CuImage", recording)
+    path = synthetic_slide[0]
+    barrier = threading.Barrier(4)
+    regions = []
+
+    def open_and_read() -> None:
+        barrier.wait()
+        with open_slide(path, "cucim") as slide:
+            regions.append(slide.read_region(0, 0, 64, 64))
+
+    threads = [threading.Thread(target=open_and_read) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(regions) == 4 and most == 1

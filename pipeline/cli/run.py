@@ -9,6 +9,7 @@ succeeded. Rerunning the same command skips slides that are already complete.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import os
 import platform
 import sys
@@ -260,6 +261,8 @@ def split_done(
 
 
 def main(argv: list[str] | None = None) -> int:
+    # A crash inside a native library (a reader, ONNX Runtime) then says where it happened.
+    faulthandler.enable()
     args = parse_args(argv)
     if args.example:
         from pipeline.cli.example import ExampleUnavailable, example_manifest

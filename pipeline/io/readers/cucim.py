@@ -1,9 +1,12 @@
 """cuCIM's ``CuImage`` for tiled TIFF/SVS whose compression it decodes safely (JPEG, Aperio
 JPEG2000), when cuCIM is installed: the fastest reader, and it runs on the CPU too. cuCIM 26.10
-kills the process on a Deflate-compressed tiled TIFF, so such files never reach it."""
+kills the process on a Deflate-compressed tiled TIFF, so such files never reach it; and it can
+crash the process (SIGSEGV) when two threads construct ``CuImage`` at once, so slides are opened
+one at a time in a process (reads stay concurrent)."""
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +18,9 @@ from pipeline.io.readers.metadata import Resolution, first, mpp_from_aperio, mpp
 
 # TIFF compression codes cuCIM decodes correctly (checked on the fixtures): JPEG, Aperio JPEG2000.
 CUCIM_SAFE_COMPRESSIONS = frozenset({7, 33003, 33005})
+# Held while a CuImage is constructed: concurrent construction segfaulted cuCIM 26.10 in 2 of 15
+# runs of the 4-slide test cohort (two planning tasks of one worker, or the QC's patch threads).
+_OPENING = threading.Lock()
 
 
 @dataclass
@@ -32,9 +38,10 @@ class CuCIMSlide(ClosesOnExit):
 
     @classmethod
     def open(cls, path: Path) -> CuCIMSlide:
-        from cucim import CuImage  # type: ignore[attr-defined]
+        import cucim
 
-        img = CuImage(str(path))
+        with _OPENING:
+            img = cucim.CuImage(str(path))  # type: ignore[attr-defined]
         res = img.resolutions
         dims = [(int(w), int(h)) for w, h in res["level_dimensions"]]
         meta = img.metadata
