@@ -1,12 +1,17 @@
 """Whole-slide image readers: the only package that opens slide files.
 
-``open_slide(path)`` reads the file's signature (its first bytes, and a TIFF's tags) *before*
-any decoder touches it, and opens it with the first registered reader that claims it:
+``open_slide(path)`` reads the file's signature (its first bytes, a TIFF's tags, a DICOM
+header) *before* any decoder touches it, and opens it with the first registered reader that
+claims it:
 
 * ``cucim``: cuCIM's ``CuImage`` for tiled TIFF/SVS whose compression it decodes safely;
 * ``tifffile``: every other TIFF (Deflate/LZW/uncompressed tiles, plain TIFFs);
-* ``dicom``: DICOM VL Whole Slide Microscopy images;
+* ``wsidicom``: DICOM VL Whole Slide Microscopy series that state their tiling;
+* ``dicom``: every other DICOM WSI (pydicom, frames placed by how they join);
 * ``image``: PNG/JPEG images, read as one-level slides.
+
+A slide path is a file, or a folder holding the instances of one DICOM series (its pyramid's
+levels); one file of such a series opens all its levels.
 
 A reader is one module (a ``Slide`` class and a ``READER`` saying which files it claims) plus
 one line in :data:`READERS`; vendor metadata is parsed in :mod:`pipeline.io.readers.metadata`.
@@ -18,7 +23,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.io.readers import cucim, dicom, image, tiff
+from pipeline.io.readers import cucim, dicom, image, tiff, wsidicom
 from pipeline.io.readers.base import (
     GLASS,
     FileSignature,
@@ -35,6 +40,7 @@ from pipeline.io.readers.image import ArraySlide
 READERS: dict[str, Reader] = {
     "cucim": cucim.READER,
     "tifffile": tiff.READER,
+    "wsidicom": wsidicom.READER,
     "dicom": dicom.READER,
     "image": image.READER,
 }
@@ -59,7 +65,10 @@ __all__ = [
 
 def file_signature(path: Path) -> FileSignature:
     """The file's container from its first bytes (tiff, dicom, png, jpeg or unknown) and, for a
-    TIFF, its levels' compression codes; a TIFF whose tags cannot be read is a SlideError."""
+    TIFF, its levels' compression codes, for DICOM how its frames are laid out; a TIFF whose tags
+    cannot be read is a SlideError. A folder is a DICOM series or a SlideError."""
+    if path.is_dir():
+        return FileSignature("dicom", dicom_tiling=_dicom_tiling(path))
     with open(path, "rb") as f:
         head = f.read(132)
     if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
@@ -68,12 +77,21 @@ def file_signature(path: Path) -> FileSignature:
         except Exception as exc:
             raise SlideError(f"truncated or corrupt TIFF (its tags cannot be read: {exc})") from exc
     if head[128:132] == b"DICM":
-        return FileSignature("dicom")
+        return FileSignature("dicom", dicom_tiling=_dicom_tiling(path))
     if head[:8] == b"\x89PNG\r\n\x1a\n":
         return FileSignature("png")
     if head[:3] == b"\xff\xd8\xff":
         return FileSignature("jpeg")
     return FileSignature("unknown")
+
+
+def _dicom_tiling(path: Path) -> str:
+    try:
+        return dicom.dicom_tiling(path)
+    except SlideError:
+        raise
+    except Exception as exc:
+        raise SlideError(f"corrupt DICOM header ({type(exc).__name__}: {exc})") from exc
 
 
 def choose_reader(path: Path, preference: str = "auto") -> str:
@@ -84,8 +102,10 @@ def choose_reader(path: Path, preference: str = "auto") -> str:
     """
     if not path.exists():
         raise SlideError(f"file not found: {path}")
-    if path.stat().st_size == 0:
+    if path.is_file() and path.stat().st_size == 0:
         raise SlideError(f"empty file: {path}")
+    if path.is_dir() and not any(dicom.is_dicom_file(p) for p in path.iterdir()):
+        raise SlideError(f"a folder that holds no DICOM files is not a slide: {path}")
     if preference != "auto":
         return preference
     signature = file_signature(path)

@@ -70,6 +70,7 @@ class FileSignature:
 
     kind: str  # tiff | dicom | png | jpeg | unknown
     compressions: frozenset[int] = frozenset()  # TIFF compression codes of the pyramid's levels
+    dicom_tiling: str = ""  # DICOM: TILED_FULL | TILED_SPARSE as the level states it, else 'unstated'
 
 
 @dataclass(frozen=True)

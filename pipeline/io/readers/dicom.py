@@ -1,10 +1,25 @@
-"""pydicom (+ imagecodecs) for DICOM VL Whole Slide Microscopy images: one level per file,
-JPEG/JPEG2000 frames decoded on demand."""
+"""pydicom (+ imagecodecs) for DICOM VL Whole Slide Microscopy images that wsidicom cannot index:
+files that state neither their frames' order nor their image type (the one-file fixture), read
+lazily.
+
+Opening reads each level's header (not its pixel data) and the position of every frame in the
+file (8 bytes per encapsulated fragment); a region then reads and decodes only the frames it
+covers, through one file handle per level, keeping at most :data:`FRAME_CACHE_BYTES` of decoded
+frames. A slide path is one file or a folder; either way, every level of the series found beside
+it is opened (one instance per level, as scanners export pyramids).
+
+Frames are placed by their per-frame positions when the file gives them, row by row when it says
+``TILED_FULL``, and otherwise in the order under which neighbouring frames join smoothly (the
+fixture's are column by column without saying so).
+"""
 
 from __future__ import annotations
 
 import math
+import os
+import struct
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,127 +29,164 @@ import numpy as np
 from pipeline.io.readers.base import GLASS, ClosesOnExit, Reader, SlideError, read_clipped
 from pipeline.io.readers.metadata import Resolution, mpp_from_dicom
 
+# Decoded frames kept per open level: a tile window (1024 px core + halo at the model's
+# resolution, config.tile_px) covers ~25 frames of 256² (5 MiB) and shares its border frames
+# with the next tile of the task; 32 MiB holds them with room for 500² frames, while a whole
+# decoded slide would be gigabytes.
+FRAME_CACHE_BYTES = 32 * 1024 * 1024
+DICM_OFFSET = 128  # the "DICM" magic follows a 128-byte preamble (PS3.10 §7.1)
+ITEM = (0xFFFE, 0xE000)  # encapsulated pixel data: an item (offset table or fragment)
+SEQUENCE_END = (0xFFFE, 0xE0DD)
+PIXEL_DATA = (0x7FE0, 0x0010)
+NON_VOLUME = ("LABEL", "OVERVIEW", "THUMBNAIL")  # ImageType values of instances that are not pyramid levels
+SIZE_TAGS = ["TotalPixelMatrixColumns", "TotalPixelMatrixRows"]
 
-@dataclass
-class DicomSlide(ClosesOnExit):
-    """DICOM VL Whole Slide Microscopy image (one level per file), JPEG/JPEG2000 frames."""
 
-    path: Path
-    reader: str = "dicom"
-    level_dimensions: list[tuple[int, int]] = field(default_factory=list)
-    level_downsamples: list[float] = field(default_factory=lambda: [1.0])
-    mpp: float | None = None
-    resolution: Resolution | None = None
-    properties: dict[str, str] = field(default_factory=dict)
-    _frames: list[bytes] = field(default_factory=list)
-    _frame_size: tuple[int, int] = (0, 0)  # (rows, columns) of one frame
-    _grid: tuple[int, int] = (0, 0)  # (frame rows, frame columns) of the mosaic
-    _column_major: bool = False
-    _cache: dict[int, np.ndarray] = field(default_factory=dict)
-    _positions: dict[tuple[int, int], int] | None = None
+def is_dicom_file(path: Path) -> bool:
+    """Whether ``path`` is a regular file carrying the DICOM Part 10 magic."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(DICM_OFFSET)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
 
-    @classmethod
-    def open(cls, path: Path) -> DicomSlide:
-        import pydicom
-        from pydicom.encaps import generate_frames
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # over-long vendor strings
-            ds = pydicom.dcmread(path)
-        if "TotalPixelMatrixColumns" not in ds:
-            raise SlideError("DICOM file is not a tiled whole-slide image (no TotalPixelMatrixColumns)")
-        width, height = int(ds.TotalPixelMatrixColumns), int(ds.TotalPixelMatrixRows)
-        rows, cols = int(ds.Rows), int(ds.Columns)
-        n_frames = int(ds.get("NumberOfFrames", 1))
-        if not ds.file_meta.TransferSyntaxUID.is_encapsulated:
-            raise SlideError("uncompressed DICOM WSI frames are not supported")
-        frames = list(generate_frames(ds.PixelData, number_of_frames=n_frames))
-        grid = (math.ceil(height / rows), math.ceil(width / cols))
-        resolution = mpp_from_dicom(ds, width, height)
-        slide = cls(
-            path=path,
-            level_dimensions=[(width, height)],
-            mpp=resolution.mpp if resolution else None,
-            resolution=resolution,
-            properties={"dicom.PatientID": str(ds.get("PatientID", ""))},
-            _frames=frames,
-            _frame_size=(rows, cols),
-            _grid=grid,
+def read_header(path: Path) -> tuple[Any, int]:
+    """A DICOM file's data set without its pixel data, and the offset of the pixel data element."""
+    import pydicom
+
+    with open(path, "rb") as fp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # over-long vendor strings, checked as values are read
+        ds = pydicom.dcmread(fp, stop_before_pixels=True)
+        for _ in ds:  # read every top-level value now, inside this filter
+            pass
+        return ds, fp.tell()
+
+
+def _is_level(ds: Any) -> bool:
+    image_type = [str(v).upper() for v in ds.get("ImageType", [])]
+    return "TotalPixelMatrixColumns" in ds and not any(kind in image_type for kind in NON_VOLUME)
+
+
+def _identity(path: Path) -> tuple[str, bool]:
+    """(SeriesInstanceUID, is a pyramid level) from the few tags that say so."""
+    import pydicom
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        ds = pydicom.dcmread(
+            path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID", "ImageType", *SIZE_TAGS]
         )
-        slide._positions = _dicom_frame_positions(ds, rows, cols)
-        if slide._positions is None and str(ds.get("DimensionOrganizationType", "")) != "TILED_FULL":
-            # No stated order: pick the one under which neighbouring frames join smoothly.
-            slide._column_major = slide._column_major_fits_better()
-        return slide
-
-    def _decode(self, index: int) -> np.ndarray:
-        if index not in self._cache:
-            import imagecodecs
-
-            img = np.asarray(imagecodecs.imread(self._frames[index]))
-            if img.ndim == 2:
-                img = np.repeat(img[..., None], 3, axis=2)
-            if len(self._cache) > 64:
-                self._cache.pop(next(iter(self._cache)))
-            self._cache[index] = img[..., :3]
-        return self._cache[index]
-
-    def _frame_index(self, r: int, c: int) -> int | None:
-        if self._positions is not None:
-            return self._positions.get((r, c))
-        n_rows, n_cols = self._grid
-        idx = c * n_rows + r if self._column_major else r * n_cols + c
-        return idx if idx < len(self._frames) else None
-
-    def _column_major_fits_better(self) -> bool:
-        n_rows, n_cols = self._grid
-        if n_rows < 2 or n_cols < 2:
-            return False
-        score = {False: 0.0, True: 0.0}
-        for major in (False, True):
-            self._column_major = major
-            for r in range(min(n_rows - 1, 3)):
-                for c in range(min(n_cols - 1, 3)):
-                    a, right, below = (self._frame_index(*p) for p in ((r, c), (r, c + 1), (r + 1, c)))
-                    if a is None or right is None or below is None:
-                        continue
-                    fa = self._decode(a).astype(np.float32)
-                    score[major] += float(np.abs(fa[:, -1] - self._decode(right)[:, 0]).mean())
-                    score[major] += float(np.abs(fa[-1] - self._decode(below)[0]).mean())
-        self._cache.clear()
-        return score[True] < score[False]
-
-    def read_region(self, x: int, y: int, width: int, height: int, level: int = 0) -> np.ndarray:
-        if level != 0:
-            raise SlideError("DICOM reader holds one level per file")
-        fh, fw = self._frame_size
-        w, h = self.level_dimensions[0]
-
-        def read(x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
-            out = np.full((y1 - y0, x1 - x0, 3), GLASS, dtype=np.uint8)
-            for r in range(y0 // fh, (y1 - 1) // fh + 1):
-                for c in range(x0 // fw, (x1 - 1) // fw + 1):
-                    idx = self._frame_index(r, c)
-                    if idx is None:
-                        continue
-                    frame = self._decode(idx)
-                    fy0, fx0 = r * fh, c * fw
-                    sy0, sx0 = max(y0, fy0), max(x0, fx0)
-                    sy1, sx1 = min(y1, fy0 + frame.shape[0]), min(x1, fx0 + frame.shape[1])
-                    if sy1 > sy0 and sx1 > sx0:
-                        out[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = frame[
-                            sy0 - fy0 : sy1 - fy0, sx0 - fx0 : sx1 - fx0
-                        ]
-            return out
-
-        return read_clipped(read, x, y, width, height, w, h)
-
-    def close(self) -> None:
-        self._frames = []
-        self._cache.clear()
+        return str(ds.get("SeriesInstanceUID", "")), _is_level(ds)
 
 
-def _dicom_frame_positions(ds: Any, rows: int, cols: int) -> dict[tuple[int, int], int] | None:
+def series_files(path: Path) -> list[Path]:
+    """The files of the pyramid levels of the series at ``path``: a folder holding one series'
+    instances, or one file, which brings the levels of its series found beside it (files with
+    its suffix). Labels, overviews and thumbnails are left out. A folder with no DICOM
+    whole-slide image or more than one series, or a file that is not a level, is a SlideError."""
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if not p.name.startswith(".") and is_dicom_file(p))
+        if not files:
+            raise SlideError(f"folder holds no DICOM files: {path}")
+        found = {p: _identity(p) for p in files}
+        levels = [p for p in files if found[p][1]]
+        series = {found[p][0] for p in levels}
+        if not levels:
+            raise SlideError(f"folder holds no tiled DICOM whole-slide image (no TotalPixelMatrixColumns): {path}")
+        if len(series) > 1:
+            raise SlideError(f"folder holds {len(series)} DICOM series, not one slide: {path}")
+        return levels
+    uid, level = _identity(path)
+    if not level:
+        raise SlideError(
+            f"not a tiled DICOM whole-slide image level (no TotalPixelMatrixColumns, or a label/overview): {path}"
+        )
+    siblings = [
+        p
+        for p in sorted(path.parent.iterdir())
+        if p != path and p.suffix.lower() == path.suffix.lower() and p.is_file() and is_dicom_file(p)
+    ]
+    return [path, *(p for p in siblings if uid and _identity(p) == (uid, True))]
+
+
+def series_levels(path: Path) -> list[tuple[Path, Any, int]]:
+    """(file, header, pixel data offset) per pyramid level of the series at ``path`` (see
+    :func:`series_files`), largest first; of two instances of one size (focal planes, optical
+    paths) the first by name is kept."""
+    levels: dict[tuple[int, int], tuple[Path, Any, int]] = {}
+    for p in series_files(path):
+        ds, offset = read_header(p)
+        levels.setdefault((int(ds.TotalPixelMatrixColumns), int(ds.TotalPixelMatrixRows)), (p, ds, offset))
+    return [levels[size] for size in sorted(levels, key=lambda s: -s[0] * s[1])]
+
+
+def dicom_tiling(path: Path) -> str:
+    """How a DICOM slide states where its frames go: 'TILED_FULL' or 'TILED_SPARSE' for a
+    pyramid level (ImageType VOLUME) whose DimensionOrganizationType says so, else 'unstated'."""
+    import pydicom
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        ds = pydicom.dcmread(
+            series_files(path)[0], stop_before_pixels=True, specific_tags=["ImageType", "DimensionOrganizationType"]
+        )
+        image_type = [str(v).upper() for v in ds.get("ImageType", [])]
+        stated = str(ds.get("DimensionOrganizationType", "")).upper()
+    return stated if "VOLUME" in image_type and stated in ("TILED_FULL", "TILED_SPARSE") else "unstated"
+
+
+def _frame_spans(fd: int, offset: int, n_frames: int, ds: Any, frame_bytes: int) -> list[list[tuple[int, int]]]:
+    """Where each frame's bytes lie in the file: a list of (offset, length) pieces per frame."""
+    syntax = ds.file_meta.TransferSyntaxUID
+    native, explicit = not syntax.is_encapsulated, not syntax.is_implicit_VR
+    if not syntax.is_little_endian:
+        raise SlideError("big-endian DICOM pixel data is not supported")
+    head = os.pread(fd, 12, offset)
+    if len(head) < 12 or struct.unpack("<HH", head[:4]) != PIXEL_DATA:
+        raise SlideError("DICOM pixel data not found after the header")
+    length = struct.unpack("<I", head[8:12] if explicit else head[4:8])[0]
+    position = offset + (12 if explicit else 8)
+    if native:
+        if length < n_frames * frame_bytes:
+            raise SlideError(f"DICOM pixel data holds {length} bytes, {n_frames} frames need {n_frames * frame_bytes}")
+        return [[(position + i * frame_bytes, frame_bytes)] for i in range(n_frames)]
+    items: list[tuple[int, int]] = []  # (value offset, length) of the offset table and each fragment
+    size = os.fstat(fd).st_size
+    while position + 8 <= size:
+        g, e, n = struct.unpack("<HHI", os.pread(fd, 8, position))
+        if (g, e) == SEQUENCE_END:
+            break
+        if (g, e) != ITEM or position + 8 + n > size:
+            raise SlideError(f"DICOM pixel data is truncated or corrupt (item {len(items)} at byte {position})")
+        items.append((position + 8, n))
+        position += 8 + n
+    if not items:
+        raise SlideError("DICOM pixel data holds no frames")
+    table, fragments = items[0], items[1:]
+    if len(fragments) == n_frames:
+        return [[f] for f in fragments]
+    starts: list[int] = []
+    if table[1] >= 4 * n_frames:
+        starts = list(struct.unpack(f"<{n_frames}I", os.pread(fd, 4 * n_frames, table[0])))
+    elif "ExtendedOffsetTable" in ds:
+        starts = list(struct.unpack(f"<{n_frames}Q", bytes(ds.ExtendedOffsetTable)[: 8 * n_frames]))
+    if len(starts) != n_frames or not fragments:
+        raise SlideError(
+            f"DICOM frames span {len(fragments)} fragments for {n_frames} frames and no offset table says how"
+        )
+    first = fragments[0][0] - 8
+    frames: list[list[tuple[int, int]]] = [[] for _ in range(n_frames)]
+    frame = -1
+    for value_offset, n in fragments:
+        while frame + 1 < n_frames and value_offset - 8 - first >= starts[frame + 1]:
+            frame += 1
+        frames[max(frame, 0)].append((value_offset, n))
+    return frames
+
+
+def _frame_positions(ds: Any, rows: int, cols: int) -> dict[tuple[int, int], int] | None:
     """Frame index per (frame row, frame column) from the per-frame plane positions, if present."""
     seq = ds.get("PerFrameFunctionalGroupsSequence")
     if not seq:
@@ -147,8 +199,185 @@ def _dicom_frame_positions(ds: Any, rows: int, cols: int) -> dict[tuple[int, int
             row = int(pos.RowPositionInTotalImagePixelMatrix) - 1
         except (AttributeError, IndexError):
             return None
-        positions[(row // rows, col // cols)] = i
+        positions.setdefault((row // rows, col // cols), i)  # the first focal plane / optical path
     return positions
+
+
+@dataclass
+class DicomLevel:
+    """One pyramid level: an instance whose frames are read from its file as regions need them."""
+
+    path: Path
+    width: int
+    height: int
+    frame_size: tuple[int, int]  # (rows, columns) of one frame
+    spans: list[list[tuple[int, int]]]  # per frame: (file offset, length) pieces
+    native: bool  # uncompressed frames
+    planar: bool  # uncompressed colour planes one after another (PlanarConfiguration 1)
+    samples: int
+    positions: dict[tuple[int, int], int] | None = None
+    column_major: bool = False
+    fd: int = -1
+    cache: OrderedDict[int, np.ndarray] = field(default_factory=OrderedDict)
+    cached_bytes: int = 0
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """(frame rows, frame columns) of the level's mosaic."""
+        return math.ceil(self.height / self.frame_size[0]), math.ceil(self.width / self.frame_size[1])
+
+    def frame_index(self, r: int, c: int) -> int | None:
+        if self.positions is not None:
+            return self.positions.get((r, c))
+        n_rows, n_cols = self.grid
+        idx = c * n_rows + r if self.column_major else r * n_cols + c
+        return idx if idx < len(self.spans) else None
+
+    def frame(self, index: int) -> np.ndarray:
+        """RGB uint8 frame ``index``, decoded once and kept while the cache has room."""
+        if index in self.cache:
+            self.cache.move_to_end(index)
+            return self.cache[index]
+        data = b"".join(os.pread(self.fd, n, offset) for offset, n in self.spans[index])
+        rows, cols = self.frame_size
+        if self.native:
+            shape = (self.samples, rows, cols) if self.planar else (rows, cols, self.samples)
+            img = np.frombuffer(data, dtype=np.uint8).reshape(shape)
+            img = np.moveaxis(img, 0, -1) if self.planar else img
+        else:
+            import imagecodecs
+
+            img = np.asarray(imagecodecs.imread(data))
+        if img.ndim == 2:
+            img = img[..., None]
+        img = np.repeat(img, 3, axis=2) if img.shape[2] == 1 else img[..., :3]
+        self.cache[index] = img
+        self.cached_bytes += img.nbytes
+        while self.cached_bytes > FRAME_CACHE_BYTES and len(self.cache) > 1:
+            self.cached_bytes -= self.cache.popitem(last=False)[1].nbytes
+        return img
+
+    def column_major_fits_better(self) -> bool:
+        """Whether frames join more smoothly read column by column than row by row."""
+        n_rows, n_cols = self.grid
+        if n_rows < 2 or n_cols < 2:
+            return False
+        score = {False: 0.0, True: 0.0}
+        for major in (False, True):
+            self.column_major = major
+            for r in range(min(n_rows - 1, 3)):
+                for c in range(min(n_cols - 1, 3)):
+                    a, right, below = (self.frame_index(*p) for p in ((r, c), (r, c + 1), (r + 1, c)))
+                    if a is None or right is None or below is None:
+                        continue
+                    fa = self.frame(a).astype(np.float32)
+                    score[major] += float(np.abs(fa[:, -1] - self.frame(right)[:, 0]).mean())
+                    score[major] += float(np.abs(fa[-1] - self.frame(below)[0]).mean())
+        self.cache.clear()
+        self.cached_bytes = 0
+        return score[True] < score[False]
+
+    def read(self, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+        """The in-bounds window [x0, x1) × [y0, y1) from the frames it covers."""
+        fh, fw = self.frame_size
+        out = np.full((y1 - y0, x1 - x0, 3), GLASS, dtype=np.uint8)
+        for r in range(y0 // fh, (y1 - 1) // fh + 1):
+            for c in range(x0 // fw, (x1 - 1) // fw + 1):
+                idx = self.frame_index(r, c)
+                if idx is None:
+                    continue
+                frame = self.frame(idx)
+                fy0, fx0 = r * fh, c * fw
+                sy0, sx0 = max(y0, fy0), max(x0, fx0)
+                sy1, sx1 = min(y1, fy0 + frame.shape[0]), min(x1, fx0 + frame.shape[1])
+                if sy1 > sy0 and sx1 > sx0:
+                    out[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = frame[sy0 - fy0 : sy1 - fy0, sx0 - fx0 : sx1 - fx0]
+        return out
+
+
+def _open_level(path: Path, ds: Any, offset: int) -> DicomLevel:
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    samples = int(ds.get("SamplesPerPixel", 3))
+    native = not ds.file_meta.TransferSyntaxUID.is_encapsulated
+    if native and int(ds.get("BitsAllocated", 8)) != 8:
+        raise SlideError(f"{path.name}: uncompressed DICOM frames of {ds.BitsAllocated} bits are not supported")
+    if native and str(ds.get("PhotometricInterpretation", "RGB")) not in ("RGB", "MONOCHROME2"):
+        raise SlideError(f"{path.name}: uncompressed {ds.PhotometricInterpretation} DICOM frames are not supported")
+    n_frames = int(ds.get("NumberOfFrames", 1))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        spans = _frame_spans(fd, offset, n_frames, ds, rows * cols * samples)
+    except BaseException:
+        os.close(fd)
+        raise
+    level = DicomLevel(
+        path=path,
+        width=int(ds.TotalPixelMatrixColumns),
+        height=int(ds.TotalPixelMatrixRows),
+        frame_size=(rows, cols),
+        spans=spans,
+        native=native,
+        planar=int(ds.get("PlanarConfiguration", 0)) == 1,
+        samples=samples,
+        positions=_frame_positions(ds, rows, cols),
+        fd=fd,
+    )
+    if level.positions is None and str(ds.get("DimensionOrganizationType", "")).upper() != "TILED_FULL":
+        # No stated order: pick the one under which neighbouring frames join smoothly.
+        level.column_major = level.column_major_fits_better()
+    return level
+
+
+@dataclass
+class DicomSlide(ClosesOnExit):
+    """A DICOM WSI series (one level per instance), frames read and decoded as regions need them."""
+
+    path: Path
+    reader: str = "dicom"
+    level_dimensions: list[tuple[int, int]] = field(default_factory=list)
+    level_downsamples: list[float] = field(default_factory=lambda: [1.0])
+    mpp: float | None = None
+    resolution: Resolution | None = None
+    properties: dict[str, str] = field(default_factory=dict)
+    levels: list[DicomLevel] = field(default_factory=list)
+
+    @classmethod
+    def open(cls, path: Path) -> DicomSlide:
+        found = series_levels(path)
+        levels: list[DicomLevel] = []
+        try:
+            for p, ds, offset in found:
+                levels.append(_open_level(p, ds, offset))
+        except BaseException:
+            for level in levels:
+                os.close(level.fd)
+            raise
+        base = found[0][1]
+        width, height = levels[0].width, levels[0].height
+        resolution = mpp_from_dicom(base, width, height)
+        return cls(
+            path=path,
+            level_dimensions=[(lv.width, lv.height) for lv in levels],
+            level_downsamples=[width / lv.width for lv in levels],
+            mpp=resolution.mpp if resolution else None,
+            resolution=resolution,
+            properties={"dicom.PatientID": str(base.get("PatientID", "")), "dicom.levels": str(len(levels))},
+            levels=levels,
+        )
+
+    def read_region(self, x: int, y: int, width: int, height: int, level: int = 0) -> np.ndarray:
+        if not 0 <= level < len(self.levels):
+            raise SlideError(f"level {level} does not exist (the slide has {len(self.levels)})")
+        lv = self.levels[level]
+        return read_clipped(lv.read, x, y, width, height, lv.width, lv.height)
+
+    def close(self) -> None:
+        for level in self.levels:
+            if level.fd >= 0:
+                os.close(level.fd)
+                level.fd = -1
+            level.cache.clear()
+        self.levels = []
 
 
 READER = Reader(open=DicomSlide.open, claims=lambda sig: sig.kind == "dicom")
