@@ -2,13 +2,15 @@
 is planned and compared by a rerun before it skips the slide as complete.
 
 The slide file is known by its size and modification time (a rename or a move keeps both; a
-copy, a rescan or an edit changes them); the manifest's mpp override; the model's sha256; and
+copy, a rescan or an edit changes them; a slide that is a folder of DICOM instances, by the
+total size and the latest modification of its files); the manifest's mpp override; the model's sha256; and
 the settings that change outputs (``config.OUTPUT_FIELDS``).
 """
 
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +21,30 @@ def slide_inputs(
     slide_path: str | Path, manifest_mpp: float | None, model_sha256: str, config: Config
 ) -> dict[str, Any]:
     """The record of what a slide's outputs are made from (raises OSError when the file is gone)."""
-    st = os.stat(slide_path)
+    size, mtime_ns = _size_and_mtime(slide_path)
     return {
         "slide_path": str(slide_path),
-        "slide_bytes": st.st_size,
-        "slide_mtime_ns": st.st_mtime_ns,
+        "slide_bytes": size,
+        "slide_mtime_ns": mtime_ns,
         "manifest_mpp": manifest_mpp,
         "model_sha256": model_sha256,
         "config": {name: getattr(config, name) for name in OUTPUT_FIELDS},
     }
+
+
+def _size_and_mtime(slide_path: str | Path) -> tuple[int, int]:
+    """A file's size and modification time; for a folder (a DICOM series), its files' total
+    size and latest modification (a level added, removed or rewritten changes one of them)."""
+    st = os.stat(slide_path)
+    if not stat.S_ISDIR(st.st_mode):
+        return st.st_size, st.st_mtime_ns
+    size, mtime_ns = 0, st.st_mtime_ns
+    with os.scandir(slide_path) as entries:
+        for entry in entries:
+            if entry.is_file() and not entry.name.startswith("."):
+                est = entry.stat()
+                size, mtime_ns = size + est.st_size, max(mtime_ns, est.st_mtime_ns)
+    return size, mtime_ns
 
 
 def changed_inputs(recorded: Any, current: dict[str, Any]) -> str | None:

@@ -1,0 +1,189 @@
+"""DICOM whole-slide images: generated series (pyramid levels as separate instances, tiled
+frames, JPEG or uncompressed, TILED_FULL or TILED_SPARSE) read back through wsidicom and through
+the lazy pydicom reader; a folder or any one of its files opens every level; a region reads
+only the frames it covers; folders that are not a series fail with a reason."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from scipy.spatial import cKDTree
+
+from pipeline.config import Config
+from pipeline.io.readers import SlideError, choose_reader, open_slide, read_mirrored
+from pipeline.io.readers import dicom as dicom_reader
+from pipeline.io.readers.metadata import Resolution
+from pipeline.io.readers.wsidicom import wsidicom_available
+from pipeline.manifest import SlideEntry
+from pipeline.slide import process_slide_inline
+from pipeline.slide.inputs import slide_inputs
+from pipeline.testing import synthetic_slide_image
+from pipeline.testing.dicom import write_dicom_wsi
+from tests.conftest import WSI_FIXTURES, need_shared
+
+JPEG_MEAN_ERROR = 6.0  # grey levels: quality-90 JPEG of the noisy synthetic image (measured ≈ 4.4)
+needs_wsidicom = pytest.mark.skipif(not wsidicom_available(), reason="wsidicom is not installed (Python < 3.11)")
+
+
+@pytest.fixture(scope="module")
+def image() -> np.ndarray:
+    return synthetic_slide_image(700, 600, seed=11)[0]
+
+
+def halved(image: np.ndarray) -> np.ndarray:
+    h, w = image.shape[0] // 2 * 2, image.shape[1] // 2 * 2
+    return image[:h, :w].reshape(h // 2, 2, w // 2, 2, 3).mean(axis=(1, 3)).round()
+
+
+def assert_reads_back(found: np.ndarray, expected: np.ndarray, compression: str) -> None:
+    error = np.abs(found.astype(float) - expected).mean()
+    assert error == 0 if compression == "none" else error < JPEG_MEAN_ERROR
+
+
+@pytest.mark.parametrize("reader", ["wsidicom", "dicom"])
+@pytest.mark.parametrize("layout, compression", [("TILED_FULL", "jpeg"), ("TILED_SPARSE", "none")])
+def test_generated_series_reads_back(
+    tmp_path: Path, image: np.ndarray, reader: str, layout: str, compression: str
+) -> None:
+    """Both readers give the series' two levels, their pixels and the scale from PixelSpacing."""
+    if reader == "wsidicom" and not wsidicom_available():
+        pytest.skip("wsidicom is not installed (Python < 3.11)")
+    write_dicom_wsi(tmp_path / "slide", image, mpp=0.25, tile=128, layout=layout, compression=compression)
+    with open_slide(tmp_path / "slide", reader) as slide:
+        assert slide.reader == reader
+        assert slide.level_dimensions == [(700, 600), (350, 300)]
+        assert slide.level_downsamples == [1.0, 2.0]
+        assert slide.resolution == Resolution(0.25, "DICOM shared PixelSpacing", 0.25)
+        assert_reads_back(slide.read_region(0, 0, 700, 600), image, compression)
+        assert_reads_back(slide.read_region(100, 50, 200, 150, level=1), halved(image)[50:200, 100:300], compression)
+        corner = slide.read_region(650, 560, 100, 100)  # partly outside: glass there
+        assert (corner[40:] == 255).all() and (corner[:, 50:] == 255).all()
+        assert_reads_back(corner[:40, :50], image[560:, 650:], compression)
+        window = read_mirrored(slide, -20, -20, 64, 64)
+        assert_reads_back(window, np.pad(image[:44, :44], ((20, 0), (20, 0), (0, 0)), mode="reflect"), compression)
+
+
+@needs_wsidicom
+def test_series_that_state_their_tiling_go_to_wsidicom(tmp_path: Path, image: np.ndarray) -> None:
+    write_dicom_wsi(tmp_path / "full", image, mpp=0.25, layout="TILED_FULL")
+    write_dicom_wsi(tmp_path / "sparse", image, mpp=0.25, layout="TILED_SPARSE", offset_table=False)
+    write_dicom_wsi(tmp_path / "unstated", image, mpp=4.6, layout="unstated", levels=1)
+    assert choose_reader(tmp_path / "full") == "wsidicom"
+    assert choose_reader(tmp_path / "sparse" / "level-0.dcm") == "wsidicom"
+    assert choose_reader(tmp_path / "unstated" / "level-0.dcm") == "dicom"
+
+
+def test_one_file_of_a_series_opens_every_level(tmp_path: Path, image: np.ndarray) -> None:
+    """Given the smallest level's file, the slide is the whole pyramid, level 0 first; an
+    instance of another series in the same folder is not one of its levels."""
+    write_dicom_wsi(tmp_path, image, mpp=0.25, tile=128, levels=3, name="a")
+    write_dicom_wsi(tmp_path, image[:256, :256], mpp=0.5, tile=128, levels=1, name="b")
+    with open_slide(tmp_path / "a-2.dcm") as slide:
+        assert slide.level_dimensions == [(700, 600), (350, 300), (175, 150)]
+        assert slide.mpp == pytest.approx(0.25)
+    with pytest.raises(SlideError, match="folder holds 2 DICOM series, not one slide"):
+        open_slide(tmp_path)
+
+
+def test_frames_stored_column_major_without_saying_so_are_placed_right(tmp_path: Path, image: np.ndarray) -> None:
+    """A file like the real fixture (no ImageType, no dimension organisation, frames column by
+    column, scale only as ImagedVolumeWidth) reads back as the image, at its stated scale."""
+    (path,) = write_dicom_wsi(tmp_path, image, mpp=4.6, tile=128, layout="unstated", levels=1)
+    with open_slide(path) as slide:
+        assert slide.reader == "dicom"
+        assert slide.resolution is not None and slide.resolution.field == "DICOM ImagedVolumeWidth"
+        assert slide.mpp == pytest.approx(4.6)
+        assert_reads_back(slide.read_region(0, 0, 700, 600), image, "jpeg")
+
+
+def test_a_region_decodes_only_the_frames_it_covers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Opening reads no pixel data; a 256² region aligned on 128² frames decodes 4 of 48 frames
+    and reads only their bytes from the file (issue 13: a tile task read every frame)."""
+    import imagecodecs
+
+    big = synthetic_slide_image(1024, 768, seed=2)[0]
+    (path,) = write_dicom_wsi(tmp_path, big, mpp=0.25, tile=128, levels=1)
+    decoded: list[int] = []
+    read_bytes: list[int] = []
+    real_imread, real_pread = imagecodecs.imread, os.pread
+
+    def counting_imread(data: bytes, *args: object, **kwargs: object) -> np.ndarray:
+        decoded.append(len(data))
+        return real_imread(data, *args, **kwargs)
+
+    def counting_pread(fd: int, n: int, offset: int) -> bytes:
+        read_bytes.append(n)
+        return real_pread(fd, n, offset)
+
+    monkeypatch.setattr(imagecodecs, "imread", counting_imread)
+    monkeypatch.setattr(dicom_reader.os, "pread", counting_pread)
+    with open_slide(path, "dicom") as slide:
+        assert decoded == [] and sum(read_bytes) < 8 * 64  # item headers only
+        read_bytes.clear()
+        region = slide.read_region(256, 128, 256, 256)
+    assert len(decoded) == 4 and sum(read_bytes) == sum(decoded)
+    assert sum(read_bytes) < path.stat().st_size / 8
+    assert_reads_back(region, big[128:384, 256:512], "jpeg")
+
+
+@pytest.mark.parametrize(
+    "contents, reason",
+    [
+        ({}, "folder that holds no DICOM files is not a slide"),
+        ({"notes.txt": b"not a slide"}, "folder that holds no DICOM files is not a slide"),
+    ],
+)
+def test_folders_that_are_not_a_series_fail_with_a_reason(tmp_path: Path, contents: dict, reason: str) -> None:
+    folder = tmp_path / "slide"
+    folder.mkdir()
+    for name, data in contents.items():
+        (folder / name).write_bytes(data)
+    with pytest.raises(SlideError, match=reason):
+        open_slide(folder)
+
+
+def test_truncated_dicom_fails_with_a_reason(tmp_path: Path, image: np.ndarray) -> None:
+    (path,) = write_dicom_wsi(tmp_path / "s", image, mpp=0.25, levels=1, layout="unstated")
+    data = path.read_bytes()
+    (tmp_path / "t.dcm").write_bytes(data[: len(data) // 2])
+    with pytest.raises(SlideError, match="truncated or corrupt"):
+        open_slide(tmp_path / "t.dcm")
+
+
+def test_a_series_folder_is_segmented_and_rerun_checks_its_files(tmp_path: Path, blob_model: Path) -> None:
+    """A folder of DICOM instances is a slide path: its nuclei are found at the scale from
+    PixelSpacing, and a level rewritten since changes the slide's recorded inputs."""
+    image, truth = synthetic_slide_image(600, 500, seed=9)
+    folder = tmp_path / "S1"
+    write_dicom_wsi(folder, image, mpp=0.25, tile=128)
+    config = Config(model=str(blob_model), tile_px=256)
+    stats = process_slide_inline(SlideEntry("S1", folder), str(tmp_path / "out"), config)
+    assert stats["status"] == "ok" and stats["mpp_field"] == "DICOM shared PixelSpacing"
+    table = pq.read_table(tmp_path / "out" / "slides" / "S1" / "nuclei.parquet").to_pandas()
+    distance, _ = cKDTree(table[["centroid_x", "centroid_y"]].to_numpy()).query([(n.x, n.y) for n in truth])
+    assert (distance <= 2.0).mean() >= 0.97
+    before = slide_inputs(folder, None, "x", config)
+    level = folder / "level-1.dcm"
+    level.write_bytes(level.read_bytes() + b"\0\0")
+    after = slide_inputs(folder, None, "x", config)
+    assert after["slide_bytes"] == before["slide_bytes"] + 2
+
+
+def test_the_fixture_is_read_lazily_without_seams() -> None:
+    """The real one-file fixture (no ImageType: wsidicom cannot index it) goes to the pydicom
+    reader, which finds its column-major order and then decodes only the frames a region covers."""
+    need_shared("small_dicom.dcm")
+    path = WSI_FIXTURES / "small_dicom.dcm"
+    assert choose_reader(path) == "dicom"
+    with open_slide(path) as slide:
+        (level,) = slide.levels
+        assert level.column_major and not level.cache  # the order test's frames are dropped
+        region = slide.read_region(250, 250, 500, 500).astype(np.float32)  # 4 frames of 500²
+        assert len(level.cache) == 4
+    seam = np.abs(region[:, 249] - region[:, 250]).mean()
+    inner = np.abs(region[:, 124] - region[:, 125]).mean()
+    assert seam < 3 * inner + 5
