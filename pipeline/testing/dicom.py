@@ -54,13 +54,15 @@ def write_dicom_wsi(
     compression: str = "jpeg",
     layout: str = "TILED_FULL",
     offset_table: bool = True,
+    fragments_per_frame: int = 1,
     name: str = "level",
 ) -> list[Path]:
     """Write ``image`` (RGB uint8) as a DICOM WSI series in ``folder``: ``levels`` instances
     (level k halves level k−1), one file each (``<name>-<k>.dcm``), level 0 first.
 
     ``compression`` 'jpeg' or 'none'; ``layout`` one of :data:`LAYOUTS`; ``offset_table`` False
-    leaves the basic offset table of encapsulated frames empty (allowed, and common).
+    leaves the basic offset table of encapsulated frames empty (allowed, and common);
+    ``fragments_per_frame`` splits each JPEG frame over that many fragments.
     """
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.encaps import encapsulate
@@ -141,7 +143,7 @@ def write_dicom_wsi(
                 ds.PerFrameFunctionalGroupsSequence = [_frame_position(r, c, tile) for r, c, _ in frames]
         encoded = [_encode(frame, compression) for _, _, frame in frames]
         if compression == "jpeg":
-            ds.PixelData = encapsulate(encoded, has_bot=offset_table)
+            ds.PixelData = encapsulate(encoded, fragments_per_frame=fragments_per_frame, has_bot=offset_table)
             ds["PixelData"].VR = "OB"
         else:
             ds.PixelData = b"".join(encoded)
