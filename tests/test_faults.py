@@ -540,6 +540,28 @@ def test_symlink_loop_fails_its_slide_alone(cohort: Path, blob_model: Path, tmp_
     assert "loop_a.svs" in run["slides"]["loop"]["error"]
 
 
+@pytest.mark.slow
+def test_a_folder_is_a_slide_only_when_it_holds_a_dicom_series(cohort: Path, blob_model: Path, tmp_path: Path) -> None:
+    """A folder of DICOM instances is segmented like a file; an empty folder, or one of other
+    files, fails alone with the reason, and the others finish."""
+    from pipeline.testing import synthetic_slide_image
+    from pipeline.testing.dicom import write_dicom_wsi
+
+    write_dicom_wsi(tmp_path / "series", synthetic_slide_image(300, 300, seed=41)[0], mpp=0.25, tile=128)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("not a slide")
+    rows = ["series,series,BRCA", "empty,empty,BRCA", "notes,notes,BRCA", f"{cohort}/s0.svs,s0,BRCA"]
+    manifest = manifest_of(tmp_path, rows)
+    result = run_cli(str(manifest), "--out", str(tmp_path / "out"), "--model", str(blob_model), "--tile-px", "256")
+    assert result.returncode == 1, result.stderr[-3000:]
+    slides = json.loads((tmp_path / "out" / "run.json").read_text())["slides"]
+    assert slides["series"]["status"] == "ok" and slides["s0"]["status"] == "ok"
+    for name in ("empty", "notes"):
+        assert slides[name]["status"] == "failed"
+        assert f"{name}: SlideError: a folder that holds no DICOM files is not a slide" in slides[name]["error"]
+
+
 @pytest.mark.parametrize(
     ("scheduler", "named"),
     [
