@@ -2,11 +2,11 @@
 files that state neither their frames' order nor their image type (the one-file fixture), read
 lazily.
 
-Opening reads each level's header (not its pixel data) and the position of every frame in the
-file (8 bytes per encapsulated fragment); a region then reads and decodes only the frames it
-covers, through one file handle per level, keeping at most :data:`FRAME_CACHE_BYTES` of decoded
-frames. A slide path is one file or a folder; either way, every level of the series found beside
-it is opened (one instance per level, as scanners export pyramids).
+Opening reads each level's header and its offset table, not its pixel data (without a table,
+the 8-byte header of every fragment); a region then reads and decodes only the frames it covers,
+through one file handle per level, keeping at most :data:`FRAME_CACHE_BYTES` of decoded frames.
+A slide path is one file or a folder; either way, every level of the series found beside it is
+opened (one instance per level, as scanners export pyramids).
 
 Frames are placed by their per-frame positions when the file gives them, row by row when it says
 ``TILED_FULL``, and otherwise in the order under which neighbouring frames join smoothly (the
@@ -15,6 +15,7 @@ fixture's are column by column without saying so).
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import struct
@@ -52,7 +53,8 @@ DECODERS = {
     "1.2.840.10008.1.2.4.203": "jpeg2k_decode",  # HTJ2K
 }
 NON_VOLUME = ("LABEL", "OVERVIEW", "THUMBNAIL")  # ImageType values of instances that are not pyramid levels
-SIZE_TAGS = ["TotalPixelMatrixColumns", "TotalPixelMatrixRows"]
+LAST_IDENTITY_TAG = 0x00480007  # TotalPixelMatrixRows: after ImageType, SeriesInstanceUID, TotalPixelMatrixColumns
+LAST_TILING_TAG = 0x00209311  # DimensionOrganizationType, after ImageType
 
 
 def is_dicom_file(path: Path) -> bool:
@@ -82,16 +84,38 @@ def _is_level(ds: Any) -> bool:
     return "TotalPixelMatrixColumns" in ds and not any(kind in image_type for kind in NON_VOLUME)
 
 
-def _identity(path: Path) -> tuple[str, bool]:
-    """(SeriesInstanceUID, is a pyramid level) from the few tags that say so."""
-    import pydicom
+def _leading_tags(path: Path, last: int) -> Any:
+    """The data set's elements up to tag ``last`` only (elements come in tag order): a few hundred
+    bytes, however large the rest of the header (per-frame groups) is."""
+    from pydicom.filereader import read_partial
 
-    with warnings.catch_warnings():
+    with open(path, "rb") as fp, warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        ds = pydicom.dcmread(
-            path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID", "ImageType", *SIZE_TAGS]
-        )
-        return str(ds.get("SeriesInstanceUID", "")), _is_level(ds)
+        ds = read_partial(fp, stop_when=lambda tag, vr, length: tag > last)
+        for _ in ds:
+            pass
+        return ds
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_identity(path: str, size: int, mtime_ns: int) -> tuple[str, bool]:
+    ds = _leading_tags(Path(path), LAST_IDENTITY_TAG)
+    return str(ds.get("SeriesInstanceUID", "")), _is_level(ds)
+
+
+def _identity(path: Path) -> tuple[str, bool]:
+    """(SeriesInstanceUID, is a pyramid level), remembered per file version: a tile task that
+    opens one file of a large folder does not read every other file's header again."""
+    st = path.stat()
+    return _cached_identity(str(path), st.st_size, st.st_mtime_ns)
+
+
+def _sibling_identity(path: Path) -> tuple[str, bool]:
+    """:func:`_identity` of a file beside the slide's: one whose header cannot be read is not a level."""
+    try:
+        return _identity(path)
+    except Exception:
+        return "", False
 
 
 def series_files(path: Path) -> list[Path]:
@@ -103,7 +127,7 @@ def series_files(path: Path) -> list[Path]:
         files = sorted(p for p in path.iterdir() if not p.name.startswith(".") and is_dicom_file(p))
         if not files:
             raise SlideError(f"folder holds no DICOM files: {path}")
-        found = {p: _identity(p) for p in files}
+        found = {p: _sibling_identity(p) for p in files}
         levels = [p for p in files if found[p][1]]
         series = {found[p][0] for p in levels}
         if not levels:
@@ -121,7 +145,7 @@ def series_files(path: Path) -> list[Path]:
         for p in sorted(path.parent.iterdir())
         if p != path and p.suffix.lower() == path.suffix.lower() and p.is_file() and is_dicom_file(p)
     ]
-    return [path, *(p for p in siblings if uid and _identity(p) == (uid, True))]
+    return [path, *(p for p in siblings if uid and _sibling_identity(p) == (uid, True))]
 
 
 def series_levels(path: Path) -> list[tuple[Path, Any, int]]:
@@ -138,15 +162,9 @@ def series_levels(path: Path) -> list[tuple[Path, Any, int]]:
 def dicom_tiling(path: Path) -> str:
     """How a DICOM slide states where its frames go: 'TILED_FULL' or 'TILED_SPARSE' for a
     pyramid level (ImageType VOLUME) whose DimensionOrganizationType says so, else 'unstated'."""
-    import pydicom
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        ds = pydicom.dcmread(
-            series_files(path)[0], stop_before_pixels=True, specific_tags=["ImageType", "DimensionOrganizationType"]
-        )
-        image_type = [str(v).upper() for v in ds.get("ImageType", [])]
-        stated = str(ds.get("DimensionOrganizationType", "")).upper()
+    ds = _leading_tags(series_files(path)[0], LAST_TILING_TAG)
+    image_type = [str(v).upper() for v in ds.get("ImageType", [])]
+    stated = str(ds.get("DimensionOrganizationType", "")).upper()
     return stated if "VOLUME" in image_type and stated in ("TILED_FULL", "TILED_SPARSE") else "unstated"
 
 
