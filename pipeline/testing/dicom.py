@@ -66,7 +66,7 @@ def write_dicom_wsi(
     """
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.encaps import encapsulate
-    from pydicom.uid import generate_uid
+    from pydicom.uid import UID, generate_uid
 
     if compression not in ("jpeg", "none") or layout not in LAYOUTS:
         raise ValueError(f"compression {compression!r} / layout {layout!r} not written here")
@@ -82,9 +82,9 @@ def write_dicom_wsi(
         frames = list(_frames(level, tile, column_major=layout == "unstated"))
         ds = Dataset()
         ds.file_meta = FileMetaDataset()
-        ds.file_meta.MediaStorageSOPClassUID = WSI_SOP_CLASS
+        ds.file_meta.MediaStorageSOPClassUID = UID(WSI_SOP_CLASS)
         ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        ds.file_meta.TransferSyntaxUID = JPEG_BASELINE if compression == "jpeg" else EXPLICIT_LITTLE
+        ds.file_meta.TransferSyntaxUID = UID(JPEG_BASELINE if compression == "jpeg" else EXPLICIT_LITTLE)
         ds.SOPClassUID = WSI_SOP_CLASS
         ds.Modality = "SM"
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame_of_reference
