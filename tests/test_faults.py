@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pipeline.manifest import MAX_ID_LENGTH, ManifestError, SlideEntry, read_manifest
@@ -595,3 +596,86 @@ def test_predict_keeps_one_result_per_input_even_when_names_repeat(tmp_path: Pat
     assert len({v.tobytes() for v in labels.values()}) >= 2  # a/x.png and b/x.png: two different results
     for name in written:
         assert name in result.stdout
+
+
+# ------------------------------------------------- 7. bit depth, grayscale and transparency ----
+
+
+def _inline_stats(path: Path, out: Path, model: Path, mpp: float = 0.25) -> dict:
+    from pipeline.config import load_config
+    from pipeline.slide.inline import process_slide_inline
+
+    config = load_config(None, {"model": str(model), "tile_px": 256, "progress": False}, environ={})
+    return process_slide_inline(SlideEntry(path.stem, path, mpp=mpp), str(out), config)
+
+
+def test_16_bit_rgb_tiff_is_segmented_like_its_8_bit_twin(tmp_path: Path, blob_model: Path) -> None:
+    """Before: the 16-bit samples were cast to uint8, keeping their low byte (noise)."""
+    import tifffile
+
+    from pipeline.io.readers import open_slide
+    from pipeline.testing import synthetic_slide_image
+
+    image, _ = synthetic_slide_image(300, 300, seed=41)
+    tifffile.imwrite(tmp_path / "eight.tif", image, tile=(64, 64))
+    noise = np.random.default_rng(0).integers(0, 256, image.shape, dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "sixteen.tif", image.astype(np.uint16) * 256 + noise, tile=(64, 64))
+    # 12-bit samples with their range declared (MaxSampleValue), as some scanners write them
+    twelve = np.round(image.astype(np.float64) * 4095 / 255).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "twelve.tif", twelve, tile=(64, 64), extratags=[(281, 3, 1, 4095, True)])
+    for name in ("sixteen.tif", "twelve.tif"):
+        with open_slide(tmp_path / name) as slide:
+            read = slide.read_region(0, 0, 300, 300).astype(int)
+        assert np.abs(read - image).max() <= 1, name
+    eight = _inline_stats(tmp_path / "eight.tif", tmp_path / "out8", blob_model)
+    sixteen = _inline_stats(tmp_path / "sixteen.tif", tmp_path / "out16", blob_model)
+    assert eight["n_nuclei"] > 50
+    assert abs(sixteen["n_nuclei"] - eight["n_nuclei"]) <= 0.02 * eight["n_nuclei"]
+
+
+def _grayscale_files(folder: Path) -> list[Path]:
+    import tifffile
+    from PIL import Image
+
+    from pipeline.testing import synthetic_slide_image
+
+    image, _ = synthetic_slide_image(200, 200, seed=42)
+    gray = image.mean(axis=2).astype(np.uint8)
+    Image.fromarray(gray.astype(np.uint16) * 257).save(folder / "gray16.png")  # mode I;16: was turned white
+    Image.fromarray(gray).save(folder / "gray8.png")  # mode L: gave 0 nuclei
+    tifffile.imwrite(folder / "gray.tif", gray, tile=(64, 64), photometric="minisblack")
+    return [folder / "gray16.png", folder / "gray8.png", folder / "gray.tif"]
+
+
+def test_grayscale_images_are_refused_with_the_reason(tmp_path: Path) -> None:
+    from pipeline.io.readers import SlideError, open_slide
+
+    for path in _grayscale_files(tmp_path):
+        with pytest.raises(SlideError, match="grayscale"):
+            open_slide(path).close()
+
+
+def test_transparent_pixels_are_glass_not_tissue(tmp_path: Path) -> None:
+    """An RGBA image whose right half is transparent black: no tissue there (black read as tissue)."""
+    import tifffile
+    from PIL import Image
+
+    from pipeline.io.readers import low_resolution_view, open_slide
+    from pipeline.kernels.tissue import tissue_mask
+    from pipeline.testing import synthetic_slide_image
+
+    image, _ = synthetic_slide_image(400, 300, seed=43, tissue="full")
+    alpha = np.full(image.shape[:2], 255, np.uint8)
+    alpha[:, 200:] = 0
+    rgba = np.dstack([image, alpha])
+    rgba[:, 200:, :3] = 0
+    Image.fromarray(rgba).save(tmp_path / "rgba.png")
+    tifffile.imwrite(tmp_path / "rgba.tif", rgba, tile=(64, 64), photometric="rgb", extrasamples=[2])
+    for name in ("rgba.png", "rgba.tif"):
+        with open_slide(tmp_path / name) as slide:
+            assert (slide.read_region(200, 0, 200, 300) == 255).all(), name
+            np.testing.assert_array_equal(slide.read_region(0, 0, 200, 300), image[:, :200])
+            view, ds = low_resolution_view(slide, 100)
+        tissue = tissue_mask(view)
+        right = int(np.ceil(200 / ds))
+        assert tissue[:, : right - 2].mean() > 0.9 and not tissue[:, right + 1 :].any(), name

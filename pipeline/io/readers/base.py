@@ -97,6 +97,32 @@ def read_clipped(read: Any, x: int, y: int, w: int, h: int, width: int, height: 
     return out
 
 
+def rgb8(samples: np.ndarray, max_value: int | None = None, alpha: str | None = None) -> np.ndarray:
+    """RGB uint8 from a reader's samples (H×W×3 or H×W×4).
+
+    ``max_value``: the samples are deeper than 8 bits and are scaled from ``[0, max_value]``
+    (the image's declared range) to ``[0, 255]``; casting them would keep their low byte (noise)
+    and clipping them would turn them white. ``alpha``: the fourth sample is opacity,
+    ``"straight"`` or ``"premultiplied"``; a transparent pixel is glass (white), not what its
+    colour samples hold (often black, which would read as tissue).
+
+    >>> rgb8(np.array([[[65535, 32768, 0]]], dtype=np.uint16), 65535).tolist()
+    [[[255, 128, 0]]]
+    >>> rgb8(np.array([[[0, 0, 0, 0], [200, 100, 50, 255]]], dtype=np.uint8), alpha="straight").tolist()
+    [[255, 255, 255], [200, 100, 50]]
+    """
+    if max_value is None and alpha is None:
+        return samples[..., :3]
+    scale = 255.0 / max_value if max_value is not None else 1.0
+    values = samples.astype(np.float32) * np.float32(scale)
+    rgb = values[..., :3]
+    if alpha is not None:
+        opacity = np.clip(values[..., 3:4] / 255.0, 0.0, 1.0)
+        colour = rgb * opacity if alpha == "straight" else rgb
+        rgb = colour + GLASS * (1.0 - opacity)
+    return np.clip(np.round(rgb), 0, 255).astype(np.uint8)
+
+
 def mirrored_index(positions: np.ndarray, size: int) -> np.ndarray:
     """Positions along an axis of ``size`` pixels, those outside mirrored back in about the edge
     pixels (numpy's ``reflect``: −1 → 1, size → size − 2), repeatedly when far outside."""
