@@ -679,3 +679,91 @@ def test_transparent_pixels_are_glass_not_tissue(tmp_path: Path) -> None:
         tissue = tissue_mask(view)
         right = int(np.ceil(200 / ds))
         assert tissue[:, : right - 2].mean() > 0.9 and not tissue[:, right + 1 :].any(), name
+
+
+# ---------------------------------------------------------- 9. resource bounds on input ----
+
+VIEW_PEAK = """
+import resource, sys
+from pipeline.io.readers import low_resolution_view, open_slide
+with open_slide(sys.argv[1]) as slide:
+    low_resolution_view(slide)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+"""
+
+
+@pytest.mark.slow
+def test_low_resolution_view_of_a_hostile_width_stays_under_1_gb(tmp_path: Path) -> None:
+    """A 1 MB file declaring 150,000 × 1,000 px: its view was built from bands of the whole
+    width (1.9 GB; 3.9 GB at 300,000 px); now from bounded blocks (~0.3 GB peak with
+    the interpreter, benchmarks/RESULTS-faults.md)."""
+    from pipeline.testing import glass_tiff
+
+    path = glass_tiff(tmp_path / "wide.tif", 150_000, 1_000)
+    assert path.stat().st_size < 2e6
+    result = subprocess.run(
+        [sys.executable, "-c", VIEW_PEAK, str(path)], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert float(result.stdout.split()[-1]) < 1024
+
+
+def test_view_of_a_slide_without_a_pyramid_is_refused_naming_its_size(tmp_path: Path) -> None:
+    """A 5 MB one-level file of 40,000² px: reading 1.6 Gpx of glass for a thumbnail (a 100,000²
+    one spent over 160 s) is refused at once with the level's size and how to convert it."""
+    import time
+
+    from pipeline.io.readers import SlideError, low_resolution_view, open_slide
+    from pipeline.testing import glass_tiff
+
+    path = glass_tiff(tmp_path / "flat.tif", 40_000, 40_000)
+    started = time.perf_counter()
+    with open_slide(path) as slide, pytest.raises(SlideError, match=r"level 0, 40,000×40,000 px.*pyramid"):
+        low_resolution_view(slide)
+    assert time.perf_counter() - started < 10
+
+
+def test_view_in_bounded_blocks_equals_the_view_in_whole_bands(synthetic_slide) -> None:
+    """Blocks split across the width give the view pixel for pixel (clean slides keep their outputs)."""
+    from pipeline.io.readers import low_resolution_view, open_slide
+
+    with open_slide(synthetic_slide[0], "tifffile") as slide:
+        whole, ds = low_resolution_view(slide, 256, block_px=10**9)
+        for block_px in (2_000, 50_000):
+            blocks, ds_blocks = low_resolution_view(slide, 256, block_px=block_px)
+            np.testing.assert_array_equal(blocks, whole)
+            assert ds_blocks == ds
+
+
+def test_plain_image_is_decoded_once_per_process_for_its_tile_tasks(tmp_path: Path) -> None:
+    """Every tile task opens its slide: a PNG was decoded whole by each of them; now once per
+    process (and again when the file is replaced)."""
+    from PIL import Image
+
+    from pipeline.io.readers import open_slide
+    from pipeline.testing import synthetic_slide_image
+
+    image, _ = synthetic_slide_image(300, 200, seed=44)
+    path = tmp_path / "plain.png"
+    Image.fromarray(image).save(path)
+    with open_slide(path) as first, open_slide(path) as second:
+        assert np.shares_memory(first.image, second.image)
+        np.testing.assert_array_equal(second.read_region(0, 0, 300, 200), image)
+    Image.fromarray(image[:, ::-1].copy()).save(path)
+    os.utime(path, ns=(1, 1))
+    with open_slide(path) as replaced:
+        np.testing.assert_array_equal(replaced.read_region(0, 0, 300, 200), image[:, ::-1])
+
+
+def test_plain_image_too_large_to_decode_whole_is_refused_before_decoding(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from PIL import Image
+
+    import pipeline.io.readers.image as plain
+    from pipeline.io.readers import SlideError, open_slide
+
+    Image.fromarray(np.full((300, 400, 3), 240, np.uint8)).save(tmp_path / "big.png")
+    monkeypatch.setattr(plain, "MAX_IMAGE_PIXELS", 100_000)  # 120,000 px: over the limit
+    with pytest.raises(SlideError, match=r"PNG image of 400×300 px is too large.*pyramidal TIFF"):
+        open_slide(tmp_path / "big.png")

@@ -152,12 +152,26 @@ def read_mirrored(slide: Slide, x: int, y: int, width: int, height: int, level: 
     return block[np.ix_(rows - r0, cols - c0)]
 
 
-def low_resolution_view(slide: Slide, max_side: int = 2048, strip_px: int = 1024) -> tuple[np.ndarray, float]:
+# Pixels of a slide level read at once while building the low-resolution view: 8 Mpx is 24 MB as
+# RGB and 96 MB as float32 while block-averaged, so the view stays far under 1 GB however wide
+# the slide (a 300,000×1,000 px header made one strip of the whole width peak at 3.9 GB).
+VIEW_BLOCK_PX = 8 * 2**20
+# The most pixels of one level the view may read: a level of 2^30 px (32,768² px) takes ~20 s at
+# the view's measured rate (benchmarks/RESULTS-faults.md). A file whose smallest fitting level is
+# larger has no pyramid (a one-level 100,000² px file spent over 160 s decoding glass) and is refused.
+MAX_VIEW_SOURCE_PX = 2**30
+
+
+def low_resolution_view(
+    slide: Slide, max_side: int = 2048, strip_px: int = 1024, block_px: int = VIEW_BLOCK_PX
+) -> tuple[np.ndarray, float]:
     """An RGB view of the whole slide no larger than ``max_side`` pixels on its long side,
     and its downsample factor relative to level 0.
 
     Uses the coarsest pyramid level that is still at least ``max_side`` on its long side and
-    reads it in strips, block-averaging each strip, so memory never holds a large level.
+    reads it in blocks of at most ``block_px`` pixels (bands of ``strip_px`` rows, split across
+    the width), block-averaging each, so memory never holds a large part of a level. A level over
+    :data:`MAX_VIEW_SOURCE_PX` is refused (a slide without a pyramid), naming its size.
     """
     w0, h0 = slide.level_dimensions[0]
     target = max(1.0, max(w0, h0) / max_side)
@@ -166,16 +180,25 @@ def low_resolution_view(slide: Slide, max_side: int = 2048, strip_px: int = 1024
         if ds <= target + 1e-6:
             level = i
     lw, lh = slide.level_dimensions[level]
+    if lw * lh > MAX_VIEW_SOURCE_PX:
+        raise SlideError(
+            f"no pyramid level small enough for the low-resolution view: the smallest one of at least "
+            f"{max_side} px is level {level}, {lw:,}×{lh:,} px (at most {MAX_VIEW_SOURCE_PX:,} px are read for "
+            "the view); convert the slide to a pyramidal TIFF (e.g. vips tiffsave IN OUT.tif --tile --pyramid "
+            "--compression jpeg)"
+        )
     factor = max(1, int(math.ceil(max(lw, lh) / max_side)))
     out_w, out_h = math.ceil(lw / factor), math.ceil(lh / factor)
     out = np.empty((out_h, out_w, 3), dtype=np.uint8)
     rows = max(factor, (strip_px // factor) * factor)
+    cols = max(factor, (block_px // rows) // factor * factor)
     for y in range(0, lh, rows):
-        strip = slide.read_region(0, y, out_w * factor, min(rows, lh - y), level).astype(np.float32)
-        sh = strip.shape[0]
-        pad = (-sh) % factor
-        if pad:
-            strip = np.concatenate([strip, np.repeat(strip[-1:], pad, axis=0)])
-        blocks = strip.reshape(strip.shape[0] // factor, factor, out_w, factor, 3).mean(axis=(1, 3))
-        out[y // factor : y // factor + blocks.shape[0]] = np.round(blocks).astype(np.uint8)
+        for x in range(0, out_w * factor, cols):
+            width = min(cols, out_w * factor - x)
+            block = slide.read_region(x, y, width, min(rows, lh - y), level).astype(np.float32)
+            pad = (-block.shape[0]) % factor
+            if pad:
+                block = np.concatenate([block, np.repeat(block[-1:], pad, axis=0)])
+            means = block.reshape(block.shape[0] // factor, factor, width // factor, factor, 3).mean(axis=(1, 3))
+            out[y // factor : y // factor + means.shape[0], x // factor : (x + width) // factor] = np.round(means)
     return out, slide.level_downsamples[level] * factor
