@@ -767,3 +767,94 @@ def test_plain_image_too_large_to_decode_whole_is_refused_before_decoding(
     monkeypatch.setattr(plain, "MAX_IMAGE_PIXELS", 100_000)  # 120,000 px: over the limit
     with pytest.raises(SlideError, match=r"PNG image of 400×300 px is too large.*pyramidal TIFF"):
         open_slide(tmp_path / "big.png")
+
+
+# ------------------------------------------------------------------ 12. a corrupt tile ----
+
+
+def _corrupt_tiles(path: Path, indices: list[int]) -> None:
+    """Zero the header bytes of level-0 tiles ``indices`` (raster order) of a JPEG TIFF."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[0]
+        spans = [(page.dataoffsets[i], page.databytecounts[i]) for i in indices]
+    data = bytearray(path.read_bytes())
+    for offset, _ in spans:
+        data[offset + 2 : offset + 40] = bytes(38)  # JPEG tables gone: "Quantization table 0x00 was not defined"
+    path.write_bytes(bytes(data))
+
+
+@pytest.fixture(scope="module")
+def corrupt_slides(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 1,024² px pyramidal JPEG slide (4×4 tiles of 256 px at level 0), clean and with one and
+    two undecodable level-0 tiles."""
+    import shutil
+
+    from pipeline.testing import synthetic_slide_image, write_pyramidal_tiff
+
+    folder = tmp_path_factory.mktemp("corrupt")
+    image, _ = synthetic_slide_image(1024, 1024, seed=45)
+    write_pyramidal_tiff(folder / "clean.svs", image, mpp=0.25)
+    for name, indices in (("one.svs", [5]), ("two.svs", [5, 10])):
+        shutil.copy(folder / "clean.svs", folder / name)
+        _corrupt_tiles(folder / name, indices)
+    return folder
+
+
+def _reader_stats(path: Path, out: Path, model: Path) -> dict:
+    from pipeline.config import load_config
+    from pipeline.slide.inline import process_slide_inline
+
+    # tifffile: cuCIM decodes a corrupt JPEG tile without an error (it cannot be told from tissue);
+    # no stain normalisation: statistics taken without the tile would move the nuclei compared
+    config = load_config(
+        None,
+        {"model": str(model), "tile_px": 256, "reader": "tifffile", "estimate_scale": False, "stain": "none"},
+        environ={},
+    )
+    return process_slide_inline(SlideEntry(path.stem, path, mpp=0.25), str(out), config)
+
+
+def test_corrupt_tile_is_named_excluded_and_flagged(corrupt_slides: Path, blob_model: Path, tmp_path: Path) -> None:
+    """Before: the slide failed at planning with the decoder's message and no tile named. Now it
+    finishes without that tile: listed in stats.json, flagged for the QC, the nuclei away from it
+    as in the clean slide."""
+    import pyarrow.parquet as pq
+
+    from pipeline.qc._cohort import read_slide_stats
+
+    clean = _reader_stats(corrupt_slides / "clean.svs", tmp_path / "clean", blob_model)
+    one = _reader_stats(corrupt_slides / "one.svs", tmp_path / "one", blob_model)
+    assert clean["status"] == one["status"] == "ok" and clean["unreadable_tiles"] is None
+    assert "unreadable_tiles" in one["flags"] and "unreadable_tiles" not in clean["flags"]
+    [bad] = one["unreadable_tiles"]
+    assert (bad["level"], bad["x"], bad["y"], bad["width"], bad["height"]) == (0, 256, 256, 256, 256)
+    assert "Jpeg" in bad["error"] and any("level 0, x 256, y 256" in w for w in one["warnings"])
+    assert "unreadable_tiles" in read_slide_stats(tmp_path / "one" / "slides" / "one")["flags"]
+
+    def centroids(out: Path, slide_id: str) -> np.ndarray:
+        table = pq.read_table(out / "slides" / slide_id / "nuclei.parquet", columns=["centroid_x", "centroid_y"])
+        return np.column_stack([table.column(0).to_numpy(), table.column(1).to_numpy()])
+
+    kept, full = centroids(tmp_path / "one", "one"), centroids(tmp_path / "clean", "clean")
+    near = lambda xy: (xy[:, 0] > 256 - 40) & (xy[:, 0] < 512 + 40) & (xy[:, 1] > 256 - 40) & (xy[:, 1] < 512 + 40)  # noqa: E731
+    inside = lambda xy: (xy[:, 0] >= 256) & (xy[:, 0] < 512) & (xy[:, 1] >= 256) & (xy[:, 1] < 512)  # noqa: E731
+    assert not inside(kept).any()
+    # away from it, the clean slide's nuclei are found (the stain statistics, taken without the
+    # tile, move a few outlines by a pixel)
+    from scipy.spatial import cKDTree
+
+    away = full[~near(full)]
+    distance, _ = cKDTree(kept).query(away)
+    assert (distance < 1.5).mean() > 0.99 and len(kept) >= 0.85 * len(full)
+
+
+def test_slide_losing_too_much_to_corrupt_tiles_fails_naming_them(
+    corrupt_slides: Path, blob_model: Path, tmp_path: Path
+) -> None:
+    """Two of 16 tiles (12.5 % of the segmented area) are over what a slide may lose."""
+    from pipeline.io.readers import SlideError
+
+    with pytest.raises(SlideError, match=r"level 0, x 256, y 256; level 0, x 512, y 512.*over the 10%"):
+        _reader_stats(corrupt_slides / "two.svs", tmp_path / "two", blob_model)

@@ -9,6 +9,7 @@ downstream. A slide is a context manager: ``with open_slide(path) as slide: ...`
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +26,45 @@ GLASS = 255  # value used for pixels outside the image
 
 class SlideError(Exception):
     """A slide that cannot be read, with the reason a user can act on."""
+
+
+@dataclass(frozen=True)
+class UnreadableTile:
+    """A tile of the file (its own storage tile, in pixels of ``level``) that cannot be decoded."""
+
+    level: int
+    x: int
+    y: int
+    width: int
+    height: int
+    error: str
+
+    def describe(self) -> str:
+        return f"level {self.level}, x {self.x}, y {self.y} ({self.width}×{self.height} px)"
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class UnreadableRegion(SlideError):
+    """A read that met tiles the decoder rejects (bad JPEG data inside a tile), naming them."""
+
+    def __init__(self, tiles: list[UnreadableTile]) -> None:
+        self.tiles = list(tiles)
+        where = "; ".join(t.describe() for t in self.tiles[:MAX_TILES_NAMED])
+        more = f" and {len(self.tiles) - MAX_TILES_NAMED} more" if len(self.tiles) > MAX_TILES_NAMED else ""
+        super().__init__(f"unreadable tile at {where}{more}: {self.tiles[0].error}")
+
+    def __reduce__(self) -> tuple[Any, ...]:  # crosses process boundaries with its tiles
+        return (UnreadableRegion, (self.tiles,))
+
+
+MAX_TILES_NAMED = 5  # in one error message; stats.json lists them all
+
+
+def decoder_message(exc: BaseException) -> str:
+    """A decoder's error on one line, bounded (libjpeg's run over several lines)."""
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:300]
 
 
 class Slide(Protocol):
@@ -133,7 +173,9 @@ def mirrored_index(positions: np.ndarray, size: int) -> np.ndarray:
     return np.where(folded < size, folded, period - folded)
 
 
-def read_mirrored(slide: Slide, x: int, y: int, width: int, height: int, level: int = 0) -> np.ndarray:
+def read_mirrored(
+    slide: Slide | GlassWhereUnreadable, x: int, y: int, width: int, height: int, level: int = 0
+) -> np.ndarray:
     """A window of ``level`` whose parts outside the image are the image mirrored at its edges.
 
     A tile window at the slide's border then sees the tissue continued, as the model saw it in
@@ -156,14 +198,19 @@ def read_mirrored(slide: Slide, x: int, y: int, width: int, height: int, level: 
 # RGB and 96 MB as float32 while block-averaged, so the view stays far under 1 GB however wide
 # the slide (a 300,000×1,000 px header made one strip of the whole width peak at 3.9 GB).
 VIEW_BLOCK_PX = 8 * 2**20
-# The most pixels of one level the view may read: a level of 2^30 px (32,768² px) takes ~20 s at
-# the view's measured rate (benchmarks/RESULTS-faults.md). A file whose smallest fitting level is
-# larger has no pyramid (a one-level 100,000² px file spent over 160 s decoding glass) and is refused.
+# The most pixels of one level the view may read: a level of 2^30 px (32,768² px) takes ~70 s at the
+# view's rate measured on 2 busy cores (15 Mpx/s, benchmarks/RESULTS-faults.md). A file whose smallest
+# fitting level is larger has no pyramid (a one-level 100,000² px file spent over 160 s decoding
+# glass) and is refused.
 MAX_VIEW_SOURCE_PX = 2**30
 
 
 def low_resolution_view(
-    slide: Slide, max_side: int = 2048, strip_px: int = 1024, block_px: int = VIEW_BLOCK_PX
+    slide: Slide,
+    max_side: int = 2048,
+    strip_px: int = 1024,
+    block_px: int = VIEW_BLOCK_PX,
+    unreadable: list[UnreadableTile] | None = None,
 ) -> tuple[np.ndarray, float]:
     """An RGB view of the whole slide no larger than ``max_side`` pixels on its long side,
     and its downsample factor relative to level 0.
@@ -172,6 +219,9 @@ def low_resolution_view(
     reads it in blocks of at most ``block_px`` pixels (bands of ``strip_px`` rows, split across
     the width), block-averaging each, so memory never holds a large part of a level. A level over
     :data:`MAX_VIEW_SOURCE_PX` is refused (a slide without a pyramid), naming its size.
+
+    With an ``unreadable`` list, tiles the decoder rejects are appended to it and seen as glass
+    (so they are no tissue); without one, they raise :class:`UnreadableRegion`.
     """
     w0, h0 = slide.level_dimensions[0]
     target = max(1.0, max(w0, h0) / max_side)
@@ -195,10 +245,57 @@ def low_resolution_view(
     for y in range(0, lh, rows):
         for x in range(0, out_w * factor, cols):
             width = min(cols, out_w * factor - x)
-            block = slide.read_region(x, y, width, min(rows, lh - y), level).astype(np.float32)
+            height = min(rows, lh - y)
+            try:
+                block = slide.read_region(x, y, width, height, level).astype(np.float32)
+            except UnreadableRegion as exc:
+                if unreadable is None:
+                    raise
+                block = read_around(slide, x, y, width, height, level, exc.tiles, unreadable).astype(np.float32)
             pad = (-block.shape[0]) % factor
             if pad:
                 block = np.concatenate([block, np.repeat(block[-1:], pad, axis=0)])
             means = block.reshape(block.shape[0] // factor, factor, width // factor, factor, 3).mean(axis=(1, 3))
             out[y // factor : y // factor + means.shape[0], x // factor : (x + width) // factor] = np.round(means)
     return out, slide.level_downsamples[level] * factor
+
+
+def read_around(
+    slide: Slide,
+    x: int,
+    y: int,
+    width: int,
+    height: int,
+    level: int,
+    bad: list[UnreadableTile],
+    unreadable: list[UnreadableTile],
+) -> np.ndarray:
+    """A region read cell by cell on the grid of the file's tiles (the size of the ``bad`` ones),
+    with glass where a cell cannot be decoded; those tiles are appended to ``unreadable``."""
+    out = np.full((height, width, 3), GLASS, dtype=np.uint8)
+    tw, th = max(1, bad[0].width), max(1, bad[0].height)
+    for cy in range(y // th * th, y + height, th):
+        for cx in range(x // tw * tw, x + width, tw):
+            x0, y0 = max(cx, x), max(cy, y)
+            x1, y1 = min(cx + tw, x + width), min(cy + th, y + height)
+            try:
+                out[y0 - y : y1 - y, x0 - x : x1 - x] = slide.read_region(x0, y0, x1 - x0, y1 - y0, level)
+            except UnreadableRegion as exc:
+                unreadable.extend(t for t in exc.tiles if t not in unreadable)
+    return out
+
+
+class GlassWhereUnreadable:
+    """A slide whose reads show glass where the file's tiles cannot be decoded, and list those
+    tiles (in ``unreadable``): a segmentation window reads the rest of its pixels."""
+
+    def __init__(self, slide: Slide, unreadable: list[UnreadableTile]) -> None:
+        self.slide = slide
+        self.unreadable = unreadable
+        self.level_dimensions = slide.level_dimensions
+
+    def read_region(self, x: int, y: int, width: int, height: int, level: int = 0) -> np.ndarray:
+        try:
+            return self.slide.read_region(x, y, width, height, level)
+        except UnreadableRegion as exc:
+            return read_around(self.slide, x, y, width, height, level, exc.tiles, self.unreadable)

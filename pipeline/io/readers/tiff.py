@@ -11,7 +11,16 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.io.readers.base import ClosesOnExit, Reader, SlideError, read_clipped, rgb8
+from pipeline.io.readers.base import (
+    ClosesOnExit,
+    Reader,
+    SlideError,
+    UnreadableRegion,
+    UnreadableTile,
+    decoder_message,
+    read_clipped,
+    rgb8,
+)
 from pipeline.io.readers.metadata import Resolution, aperio_fields, mpp_from_tiff
 
 
@@ -75,9 +84,30 @@ class TiffSlide(ClosesOnExit):
         w, h = self.level_dimensions[level]
 
         def read(x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
-            return rgb8(np.asarray(arr[y0:y1, x0:x1]), self._max_value, self._alpha)
+            try:
+                samples = np.asarray(arr[y0:y1, x0:x1])
+            except Exception as exc:
+                raise UnreadableRegion(self.unreadable_tiles(level, x0, y0, x1, y1, exc)) from exc
+            return rgb8(samples, self._max_value, self._alpha)
 
         return read_clipped(read, x, y, width, height, w, h)
+
+    def unreadable_tiles(
+        self, level: int, x0: int, y0: int, x1: int, y1: int, exc: BaseException
+    ) -> list[UnreadableTile]:
+        """The file's tiles in a window that fail to decode, found by decoding each alone (only
+        after a read failed); the whole window when no single tile fails."""
+        arr = self._levels[level]
+        th, tw = (int(n) for n in arr.chunks[:2])
+        w, h = self.level_dimensions[level]
+        bad = []
+        for ty in range(y0 // th * th, y1, th):
+            for tx in range(x0 // tw * tw, x1, tw):
+                try:
+                    arr[ty : min(ty + th, h), tx : min(tx + tw, w)]
+                except Exception as tile_exc:
+                    bad.append(UnreadableTile(level, tx, ty, tw, th, decoder_message(tile_exc)))
+        return bad or [UnreadableTile(level, x0, y0, x1 - x0, y1 - y0, decoder_message(exc))]
 
     def close(self) -> None:
         self._tif.close()
