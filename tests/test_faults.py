@@ -822,8 +822,6 @@ def test_corrupt_tile_is_named_excluded_and_flagged(corrupt_slides: Path, blob_m
     as in the clean slide."""
     import pyarrow.parquet as pq
 
-    from pipeline.qc._cohort import read_slide_stats
-
     clean = _reader_stats(corrupt_slides / "clean.svs", tmp_path / "clean", blob_model)
     one = _reader_stats(corrupt_slides / "one.svs", tmp_path / "one", blob_model)
     assert clean["status"] == one["status"] == "ok" and clean["unreadable_tiles"] is None
@@ -831,7 +829,16 @@ def test_corrupt_tile_is_named_excluded_and_flagged(corrupt_slides: Path, blob_m
     [bad] = one["unreadable_tiles"]
     assert (bad["level"], bad["x"], bad["y"], bad["width"], bad["height"]) == (0, 256, 256, 256, 256)
     assert "Jpeg" in bad["error"] and any("level 0, x 256, y 256" in w for w in one["warnings"])
-    assert "unreadable_tiles" in read_slide_stats(tmp_path / "one" / "slides" / "one")["flags"]
+    # the QC: a note in wsi_qc.csv, and review patches with the tile as glass (not a failed extraction)
+    import pandas as pd
+
+    from pipeline.qc import build_qc
+
+    qc = build_qc(tmp_path / "one", report=False)
+    row = pd.read_csv(qc / "wsi_qc.csv").iloc[0]
+    assert "unreadable_tiles" in row["Flags"], row.to_dict()
+    patches = json.loads((qc / "patches" / "one" / "patches.json").read_text())
+    assert patches["images"] and "failed" not in patches["note"], patches
 
     def centroids(out: Path, slide_id: str) -> np.ndarray:
         table = pq.read_table(out / "slides" / slide_id / "nuclei.parquet", columns=["centroid_x", "centroid_y"])
