@@ -723,6 +723,24 @@ def test_view_of_a_slide_without_a_pyramid_is_refused_naming_its_size(tmp_path: 
     assert time.perf_counter() - started < 10
 
 
+def test_tiff_whose_strips_are_too_large_to_decode_is_refused(tmp_path: Path) -> None:
+    """A file declaring one strip of 20,000 × 10,000 px (572 MB decoded by any read of it) is
+    refused when opened (its content is never decoded, so the strip here is a few bytes)."""
+    import zlib
+
+    import tifffile
+
+    from pipeline.io.readers import SlideError, open_slide
+
+    width, height = 20_000, 10_000
+    path = tmp_path / "strip.tif"
+    strip = zlib.compress(bytes(width * 3))  # one row: the declared strip is never decoded
+    shape = (height, width, 3)
+    tifffile.imwrite(path, iter([strip]), shape=shape, dtype="uint8", rowsperstrip=height, compression="zlib")
+    with pytest.raises(SlideError, match=r"level 0 is stored in strips of 20,000×10,000 px \(572 MB each"):
+        open_slide(path)
+
+
 def test_view_in_bounded_blocks_equals_the_view_in_whole_bands(synthetic_slide) -> None:
     """Blocks split across the width give the view pixel for pixel (clean slides keep their outputs)."""
     from pipeline.io.readers import low_resolution_view, open_slide

@@ -62,6 +62,7 @@ class TiffSlide(ClosesOnExit):
             else:
                 raise SlideError(f"unsupported TIFF layout {shape} (expected H×W×RGB)")
             dims.append((int(w), int(h)))
+            check_chunk_size(i, level.pages[0])
             levels.append(zarr.open(series.aszarr(level=i), mode="r"))
         description = str(page.description or "")
         tags = {name: page.tags.get(name) for name in ("XResolution", "YResolution", "ResolutionUnit")}
@@ -146,6 +147,26 @@ def sample_layout(page: Any) -> tuple[int | None, str | None]:
     extras = tuple(page.extrasamples or ())
     alpha = ALPHA_KINDS.get(int(extras[0])) if extras and page.samplesperpixel >= 4 else None
     return max_value, alpha
+
+
+# A TIFF's tiles (or strips) are decoded whole, whatever part of one a read needs: one larger than
+# this would alone take the memory a worker has for a slide (a 1 MB file can hold one strip of
+# 900 MB of glass). Tiled slides use 240–1,024 px tiles (0.2–3 MB); a plain 10,000² px TIFF
+# written as one strip (300 MB) still opens.
+MAX_CHUNK_BYTES = 512 * 2**20
+
+
+def check_chunk_size(level: int, page: Any) -> None:
+    """Refuse a level whose tiles or strips are too large to decode one at a time."""
+    chunk = tuple(int(n) for n in page.chunks)
+    size = int(np.prod(chunk)) * np.dtype(page.dtype).itemsize
+    if size > MAX_CHUNK_BYTES:
+        kind = "tiles" if page.is_tiled else "strips"
+        raise SlideError(
+            f"level {level} is stored in {kind} of {chunk[1]:,}×{chunk[0]:,} px ({size / 2**20:,.0f} MB each, decoded "
+            f"whole by every read; at most {MAX_CHUNK_BYTES // 2**20} MB): rewrite it as a tiled TIFF (e.g. vips "
+            "tiffsave IN OUT.tif --tile --pyramid --compression jpeg)"
+        )
 
 
 def tiff_compressions(path: Path) -> frozenset[int]:
