@@ -149,7 +149,7 @@ def rgb8(samples: np.ndarray, max_value: int | None = None, alpha: str | None = 
     >>> rgb8(np.array([[[65535, 32768, 0]]], dtype=np.uint16), 65535).tolist()
     [[[255, 128, 0]]]
     >>> rgb8(np.array([[[0, 0, 0, 0], [200, 100, 50, 255]]], dtype=np.uint8), alpha="straight").tolist()
-    [[255, 255, 255], [200, 100, 50]]
+    [[[255, 255, 255], [200, 100, 50]]]
     """
     if max_value is None and alpha is None:
         return samples[..., :3]
