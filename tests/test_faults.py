@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pipeline.manifest import MAX_ID_LENGTH, ManifestError, SlideEntry, read_manifest
@@ -617,3 +618,290 @@ def test_predict_keeps_one_result_per_input_even_when_names_repeat(tmp_path: Pat
     assert len({v.tobytes() for v in labels.values()}) >= 2  # a/x.png and b/x.png: two different results
     for name in written:
         assert name in result.stdout
+
+
+# ------------------------------------------------- 7. bit depth, grayscale and transparency ----
+
+
+def _inline_stats(path: Path, out: Path, model: Path, mpp: float = 0.25) -> dict:
+    from pipeline.config import load_config
+    from pipeline.slide.inline import process_slide_inline
+
+    config = load_config(None, {"model": str(model), "tile_px": 256, "progress": False}, environ={})
+    return process_slide_inline(SlideEntry(path.stem, path, mpp=mpp), str(out), config)
+
+
+def test_16_bit_rgb_tiff_is_segmented_like_its_8_bit_twin(tmp_path: Path, blob_model: Path) -> None:
+    """Before: the 16-bit samples were cast to uint8, keeping their low byte (noise)."""
+    import tifffile
+
+    from pipeline.io.readers import open_slide
+    from pipeline.testing import synthetic_slide_image
+
+    image, _ = synthetic_slide_image(300, 300, seed=41)
+    tifffile.imwrite(tmp_path / "eight.tif", image, tile=(64, 64))
+    noise = np.random.default_rng(0).integers(0, 256, image.shape, dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "sixteen.tif", image.astype(np.uint16) * 256 + noise, tile=(64, 64))
+    # 12-bit samples with their range declared (MaxSampleValue), as some scanners write them
+    twelve = np.round(image.astype(np.float64) * 4095 / 255).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "twelve.tif", twelve, tile=(64, 64), extratags=[(281, 3, 1, 4095, True)])
+    for name in ("sixteen.tif", "twelve.tif"):
+        with open_slide(tmp_path / name) as slide:
+            read = slide.read_region(0, 0, 300, 300).astype(int)
+        assert np.abs(read - image).max() <= 1, name
+    eight = _inline_stats(tmp_path / "eight.tif", tmp_path / "out8", blob_model)
+    sixteen = _inline_stats(tmp_path / "sixteen.tif", tmp_path / "out16", blob_model)
+    assert eight["n_nuclei"] > 50
+    assert abs(sixteen["n_nuclei"] - eight["n_nuclei"]) <= 0.02 * eight["n_nuclei"]
+
+
+def _grayscale_files(folder: Path) -> list[Path]:
+    import tifffile
+    from PIL import Image
+
+    from pipeline.testing import synthetic_slide_image
+
+    image, _ = synthetic_slide_image(200, 200, seed=42)
+    gray = image.mean(axis=2).astype(np.uint8)
+    Image.fromarray(gray.astype(np.uint16) * 257).save(folder / "gray16.png")  # mode I;16: was turned white
+    Image.fromarray(gray).save(folder / "gray8.png")  # mode L: gave 0 nuclei
+    tifffile.imwrite(folder / "gray.tif", gray, tile=(64, 64), photometric="minisblack")
+    return [folder / "gray16.png", folder / "gray8.png", folder / "gray.tif"]
+
+
+def test_grayscale_images_are_refused_with_the_reason(tmp_path: Path) -> None:
+    from pipeline.io.readers import SlideError, open_slide
+
+    for path in _grayscale_files(tmp_path):
+        with pytest.raises(SlideError, match="grayscale"):
+            open_slide(path).close()
+
+
+def test_transparent_pixels_are_glass_not_tissue(tmp_path: Path) -> None:
+    """An RGBA image whose right half is transparent black: no tissue there (black read as tissue)."""
+    import tifffile
+    from PIL import Image
+
+    from pipeline.io.readers import low_resolution_view, open_slide
+    from pipeline.kernels.tissue import tissue_mask
+    from pipeline.testing import synthetic_slide_image
+
+    image, _ = synthetic_slide_image(400, 300, seed=43, tissue="full")
+    alpha = np.full(image.shape[:2], 255, np.uint8)
+    alpha[:, 200:] = 0
+    rgba = np.dstack([image, alpha])
+    rgba[:, 200:, :3] = 0
+    Image.fromarray(rgba).save(tmp_path / "rgba.png")
+    tifffile.imwrite(tmp_path / "rgba.tif", rgba, tile=(64, 64), photometric="rgb", extrasamples=[2])
+    for name in ("rgba.png", "rgba.tif"):
+        with open_slide(tmp_path / name) as slide:
+            assert (slide.read_region(200, 0, 200, 300) == 255).all(), name
+            np.testing.assert_array_equal(slide.read_region(0, 0, 200, 300), image[:, :200])
+            view, ds = low_resolution_view(slide, 100)
+        tissue = tissue_mask(view)
+        right = int(np.ceil(200 / ds))
+        assert tissue[:, : right - 2].mean() > 0.9 and not tissue[:, right + 1 :].any(), name
+
+
+# ---------------------------------------------------------- 9. resource bounds on input ----
+
+VIEW_PEAK = """
+import resource, sys
+from pipeline.io.readers import low_resolution_view, open_slide
+with open_slide(sys.argv[1]) as slide:
+    low_resolution_view(slide)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+"""
+
+
+@pytest.mark.slow
+def test_low_resolution_view_of_a_hostile_width_stays_under_1_gb(tmp_path: Path) -> None:
+    """A 1 MB file declaring 150,000 × 1,000 px: its view was built from bands of the whole
+    width (1.9 GB; 3.9 GB at 300,000 px); now from bounded blocks (~0.3 GB peak with
+    the interpreter, benchmarks/RESULTS-faults.md)."""
+    from pipeline.testing import glass_tiff
+
+    path = glass_tiff(tmp_path / "wide.tif", 150_000, 1_000)
+    assert path.stat().st_size < 2e6
+    result = subprocess.run(
+        [sys.executable, "-c", VIEW_PEAK, str(path)], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert float(result.stdout.split()[-1]) < 1024
+
+
+def test_view_of_a_slide_without_a_pyramid_is_refused_naming_its_size(tmp_path: Path) -> None:
+    """A 5 MB one-level file of 40,000² px: reading 1.6 Gpx of glass for a thumbnail (a 100,000²
+    one spent over 160 s) is refused at once with the level's size and how to convert it."""
+    import time
+
+    from pipeline.io.readers import SlideError, low_resolution_view, open_slide
+    from pipeline.testing import glass_tiff
+
+    path = glass_tiff(tmp_path / "flat.tif", 40_000, 40_000)
+    started = time.perf_counter()
+    with open_slide(path) as slide, pytest.raises(SlideError, match=r"level 0, 40,000×40,000 px.*pyramid"):
+        low_resolution_view(slide)
+    assert time.perf_counter() - started < 10
+
+
+def test_tiff_whose_strips_are_too_large_to_decode_is_refused(tmp_path: Path) -> None:
+    """A file declaring one strip of 20,000 × 10,000 px (572 MB decoded by any read of it) is
+    refused when opened (its content is never decoded, so the strip here is a few bytes)."""
+    import zlib
+
+    import tifffile
+
+    from pipeline.io.readers import SlideError, open_slide
+
+    width, height = 20_000, 10_000
+    path = tmp_path / "strip.tif"
+    strip = zlib.compress(bytes(width * 3))  # one row: the declared strip is never decoded
+    shape = (height, width, 3)
+    tifffile.imwrite(path, iter([strip]), shape=shape, dtype="uint8", rowsperstrip=height, compression="zlib")
+    with pytest.raises(SlideError, match=r"level 0 is stored in strips of 20,000×10,000 px \(572 MB each"):
+        open_slide(path)
+
+
+def test_view_in_bounded_blocks_equals_the_view_in_whole_bands(synthetic_slide) -> None:
+    """Blocks split across the width give the view pixel for pixel (clean slides keep their outputs)."""
+    from pipeline.io.readers import low_resolution_view, open_slide
+
+    with open_slide(synthetic_slide[0], "tifffile") as slide:
+        whole, ds = low_resolution_view(slide, 256, block_px=10**9)
+        for block_px in (2_000, 50_000):
+            blocks, ds_blocks = low_resolution_view(slide, 256, block_px=block_px)
+            np.testing.assert_array_equal(blocks, whole)
+            assert ds_blocks == ds
+
+
+def test_plain_image_is_decoded_once_per_process_for_its_tile_tasks(tmp_path: Path) -> None:
+    """Every tile task opens its slide: a PNG was decoded whole by each of them; now once per
+    process (and again when the file is replaced)."""
+    from PIL import Image
+
+    from pipeline.io.readers import open_slide
+    from pipeline.testing import synthetic_slide_image
+
+    image, _ = synthetic_slide_image(300, 200, seed=44)
+    path = tmp_path / "plain.png"
+    Image.fromarray(image).save(path)
+    with open_slide(path) as first, open_slide(path) as second:
+        assert np.shares_memory(first.image, second.image)
+        np.testing.assert_array_equal(second.read_region(0, 0, 300, 200), image)
+    Image.fromarray(image[:, ::-1].copy()).save(path)
+    os.utime(path, ns=(1, 1))
+    with open_slide(path) as replaced:
+        np.testing.assert_array_equal(replaced.read_region(0, 0, 300, 200), image[:, ::-1])
+
+
+def test_plain_image_too_large_to_decode_whole_is_refused_before_decoding(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from PIL import Image
+
+    import pipeline.io.readers.image as plain
+    from pipeline.io.readers import SlideError, open_slide
+
+    Image.fromarray(np.full((300, 400, 3), 240, np.uint8)).save(tmp_path / "big.png")
+    monkeypatch.setattr(plain, "MAX_IMAGE_PIXELS", 100_000)  # 120,000 px: over the limit
+    with pytest.raises(SlideError, match=r"PNG image of 400×300 px is too large.*pyramidal TIFF"):
+        open_slide(tmp_path / "big.png")
+
+
+# ------------------------------------------------------------------ 12. a corrupt tile ----
+
+
+def _corrupt_tiles(path: Path, indices: list[int]) -> None:
+    """Zero the header bytes of level-0 tiles ``indices`` (raster order) of a JPEG TIFF."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[0]
+        spans = [(page.dataoffsets[i], page.databytecounts[i]) for i in indices]
+    data = bytearray(path.read_bytes())
+    for offset, _ in spans:
+        data[offset + 2 : offset + 40] = bytes(38)  # JPEG tables gone: "Quantization table 0x00 was not defined"
+    path.write_bytes(bytes(data))
+
+
+@pytest.fixture(scope="module")
+def corrupt_slides(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 1,024² px pyramidal JPEG slide (4×4 tiles of 256 px at level 0), clean and with one and
+    two undecodable level-0 tiles."""
+    import shutil
+
+    from pipeline.testing import synthetic_slide_image, write_pyramidal_tiff
+
+    folder = tmp_path_factory.mktemp("corrupt")
+    image, _ = synthetic_slide_image(1024, 1024, seed=45)
+    write_pyramidal_tiff(folder / "clean.svs", image, mpp=0.25)
+    for name, indices in (("one.svs", [5]), ("two.svs", [5, 10])):
+        shutil.copy(folder / "clean.svs", folder / name)
+        _corrupt_tiles(folder / name, indices)
+    return folder
+
+
+def _reader_stats(path: Path, out: Path, model: Path) -> dict:
+    from pipeline.config import load_config
+    from pipeline.slide.inline import process_slide_inline
+
+    # tifffile: cuCIM decodes a corrupt JPEG tile without an error (it cannot be told from tissue);
+    # no stain normalisation: statistics taken without the tile would move the nuclei compared
+    config = load_config(
+        None,
+        {"model": str(model), "tile_px": 256, "reader": "tifffile", "estimate_scale": False, "stain": "none"},
+        environ={},
+    )
+    return process_slide_inline(SlideEntry(path.stem, path, mpp=0.25), str(out), config)
+
+
+def test_corrupt_tile_is_named_excluded_and_flagged(corrupt_slides: Path, blob_model: Path, tmp_path: Path) -> None:
+    """Before: the slide failed at planning with the decoder's message and no tile named. Now it
+    finishes without that tile: listed in stats.json, flagged for the QC, the nuclei away from it
+    as in the clean slide."""
+    import pyarrow.parquet as pq
+
+    clean = _reader_stats(corrupt_slides / "clean.svs", tmp_path / "clean", blob_model)
+    one = _reader_stats(corrupt_slides / "one.svs", tmp_path / "one", blob_model)
+    assert clean["status"] == one["status"] == "ok" and clean["unreadable_tiles"] is None
+    assert "unreadable_tiles" in one["flags"] and "unreadable_tiles" not in clean["flags"]
+    [bad] = one["unreadable_tiles"]
+    assert (bad["level"], bad["x"], bad["y"], bad["width"], bad["height"]) == (0, 256, 256, 256, 256)
+    assert "Jpeg" in bad["error"] and any("level 0, x 256, y 256" in w for w in one["warnings"])
+    # the QC: a note in wsi_qc.csv, and review patches with the tile as glass (not a failed extraction)
+    import pandas as pd
+
+    from pipeline.qc import build_qc
+
+    qc = build_qc(tmp_path / "one", report=False)
+    row = pd.read_csv(qc / "wsi_qc.csv").iloc[0]
+    assert "unreadable_tiles" in row["Flags"], row.to_dict()
+    patches = json.loads((qc / "patches" / "one" / "patches.json").read_text())
+    assert patches["images"] and "failed" not in patches["note"], patches
+
+    def centroids(out: Path, slide_id: str) -> np.ndarray:
+        table = pq.read_table(out / "slides" / slide_id / "nuclei.parquet", columns=["centroid_x", "centroid_y"])
+        return np.column_stack([table.column(0).to_numpy(), table.column(1).to_numpy()])
+
+    kept, full = centroids(tmp_path / "one", "one"), centroids(tmp_path / "clean", "clean")
+    near = lambda xy: (xy[:, 0] > 256 - 40) & (xy[:, 0] < 512 + 40) & (xy[:, 1] > 256 - 40) & (xy[:, 1] < 512 + 40)  # noqa: E731
+    inside = lambda xy: (xy[:, 0] >= 256) & (xy[:, 0] < 512) & (xy[:, 1] >= 256) & (xy[:, 1] < 512)  # noqa: E731
+    assert not inside(kept).any()
+    # away from it, the clean slide's nuclei are found (the stain statistics, taken without the
+    # tile, move a few outlines by a pixel)
+    from scipy.spatial import cKDTree
+
+    away = full[~near(full)]
+    distance, _ = cKDTree(kept).query(away)
+    assert (distance < 1.5).mean() > 0.99 and len(kept) >= 0.85 * len(full)
+
+
+def test_slide_losing_too_much_to_corrupt_tiles_fails_naming_them(
+    corrupt_slides: Path, blob_model: Path, tmp_path: Path
+) -> None:
+    """Two of 16 tiles (12.5 % of the segmented area) are over what a slide may lose."""
+    from pipeline.io.readers import SlideError
+
+    with pytest.raises(SlideError, match=r"level 0, x 256, y 256; level 0, x 512, y 512.*over the 10%"):
+        _reader_stats(corrupt_slides / "two.svs", tmp_path / "two", blob_model)

@@ -297,7 +297,7 @@ def extract_review_patches(
     A slide whose file is missing or unreadable gets no patches and a note saying why; it
     never stops the other slides.
     """
-    from pipeline.io.readers import SlideError, low_resolution_view, open_slide
+    from pipeline.io.readers import GlassWhereUnreadable, SlideError, low_resolution_view, open_slide
     from pipeline.kernels.tissue import tissue_mask
 
     if (
@@ -325,7 +325,9 @@ def extract_review_patches(
             result.note = "no microns per pixel: no review patches"
             return result
         result.mpp = float(mpp)
-        view, downsample = low_resolution_view(slide, TISSUE_VIEW_PX)
+        # tiles the decoder rejects show as glass (listed in the slide's stats.json), here as there
+        view, downsample = low_resolution_view(slide, TISSUE_VIEW_PX, unreadable=[])
+        readable = GlassWhereUnreadable(slide, [])
         mask = np.asarray(tissue_mask(view))
         if not mask.any():
             result.note = "no tissue found: patches sampled over the whole slide"
@@ -339,7 +341,7 @@ def extract_review_patches(
         else:
             result.note = "; ".join(filter(None, [result.note, "nuclei.parquet missing: outlines not drawn"]))
         for p, polys in zip(result.patches, polygons, strict=True):
-            region = slide.read_region(p.x, p.y, p.w, p.h, level=0)
+            region = readable.read_region(p.x, p.y, p.w, p.h, level=0)
             raw, over = render_review_image(region, polys, p.x, p.y)
             name = f"patch_{p.index:02d}.png"
             _write_image(folder / name, side_by_side(raw, over), compress_level=PNG_COMPRESS_LEVEL)

@@ -18,7 +18,7 @@ import numpy as np
 from pipeline.config import Config
 from pipeline.io.outputs.maps import create_maps
 from pipeline.io.outputs.publish import new_partial_dir, remove_stale_partials
-from pipeline.io.readers import SlideError, choose_reader, low_resolution_view, open_slide
+from pipeline.io.readers import SlideError, UnreadableTile, choose_reader, low_resolution_view, open_slide
 from pipeline.kernels.artifacts import artifact_mask, artifact_masks, artifacts_on_tissue
 from pipeline.kernels.nuclei import NucleusThresholds
 from pipeline.kernels.stain import MacenkoStains, StainStats, macenko_stains, reinhard_stats
@@ -67,6 +67,8 @@ class SlidePlan:
     started: float = field(default_factory=time.time)
     inputs: dict[str, Any] = field(default_factory=dict)  # what determines the outputs (slide.inputs)
     stage_seconds: dict[str, float] = field(default_factory=dict)  # planning: plan, tissue_view, scale
+    unreadable_view: tuple[UnreadableTile, ...] = ()  # tiles of the view's level that could not be decoded
+    view_level_px: int = 0  # pixels of the level the view was read from (the share lost to unreadable tiles)
 
 
 @dataclass(frozen=True)
@@ -102,8 +104,13 @@ def plan_slide(entry: SlideEntry, out_dir: str, config: Config) -> SlidePlan:
     model = model_for(config)
     with open_slide(entry.slide_path, reader) as slide:
         width, height = slide.level_dimensions[0]
+        view_level_px = 0
         view_started = time.perf_counter()
-        view, view_ds = low_resolution_view(slide, config.tissue_view_px)
+        unreadable: list[UnreadableTile] = []  # tiles of the view's level the decoder rejects: glass, listed
+        view, view_ds = low_resolution_view(slide, config.tissue_view_px, unreadable=unreadable)
+        if unreadable:
+            lw, lh = slide.level_dimensions[unreadable[0].level]
+            view_level_px = lw * lh
         tissue = tissue_mask(view)
         # Stain statistics and scale sample windows come from tissue without anything ink-like
         # (ink would shift the normalisation of every tile); which artifacts are excluded from
@@ -191,6 +198,8 @@ def plan_slide(entry: SlideEntry, out_dir: str, config: Config) -> SlidePlan:
             "tissue_view": tissue_view_s,
             "scale": scale_s,
         },
+        unreadable_view=tuple(unreadable),
+        view_level_px=view_level_px,
     )
 
 

@@ -4,9 +4,11 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +20,11 @@ from pipeline.io.outputs.contents import folder_contents
 from pipeline.io.outputs.publish import atomic_write_json, final_slide_dir, publish_slide
 from pipeline.io.outputs.stats import STATS_FILE, SlideStats, nucleus_size_stats
 from pipeline.io.outputs.tables import NUCLEUS_TABLE_FORMATS, write_nucleus_tables
+from pipeline.io.readers import SlideError
+from pipeline.io.readers.base import MAX_TILES_NAMED
 from pipeline.slide.assemble import label_offsets
 from pipeline.slide.plan import SlidePlan, Tile, TileSummary, tile_file
+from pipeline.slide.segment import UNREADABLE_SUFFIX
 
 
 def nucleus_tables(plan: SlidePlan, offsets: dict[Tile, int]) -> Iterator[pa.Table]:
@@ -33,6 +38,61 @@ def nucleus_tables(plan: SlidePlan, offsets: dict[Tile, int]) -> Iterator[pa.Tab
         yield table.set_column(0, "id", pa.array(ids, type=pa.uint32()))
 
 
+# A slide with tiles its decoder rejects finishes without them (listed, flagged, the rest kept: a
+# cohort would rather have 99.9 % of a slide than none of it) while they are at most this share of
+# its segmentation tiles, or of the level its tissue view was read from; past it, what is left is
+# no longer a measurement of the slide, and it fails naming the tiles. A judgement, not a measurement.
+MAX_UNREADABLE_SHARE = 0.1
+UNREADABLE_FLAG = "unreadable_tiles"
+
+
+@dataclass(frozen=True)
+class UnreadableSummary:
+    """The file's tiles a slide could not decode, and what that cost it."""
+
+    tiles: list[dict[str, Any]]  # UnreadableTile.as_dict(): the view's level, then level 0
+    segmented_share: float  # share of the segmented area (the tiles' cores) left unread
+    view_share: float  # share of the view's level seen as glass
+
+    def note(self) -> str:
+        first = self.tiles[0]
+        where = f"level {first['level']}, x {first['x']}, y {first['y']}"
+        return (
+            f"{len(self.tiles)} tile(s) of the file cannot be decoded (first at {where}: {first['error']}); "
+            f"excluded as glass: {self.segmented_share:.2%} of the segmented area, {self.view_share:.2%} of the "
+            "tissue view (listed in unreadable_tiles)"
+        )
+
+
+def unreadable_summary(plan: SlidePlan) -> UnreadableSummary | None:
+    """The unreadable tiles met by planning and by the tile tasks (read before the scratch files
+    go); a SlideError naming them when they cost more than ``MAX_UNREADABLE_SHARE``."""
+    view = [t.as_dict() for t in plan.unreadable_view]
+    level0: list[dict[str, Any]] = []
+    for tile in plan.tiles:
+        path = tile_file(plan, tile, UNREADABLE_SUFFIX)
+        if path.exists():
+            level0.extend(t for t in json.loads(path.read_text()) if t not in level0)
+    tiles = view + [t for t in level0 if t not in view]
+    if not tiles:
+        return None
+    segmented_px = len(plan.tiles) * plan.grid.core0**2
+    summary = UnreadableSummary(
+        tiles,
+        sum(t["width"] * t["height"] for t in level0) / segmented_px if segmented_px else 0.0,
+        sum(t["width"] * t["height"] for t in view) / plan.view_level_px if plan.view_level_px else 0.0,
+    )
+    if max(summary.segmented_share, summary.view_share) > MAX_UNREADABLE_SHARE:
+        named = "; ".join(f"level {t['level']}, x {t['x']}, y {t['y']}" for t in tiles[:MAX_TILES_NAMED])
+        named += " …" if len(tiles) > MAX_TILES_NAMED else ""
+        raise SlideError(
+            f"{len(tiles)} tile(s) of the file cannot be decoded ({named}: {tiles[0]['error']}): "
+            f"{summary.segmented_share:.1%} of the segmented area and {summary.view_share:.1%} of the tissue "
+            f"view unread, over the {MAX_UNREADABLE_SHARE:.0%} a slide may lose"
+        )
+    return summary
+
+
 def slide_stats(
     plan: SlidePlan,
     areas_um2: np.ndarray,
@@ -40,8 +100,13 @@ def slide_stats(
     seconds: float,
     timings: dict[str, float],
     outputs: dict[str, dict[str, Any]] | None = None,
+    unreadable: UnreadableSummary | None = None,
 ) -> dict[str, Any]:
     """stats.json of a finished slide."""
+    flags, warnings = list(plan.flags), list(plan.warnings)
+    if unreadable is not None:
+        flags.append(UNREADABLE_FLAG)
+        warnings.append(unreadable.note())
     return SlideStats(
         slide_id=plan.slide_id,
         cancer_type=plan.cancer_type,
@@ -54,10 +119,11 @@ def slide_stats(
         mpp_source=plan.mpp_source,
         mpp_field=plan.mpp_field,
         **(plan.mpp_estimate.as_stats() if plan.mpp_estimate else {}),
-        flags=list(plan.flags),
-        warnings=list(plan.warnings),
+        flags=flags,
+        warnings=warnings,
         tissue_mm2=round(plan.tissue_mm2, 4),
         artifact_mm2=plan.artifact_mm2,
+        unreadable_tiles=unreadable.tiles if unreadable is not None else None,
         **nucleus_size_stats(areas_um2, plan.tissue_mm2),
         n_tiles=n_tiles,
         seconds=round(seconds, 3),
@@ -80,6 +146,7 @@ def reduce_slide(
     tiles' (``read`` … ``write``), ``assemble`` and this ``reduce`` (up to writing stats.json)."""
     started = time.perf_counter()
     work = Path(plan.work_dir)
+    unreadable = unreadable_summary(plan)
     offsets = label_offsets(plan, summaries)
     formats = [f for f in NUCLEUS_TABLE_FORMATS if f != "geojson" or plan.config.write_geojson]
     n = write_nucleus_tables(nucleus_tables(plan, offsets), work, formats)
@@ -91,7 +158,7 @@ def reduce_slide(
     shutil.rmtree(work / "tiles", ignore_errors=True)
     outputs = folder_contents(work)
     timings["reduce"] = time.perf_counter() - started
-    stats = slide_stats(plan, areas, len(plan.tiles), time.time() - plan.started, timings, outputs)
+    stats = slide_stats(plan, areas, len(plan.tiles), time.time() - plan.started, timings, outputs, unreadable)
     atomic_write_json(work / STATS_FILE, stats)
     publish_slide(work, final_slide_dir(Path(plan.out_dir), plan.slide_id))
     return stats

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.io.readers import Slide
+from pipeline.io.readers import Slide, UnreadableRegion
 from pipeline.kernels.nuclei import instances_from_probabilities
 from pipeline.kernels.stain import MacenkoStains, StainStats
 from pipeline.runtime import NucleusModel
@@ -144,7 +144,12 @@ def _fixed_point(
     for _ in range(passes):
         side0 = min(max(16, int(round(WINDOW_PX * model.mpp / mpp))), max(size))
         corners = tissue_windows(tissue, view_ds, size, side0, N_WINDOWS, seed)
-        reads = [_read_at(slide, c, side0, mpp, model, stain) for c in corners]
+        reads = []
+        for corner in corners:
+            try:
+                reads.append(_read_at(slide, corner, side0, mpp, model, stain))
+            except UnreadableRegion:  # a tile the decoder rejects: the window is left out (segmentation names it)
+                continue
         per_window = [areas for areas, _ in reads]
         pooled = np.concatenate(per_window) if per_window else np.zeros(0)
         if pooled.size < MIN_NUCLEI:

@@ -9,6 +9,7 @@ the kernels take numpy or cupy arrays alike).
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -23,7 +24,15 @@ from pipeline.config import Config
 from pipeline.io.outputs.maps import open_maps
 from pipeline.io.outputs.publish import atomic_write_bytes
 from pipeline.io.outputs.schema import NUCLEI_SCHEMA
-from pipeline.io.readers import Slide, open_slide, read_mirrored
+from pipeline.io.readers import (
+    GlassWhereUnreadable,
+    Slide,
+    UnreadableRegion,
+    UnreadableTile,
+    mirrored_index,
+    open_slide,
+    read_mirrored,
+)
 from pipeline.kernels.dispatch import array_module, gpu_available, to_host
 from pipeline.kernels.features import nucleus_moments, outline_arrays, outline_perimeters
 from pipeline.kernels.nuclei import NucleusThresholds, instances_from_probabilities
@@ -53,7 +62,7 @@ def resample_to_model(window: np.ndarray, grid: TileGrid) -> np.ndarray:
     return np.asarray(ndi.zoom(window, zoom, order=1, grid_mode=True, mode="nearest"))
 
 
-def read_tile(slide: Slide, grid: TileGrid, tile: Tile) -> np.ndarray:
+def read_tile(slide: Slide | GlassWhereUnreadable, grid: TileGrid, tile: Tile) -> np.ndarray:
     """A tile's window (core + halo, the image mirrored beyond the slide's edge) at model resolution."""
     ox, oy = grid.window_origin(*tile)
     return resample_to_model(read_mirrored(slide, ox, oy, grid.extent0, grid.extent0, 0), grid)
@@ -218,7 +227,12 @@ def segment_tiles(plan: SlidePlan, tiles: list[Tile]) -> list[TileSummary]:
     with open_slide(plan.slide_path, plan.reader) as slide:
         for tile in tiles:
             t0 = time.perf_counter()
-            rgb = read_tile(slide, grid, tile)
+            unreadable: list[UnreadableTile] = []
+            try:
+                rgb = read_tile(slide, grid, tile)
+            except UnreadableRegion:  # glass where the file's tiles cannot be decoded; listed (reduce bounds the loss)
+                rgb = read_tile(GlassWhereUnreadable(slide, unreadable), grid, tile)
+                write_unreadable(plan, tile, unreadable)
             t1 = time.perf_counter()
             labels, prob, h_map, seconds = segment_window(
                 rgb,
@@ -229,9 +243,46 @@ def segment_tiles(plan: SlidePlan, tiles: list[Tile]) -> list[TileSummary]:
                 on_device,
                 want_prob=plan.config.save_probabilities,
             )
+            if unreadable:
+                labels = drop_unreadable(labels, unreadable_pixels(grid, tile, unreadable, slide.level_dimensions[0]))
             n_nuclei, written = write_tile_outputs(plan, tile, labels, h_map, prob, sampling, codec)
             summaries.append(TileSummary(tile, n_nuclei, {"read": t1 - t0, **seconds, **written}))
     return summaries
+
+
+def unreadable_pixels(
+    grid: TileGrid, tile: Tile, unreadable: list[UnreadableTile], size: tuple[int, int]
+) -> np.ndarray:
+    """The pixels of a tile's window (model resolution) that show an unreadable tile of level 0,
+    mirrored beyond the slide's edge as the window is."""
+    ox, oy = grid.window_origin(*tile)
+    rows = mirrored_index(np.arange(oy, oy + grid.extent0), size[1])
+    cols = mirrored_index(np.arange(ox, ox + grid.extent0), size[0])
+    sampling = grid.level0_sampling()
+    mask = np.zeros((grid.model_side, grid.model_side), dtype=bool)
+    for t in unreadable:
+        in_rows = np.zeros(grid.model_side, dtype=bool)
+        in_cols = np.zeros(grid.model_side, dtype=bool)
+        in_rows[sampling[(rows >= t.y) & (rows < t.y + t.height)]] = True
+        in_cols[sampling[(cols >= t.x) & (cols < t.x + t.width)]] = True
+        mask |= np.outer(in_rows, in_cols)
+    return mask
+
+
+def drop_unreadable(labels: np.ndarray, unreadable: np.ndarray) -> np.ndarray:
+    """Labels without the nuclei that touch unreadable pixels (seen as glass, they would be cut)."""
+    ids = np.unique(labels[unreadable])
+    ids = ids[ids > 0]
+    return np.where(np.isin(labels, ids), 0, labels) if ids.size else labels
+
+
+UNREADABLE_SUFFIX = ".unreadable.json"  # beside a tile's scratch outputs: the file's tiles it could not read
+
+
+def write_unreadable(plan: SlidePlan, tile: Tile, tiles: list[UnreadableTile]) -> None:
+    """Record a segmentation tile whose window holds tiles of the file the decoder rejects."""
+    body = json.dumps([t.as_dict() for t in tiles]).encode()
+    atomic_write_bytes(tile_file(plan, tile, UNREADABLE_SUFFIX), body, durable=False)
 
 
 def write_tile_outputs(

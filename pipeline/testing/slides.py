@@ -131,3 +131,27 @@ def synthetic_slide_cohort(
     manifest = folder / "manifest.csv"
     manifest.write_text("\n".join(rows) + "\n")
     return manifest
+
+
+def glass_tiff(path: Path, width: int, height: int, tile: int = 256) -> Path:
+    """A one-level tiled TIFF of white glass whatever its declared size: every tile is the same
+    Deflate-compressed bytes, so a 300,000 × 1,000 px file is ~1 MB and is written in a second
+    (hostile input for the resource bounds of issue 13)."""
+    import math
+    import zlib
+
+    import tifffile
+
+    encoded = zlib.compress(np.full((tile, tile, 3), 255, np.uint8).tobytes())
+    n = math.ceil(width / tile) * math.ceil(height / tile)
+    tifffile.imwrite(
+        path,
+        (encoded for _ in range(n)),
+        shape=(height, width, 3),
+        dtype="uint8",
+        tile=(tile, tile),
+        compression="zlib",
+        photometric="rgb",
+        bigtiff=width * height * 3 > 2**31,
+    )
+    return path

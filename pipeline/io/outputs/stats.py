@@ -40,6 +40,9 @@ class SlideStats:
     warnings: list[str] | None = None  # what a person should know about this slide's result, in words
     tissue_mm2: float | None = None
     artifact_mm2: dict[str, float] | None = None  # area excluded from segmentation, by kind (pen ink, ...)
+    # tiles of the file its decoder rejects (level, x, y, width, height in that level's px, error),
+    # excluded from the slide's tissue and nuclei (flag ``unreadable_tiles``); null when there are none
+    unreadable_tiles: list[dict[str, Any]] | None = None
     n_nuclei: int | None = None
     area_mean_um2: float | None = None
     area_std_um2: float | None = None

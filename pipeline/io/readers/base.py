@@ -9,6 +9,7 @@ downstream. A slide is a context manager: ``with open_slide(path) as slide: ...`
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +26,45 @@ GLASS = 255  # value used for pixels outside the image
 
 class SlideError(Exception):
     """A slide that cannot be read, with the reason a user can act on."""
+
+
+@dataclass(frozen=True)
+class UnreadableTile:
+    """A tile of the file (its own storage tile, in pixels of ``level``) that cannot be decoded."""
+
+    level: int
+    x: int
+    y: int
+    width: int
+    height: int
+    error: str
+
+    def describe(self) -> str:
+        return f"level {self.level}, x {self.x}, y {self.y} ({self.width}×{self.height} px)"
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class UnreadableRegion(SlideError):
+    """A read that met tiles the decoder rejects (bad JPEG data inside a tile), naming them."""
+
+    def __init__(self, tiles: list[UnreadableTile]) -> None:
+        self.tiles = list(tiles)
+        where = "; ".join(t.describe() for t in self.tiles[:MAX_TILES_NAMED])
+        more = f" and {len(self.tiles) - MAX_TILES_NAMED} more" if len(self.tiles) > MAX_TILES_NAMED else ""
+        super().__init__(f"unreadable tile at {where}{more}: {self.tiles[0].error}")
+
+    def __reduce__(self) -> tuple[Any, ...]:  # crosses process boundaries with its tiles
+        return (UnreadableRegion, (self.tiles,))
+
+
+MAX_TILES_NAMED = 5  # in one error message; stats.json lists them all
+
+
+def decoder_message(exc: BaseException) -> str:
+    """A decoder's error on one line, bounded (libjpeg's run over several lines)."""
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:300]
 
 
 class Slide(Protocol):
@@ -98,6 +138,32 @@ def read_clipped(read: Any, x: int, y: int, w: int, h: int, width: int, height: 
     return out
 
 
+def rgb8(samples: np.ndarray, max_value: int | None = None, alpha: str | None = None) -> np.ndarray:
+    """RGB uint8 from a reader's samples (H×W×3 or H×W×4).
+
+    ``max_value``: the samples are deeper than 8 bits and are scaled from ``[0, max_value]``
+    (the image's declared range) to ``[0, 255]``; casting them would keep their low byte (noise)
+    and clipping them would turn them white. ``alpha``: the fourth sample is opacity,
+    ``"straight"`` or ``"premultiplied"``; a transparent pixel is glass (white), not what its
+    colour samples hold (often black, which would read as tissue).
+
+    >>> rgb8(np.array([[[65535, 32768, 0]]], dtype=np.uint16), 65535).tolist()
+    [[[255, 128, 0]]]
+    >>> rgb8(np.array([[[0, 0, 0, 0], [200, 100, 50, 255]]], dtype=np.uint8), alpha="straight").tolist()
+    [[[255, 255, 255], [200, 100, 50]]]
+    """
+    if max_value is None and alpha is None:
+        return samples[..., :3]
+    scale = 255.0 / max_value if max_value is not None else 1.0
+    values = samples.astype(np.float32) * np.float32(scale)
+    rgb = values[..., :3]
+    if alpha is not None:
+        opacity = np.clip(values[..., 3:4] / 255.0, 0.0, 1.0)
+        colour = rgb * opacity if alpha == "straight" else rgb
+        rgb = colour + GLASS * (1.0 - opacity)
+    return np.clip(np.round(rgb), 0, 255).astype(np.uint8)
+
+
 def mirrored_index(positions: np.ndarray, size: int) -> np.ndarray:
     """Positions along an axis of ``size`` pixels, those outside mirrored back in about the edge
     pixels (numpy's ``reflect``: −1 → 1, size → size − 2), repeatedly when far outside."""
@@ -108,7 +174,9 @@ def mirrored_index(positions: np.ndarray, size: int) -> np.ndarray:
     return np.where(folded < size, folded, period - folded)
 
 
-def read_mirrored(slide: Slide, x: int, y: int, width: int, height: int, level: int = 0) -> np.ndarray:
+def read_mirrored(
+    slide: Slide | GlassWhereUnreadable, x: int, y: int, width: int, height: int, level: int = 0
+) -> np.ndarray:
     """A window of ``level`` whose parts outside the image are the image mirrored at its edges.
 
     A tile window at the slide's border then sees the tissue continued, as the model saw it in
@@ -127,12 +195,34 @@ def read_mirrored(slide: Slide, x: int, y: int, width: int, height: int, level: 
     return block[np.ix_(rows - r0, cols - c0)]
 
 
-def low_resolution_view(slide: Slide, max_side: int = 2048, strip_px: int = 1024) -> tuple[np.ndarray, float]:
+# Pixels of a slide level read at once while building the low-resolution view: 8 Mpx is 24 MB as
+# RGB and 96 MB as float32 while block-averaged, so the view stays far under 1 GB however wide
+# the slide (a 300,000×1,000 px header made one strip of the whole width peak at 3.9 GB).
+VIEW_BLOCK_PX = 8 * 2**20
+# The most pixels of one level the view may read: a level of 2^30 px (32,768² px) takes ~70 s at the
+# view's rate measured on 2 busy cores (15 Mpx/s, benchmarks/RESULTS-faults.md). A file whose smallest
+# fitting level is larger has no pyramid (a one-level 100,000² px file spent over 160 s decoding
+# glass) and is refused.
+MAX_VIEW_SOURCE_PX = 2**30
+
+
+def low_resolution_view(
+    slide: Slide,
+    max_side: int = 2048,
+    strip_px: int = 1024,
+    block_px: int = VIEW_BLOCK_PX,
+    unreadable: list[UnreadableTile] | None = None,
+) -> tuple[np.ndarray, float]:
     """An RGB view of the whole slide no larger than ``max_side`` pixels on its long side,
     and its downsample factor relative to level 0.
 
     Uses the coarsest pyramid level that is still at least ``max_side`` on its long side and
-    reads it in strips, block-averaging each strip, so memory never holds a large level.
+    reads it in blocks of at most ``block_px`` pixels (bands of ``strip_px`` rows, split across
+    the width), block-averaging each, so memory never holds a large part of a level. A level over
+    :data:`MAX_VIEW_SOURCE_PX` is refused (a slide without a pyramid), naming its size.
+
+    With an ``unreadable`` list, tiles the decoder rejects are appended to it and seen as glass
+    (so they are no tissue); without one, they raise :class:`UnreadableRegion`.
     """
     w0, h0 = slide.level_dimensions[0]
     target = max(1.0, max(w0, h0) / max_side)
@@ -141,16 +231,72 @@ def low_resolution_view(slide: Slide, max_side: int = 2048, strip_px: int = 1024
         if ds <= target + 1e-6:
             level = i
     lw, lh = slide.level_dimensions[level]
+    if lw * lh > MAX_VIEW_SOURCE_PX:
+        raise SlideError(
+            f"no pyramid level small enough for the low-resolution view: the smallest one of at least "
+            f"{max_side} px is level {level}, {lw:,}×{lh:,} px (at most {MAX_VIEW_SOURCE_PX:,} px are read for "
+            "the view); convert the slide to a pyramidal TIFF (e.g. vips tiffsave IN OUT.tif --tile --pyramid "
+            "--compression jpeg)"
+        )
     factor = max(1, int(math.ceil(max(lw, lh) / max_side)))
     out_w, out_h = math.ceil(lw / factor), math.ceil(lh / factor)
     out = np.empty((out_h, out_w, 3), dtype=np.uint8)
     rows = max(factor, (strip_px // factor) * factor)
+    cols = max(factor, (block_px // rows) // factor * factor)
     for y in range(0, lh, rows):
-        strip = slide.read_region(0, y, out_w * factor, min(rows, lh - y), level).astype(np.float32)
-        sh = strip.shape[0]
-        pad = (-sh) % factor
-        if pad:
-            strip = np.concatenate([strip, np.repeat(strip[-1:], pad, axis=0)])
-        blocks = strip.reshape(strip.shape[0] // factor, factor, out_w, factor, 3).mean(axis=(1, 3))
-        out[y // factor : y // factor + blocks.shape[0]] = np.round(blocks).astype(np.uint8)
+        for x in range(0, out_w * factor, cols):
+            width = min(cols, out_w * factor - x)
+            height = min(rows, lh - y)
+            try:
+                block = slide.read_region(x, y, width, height, level).astype(np.float32)
+            except UnreadableRegion as exc:
+                if unreadable is None:
+                    raise
+                block = read_around(slide, x, y, width, height, level, exc.tiles, unreadable).astype(np.float32)
+            pad = (-block.shape[0]) % factor
+            if pad:
+                block = np.concatenate([block, np.repeat(block[-1:], pad, axis=0)])
+            means = block.reshape(block.shape[0] // factor, factor, width // factor, factor, 3).mean(axis=(1, 3))
+            out[y // factor : y // factor + means.shape[0], x // factor : (x + width) // factor] = np.round(means)
     return out, slide.level_downsamples[level] * factor
+
+
+def read_around(
+    slide: Slide,
+    x: int,
+    y: int,
+    width: int,
+    height: int,
+    level: int,
+    bad: list[UnreadableTile],
+    unreadable: list[UnreadableTile],
+) -> np.ndarray:
+    """A region read cell by cell on the grid of the file's tiles (the size of the ``bad`` ones),
+    with glass where a cell cannot be decoded; those tiles are appended to ``unreadable``."""
+    out = np.full((height, width, 3), GLASS, dtype=np.uint8)
+    tw, th = max(1, bad[0].width), max(1, bad[0].height)
+    for cy in range(y // th * th, y + height, th):
+        for cx in range(x // tw * tw, x + width, tw):
+            x0, y0 = max(cx, x), max(cy, y)
+            x1, y1 = min(cx + tw, x + width), min(cy + th, y + height)
+            try:
+                out[y0 - y : y1 - y, x0 - x : x1 - x] = slide.read_region(x0, y0, x1 - x0, y1 - y0, level)
+            except UnreadableRegion as exc:
+                unreadable.extend(t for t in exc.tiles if t not in unreadable)
+    return out
+
+
+class GlassWhereUnreadable:
+    """A slide whose reads show glass where the file's tiles cannot be decoded, and list those
+    tiles (in ``unreadable``): a segmentation window reads the rest of its pixels."""
+
+    def __init__(self, slide: Slide, unreadable: list[UnreadableTile]) -> None:
+        self.slide = slide
+        self.unreadable = unreadable
+        self.level_dimensions = slide.level_dimensions
+
+    def read_region(self, x: int, y: int, width: int, height: int, level: int = 0) -> np.ndarray:
+        try:
+            return self.slide.read_region(x, y, width, height, level)
+        except UnreadableRegion as exc:
+            return read_around(self.slide, x, y, width, height, level, exc.tiles, self.unreadable)
