@@ -108,7 +108,7 @@ def test_failure_that_cannot_be_published_fails_only_its_slide(cohort: Path, blo
     assert status == {entries[0].slide_id: "failed", "s0": "ok", "s1": "ok"}
     failed = next(o for o in outcomes if o.status == "failed")
     assert "missing.svs" in failed.error and "could not be recorded" in failed.error
-    assert (out / "slides" / "s0" / "nuclei.csv").exists()
+    assert (out / "slides" / "s0" / "nuclei.parquet").exists()
     assert not [p for p in (out / "slides").iterdir() if p.name.startswith(".")]
 
 
@@ -229,7 +229,7 @@ def test_resume_redoes_slides_whose_outputs_or_inputs_changed(cohort: Path, blob
 
     out = tmp_path / "out"
     manifest = manifest_of(tmp_path, [f"{cohort}/s{i}.svs,s{i},BRCA" for i in range(3)])
-    args = ["--out", str(out), "--model", str(blob_model), "--tile-px", "256", "--no-qc"]
+    args = ["--out", str(out), "--model", str(blob_model), "--tile-px", "256", "--no-qc", "--write-csv"]
     first = run_cli(str(manifest), *args)
     assert first.returncode == 0, first.stderr[-3000:]
     slides = out / "slides"

@@ -20,7 +20,7 @@ from pipeline.io.outputs.schema import NUCLEI_SCHEMA
 
 
 class NucleusTableWriter(Protocol):
-    def __init__(self, folder: Path) -> None: ...
+    def __init__(self, folder: Path, slide_id: str) -> None: ...
 
     def write(self, table: pa.Table) -> None:
         """Append ``table`` (rows in :data:`NUCLEI_SCHEMA`), column-wise: no Python per nucleus."""
@@ -29,16 +29,21 @@ class NucleusTableWriter(Protocol):
     def close(self) -> None: ...
 
 
-# Format name → writer; every one is written unless the run leaves it out (``write_geojson``).
+# Format name → writer. ``nuclei.parquet`` (GeoParquet) is the primary table, always written.
 NUCLEUS_TABLE_FORMATS: dict[str, type[NucleusTableWriter]] = {
     "parquet": ParquetWriter,
     "csv": PaperCsvWriter,
     "geojson": QuPathGeoJsonWriter,
 }
+# The formats a run writes only on request (the config flag that asks for each), to keep a
+# cohort's outputs small; ``python -m pipeline.export`` writes them later from nuclei.parquet.
+ON_REQUEST = {"csv": "write_csv", "geojson": "write_geojson"}
+# The file each format writes, in a slide's folder.
+TABLE_FILES = {"parquet": "nuclei.parquet", "csv": "nuclei.csv", "geojson": "nuclei.geojson"}
 
 
 def write_nucleus_tables(
-    tables: Iterator[pa.Table], folder: Path, formats: Iterable[str] = tuple(NUCLEUS_TABLE_FORMATS)
+    tables: Iterator[pa.Table], folder: Path, slide_id: str, formats: Iterable[str] = tuple(NUCLEUS_TABLE_FORMATS)
 ) -> int:
     """Stream per-tile nucleus tables into ``folder`` in each of ``formats``. Returns the
     number of nuclei written."""
@@ -46,7 +51,7 @@ def write_nucleus_tables(
     n = 0
     try:
         for name in formats:
-            writers.append(NUCLEUS_TABLE_FORMATS[name](folder))
+            writers.append(NUCLEUS_TABLE_FORMATS[name](folder, slide_id))
         for table in tables:
             if table.num_rows == 0:
                 continue
