@@ -8,7 +8,8 @@ A generated slide (as ``gpu_benchmark.py``: 0.25 µm/px, nuclei on tissue everyw
 24`` gives ~1,700 nuclei per Mpx, the density of real tissue) is segmented once with every table
 asked for (``write_csv``, ``write_geojson``); then, outside the run:
 
-* each file's bytes per nucleus (= MB per million nuclei), and the gzip-compressed CSV and GeoJSON
+* each file's bytes per nucleus (= MB per million nuclei), the centroid GeoJSON that
+  ``python -m pipeline.export geojson-centroids`` writes, and the gzip-compressed CSV and GeoJSON
   (level 6, as ``gzip`` writes by default) for comparison;
 * the previous nuclei.parquet (the same table without ``geometry``/``bbox``, zstd, default
   encodings) written from the same rows;
@@ -82,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.io.outputs.numbers import list_parts
     from pipeline.io.outputs.parquet import polygon_wkb
     from pipeline.io.outputs.schema import NUCLEI_SCHEMA
+    from pipeline.io.outputs.tables import write_nucleus_tables
     from pipeline.manifest import SlideEntry
     from pipeline.slide.inline import process_slide_inline
 
@@ -97,6 +99,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     per_nucleus = {name: tree_bytes(folder / name) / n for name in sorted(os.listdir(folder))}
+    centroids = work / "centroids"
+    centroids.mkdir()
+    tables = pq.ParquetFile(folder / "nuclei.parquet")
+    batches = (tables.read_row_group(i, columns=NUCLEI_SCHEMA.names) for i in range(tables.num_row_groups))
+    write_nucleus_tables(batches, centroids, slide.stem, ["geojson-centroids"])
+    per_nucleus["nuclei_centroids.geojson (export)"] = tree_bytes(centroids / "nuclei_centroids.geojson") / n
     per_nucleus["nuclei.csv.gz (gzip -6)"] = gzip_bytes(folder / "nuclei.csv") / n
     per_nucleus["nuclei.geojson.gz (gzip -6)"] = gzip_bytes(folder / "nuclei.geojson") / n
     table = pq.read_table(folder / "nuclei.parquet", columns=NUCLEI_SCHEMA.names)

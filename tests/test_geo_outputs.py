@@ -179,8 +179,8 @@ def check_qupath_feature(feature: dict[str, Any]) -> None:
     assert feature["type"] == "Feature"
     assert str(uuid.UUID(feature["id"])) == feature["id"]
     geometry = feature["geometry"]
-    assert geometry["type"] == "Polygon"
-    for ring in geometry["coordinates"]:
+    assert geometry["type"] in ("Polygon", "Point")
+    for ring in geometry["coordinates"] if geometry["type"] == "Polygon" else [[geometry["coordinates"]] * 4]:
         assert len(ring) >= 4 and ring[0] == ring[-1]
         assert all(len(p) == 2 and all(isinstance(v, (int, float)) for v in p) for p in ring)
     props = feature["properties"]
@@ -215,6 +215,19 @@ def test_geojson_follows_qupaths_object_format_with_stable_uuids(tmp_path: Path)
     write_nucleus_tables(iter(tables), tmp_path / "c", "another-slide", ["geojson"])
     other = json.loads((tmp_path / "c" / "nuclei.geojson").read_text())["features"]
     assert not set(f["id"] for f in other) & set(uuids)  # unique across slides
+
+    # the lighter variant: the same detections, each a point at its centroid
+    write_nucleus_tables(iter(tables), tmp_path / "a", SLIDE, ["geojson-centroids"])
+    points = json.loads((tmp_path / "a" / "nuclei_centroids.geojson").read_text())["features"]
+    for f in points:
+        check_qupath_feature(f)
+    assert [f["id"] for f in points] == uuids
+    xy = np.array([f["geometry"]["coordinates"] for f in points])
+    np.testing.assert_allclose(xy[:, 0], written.column("centroid_x").to_numpy(), atol=0.05)
+    np.testing.assert_allclose(xy[:, 1], written.column("centroid_y").to_numpy(), atol=0.05)
+    assert [f["properties"] for f in points] == [f["properties"] for f in features]
+    size = (tmp_path / "a" / "nuclei_centroids.geojson").stat().st_size
+    assert size < 0.7 * (tmp_path / "a" / "nuclei.geojson").stat().st_size  # outlines of 6-20 vertices here
 
 
 def published_slide(out: Path, slide_id: str, tables: list[pa.Table], status: str = "ok") -> Path:

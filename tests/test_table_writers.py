@@ -99,3 +99,12 @@ def test_non_finite_values_written_as_json_writes_them(tmp_path: Path) -> None:
     write_nucleus_tables(iter([table]), tmp_path / "columns", SLIDE, ["geojson"])
     new = (tmp_path / "columns" / "nuclei.geojson").read_bytes()
     assert b"NaN" in new and new == (tmp_path / "rows" / "nuclei.geojson").read_bytes()
+
+
+def test_centroid_geojson_is_the_definition_row_by_row(tmp_path: Path) -> None:
+    tables = [random_table(np.random.default_rng(9), n, 1 + 1000 * i, 1.996) for i, n in enumerate([120, 1, 33])]
+    write_nucleus_tables(iter(tables), tmp_path, SLIDE, ["geojson-centroids"])
+    rows = [row for t in tables for row in t.to_pylist()]
+    features = [json.dumps(nucleus_feature(row, SLIDE, centroids=True), separators=(",", ":")) for row in rows]
+    expected = '{"type": "FeatureCollection", "features": [\n' + ",\n".join(features) + "\n]}\n"
+    assert (tmp_path / "nuclei_centroids.geojson").read_text() == expected

@@ -1,6 +1,7 @@
-"""``python -m pipeline.export {csv,geojson} DIR [--slides ID ...]``: write a published slide's
-``nuclei.csv`` (the paper's format) or ``nuclei.geojson`` (QuPath detections) from its
-``nuclei.parquet``, for the slides someone wants to open elsewhere.
+"""``python -m pipeline.export {csv,geojson,geojson-centroids} DIR [--slides ID ...]``: write a
+published slide's ``nuclei.csv`` (the paper's format), ``nuclei.geojson`` (QuPath detections) or
+``nuclei_centroids.geojson`` (the same detections as points) from its ``nuclei.parquet``, for the
+slides someone wants to open elsewhere.
 
 The files are those a run writes with ``--write-csv`` / ``--write-geojson`` (same bytes), built
 tile by tile (one Parquet row group at a time) by the same column-wise writers, and each appears
@@ -24,7 +25,7 @@ from pipeline.io.outputs.lock import OutputInUse, lock_output
 from pipeline.io.outputs.publish import atomic_file_from, slides_dir
 from pipeline.io.outputs.schema import NUCLEI_SCHEMA
 from pipeline.io.outputs.stats import STATS_FILE
-from pipeline.io.outputs.tables import ON_REQUEST, TABLE_FILES, write_nucleus_tables
+from pipeline.io.outputs.tables import NUCLEUS_TABLE_FORMATS, PRIMARY, TABLE_FILES, write_nucleus_tables
 
 
 def tile_tables(parquet: Path) -> Iterator[pa.Table]:
@@ -56,7 +57,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m pipeline.export",
         description="Write nuclei.csv or nuclei.geojson of published slides from their nuclei.parquet.",
     )
-    parser.add_argument("format", choices=sorted(ON_REQUEST), help="csv: the paper's table; geojson: QuPath objects")
+    parser.add_argument(
+        "format",
+        choices=[f for f in NUCLEUS_TABLE_FORMATS if f != PRIMARY],
+        help="csv: the paper's table; geojson: QuPath detections; geojson-centroids: the same, each a point "
+        "(nuclei_centroids.geojson, lighter for slides of a million nuclei)",
+    )
     parser.add_argument("dir", type=Path, help="the run's output folder (holds slides/<slide_id>/)")
     parser.add_argument("--slides", nargs="+", metavar="ID", help="slide ids (default: every finished slide)")
     args = parser.parse_args(argv)

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 from pipeline.io.outputs.contents import folder_contents
 from pipeline.io.outputs.publish import atomic_write_json, final_slide_dir, publish_slide
 from pipeline.io.outputs.stats import STATS_FILE, SlideStats, nucleus_size_stats
-from pipeline.io.outputs.tables import NUCLEUS_TABLE_FORMATS, ON_REQUEST, write_nucleus_tables
+from pipeline.io.outputs.tables import run_formats, write_nucleus_tables
 from pipeline.slide.assemble import label_offsets
 from pipeline.slide.plan import SlidePlan, Tile, TileSummary, tile_file
 
@@ -81,8 +81,7 @@ def reduce_slide(
     started = time.perf_counter()
     work = Path(plan.work_dir)
     offsets = label_offsets(plan, summaries)
-    formats = [f for f in NUCLEUS_TABLE_FORMATS if f not in ON_REQUEST or getattr(plan.config, ON_REQUEST[f])]
-    n = write_nucleus_tables(nucleus_tables(plan, offsets), work, plan.slide_id, formats)
+    n = write_nucleus_tables(nucleus_tables(plan, offsets), work, plan.slide_id, run_formats(plan.config))
     areas = pq.read_table(work / "nuclei.parquet", columns=["area_um2"]).column(0).to_numpy() if n else np.zeros(0)
     timings: dict[str, float] = dict(plan.stage_seconds)
     for part in [s.seconds for batch in summaries for s in batch] + list(assembled):

@@ -14,7 +14,7 @@ from typing import Protocol
 import pyarrow as pa
 
 from pipeline.io.outputs.csv import PaperCsvWriter
-from pipeline.io.outputs.geojson import QuPathGeoJsonWriter
+from pipeline.io.outputs.geojson import QuPathCentroidsWriter, QuPathGeoJsonWriter
 from pipeline.io.outputs.parquet import ParquetWriter
 from pipeline.io.outputs.schema import NUCLEI_SCHEMA
 
@@ -34,12 +34,25 @@ NUCLEUS_TABLE_FORMATS: dict[str, type[NucleusTableWriter]] = {
     "parquet": ParquetWriter,
     "csv": PaperCsvWriter,
     "geojson": QuPathGeoJsonWriter,
+    "geojson-centroids": QuPathCentroidsWriter,
 }
-# The formats a run writes only on request (the config flag that asks for each), to keep a
-# cohort's outputs small; ``python -m pipeline.export`` writes them later from nuclei.parquet.
+PRIMARY = "parquet"  # every run writes it; the others are written from it by python -m pipeline.export
+# The formats a run also writes on request (the config flag that asks for each): the others stay
+# out of a cohort's outputs unless someone asks.
 ON_REQUEST = {"csv": "write_csv", "geojson": "write_geojson"}
 # The file each format writes, in a slide's folder.
-TABLE_FILES = {"parquet": "nuclei.parquet", "csv": "nuclei.csv", "geojson": "nuclei.geojson"}
+TABLE_FILES = {
+    "parquet": "nuclei.parquet",
+    "csv": "nuclei.csv",
+    "geojson": QuPathGeoJsonWriter.FILE,
+    "geojson-centroids": QuPathCentroidsWriter.FILE,
+}
+
+
+def run_formats(config: object) -> list[str]:
+    """The formats a run writes: the primary table and each on-request format whose flag the
+    run's ``config`` sets."""
+    return [f for f in NUCLEUS_TABLE_FORMATS if f == PRIMARY or (f in ON_REQUEST and getattr(config, ON_REQUEST[f]))]
 
 
 def write_nucleus_tables(
