@@ -12,7 +12,8 @@ asked for (``write_csv``, ``write_geojson``); then, outside the run:
   ``python -m pipeline.export geojson-centroids`` writes, and the gzip-compressed CSV and GeoJSON
   (level 6, as ``gzip`` writes by default) for comparison;
 * the previous nuclei.parquet (the same table without ``geometry``/``bbox``, zstd, default
-  encodings) written from the same rows;
+  encodings) written from the same rows, and the GeoParquet table with default encodings;
+* the CSV compressed by a few codecs (gzip, zstd, brotli at some levels): size and time;
 * the cost of building the WKB column: numpy (``parquet.polygon_wkb``, what the pipeline uses)
   against shapely 2 (``polygons`` + ``to_wkb``), best of ``--repeats``, µs per nucleus.
 
@@ -77,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     import gpu_benchmark as gb
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     from pipeline.config import Config
@@ -109,6 +111,17 @@ def main(argv: list[str] | None = None) -> int:
     per_nucleus["nuclei.geojson.gz (gzip -6)"] = gzip_bytes(folder / "nuclei.geojson") / n
     table = pq.read_table(folder / "nuclei.parquet", columns=NUCLEI_SCHEMA.names)
     per_nucleus["previous nuclei.parquet"] = previous_parquet(table, work / "previous.parquet") / n
+    geo = pq.read_table(folder / "nuclei.parquet")
+    per_nucleus["nuclei.parquet, default encodings"] = previous_parquet(geo, work / "default.parquet") / n
+    csv_text = (folder / "nuclei.csv").read_bytes()
+    codecs: dict[str, dict[str, float]] = {}
+    for codec, level in [("gzip", 1), ("gzip", 6), ("zstd", 1), ("zstd", 3), ("zstd", 9), ("brotli", 5)]:
+        compress = pa.Codec(codec, compression_level=level).compress
+        size = len(compress(csv_text, asbytes=True))
+        codecs[f"{codec} {level}"] = {
+            "mb_per_million": round(size / n, 1),
+            "us_per_nucleus": round(best_us_per_nucleus(lambda c=compress: c(csv_text), 2, n), 2),
+        }
     defaults = ["nuclei.parquet", "maps.zarr", "stats.json"]
     before = ["previous nuclei.parquet", "nuclei.csv", "nuclei.geojson", "maps.zarr", "stats.json"]
     default_mb = sum(per_nucleus[k] for k in defaults)
@@ -141,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         "defaults_mb_per_million": round(default_mb, 1),
         "before_mb_per_million": round(before_mb, 1),
         "ratio_before_over_defaults": round(before_mb / default_mb, 2),
+        "csv_compressed": codecs,
         "wkb_us_per_nucleus": {k: round(v, 2) for k, v in wkb.items()},
         "wkb_numpy_equals_shapely": same,
     }
@@ -156,6 +170,12 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"defaults ({' + '.join(defaults)}): {default_mb:.1f} MB per million nuclei; "
         f"before issue 15 ({' + '.join(before)}): {before_mb:.1f}; before / now: {before_mb / default_mb:.2f}×",
+        "",
+        "nuclei.csv compressed (pyarrow codecs, in memory): "
+        + "; ".join(
+            f"{k}: {v['mb_per_million']} MB per million, {v['us_per_nucleus']} µs per nucleus"
+            for k, v in codecs.items()
+        ),
         "",
         "WKB column, µs per nucleus: "
         + ", ".join(f"{k} {v:.2f}" for k, v in wkb.items())
