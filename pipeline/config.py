@@ -50,8 +50,8 @@ class Config:
     stain: str = "reinhard"  # one of STAIN_CHOICES
     # --- outputs ---
     save_probabilities: bool = False  # also write uint8 probability maps into maps.zarr
-    # nuclei.parquet (GeoParquet) is always written; the paper's CSV and QuPath's GeoJSON cost ~300 and
-    # ~600 bytes per nucleus more (benchmarks/RESULTS-outputs.md), so they are written on request, or
+    # nuclei.parquet (GeoParquet) is always written; the paper's CSV and QuPath's GeoJSON cost ~310 and
+    # ~670 bytes per nucleus more (benchmarks/RESULTS-outputs.md), so they are written on request, or
     # later from nuclei.parquet (python -m pipeline.export)
     write_csv: bool = False
     write_geojson: bool = False
