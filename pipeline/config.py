@@ -50,7 +50,11 @@ class Config:
     stain: str = "reinhard"  # one of STAIN_CHOICES
     # --- outputs ---
     save_probabilities: bool = False  # also write uint8 probability maps into maps.zarr
-    write_geojson: bool = True
+    # nuclei.parquet (GeoParquet) is always written; the paper's CSV and QuPath's GeoJSON cost ~310 and
+    # ~670 bytes per nucleus more (benchmarks/RESULTS-outputs.md), so they are written on request, or
+    # later from nuclei.parquet (python -m pipeline.export)
+    write_csv: bool = False
+    write_geojson: bool = False
     # --- execution ---
     reader: str = "auto"  # one of READER_CHOICES (forcing a reader is for experts and tests)
     scheduler: str = ""  # address or scheduler-file of an existing dask-scheduler; empty = local
@@ -251,6 +255,10 @@ OUTPUT_FIELDS: tuple[str, ...] = (
     "tissue_view_px",
     "stain",
     "save_probabilities",
+    "write_csv",
     "write_geojson",
     "half",
 )
+# Of those, the ones that only add a file: a slide made with one of them on still serves a run that
+# leaves it off (its folder holds more); a slide made without it is redone when a run asks for it.
+EXTRA_OUTPUT_FIELDS: tuple[str, ...] = ("write_csv", "write_geojson")

@@ -109,7 +109,7 @@ def test_failure_that_cannot_be_published_fails_only_its_slide(cohort: Path, blo
     assert status == {entries[0].slide_id: "failed", "s0": "ok", "s1": "ok"}
     failed = next(o for o in outcomes if o.status == "failed")
     assert "missing.svs" in failed.error and "could not be recorded" in failed.error
-    assert (out / "slides" / "s0" / "nuclei.csv").exists()
+    assert (out / "slides" / "s0" / "nuclei.parquet").exists()
     assert not [p for p in (out / "slides").iterdir() if p.name.startswith(".")]
 
 
@@ -230,7 +230,7 @@ def test_resume_redoes_slides_whose_outputs_or_inputs_changed(cohort: Path, blob
 
     out = tmp_path / "out"
     manifest = manifest_of(tmp_path, [f"{cohort}/s{i}.svs,s{i},BRCA" for i in range(3)])
-    args = ["--out", str(out), "--model", str(blob_model), "--tile-px", "256", "--no-qc"]
+    args = ["--out", str(out), "--model", str(blob_model), "--tile-px", "256", "--no-qc", "--write-csv"]
     first = run_cli(str(manifest), *args)
     assert first.returncode == 0, first.stderr[-3000:]
     slides = out / "slides"
@@ -259,6 +259,9 @@ def test_resume_redoes_slides_whose_outputs_or_inputs_changed(cohort: Path, blob
     # nothing changed: nothing redone
     third = run_cli(str(manifest), *args)
     assert "3 already complete, 0 to process" in third.stderr and "redoing" not in third.stderr
+    # a table made on request (the CSV) and no longer asked for: the folders hold more, nothing redone
+    fewer = run_cli(str(manifest), *[a for a in args if a != "--write-csv"])
+    assert "3 already complete, 0 to process" in fewer.stderr and "redoing" not in fewer.stderr
 
     # same size, other bytes: caught by the checksums when asked for
     csv = slides / "s0" / "nuclei.csv"

@@ -37,7 +37,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory, synthetic_slide, blob_model) 
     out = {}
     for tile in (256, 384):
         folder = tmp_path_factory.mktemp(f"tile{tile}")
-        run_inline(path, folder, blob_model, tile_px=tile)
+        run_inline(path, folder, blob_model, tile_px=tile, write_csv=True, write_geojson=True)
         out[tile] = folder / "slides" / path.stem
     return out
 
@@ -107,6 +107,8 @@ def test_outputs_follow_the_contract(runs) -> None:
         "eccentricity",
         "mean_haematoxylin",
         "polygon",
+        "geometry",
+        "bbox",
     ]
     ids = table.column("id").to_numpy()
     assert sorted(ids) == list(range(1, len(ids) + 1))

@@ -37,7 +37,7 @@ def output_digest(slide_dir: Path) -> dict[str, str]:
     import zarr
 
     out = {}
-    out["nuclei.csv"] = hashlib.sha256((slide_dir / "nuclei.csv").read_bytes()).hexdigest()
+    out["nuclei.parquet"] = hashlib.sha256((slide_dir / "nuclei.parquet").read_bytes()).hexdigest()
     labels = zarr.open_array(str(slide_dir / "maps.zarr" / "labels"), mode="r")[:]
     out["labels"] = hashlib.sha256(np.ascontiguousarray(labels).tobytes()).hexdigest()
     stats = json.loads((slide_dir / "stats.json").read_text())
@@ -115,7 +115,7 @@ def test_failures_reruns_and_resume(cohort: Path, blob_model: Path, tmp_path: Pa
         slides = out2 / "slides"
         visible = [p for p in slides.iterdir() if not p.name.startswith(".")] if slides.exists() else []
         for p in visible:  # a visible folder is always complete
-            assert (p / "stats.json").exists() and (p / "nuclei.csv").exists(), p
+            assert (p / "stats.json").exists() and (p / "nuclei.parquet").exists(), p
         seen_partial |= slides.exists() and any(p.name.startswith(".") for p in slides.iterdir())
         if len(visible) >= 1:
             break

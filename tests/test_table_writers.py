@@ -1,18 +1,24 @@
-"""The column-wise nucleus-table writers against the previous row-by-row writers (kept verbatim
-in ``tests/reference``): the same tables give byte-identical ``nuclei.csv`` and ``nuclei.geojson``."""
+"""The column-wise nucleus-table writers against row-by-row definitions: ``nuclei.csv`` against
+the previous row-by-row writer (kept verbatim in ``tests/reference``), byte for byte;
+``nuclei.geojson`` (UUID ids and the nucleus id as a measurement since issue 15) against
+``json.dumps`` of :func:`pipeline.io.outputs.geojson.nucleus_feature` for every row."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
+from pipeline.io.outputs.geojson import nucleus_feature
 from pipeline.io.outputs.schema import NUCLEI_SCHEMA
 from pipeline.io.outputs.tables import write_nucleus_tables
 from tests.reference.csv_rows import PaperCsvWriter as RowCsvWriter
 from tests.reference.geojson_rows import QuPathGeoJsonWriter as RowGeoJsonWriter
+
+SLIDE = "TCGA-A1-A0SB-01Z-00-DX1"
 
 
 def random_table(rng: np.random.Generator, n: int, first_id: int, scale: float) -> pa.Table:
@@ -41,15 +47,20 @@ def random_table(rng: np.random.Generator, n: int, first_id: int, scale: float) 
 
 
 def write_rows(tables: list[pa.Table], folder: Path) -> None:
-    writers = [RowCsvWriter(folder), RowGeoJsonWriter(folder)]
+    """nuclei.csv by the previous writer; nuclei.geojson row by row from the feature's definition."""
+    writers = [RowCsvWriter(folder), RowGeoJsonWriter(folder)]  # the GeoJSON one for its empty file
+    features = []
     for table in tables:
         if table.num_rows == 0:
             continue
         columns = table.to_pydict()
-        for w in writers:
-            w.write(table, columns)
+        writers[0].write(table, columns)
+        features += [json.dumps(nucleus_feature(row, SLIDE), separators=(",", ":")) for row in table.to_pylist()]
     for w in writers:
         w.close()
+    if features:
+        text = '{"type": "FeatureCollection", "features": [\n' + ",\n".join(features) + "\n]}\n"
+        (folder / "nuclei.geojson").write_bytes(text.encode())
 
 
 @pytest.mark.parametrize("scale", [1.0, 1.996])
@@ -60,7 +71,7 @@ def test_csv_and_geojson_bytes_unchanged(tmp_path: Path, scale: float) -> None:
     (tmp_path / "rows").mkdir()
     (tmp_path / "columns").mkdir()
     write_rows(tables, tmp_path / "rows")
-    n = write_nucleus_tables(iter(tables), tmp_path / "columns", ["parquet", "csv", "geojson"])
+    n = write_nucleus_tables(iter(tables), tmp_path / "columns", SLIDE, ["parquet", "csv", "geojson"])
     assert n == sum(t.num_rows for t in tables)
     for name in ("nuclei.csv", "nuclei.geojson"):
         old, new = (tmp_path / "rows" / name).read_bytes(), (tmp_path / "columns" / name).read_bytes()
@@ -72,7 +83,7 @@ def test_empty_outputs_unchanged(tmp_path: Path) -> None:
     (tmp_path / "rows").mkdir()
     (tmp_path / "columns").mkdir()
     write_rows([], tmp_path / "rows")
-    write_nucleus_tables(iter([]), tmp_path / "columns", ["csv", "geojson"])
+    write_nucleus_tables(iter([]), tmp_path / "columns", SLIDE, ["csv", "geojson"])
     for name in ("nuclei.csv", "nuclei.geojson"):
         assert (tmp_path / "columns" / name).read_bytes() == (tmp_path / "rows" / name).read_bytes()
 
@@ -85,6 +96,15 @@ def test_non_finite_values_written_as_json_writes_them(tmp_path: Path) -> None:
     (tmp_path / "rows").mkdir()
     (tmp_path / "columns").mkdir()
     write_rows([table], tmp_path / "rows")
-    write_nucleus_tables(iter([table]), tmp_path / "columns", ["geojson"])
+    write_nucleus_tables(iter([table]), tmp_path / "columns", SLIDE, ["geojson"])
     new = (tmp_path / "columns" / "nuclei.geojson").read_bytes()
     assert b"NaN" in new and new == (tmp_path / "rows" / "nuclei.geojson").read_bytes()
+
+
+def test_centroid_geojson_is_the_definition_row_by_row(tmp_path: Path) -> None:
+    tables = [random_table(np.random.default_rng(9), n, 1 + 1000 * i, 1.996) for i, n in enumerate([120, 1, 33])]
+    write_nucleus_tables(iter(tables), tmp_path, SLIDE, ["geojson-centroids"])
+    rows = [row for t in tables for row in t.to_pylist()]
+    features = [json.dumps(nucleus_feature(row, SLIDE, centroids=True), separators=(",", ":")) for row in rows]
+    expected = '{"type": "FeatureCollection", "features": [\n' + ",\n".join(features) + "\n]}\n"
+    assert (tmp_path / "nuclei_centroids.geojson").read_text() == expected

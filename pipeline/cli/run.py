@@ -197,6 +197,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--halo-px", type=int, help="tile halo at model resolution (default: derived from the model)")
     p.add_argument("--stain", choices=CHOICES["stain"])
     p.add_argument("--save-probabilities", action="store_true", default=None)
+    p.add_argument("--write-csv", action="store_true", default=None, help="also write nuclei.csv (the paper's format)")
+    p.add_argument(
+        "--write-geojson", action="store_true", default=None, help="also write nuclei.geojson (QuPath detections)"
+    )
     p.add_argument("--reader", choices=CHOICES["reader"])
     p.add_argument("--max-attempts", type=int, help="worker deaths tolerated per slide before it is failed")
     p.add_argument("--device", choices=CHOICES["device"], help="where stages after the read run")
@@ -289,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
             "threads_per_worker",
             "stain",
             "save_probabilities",
+            "write_csv",
+            "write_geojson",
             "reader",
             "max_attempts",
             "progress",

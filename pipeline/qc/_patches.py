@@ -204,31 +204,43 @@ def side_by_side(raw: np.ndarray, overlay: np.ndarray) -> np.ndarray:
 
 
 def read_polygons(nuclei_path: str | Path, patches: list[Patch], reach_px: float) -> list[list[np.ndarray]]:
-    """Nucleus polygons reaching into each patch, read in one filtered scan of nuclei.parquet."""
+    """Nucleus polygons reaching into each patch, read in one filtered scan of nuclei.parquet.
+
+    The filter is on the GeoParquet ``bbox`` covering: only the row groups (tiles) whose boxes
+    overlap a patch are read, and a nucleus is drawn on every patch its box overlaps. A table
+    written before it had ``bbox`` is filtered on the centroids, widened by ``reach_px``."""
     import pyarrow.compute as pc
     import pyarrow.dataset as pads
+    import pyarrow.parquet as pq
 
     if not patches:
         return []
-    cx, cy = pc.field("centroid_x"), pc.field("centroid_y")
+    if "bbox" in pq.read_schema(str(nuclei_path)).names:
+        x0, y0, x1, y1 = (pc.field("bbox", n) for n in ("xmin", "ymin", "xmax", "ymax"))
+        columns: dict[str, Any] = {"x0": x0, "y0": y0, "x1": x1, "y1": y1, "polygon": pc.field("polygon")}
+        reach = 0.0
+    else:
+        cx, cy = pc.field("centroid_x"), pc.field("centroid_y")
+        columns = {"x0": cx, "y0": cy, "x1": cx, "y1": cy, "polygon": pc.field("polygon")}
+        reach = reach_px
     expr = None
     for p in patches:
         box = (
-            (cx >= p.x - reach_px) & (cx < p.x + p.w + reach_px) & (cy >= p.y - reach_px) & (cy < p.y + p.h + reach_px)
+            (columns["x1"] >= p.x - reach)
+            & (columns["x0"] < p.x + p.w + reach)
+            & (columns["y1"] >= p.y - reach)
+            & (columns["y0"] < p.y + p.h + reach)
         )
         expr = box if expr is None else expr | box
-    table = pads.dataset(str(nuclei_path), format="parquet").to_table(
-        columns=["centroid_x", "centroid_y", "polygon"], filter=expr
-    )
-    xs = table.column("centroid_x").to_numpy()
-    ys = table.column("centroid_y").to_numpy()
+    table = pads.dataset(str(nuclei_path), format="parquet").to_table(columns=columns, filter=expr)
+    x0, y0, x1, y1 = (table.column(k).to_numpy() for k in ("x0", "y0", "x1", "y1"))
     flat = table.column("polygon").combine_chunks()
     offsets = flat.offsets.to_numpy()
     coords = flat.values.to_numpy(zero_copy_only=False)
     out: list[list[np.ndarray]] = []
     for p in patches:
         inside = np.flatnonzero(
-            (xs >= p.x - reach_px) & (xs < p.x + p.w + reach_px) & (ys >= p.y - reach_px) & (ys < p.y + p.h + reach_px)
+            (x1 >= p.x - reach) & (x0 < p.x + p.w + reach) & (y1 >= p.y - reach) & (y0 < p.y + p.h + reach)
         )
         out.append([coords[offsets[i] : offsets[i + 1]].reshape(-1, 2) for i in inside])
     return out

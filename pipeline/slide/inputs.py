@@ -14,7 +14,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import OUTPUT_FIELDS, Config
+from pipeline.config import EXTRA_OUTPUT_FIELDS, OUTPUT_FIELDS, Config
 
 
 def slide_inputs(
@@ -59,6 +59,14 @@ def changed_inputs(recorded: Any, current: dict[str, Any]) -> str | None:
     True
     >>> changed_inputs(a, {**a, "manifest_mpp": 0.5, "config": {"stain": "macenko"}})
     "the manifest's mpp is 0.5 (it was None); stain='macenko' (it was 'reinhard')"
+
+    A file made on request (``EXTRA_OUTPUT_FIELDS``) that is no longer asked for changes nothing:
+
+    >>> b = {**a, "config": {"write_geojson": True}}
+    >>> changed_inputs(b, {**b, "config": {"write_geojson": False}}) is None
+    True
+    >>> changed_inputs(b, {**b, "config": {"write_csv": True}})
+    'write_csv=True (it was None)'
     """
     if not isinstance(recorded, dict):
         return "its stats.json does not record the inputs it was made from (written by an older version)"
@@ -79,6 +87,8 @@ def changed_inputs(recorded: Any, current: dict[str, Any]) -> str | None:
     recorded_config = recorded.get("config")
     settings: dict[str, Any] = recorded_config if isinstance(recorded_config, dict) else {}
     for name, value in current["config"].items():
+        if name in EXTRA_OUTPUT_FIELDS and not value:
+            continue
         if settings.get(name) != value:
             reasons.append(f"{name}={value!r} (it was {settings.get(name)!r})")
     return "; ".join(reasons) or None

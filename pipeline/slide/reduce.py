@@ -1,5 +1,5 @@
 """Reducing a slide: its tiles' nucleus tables become the slide's nucleus tables
-(``nuclei.parquet``, ``nuclei.csv``, ``nuclei.geojson``) with global ids, its statistics
+(``nuclei.parquet``; on request ``nuclei.csv``, ``nuclei.geojson``) with global ids, its statistics
 ``stats.json``; the scratch files go and the folder is published under its final name."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from pipeline.io.outputs.contents import folder_contents
 from pipeline.io.outputs.publish import atomic_write_json, final_slide_dir, publish_slide
 from pipeline.io.outputs.stats import STATS_FILE, SlideStats, nucleus_size_stats
-from pipeline.io.outputs.tables import NUCLEUS_TABLE_FORMATS, write_nucleus_tables
+from pipeline.io.outputs.tables import run_formats, write_nucleus_tables
 from pipeline.io.readers import SlideError
 from pipeline.io.readers.base import MAX_TILES_NAMED
 from pipeline.slide.assemble import label_offsets
@@ -148,8 +148,7 @@ def reduce_slide(
     work = Path(plan.work_dir)
     unreadable = unreadable_summary(plan)
     offsets = label_offsets(plan, summaries)
-    formats = [f for f in NUCLEUS_TABLE_FORMATS if f != "geojson" or plan.config.write_geojson]
-    n = write_nucleus_tables(nucleus_tables(plan, offsets), work, formats)
+    n = write_nucleus_tables(nucleus_tables(plan, offsets), work, plan.slide_id, run_formats(plan.config))
     areas = pq.read_table(work / "nuclei.parquet", columns=["area_um2"]).column(0).to_numpy() if n else np.zeros(0)
     timings: dict[str, float] = dict(plan.stage_seconds)
     for part in [s.seconds for batch in summaries for s in batch] + list(assembled):

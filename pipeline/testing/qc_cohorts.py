@@ -156,9 +156,12 @@ def tissue_box(size: tuple[int, int]) -> tuple[float, float, float, float]:
 
 
 def write_nuclei_parquet(path: Path, polygons: list[np.ndarray], mpp: float = MPP_40X) -> None:
-    """nuclei.parquet as DESIGN §5 specifies, for the given outlines (features approximate)."""
+    """nuclei.parquet (GeoParquet, as the pipeline writes it) for the given outlines (features
+    approximate); ``path`` is a slide folder's ``nuclei.parquet``."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
+
+    from pipeline.io.outputs.parquet import ParquetWriter
+    from pipeline.io.outputs.schema import NUCLEI_SCHEMA
 
     cx = np.array([p[:, 0].mean() for p in polygons])
     cy = np.array([p[:, 1].mean() for p in polygons])
@@ -179,7 +182,11 @@ def write_nuclei_parquet(path: Path, polygons: list[np.ndarray], mpp: float = MP
             "polygon": pa.array([p.ravel().tolist() for p in polygons], type=pa.list_(pa.float64())),
         }
     )
-    pq.write_table(table, path)
+    if path.name != "nuclei.parquet":
+        raise ValueError(f"{path}: the nucleus table of a slide folder is named nuclei.parquet")
+    writer = ParquetWriter(path.parent)
+    writer.write(table.cast(NUCLEI_SCHEMA))
+    writer.close()
 
 
 __all__ = ["synthetic_png_slide", "synthetic_stats_cohort", "tissue_box", "write_nuclei_parquet", "write_stats"]

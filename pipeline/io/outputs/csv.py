@@ -33,7 +33,7 @@ def csv_rows(table: pa.Table) -> bytes:
 
 
 class PaperCsvWriter:
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, slide_id: str = "") -> None:
         self._file = open(folder / "nuclei.csv", "wb")
         self._file.write(b"AreaInPixels,PhysicalSize,Polygon\n")
 

@@ -61,6 +61,31 @@ def atomic_path(path: Path, durable: bool = True) -> Iterator[Path]:
         raise
 
 
+@contextmanager
+def atomic_file_from(path: Path) -> Iterator[Path]:
+    """A scratch folder (a hidden sibling of ``path``) for a writer that writes
+    ``<folder>/<path.name>``; that file is renamed onto ``path`` (flushed first) when the block
+    ends without an exception. The scratch folder goes either way.
+
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> with atomic_file_from(folder / "nuclei.csv") as scratch:
+    ...     _ = (scratch / "nuclei.csv").write_text("a,b\\n")
+    ...     (folder / "nuclei.csv").exists()
+    False
+    >>> sorted(p.name for p in folder.iterdir())
+    ['nuclei.csv']
+    """
+    scratch = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.scratch")
+    scratch.mkdir()
+    try:
+        yield scratch
+        with atomic_path(path) as tmp:
+            os.replace(scratch / path.name, tmp)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 def atomic_write_bytes(path: Path, data: bytes, durable: bool = True) -> None:
     """Write ``data`` to ``path`` through a temporary sibling and a rename (see :func:`atomic_path`)."""
     with atomic_path(path, durable) as tmp:

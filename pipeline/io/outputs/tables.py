@@ -14,13 +14,13 @@ from typing import Protocol
 import pyarrow as pa
 
 from pipeline.io.outputs.csv import PaperCsvWriter
-from pipeline.io.outputs.geojson import QuPathGeoJsonWriter
+from pipeline.io.outputs.geojson import QuPathCentroidsWriter, QuPathGeoJsonWriter
 from pipeline.io.outputs.parquet import ParquetWriter
 from pipeline.io.outputs.schema import NUCLEI_SCHEMA
 
 
 class NucleusTableWriter(Protocol):
-    def __init__(self, folder: Path) -> None: ...
+    def __init__(self, folder: Path, slide_id: str) -> None: ...
 
     def write(self, table: pa.Table) -> None:
         """Append ``table`` (rows in :data:`NUCLEI_SCHEMA`), column-wise: no Python per nucleus."""
@@ -29,16 +29,34 @@ class NucleusTableWriter(Protocol):
     def close(self) -> None: ...
 
 
-# Format name → writer; every one is written unless the run leaves it out (``write_geojson``).
+# Format name → writer. ``nuclei.parquet`` (GeoParquet) is the primary table, always written.
 NUCLEUS_TABLE_FORMATS: dict[str, type[NucleusTableWriter]] = {
     "parquet": ParquetWriter,
     "csv": PaperCsvWriter,
     "geojson": QuPathGeoJsonWriter,
+    "geojson-centroids": QuPathCentroidsWriter,
+}
+PRIMARY = "parquet"  # every run writes it; the others are written from it by python -m pipeline.export
+# The formats a run also writes on request (the config flag that asks for each): the others stay
+# out of a cohort's outputs unless someone asks.
+ON_REQUEST = {"csv": "write_csv", "geojson": "write_geojson"}
+# The file each format writes, in a slide's folder.
+TABLE_FILES = {
+    "parquet": "nuclei.parquet",
+    "csv": "nuclei.csv",
+    "geojson": QuPathGeoJsonWriter.FILE,
+    "geojson-centroids": QuPathCentroidsWriter.FILE,
 }
 
 
+def run_formats(config: object) -> list[str]:
+    """The formats a run writes: the primary table and each on-request format whose flag the
+    run's ``config`` sets."""
+    return [f for f in NUCLEUS_TABLE_FORMATS if f == PRIMARY or (f in ON_REQUEST and getattr(config, ON_REQUEST[f]))]
+
+
 def write_nucleus_tables(
-    tables: Iterator[pa.Table], folder: Path, formats: Iterable[str] = tuple(NUCLEUS_TABLE_FORMATS)
+    tables: Iterator[pa.Table], folder: Path, slide_id: str, formats: Iterable[str] = tuple(NUCLEUS_TABLE_FORMATS)
 ) -> int:
     """Stream per-tile nucleus tables into ``folder`` in each of ``formats``. Returns the
     number of nuclei written."""
@@ -46,7 +64,7 @@ def write_nucleus_tables(
     n = 0
     try:
         for name in formats:
-            writers.append(NUCLEUS_TABLE_FORMATS[name](folder))
+            writers.append(NUCLEUS_TABLE_FORMATS[name](folder, slide_id))
         for table in tables:
             if table.num_rows == 0:
                 continue
