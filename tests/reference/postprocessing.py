@@ -63,3 +63,19 @@ def fill_label_holes(labels: Any) -> Any:
             break
         out = np.where(fill, grown, out)
     return out
+
+
+def instances_from_probabilities(prob: Any, params: Any) -> Any:
+    """The previous composition: the same steps as ``pipeline.kernels.nuclei`` with the
+    watershed and hole fill above."""
+    import scipy.ndimage as ndi
+
+    from pipeline.kernels.nuclei import remove_small_labels, seeds_from_centres
+
+    centre = prob[0].astype(np.float32)
+    material = ndi.gaussian_filter(prob[1].astype(np.float32), params.material_sigma)
+    foreground = material > params.material_threshold
+    markers = seeds_from_centres(centre, foreground, params)
+    labels = watershed_from_seeds(-material, markers, foreground)
+    labels = fill_label_holes(labels)
+    return remove_small_labels(labels, params.min_area_px)
