@@ -48,17 +48,18 @@ def seeds_from_centres(centre: Any, foreground: Any, params: NucleusThresholds) 
     (0 = no seed), numbered 1..n.
     """
     xp, ndi = array_module(centre), ndimage_module(centre)
-    blurred = ndi.gaussian_filter(centre.astype(xp.float32), params.centre_sigma)
+    blurred = ndi.gaussian_filter(centre.astype(xp.float32, copy=False), params.centre_sigma)
     detected = (blurred > params.centre_threshold) & foreground
     markers, n = ndi.label(detected)
-    markers = markers.astype(xp.int32)
+    markers = markers.astype(xp.int32, copy=False)
     if params.centre_weak_threshold < params.centre_threshold:
         weak, n_weak = ndi.label((blurred > params.centre_weak_threshold) & foreground)
         lone = xp.ones(int(n_weak) + 1, dtype=bool)  # weak components holding no core
         lone[0] = False
         lone[weak[markers > 0]] = False
-        new_id = (xp.cumsum(lone) + int(n)).astype(xp.int32)  # n+1, n+2 … in raster order, as label() numbers
-        markers = xp.where(lone[weak], new_id[weak], markers)
+        # n+1, n+2 … in raster order, as label() numbers; 0 for the others, which keep their cores
+        new_id = xp.where(lone, xp.cumsum(lone) + int(n), 0).astype(xp.int32)
+        markers = markers + new_id[weak]  # a lone component holds no core: markers are 0 there
         n = int(n) + int(lone.sum())
     components, n_comp = ndi.label(foreground)
     if n_comp == 0:
@@ -180,8 +181,8 @@ def instances_from_probabilities(prob: Any, params: NucleusThresholds) -> Any:
     xp, ndi = array_module(prob), ndimage_module(prob)
     if prob.ndim != 3 or prob.shape[0] != 2:
         raise ValueError(f"expected probabilities shaped 2×H×W, got {tuple(prob.shape)}")
-    centre = prob[0].astype(xp.float32)
-    material = ndi.gaussian_filter(prob[1].astype(xp.float32), params.material_sigma)
+    centre = prob[0].astype(xp.float32, copy=False)
+    material = ndi.gaussian_filter(prob[1].astype(xp.float32, copy=False), params.material_sigma)
     foreground = material > params.material_threshold
     markers = seeds_from_centres(centre, foreground, params)
     labels = watershed_from_seeds(-material, markers, foreground)
