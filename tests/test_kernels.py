@@ -12,6 +12,7 @@ from pipeline.kernels.nuclei import (
     NucleusThresholds,
     contested_basins,
     fill_label_holes,
+    foreground_box,
     instances_from_probabilities,
     remove_small_labels,
     seed_components,
@@ -143,6 +144,29 @@ def test_basin_watershed_does_not_depend_on_the_rest_of_the_image() -> None:
     inside = (basins > 0) & ~np.isin(basins, edge)
     assert contested[np.unique(basins[inside])].sum() >= 5
     np.testing.assert_array_equal(part[inside], whole[crop][inside])
+
+
+@pytest.mark.parametrize("corner", ["inside", "at the edge"])
+def test_glass_is_skipped_with_the_same_labels(corner: str) -> None:
+    """A window half glass: the steps run on the box that can hold foreground, and every label is
+    the one the whole window gives (the previous steps, which always ran on all of it)."""
+    import scipy.ndimage as ndi
+
+    rng = np.random.default_rng(6)
+    prob = np.zeros((2, 180, 200), np.float32)
+    tissue = (slice(50, 140), slice(60, 170)) if corner == "inside" else (slice(0, 90), slice(90, 200))
+    field = ndi.gaussian_filter(rng.random((2, 90, 110)), (0, 2.5, 2.5))
+    field = (field - field.min(axis=(1, 2), keepdims=True)) / np.ptp(field, axis=(1, 2), keepdims=True)
+    prob[(slice(None), *tissue)] = field
+    prob[1][tissue[0], tissue[1].start] = prob[1][tissue[0].start, tissue[1]] = 1  # nuclei at the box's edge
+    strong = NucleusThresholds(centre_threshold=0.6, material_threshold=0.4, min_area_px=5)
+    for params in (strong, dataclasses.replace(strong, centre_threshold=0.7, centre_weak_threshold=0.5)):
+        box = foreground_box(prob[1], params)
+        assert box is not None and (box[0].stop - box[0].start) * (box[1].stop - box[1].start) < 0.5 * 180 * 200
+        labels = instances_from_probabilities(prob, params)
+        assert labels.max() >= 10
+        np.testing.assert_array_equal(labels, previous.instances_from_probabilities(prob, params))
+    assert not instances_from_probabilities(np.zeros_like(prob), NucleusThresholds()).any()
 
 
 def test_hole_fill_equals_whole_image_dilation() -> None:

@@ -177,10 +177,26 @@ def instances_from_probabilities(prob: Any, params: NucleusThresholds) -> Any:
     Steps (DESIGN §2): blur + threshold the material map → foreground; seeds from the centre
     map; watershed of −material from the seeds inside the foreground; holes filled; objects
     smaller than ``min_area_px`` dropped. Labels are renumbered 1..n in order of their seeds.
+
+    Glass and background are skipped: the steps run on the box that can hold foreground
+    (:func:`foreground_box`), with the same labels as on the whole window.
     """
-    xp, ndi = array_module(prob), ndimage_module(prob)
+    xp = array_module(prob)
     if prob.ndim != 3 or prob.shape[0] != 2:
         raise ValueError(f"expected probabilities shaped 2×H×W, got {tuple(prob.shape)}")
+    box = foreground_box(prob[1], params)
+    if box is None:
+        return xp.zeros(prob.shape[1:], dtype=xp.int32)
+    if box == (slice(0, prob.shape[1]), slice(0, prob.shape[2])):
+        return instances_in_box(prob, params)
+    labels = xp.zeros(prob.shape[1:], dtype=xp.int32)
+    labels[box] = instances_in_box(prob[(slice(None), *box)], params)
+    return labels
+
+
+def instances_in_box(prob: Any, params: NucleusThresholds) -> Any:
+    """:func:`instances_from_probabilities` on the whole of ``prob``."""
+    xp, ndi = array_module(prob), ndimage_module(prob)
     centre = prob[0].astype(xp.float32, copy=False)
     material = ndi.gaussian_filter(prob[1].astype(xp.float32, copy=False), params.material_sigma)
     foreground = material > params.material_threshold
@@ -188,6 +204,44 @@ def instances_from_probabilities(prob: Any, params: NucleusThresholds) -> Any:
     labels = watershed_from_seeds(-material, markers, foreground)
     labels = fill_label_holes(labels)
     return remove_small_labels(labels, params.min_area_px)
+
+
+# scipy.ndimage.gaussian_filter's (and cupyx's) default: the kernel reaches int(4·σ + 0.5) px
+GAUSSIAN_TRUNCATE = 4.0
+
+
+def blur_reach(sigma: float) -> int:
+    """How far (px) a Gaussian blur of ``sigma`` reaches, as scipy.ndimage sizes its kernel."""
+    return int(GAUSSIAN_TRUNCATE * float(sigma) + 0.5)
+
+
+def foreground_box(material: Any, params: NucleusThresholds) -> tuple[slice, slice] | None:
+    """The box outside which the blurred material map cannot pass the foreground threshold (its
+    raw values there stay below it by 0.1%, more than float32 rounding of a blur can add) with a
+    margin for both blurs, so that every step gives inside it what it gives on the whole window;
+    None when no pixel can be foreground. A threshold ≤ 0 gives the whole window.
+
+    >>> material = np.zeros((40, 50), np.float32); material[20, 30] = 1
+    >>> foreground_box(material, NucleusThresholds(material_sigma=0.5, centre_sigma=1.0))
+    (slice(13, 28, None), slice(23, 38, None))
+    """
+    xp = array_module(material)
+    height, width = material.shape
+    if params.material_threshold <= 0:
+        return (slice(0, height), slice(0, width))
+    near = material > params.material_threshold * (1 - 1e-3)
+    rows = xp.nonzero(near.any(axis=1))[0]
+    if rows.shape[0] == 0:
+        return None
+    cols = xp.nonzero(near.any(axis=0))[0]
+    # foreground lies within one material blur of a near pixel; inside the box every pixel one
+    # more reach (material or centre blur) from its edge is blurred exactly as on the window
+    reach = blur_reach(params.material_sigma)
+    margin = reach + max(reach, blur_reach(params.centre_sigma)) + 1
+    return (
+        slice(max(int(rows[0]) - margin, 0), min(int(rows[-1]) + margin + 1, height)),
+        slice(max(int(cols[0]) - margin, 0), min(int(cols[-1]) + margin + 1, width)),
+    )
 
 
 def seed_components(prob: Any, params: NucleusThresholds) -> dict[str, int]:
