@@ -145,7 +145,7 @@ def contested_basins(seeds: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, n
     import scipy.ndimage as ndi
 
     seeded = seeds > 0
-    free = mask & ~seeded
+    free = np.asarray(mask, dtype=bool) & ~seeded
     basins, n = ndi.label(free)
     basins = basins.astype(np.int32, copy=False)
     rim = np.zeros_like(seeded)  # basin pixels with a seed pixel among their 4-neighbours
