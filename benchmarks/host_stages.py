@@ -9,6 +9,8 @@ its plan, and each tile read, segmented and kept in memory. Then, ``--repeats`` 
 new alternately (so that a busy machine slows both alike), the best time of each:
 
 * ``normalise``: Reinhard normalisation of the tile windows;
+* ``watershed``: the tiles' probability maps → nucleus labels (seeds, watershed, holes, small
+  objects; ``instances_from_probabilities``), and whether the labels are identical;
 * ``features``: cut at the slide's edge + the tile's nucleus table (moments, outlines, polygons);
 * ``reduce``: the tiles' tables written as nuclei.csv, nuclei.geojson and nuclei.parquet (since
   issue 15 the current code also builds the GeoParquet geometry and the GeoJSON's UUIDs).
@@ -87,10 +89,12 @@ def main(argv: list[str] | None = None) -> int:
     import gpu_benchmark as gb
 
     import tests.reference.features_loop as old_features
+    import tests.reference.postprocessing as old_postprocessing
     import tests.reference.stain_steps as old_stain
     from pipeline.config import Config
     from pipeline.io.outputs.tables import write_nucleus_tables
     from pipeline.io.readers import open_slide
+    from pipeline.kernels.nuclei import instances_from_probabilities
     from pipeline.manifest import SlideEntry
     from pipeline.slide import model_for, plan_slide
     from pipeline.slide.segment import cut_at_slide_edge, normalise_stain, read_tile, segment_window, tile_nuclei
@@ -106,21 +110,37 @@ def main(argv: list[str] | None = None) -> int:
     with open_slide(plan.slide_path, plan.reader) as s:
         for tile in plan.tiles:
             rgb = read_tile(s, grid, tile)
-            labels, _, h_map, _ = segment_window(rgb, model, plan.thresholds, plan.stain, grid.model_input_side)
-            kept.append((tile, rgb, labels, h_map))
+            labels, prob, h_map, _ = segment_window(rgb, model, plan.thresholds, plan.stain, grid.model_input_side)
+            kept.append((tile, rgb, labels, h_map, prob))
     gpx = gb.tissue_gigapixels(plan, list(plan.tiles))
 
     def normalise(fn: Callable[..., Any]) -> Callable[[], Any]:
-        return lambda: [fn(rgb, plan.stain) for _, rgb, _, _ in kept]
+        return lambda: [fn(rgb, plan.stain) for _, rgb, _, _, _ in kept]
+
+    def watershed(fn: Callable[..., Any]) -> Callable[[], list[Any]]:
+        return lambda: [fn(prob, plan.thresholds) for *_, prob in kept]
 
     def features(cut: Callable[..., Any], table: Callable[..., Any]) -> Callable[[], list[Any]]:
-        return lambda: [table(cut(lab, grid, t, min_area), h, grid, t, plan.mpp) for t, _, lab, h in kept]
+        return lambda: [table(cut(lab, grid, t, min_area), h, grid, t, plan.mpp) for t, _, lab, h, _ in kept]
 
     def new_table(*a: Any) -> Any:
         return tile_nuclei(*a)[0]
 
     results: dict[str, Any] = {}
     results["normalise"] = best_of(args.repeats, normalise(old_stain.reinhard_normalise), normalise(normalise_stain))
+    results["watershed"] = best_of(
+        args.repeats,
+        watershed(old_postprocessing.instances_from_probabilities),
+        watershed(instances_from_probabilities),
+    )
+    labels_identical = all(
+        np.array_equal(a, b)
+        for a, b in zip(
+            watershed(old_postprocessing.instances_from_probabilities)(),
+            watershed(instances_from_probabilities)(),
+            strict=True,
+        )
+    )
     results["features"] = best_of(
         args.repeats, features(old_cut, old_features.tile_table), features(cut_at_slide_edge, new_table)
     )
@@ -161,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
             for k, (o, n) in results.items()
         },
         "text_outputs_byte_identical": same,
+        "labels_identical": labels_identical,
     }
     lines = [
         f"date: {data['date']}  ",
@@ -173,14 +194,18 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for k, v in data["stages"].items():
         lines.append(f"| {k} | {v['old_s_per_gpx']} | {v['new_s_per_gpx']} | {v['ratio_old_over_new']}× |")
-    lines += ["", f"nuclei.csv byte-identical (previous vs current writer): {same}"]
+    lines += [
+        "",
+        f"nuclei.csv byte-identical (previous vs current writer): {same}  ",
+        f"labels identical (previous vs current watershed stage): {labels_identical}",
+    ]
     text = "\n".join(lines) + "\n"
     print(text, flush=True)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "host_stages.json").write_text(json.dumps(data, indent=2))
         (args.out / "host_stages.md").write_text(text)
-    return 0 if all(same.values()) else 1
+    return 0 if all(same.values()) and labels_identical else 1
 
 
 if __name__ == "__main__":

@@ -10,7 +10,9 @@ from skimage.segmentation import watershed
 from pipeline.kernels.features import nucleus_moments, nucleus_outlines, polygon_perimeter
 from pipeline.kernels.nuclei import (
     NucleusThresholds,
+    contested_basins,
     fill_label_holes,
+    foreground_box,
     instances_from_probabilities,
     remove_small_labels,
     seed_components,
@@ -27,6 +29,7 @@ from pipeline.kernels.stain import (
     reinhard_stats,
 )
 from pipeline.kernels.tissue import tissue_mask
+from tests.reference import postprocessing as previous
 
 
 def disc_probabilities(centres: list[tuple[int, int]], radius: float, shape=(96, 96)) -> np.ndarray:
@@ -98,6 +101,86 @@ def test_componentwise_watershed_equals_full_watershed() -> None:
     fg = prob[1] > params.material_threshold
     markers = seeds_from_centres(prob[0], fg, params)
     np.testing.assert_array_equal(watershed_from_seeds(-prob[1], markers, fg), watershed(-prob[1], markers, mask=fg))
+
+
+def crowded_nuclei(size: int = 160, seed: int = 0, levels: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A smooth random −material surface (float64; quantised to ``levels`` values when given, so
+    that many pixels tie), its foreground and multi-pixel seeds, several per foreground component
+    (the blob model's maps: most of a component is seed): (surface, markers, mask)."""
+    import scipy.ndimage as ndi
+
+    rng = np.random.default_rng(seed)
+    material = ndi.gaussian_filter(rng.random((size, size)), 3)
+    material = (material - material.min()) / np.ptp(material)
+    if levels:
+        material = np.round(material * levels) / levels
+    mask = material > np.quantile(material, 0.3)
+    markers, _ = ndi.label(material > np.quantile(material, 0.6))
+    return -material, markers.astype(np.int32), mask
+
+
+def test_basin_watershed_is_scikit_image_flood_where_no_seed_values_tie() -> None:
+    """Float64 surface, no two seed pixels of equal value: the basin-wise flood, the previous
+    per-component flood and one scikit-image flood of the whole mask agree pixel for pixel."""
+    for seed in range(3):
+        surface, markers, mask = crowded_nuclei(seed=seed)
+        _, _, contested = contested_basins(np.where(mask, markers, 0), mask)
+        assert contested.sum() >= 5  # gaps between touching nuclei, flooded by scikit-image
+        assert (~contested[1:]).sum() >= 5  # and basins decided without flooding
+        whole = watershed(surface, np.where(mask, markers, 0), mask=mask)
+        np.testing.assert_array_equal(watershed_from_seeds(surface, markers, mask), whole)
+        np.testing.assert_array_equal(previous.watershed_from_seeds(surface, markers, mask), whole)
+
+
+def test_basin_watershed_does_not_depend_on_the_rest_of_the_image() -> None:
+    """Many tied values: each basin's labels are the same in a crop as in the whole image (tiles
+    of any size agree), wherever the basin lies inside the crop."""
+    surface, markers, mask = crowded_nuclei(size=200, seed=3, levels=12)
+    whole = watershed_from_seeds(surface, markers, mask)
+    crop = (slice(37, 171), slice(21, 158))
+    part = watershed_from_seeds(surface[crop], markers[crop], mask[crop])
+    basins, _, contested = contested_basins(np.where(mask[crop], markers[crop], 0), mask[crop])
+    edge = np.unique(np.concatenate([basins[0], basins[-1], basins[:, 0], basins[:, -1]]))
+    inside = (basins > 0) & ~np.isin(basins, edge)
+    assert contested[np.unique(basins[inside])].sum() >= 5
+    np.testing.assert_array_equal(part[inside], whole[crop][inside])
+
+
+@pytest.mark.parametrize("corner", ["inside", "at the edge"])
+def test_glass_is_skipped_with_the_same_labels(corner: str) -> None:
+    """A window half glass: the steps run on the box that can hold foreground, and every label is
+    the one the whole window gives (the previous steps, which always ran on all of it)."""
+    import scipy.ndimage as ndi
+
+    rng = np.random.default_rng(6)
+    prob = np.zeros((2, 180, 200), np.float32)
+    tissue = (slice(50, 140), slice(60, 170)) if corner == "inside" else (slice(0, 90), slice(90, 200))
+    field = ndi.gaussian_filter(rng.random((2, 90, 110)), (0, 2.5, 2.5))
+    field = (field - field.min(axis=(1, 2), keepdims=True)) / np.ptp(field, axis=(1, 2), keepdims=True)
+    prob[(slice(None), *tissue)] = field
+    prob[1][tissue[0], tissue[1].start] = prob[1][tissue[0].start, tissue[1]] = 1  # nuclei at the box's edge
+    strong = NucleusThresholds(centre_threshold=0.6, material_threshold=0.4, min_area_px=5)
+    for params in (strong, dataclasses.replace(strong, centre_threshold=0.7, centre_weak_threshold=0.5)):
+        box = foreground_box(prob[1], params)
+        assert box is not None and (box[0].stop - box[0].start) * (box[1].stop - box[1].start) < 0.5 * 180 * 200
+        labels = instances_from_probabilities(prob, params)
+        assert labels.max() >= 10
+        np.testing.assert_array_equal(labels, previous.instances_from_probabilities(prob, params))
+    assert not instances_from_probabilities(np.zeros_like(prob), NucleusThresholds()).any()
+
+
+def test_hole_fill_equals_whole_image_dilation() -> None:
+    """Holes of every width, some touching diagonally, some open to the image's edge: the fill that
+    visits hole pixels only gives the previous whole-image dilation's labels."""
+    import scipy.ndimage as ndi
+
+    surface, markers, mask = crowded_nuclei(size=120, seed=4)
+    labels = watershed_from_seeds(surface, markers, mask)
+    rng = np.random.default_rng(5)
+    punched = ndi.gaussian_filter(rng.random(labels.shape), 1.5)
+    labels[punched > np.quantile(punched, 0.8)] = 0
+    assert (previous.fill_label_holes(labels) != labels).sum() > 100
+    np.testing.assert_array_equal(fill_label_holes(labels), previous.fill_label_holes(labels))
 
 
 def test_holes_filled_and_small_labels_renumbered() -> None:

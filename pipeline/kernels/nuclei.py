@@ -48,17 +48,18 @@ def seeds_from_centres(centre: Any, foreground: Any, params: NucleusThresholds) 
     (0 = no seed), numbered 1..n.
     """
     xp, ndi = array_module(centre), ndimage_module(centre)
-    blurred = ndi.gaussian_filter(centre.astype(xp.float32), params.centre_sigma)
+    blurred = ndi.gaussian_filter(centre.astype(xp.float32, copy=False), params.centre_sigma)
     detected = (blurred > params.centre_threshold) & foreground
     markers, n = ndi.label(detected)
-    markers = markers.astype(xp.int32)
+    markers = markers.astype(xp.int32, copy=False)
     if params.centre_weak_threshold < params.centre_threshold:
         weak, n_weak = ndi.label((blurred > params.centre_weak_threshold) & foreground)
         lone = xp.ones(int(n_weak) + 1, dtype=bool)  # weak components holding no core
         lone[0] = False
         lone[weak[markers > 0]] = False
-        new_id = (xp.cumsum(lone) + int(n)).astype(xp.int32)  # n+1, n+2 … in raster order, as label() numbers
-        markers = xp.where(lone[weak], new_id[weak], markers)
+        # n+1, n+2 … in raster order, as label() numbers; 0 for the others, which keep their cores
+        new_id = xp.where(lone, xp.cumsum(lone) + int(n), 0).astype(xp.int32)
+        markers = markers + new_id[weak]  # a lone component holds no core: markers are 0 there
         n = int(n) + int(lone.sum())
     components, n_comp = ndi.label(foreground)
     if n_comp == 0:
@@ -86,47 +87,87 @@ def seeds_from_centres(centre: Any, foreground: Any, params: NucleusThresholds) 
 
 
 def watershed_from_seeds(surface: Any, markers: Any, mask: Any) -> Any:
-    """Marker-driven watershed of ``surface`` restricted to ``mask``.
+    """Marker-driven watershed of ``surface`` restricted to ``mask`` (4-connectivity): every mask
+    pixel a seed reaches takes that seed's marker id; the rest stay 0.
 
-    Each connected component of the mask is flooded on its own: a component holding one seed
-    is that seed's region outright, so the flooding runs only on the bounding boxes of
-    components holding several seeds (touching nuclei), a small share of a tile's pixels.
-    CPU: scikit-image. Device arrays: the level-bucketed flood of :mod:`pipeline.kernels.watershed`,
-    on the device (same per-component logic, no host round trip).
+    CPU: flooding only where it decides something. The mask less its seed pixels falls apart into
+    *basins* (:func:`contested_basins`); the flood enters a basin only from the seed pixels around
+    it and never leaves it, so a basin bordered by one seed is that seed's outright, and
+    scikit-image floods only the basins bordered by several seeds (the gaps between touching
+    nuclei: a few thousand of a tile's pixels), each on its own box with the seed pixels there.
+    Same result as scikit-image's flood of the whole mask wherever the seed pixels a basin's flood
+    starts from have distinct surface values; where some are equal, scikit-image's heap takes them
+    in an order that depends on everything else it holds, and a pixel between two nuclei may go the
+    other way (``tests/test_kernels.py``). Each basin's flood depends on that basin alone, so tiles
+    of any size agree.
+    Device arrays: the level-bucketed flood of :mod:`pipeline.kernels.watershed`, per mask
+    component, on the device.
     """
-    from skimage.segmentation import watershed
-
     if is_device_array(surface):
         from pipeline.kernels.watershed import flood_components
 
         return flood_components(surface, markers, mask)
     import scipy.ndimage as ndi
+    from skimage.segmentation import watershed
 
-    components, n_comp = ndi.label(mask)
-    labels = np.zeros(markers.shape, dtype=np.int32)
-    if n_comp == 0:
+    seeds = np.where(mask, markers, 0).astype(np.int32, copy=False)
+    basins, bordering, contested = contested_basins(seeds, mask)
+    labels = seeds + np.where(contested, 0, bordering)[basins]  # 0 where no seed borders a basin
+    if not contested.any():
         return labels
-    seeded = markers > 0
-    # distinct seeds (marker ids, not seed pixels) per component
-    pairs = np.unique(components[seeded].astype(np.int64) * (int(markers.max()) + 1) + markers[seeded])
-    seeds_per_comp = np.bincount(pairs // (int(markers.max()) + 1), minlength=n_comp + 1)
-    # single-seed components: the seed's id everywhere in the component
-    owner = np.zeros(n_comp + 1, dtype=np.int32)
-    single = seeds_per_comp == 1
-    single[0] = False
-    sel = seeded & single[components]
-    owner[components[sel]] = markers[sel]
-    labels = owner[components]
-    multi = np.nonzero(seeds_per_comp > 1)[0]
-    multi = multi[multi > 0]
-    if multi.size:
-        boxes = ndi.find_objects(components)
-        for comp in multi:
-            box = boxes[comp - 1]
-            inside = components[box] == comp
-            flooded = watershed(surface[box], np.where(inside, markers[box], 0), mask=inside)
-            labels[box][inside] = flooded[inside]
+    number = np.zeros(contested.shape[0], dtype=np.int32)
+    number[contested] = np.arange(1, int(contested.sum()) + 1, dtype=np.int32)
+    gaps = number[basins]  # the contested basins, numbered 1..k
+    height, width = seeds.shape
+    for k, (rows, cols) in enumerate(ndi.find_objects(gaps), start=1):
+        box = (  # the basin's box and the seed pixels one step around it
+            slice(max(rows.start - 1, 0), min(rows.stop + 1, height)),
+            slice(max(cols.start - 1, 0), min(cols.stop + 1, width)),
+        )
+        gap, box_seeds = gaps[box] == k, seeds[box]
+        flooded = watershed(surface[box], box_seeds, mask=gap | (box_seeds > 0))
+        labels[box][gap] = flooded[gap]
     return labels
+
+
+def contested_basins(seeds: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The basins of a seeded mask: its 4-connected regions of pixels that are not seeds.
+
+    Returns ``basins`` (int32 H×W: basin ids 1..n, 0 on seeds and outside the mask) and, per
+    basin id, ``bordering`` (the largest seed id among its pixels' 4-neighbours; 0: none) and
+    ``contested`` (several seed ids among them).
+
+    >>> seeds = np.array([[1, 0, 0, 2, 0]], np.int32)
+    >>> basins, bordering, contested = contested_basins(seeds, np.ones_like(seeds, bool))
+    >>> basins.tolist(), bordering.tolist(), contested.tolist()
+    ([[0, 1, 1, 0, 2]], [0, 2, 2], [False, True, False])
+    """
+    import scipy.ndimage as ndi
+
+    seeded = seeds > 0
+    free = np.asarray(mask, dtype=bool) & ~seeded
+    basins, n = ndi.label(free)
+    basins = basins.astype(np.int32, copy=False)
+    rim = np.zeros_like(seeded)  # basin pixels with a seed pixel among their 4-neighbours
+    rim[:, :-1] |= seeded[:, 1:]
+    rim[:, 1:] |= seeded[:, :-1]
+    rim[:-1] |= seeded[1:]
+    rim[1:] |= seeded[:-1]
+    rim &= free
+    at = np.flatnonzero(rim)
+    height, width = seeds.shape
+    col = at % width
+    basin = basins.reshape(-1)[at]
+    lowest = np.full(n + 1, np.iinfo(np.int32).max, dtype=np.int32)
+    highest = np.zeros(n + 1, dtype=np.int32)
+    sides = ((1, col == width - 1), (-1, col == 0), (width, at >= (height - 1) * width), (-width, at < width))
+    for step, off_image in sides:  # the seed id across each side of every rim pixel
+        across = seeds.reshape(-1).take(at + step, mode="clip")
+        across[off_image] = 0
+        seeded_side = across > 0
+        np.minimum.at(lowest, basin[seeded_side], across[seeded_side])
+        np.maximum.at(highest, basin[seeded_side], across[seeded_side])
+    return basins, highest, lowest < highest
 
 
 def instances_from_probabilities(prob: Any, params: NucleusThresholds) -> Any:
@@ -136,17 +177,71 @@ def instances_from_probabilities(prob: Any, params: NucleusThresholds) -> Any:
     Steps (DESIGN §2): blur + threshold the material map → foreground; seeds from the centre
     map; watershed of −material from the seeds inside the foreground; holes filled; objects
     smaller than ``min_area_px`` dropped. Labels are renumbered 1..n in order of their seeds.
+
+    Glass and background are skipped: the steps run on the box that can hold foreground
+    (:func:`foreground_box`), with the same labels as on the whole window.
     """
-    xp, ndi = array_module(prob), ndimage_module(prob)
+    xp = array_module(prob)
     if prob.ndim != 3 or prob.shape[0] != 2:
         raise ValueError(f"expected probabilities shaped 2×H×W, got {tuple(prob.shape)}")
-    centre = prob[0].astype(xp.float32)
-    material = ndi.gaussian_filter(prob[1].astype(xp.float32), params.material_sigma)
+    box = foreground_box(prob[1], params)
+    if box is None:
+        return xp.zeros(prob.shape[1:], dtype=xp.int32)
+    if box == (slice(0, prob.shape[1]), slice(0, prob.shape[2])):
+        return instances_in_box(prob, params)
+    labels = xp.zeros(prob.shape[1:], dtype=xp.int32)
+    labels[box] = instances_in_box(prob[(slice(None), *box)], params)
+    return labels
+
+
+def instances_in_box(prob: Any, params: NucleusThresholds) -> Any:
+    """:func:`instances_from_probabilities` on the whole of ``prob``."""
+    xp, ndi = array_module(prob), ndimage_module(prob)
+    centre = prob[0].astype(xp.float32, copy=False)
+    material = ndi.gaussian_filter(prob[1].astype(xp.float32, copy=False), params.material_sigma)
     foreground = material > params.material_threshold
     markers = seeds_from_centres(centre, foreground, params)
     labels = watershed_from_seeds(-material, markers, foreground)
     labels = fill_label_holes(labels)
     return remove_small_labels(labels, params.min_area_px)
+
+
+# scipy.ndimage.gaussian_filter's (and cupyx's) default: the kernel reaches int(4·σ + 0.5) px
+GAUSSIAN_TRUNCATE = 4.0
+
+
+def blur_reach(sigma: float) -> int:
+    """How far (px) a Gaussian blur of ``sigma`` reaches, as scipy.ndimage sizes its kernel."""
+    return int(GAUSSIAN_TRUNCATE * float(sigma) + 0.5)
+
+
+def foreground_box(material: Any, params: NucleusThresholds) -> tuple[slice, slice] | None:
+    """The box outside which the blurred material map cannot pass the foreground threshold (its
+    raw values there stay below it by 0.1%, more than float32 rounding of a blur can add) with a
+    margin for both blurs, so that every step gives inside it what it gives on the whole window;
+    None when no pixel can be foreground. A threshold ≤ 0 gives the whole window.
+
+    >>> material = np.zeros((40, 50), np.float32); material[20, 30] = 1
+    >>> foreground_box(material, NucleusThresholds(material_sigma=0.5, centre_sigma=1.0))
+    (slice(13, 28, None), slice(23, 38, None))
+    """
+    xp = array_module(material)
+    height, width = material.shape
+    if params.material_threshold <= 0:
+        return (slice(0, height), slice(0, width))
+    near = material > params.material_threshold * (1 - 1e-3)
+    rows = xp.nonzero(near.any(axis=1))[0]
+    if rows.shape[0] == 0:
+        return None
+    cols = xp.nonzero(near.any(axis=0))[0]
+    # foreground lies within one material blur of a near pixel; inside the box every pixel one
+    # more reach (material or centre blur) from its edge is blurred exactly as on the window
+    reach = blur_reach(params.material_sigma)
+    margin = reach + max(reach, blur_reach(params.centre_sigma)) + 1
+    return (
+        slice(max(int(rows[0]) - margin, 0), min(int(rows[-1]) + margin + 1, height)),
+        slice(max(int(cols[0]) - margin, 0), min(int(cols[-1]) + margin + 1, width)),
+    )
 
 
 def seed_components(prob: Any, params: NucleusThresholds) -> dict[str, int]:
@@ -192,12 +287,18 @@ def fill_label_holes(labels: Any) -> Any:
     if not bool(holes.any()):
         return labels
     out = labels.copy()
+    flat, width = out.reshape(-1), labels.shape[1]
+    at = xp.flatnonzero(holes)  # a hole never touches the image's edge: all 8 neighbours exist
+    around = (-width - 1, -width, -width + 1, -1, 1, width - 1, width, width + 1)
     for _ in range(64):  # holes are a few pixels wide; each pass fills one ring
-        grown = ndi.grey_dilation(out, size=3)
-        fill = holes & (out == 0) & (grown > 0)
+        grown = flat[at + around[0]]  # the largest label among the 8 neighbours (a 3×3 dilation)
+        for step in around[1:]:
+            xp.maximum(grown, flat[at + step], out=grown)
+        fill = grown > 0
         if not bool(fill.any()):
             break
-        out = xp.where(fill, grown, out)
+        flat[at[fill]] = grown[fill]
+        at = at[~fill]
     return out
 
 
