@@ -55,8 +55,8 @@ def test_every_true_nucleus_found_exactly_once(runs, synthetic_slide) -> None:
 
 
 def test_tile_size_does_not_change_the_nuclei(runs) -> None:
-    a = zarr.open_array(str(runs[256] / "maps.zarr" / "labels"), mode="r")[:]
-    b = zarr.open_array(str(runs[384] / "maps.zarr" / "labels"), mode="r")[:]
+    a = zarr.open_array(str(runs[256] / "maps.zarr" / "labels" / "0"), mode="r")[:]
+    b = zarr.open_array(str(runs[384] / "maps.zarr" / "labels" / "0"), mode="r")[:]
     ids_a = np.unique(a[a > 0])
     # for each nucleus of run A: IoU with the label of run B it overlaps most
     ious = []
@@ -121,7 +121,7 @@ def test_outputs_follow_the_contract(runs) -> None:
     ring = gj["features"][0]["geometry"]["coordinates"][0]
     assert ring[0] == ring[-1] and gj["features"][0]["properties"]["objectType"] == "detection"
     # label map: uint32, chunked by the tile core, ids = table ids, areas agree
-    labels = zarr.open_array(str(folder / "maps.zarr" / "labels"), mode="r")
+    labels = zarr.open_array(str(folder / "maps.zarr" / "labels" / "0"), mode="r")
     assert labels.dtype == np.uint32 and labels.chunks == (stats["tile_core_px"],) * 2
     lab = labels[:]
     counts = np.bincount(lab.ravel(), minlength=len(ids) + 1)[1:]
