@@ -5,6 +5,7 @@ folders of stats.json files for the QC (``qc_cohorts``). Nothing here is used by
 from pipeline.testing.models import build_blob_model
 from pipeline.testing.slides import (
     SyntheticNucleus,
+    synthetic_label_region,
     synthetic_slide_cohort,
     synthetic_slide_image,
     tiny_cohort,
@@ -14,6 +15,7 @@ from pipeline.testing.slides import (
 __all__ = [
     "SyntheticNucleus",
     "build_blob_model",
+    "synthetic_label_region",
     "synthetic_slide_cohort",
     "synthetic_slide_image",
     "tiny_cohort",
