@@ -147,7 +147,7 @@ def open_labels(folder: Path, level: int = 0) -> Any:
     return zarr.open_array(str(folder / MAPS_DIR / LABELS / str(level)), mode="r")
 
 
-def level0(maps: Any, name: str) -> Any | None:
+def level0(maps: Any, name: str) -> Any:
     """Level 0 of the multiscale ``name`` (``LABELS`` or ``PROBABILITIES``) in ``maps``, None when absent."""
     return maps[f"{name}/0"] if name in maps else None
 
