@@ -166,14 +166,20 @@ def build_pyramid(folder: Path) -> None:
 
 
 def halve_into(source: Any, target: Any) -> None:
-    """``target`` = every second pixel of ``source`` along its last two axes, written one shard of
-    ``target`` at a time (each read is that shard's footprint in ``source``, taken with a step)."""
+    """``target`` = every second pixel of ``source`` along its last two axes, written one whole
+    shard of ``target`` at a time. A shard is gathered one row of its chunks at a time (each read
+    takes that row's footprint in ``source`` with a step), so what is decoded at once is two rows
+    of ``source``'s chunks across one shard's footprint, not the footprint of the whole shard."""
     height, width = target.shape[-2:]
-    step_y, step_x = (target.shards or target.chunks)[-2:]
-    for y0 in range(0, height, step_y):
-        y1 = min(y0 + step_y, height)
-        for x0 in range(0, width, step_x):
-            x1 = min(x0 + step_x, width)
-            block = np.asarray(source[..., 2 * y0 : 2 * y1 : 2, 2 * x0 : 2 * x1 : 2])
+    shard_y, shard_x = (target.shards or target.chunks)[-2:]
+    rows = target.chunks[-2]
+    for y0 in range(0, height, shard_y):
+        y1 = min(y0 + shard_y, height)
+        for x0 in range(0, width, shard_x):
+            x1 = min(x0 + shard_x, width)
+            block = np.zeros((*target.shape[:-2], y1 - y0, x1 - x0), dtype=target.dtype)
+            for r0 in range(y0, y1, rows):
+                r1 = min(r0 + rows, y1)
+                block[..., r0 - y0 : r1 - y0, :] = source[..., 2 * r0 : 2 * r1 : 2, 2 * x0 : 2 * x1 : 2]
             if block.any():
                 target[..., y0:y1, x0:x1] = block
