@@ -155,3 +155,15 @@ def test_assembly_tasks_at_once_write_the_same_labels(
     two = plan_slide(SlideEntry(path.stem, path), str(tmp_path / "two"), config.replace(map_shard_px=512))
     rows = [{r // 2 for r, _ in band} for band in assembly_bands(two, 1)]
     assert all(len(r) == 1 for r in rows) and len(rows) == len({min(r) for r in rows})
+
+
+def test_generated_label_windows_tile_the_same_map() -> None:
+    """The benchmark's label map is made window by window: windows agree where they meet."""
+    from pipeline.testing import synthetic_label_region
+
+    whole = synthetic_label_region(700, 500, (0, 0, 700, 500), seed=4)
+    corners = [(x0, y0) for y0 in (0, 250) for x0 in (0, 350)]
+    parts = [synthetic_label_region(700, 500, (x0, y0, x0 + 350, y0 + 250), seed=4) for x0, y0 in corners]
+    np.testing.assert_array_equal(np.block([parts[:2], parts[2:]]), whole)
+    ids = np.unique(whole[whole > 0])
+    assert 200 < len(ids) < 518 and np.all(np.bincount(whole.ravel())[ids] >= np.pi * 5**2 * 0.8)  # whole discs
