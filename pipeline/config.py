@@ -51,8 +51,9 @@ class Config:
     # --- outputs ---
     save_probabilities: bool = False  # also write uint8 probability maps into maps.zarr
     # side of a maps.zarr shard (one file) in level-0 px, rounded down to whole tile cores: a 40x
-    # slide of 100k² px is ~600 shards of 4096² (not ~10,000 chunk files), and an assembly task
-    # holds one shard (64 MB of uint32 ids) at a time (benchmarks/RESULTS-outputs-maps.md)
+    # slide of 100k² px is at most 625 level-0 shards of 4096² (not up to 9,604 chunk files of
+    # 1024²), and an assembly task holds one shard (64 MB of uint32 ids) at a time
+    # (benchmarks/RESULTS-outputs-maps.md)
     map_shard_px: int = 4096
     write_geojson: bool = True
     # --- execution ---

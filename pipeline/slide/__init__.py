@@ -5,8 +5,8 @@ watershed, keep the nuclei whose centroid lies in the core) for batches of tiles
 (maps.zarr level-0 shards from each core's own and neighbouring tiles) → ``reduce`` (nucleus
 tables, the maps' lower pyramid levels, statistics, publication). Each function reads and
 writes only the slide's working folder; none holds more than a few tiles (or one maps.zarr
-shard) in memory, whatever the slide's size. ``inline`` runs the same
-stages in one process (``pipeline.predict``, small slides).
+shard) in memory, whatever the slide's size. ``inline`` runs the same stages in one process
+(``pipeline.predict``, small slides).
 """
 
 from pipeline.slide.assemble import assemble_labels, assembly_bands, chunks_to_assemble, label_offsets
