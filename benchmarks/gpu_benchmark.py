@@ -380,7 +380,7 @@ def cpu_path(plan: Any, tiles: list[Any], deadline: float) -> dict[str, Any]:
     deadline; then, on the tiles done, the slide's label assembly and its reduce (the nucleus
     tables in every format, stats.json, publication), timed as the stages ``assemble`` and
     ``reduce`` and included in the wall time."""
-    from pipeline.io.outputs.maps import create_maps
+    from pipeline.io.outputs.maps import create_maps, shard_tiles
     from pipeline.slide import assemble_labels, chunks_to_assemble
     from pipeline.slide.reduce import reduce_slide
     from pipeline.slide.segment import segment_tiles
@@ -388,7 +388,9 @@ def cpu_path(plan: Any, tiles: list[Any], deadline: float) -> dict[str, Any]:
     stages = dict.fromkeys(STAGES, 0.0)
     per_tile: dict[Any, int] = {}
     summaries = []
-    create_maps(Path(plan.work_dir), plan.width, plan.height, plan.grid.core0, False)
+    core = plan.grid.core0
+    shard = shard_tiles(core, plan.config.map_shard_px) * core
+    create_maps(Path(plan.work_dir), plan.width, plan.height, plan.mpp, core, shard, False)
     t0 = time.perf_counter()
     for tile in tiles:
         if per_tile and time.perf_counter() > deadline:

@@ -55,6 +55,11 @@ class Config:
     # later from nuclei.parquet (python -m pipeline.export)
     write_csv: bool = False
     write_geojson: bool = False
+    # side of a maps.zarr shard (one file) in level-0 px, rounded down to whole tile cores: a 40x
+    # slide of 100k² px is at most 625 level-0 shards of 4096² (not up to 9,604 chunk files of
+    # 1024²), and an assembly task holds one shard (64 MB of uint32 ids) at a time
+    # (benchmarks/RESULTS-outputs-maps.md)
+    map_shard_px: int = 4096
     # --- execution ---
     reader: str = "auto"  # one of READER_CHOICES (forcing a reader is for experts and tests)
     scheduler: str = ""  # address or scheduler-file of an existing dask-scheduler; empty = local
@@ -226,6 +231,8 @@ def validate_config(config: Config) -> None:
         )
     if config.dashboard != "off" and not re.fullmatch(r"\[?[0-9A-Za-z.:_-]*\]?:\d{1,5}", config.dashboard):
         problems.append(f"dashboard={config.dashboard!r} must be HOST:PORT (e.g. 127.0.0.1:8787) or 'off'")
+    if config.map_shard_px < 1:
+        problems.append(f"map_shard_px={config.map_shard_px} must be ≥ 1 (level-0 px; rounded to whole tile cores)")
     if config.tiles_per_task < 1:
         problems.append("tiles_per_task must be ≥ 1")
     for name in ("max_mpp", "low_resolution_mpp"):
@@ -256,6 +263,7 @@ OUTPUT_FIELDS: tuple[str, ...] = (
     "stain",
     "save_probabilities",
     "write_csv",
+    "map_shard_px",
     "write_geojson",
     "half",
 )

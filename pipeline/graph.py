@@ -32,16 +32,15 @@ from pipeline.manifest import SlideEntry
 from pipeline.slide import (
     SlidePlan,
     assemble_labels,
-    bands,
+    assembly_bands,
     batches,
-    chunks_to_assemble,
     model_for,
     reduce_slide,
     segment_tiles,
     start_slide,
 )
 
-BAND_ROWS = 8  # tile rows per label-assembly task
+BAND_ROWS = 8  # tile rows per label-assembly task (rounded up to whole rows of maps.zarr shards)
 
 
 class ModelPreload(WorkerPlugin):
@@ -191,7 +190,7 @@ def run_slides(
             done_stream.add(f)
         assembled = [
             client.submit(assemble_labels, plan, band, segs, key=f"assemble-labels-{sid}-{b}-{run_token}", pure=False)
-            for b, band in enumerate(bands(chunks_to_assemble(plan), BAND_ROWS))
+            for b, band in enumerate(assembly_bands(plan, BAND_ROWS))
         ]
         reduce = client.submit(reduce_slide, plan, segs, assembled, key=f"reduce-slide-{sid}-{run_token}", pure=False)
         role[reduce.key] = ("reduce", sid)

@@ -55,8 +55,8 @@ def test_every_true_nucleus_found_exactly_once(runs, synthetic_slide) -> None:
 
 
 def test_tile_size_does_not_change_the_nuclei(runs) -> None:
-    a = zarr.open_array(str(runs[256] / "maps.zarr" / "labels"), mode="r")[:]
-    b = zarr.open_array(str(runs[384] / "maps.zarr" / "labels"), mode="r")[:]
+    a = zarr.open_array(str(runs[256] / "maps.zarr" / "labels" / "0"), mode="r")[:]
+    b = zarr.open_array(str(runs[384] / "maps.zarr" / "labels" / "0"), mode="r")[:]
     ids_a = np.unique(a[a > 0])
     # for each nucleus of run A: IoU with the label of run B it overlaps most
     ious = []
@@ -123,7 +123,7 @@ def test_outputs_follow_the_contract(runs) -> None:
     ring = gj["features"][0]["geometry"]["coordinates"][0]
     assert ring[0] == ring[-1] and gj["features"][0]["properties"]["objectType"] == "detection"
     # label map: uint32, chunked by the tile core, ids = table ids, areas agree
-    labels = zarr.open_array(str(folder / "maps.zarr" / "labels"), mode="r")
+    labels = zarr.open_array(str(folder / "maps.zarr" / "labels" / "0"), mode="r")
     assert labels.dtype == np.uint32 and labels.chunks == (stats["tile_core_px"],) * 2
     lab = labels[:]
     counts = np.bincount(lab.ravel(), minlength=len(ids) + 1)[1:]
@@ -152,11 +152,11 @@ def test_20x_slide_is_resampled_and_reported_in_level0_pixels(tmp_path: Path, bl
 
 def test_stage_seconds_cover_every_stage(runs) -> None:
     """stats.json's stage_seconds account for the whole slide: planning, tissue view, the tiles'
-    stages, assembly and the reduce."""
+    stages, assembly, the maps' pyramid and the reduce."""
     stats = json.loads((runs[256] / "stats.json").read_text())
     stages = stats["stage_seconds"]
     expected = {"plan", "tissue_view", "scale", "read", "normalise", "infer", "watershed", "features", "write"}
-    assert expected | {"assemble", "reduce"} <= set(stages)
+    assert expected | {"assemble", "pyramid", "reduce"} <= set(stages)
     assert all(v >= 0 for v in stages.values())
     # one thread here: the stages after planning fit in the slide's seconds (counted from the plan)
     after_plan = sum(v for k, v in stages.items() if k not in ("plan", "tissue_view", "scale"))

@@ -75,7 +75,8 @@ def test_predict_writes_the_slide_pipelines_labels(tmp_path: Path, blob_model: P
         "2",
     )
     assert run.returncode == 0, run.stderr[-3000:]
-    slide_labels = zarr.open_array(str(tmp_path / "out" / "slides" / "tile" / "maps.zarr" / "labels"), mode="r")[:]
+    slide_dir = tmp_path / "out" / "slides" / "tile"
+    slide_labels = zarr.open_array(str(slide_dir / "maps.zarr" / "labels" / "0"), mode="r")[:]
     np.testing.assert_array_equal(labels, slide_labels)
 
 
@@ -98,7 +99,7 @@ def test_nuclei_cut_by_the_image_edge_end_at_the_edge(tmp_path: Path, blob_model
     Image.fromarray(crop).save(png)
     process_slide_inline(SlideEntry("cut", png, mpp=0.25), str(tmp_path), Config(model=str(blob_model), tile_px=256))
     folder = tmp_path / "slides" / "cut"
-    labels = zarr.open_array(str(folder / "maps.zarr" / "labels"), mode="r")[:]
+    labels = zarr.open_array(str(folder / "maps.zarr" / "labels" / "0"), mode="r")[:]
     table = pq.read_table(folder / "nuclei.parquet").to_pandas().set_index("id")
     at_edge = np.unique(np.concatenate([labels[0], labels[:, 0], labels[-1], labels[:, -1]]))
     at_edge = at_edge[at_edge > 0]

@@ -38,7 +38,7 @@ def output_digest(slide_dir: Path) -> dict[str, str]:
 
     out = {}
     out["nuclei.parquet"] = hashlib.sha256((slide_dir / "nuclei.parquet").read_bytes()).hexdigest()
-    labels = zarr.open_array(str(slide_dir / "maps.zarr" / "labels"), mode="r")[:]
+    labels = zarr.open_array(str(slide_dir / "maps.zarr" / "labels" / "0"), mode="r")[:]
     out["labels"] = hashlib.sha256(np.ascontiguousarray(labels).tobytes()).hexdigest()
     stats = json.loads((slide_dir / "stats.json").read_text())
     for volatile in ("seconds", "stage_seconds"):

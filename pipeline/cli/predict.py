@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import Config, load_config
+from pipeline.io.outputs.maps import open_labels
 from pipeline.io.outputs.publish import atomic_path, final_slide_dir
 from pipeline.manifest import SlideEntry
 from pipeline.slide import process_slide_inline
@@ -30,12 +31,10 @@ def predict_labels(image_path: Path, config: Config, mpp: float | None = None) -
     """Instance labels (uint32, the image's height × width) for one image file, and its stats
     (the resolution used and where it came from: ``mpp``, the image's own metadata, or an
     estimate from its nuclei)."""
-    import zarr
-
     entry = SlideEntry(slide_id="image", slide_path=image_path, mpp=mpp)
     with tempfile.TemporaryDirectory(prefix="predict-") as tmp:
         stats = process_slide_inline(entry, tmp, config)
-        labels = zarr.open_array(str(final_slide_dir(Path(tmp), "image") / "maps.zarr" / "labels"), mode="r")[:]
+        labels = open_labels(final_slide_dir(Path(tmp), "image"))[:]
     return np.asarray(labels, dtype=np.uint32), stats
 
 

@@ -2,13 +2,14 @@
 
 ``plan`` (open, tissue mask, stain statistics, tile grid) → ``segment`` (read, normalise, infer,
 watershed, keep the nuclei whose centroid lies in the core) for batches of tiles → ``assemble``
-(label-map chunks from each core's own and neighbouring tiles) → ``reduce`` (nucleus tables,
-statistics, publication). Each function reads and writes only the slide's working folder; none
-holds more than a few tiles in memory, whatever the slide's size. ``inline`` runs the same
-stages in one process (``pipeline.predict``, small slides).
+(maps.zarr level-0 shards from each core's own and neighbouring tiles) → ``reduce`` (nucleus
+tables, the maps' lower pyramid levels, statistics, publication). Each function reads and
+writes only the slide's working folder; none holds more than a few tiles (or one maps.zarr
+shard) in memory, whatever the slide's size. ``inline`` runs the same stages in one process
+(``pipeline.predict``, small slides).
 """
 
-from pipeline.slide.assemble import assemble_labels, chunks_to_assemble, label_offsets
+from pipeline.slide.assemble import assemble_labels, assembly_bands, chunks_to_assemble, label_offsets
 from pipeline.slide.inline import finish_inline, process_slide_inline, start_slide
 from pipeline.slide.plan import SlidePlan, Tile, TileSummary, bands, batches, model_for, plan_slide
 from pipeline.slide.reduce import reduce_slide
@@ -19,6 +20,7 @@ __all__ = [
     "Tile",
     "TileSummary",
     "assemble_labels",
+    "assembly_bands",
     "bands",
     "batches",
     "chunks_to_assemble",

@@ -1,19 +1,20 @@
-"""Assembling the label map: each chunk (one tile core) of ``maps.zarr/labels`` is written from
-the owned-nucleus windows of its tile and the eight neighbours, with ids made global by each
-tile's offset (nuclei are numbered 1..N in raster order of their tiles)."""
+"""Assembling the maps: level 0 of ``maps.zarr`` is written one shard (a square of tile cores)
+at a time. Each core's labels come from the owned-nucleus windows of its tile and the eight
+neighbours, with ids made global by each tile's offset (nuclei are numbered 1..N in raster order
+of their tiles); its probabilities (on request) from its tile's scratch file. A shard is written
+whole and by one task only: the bands of ``assembly_bands`` are whole rows of shards."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.io.outputs.maps import open_maps
-from pipeline.slide.plan import SlidePlan, Tile, TileSummary, tile_file
-
-WINDOW_CACHE = 12  # decoded neighbour windows kept while assembling label chunks
+from pipeline.io.outputs.maps import LABELS, PROBABILITIES, level0, open_maps, shard_tiles
+from pipeline.slide.plan import SlidePlan, Tile, TileSummary, bands, tile_file
 
 
 def label_offsets(plan: SlidePlan, summaries: list[list[TileSummary]]) -> dict[Tile, int]:
@@ -38,10 +39,19 @@ def chunks_to_assemble(plan: SlidePlan) -> list[Tile]:
     return sorted(out)
 
 
+def assembly_bands(plan: SlidePlan, rows_per_band: int) -> list[list[Tile]]:
+    """The label chunks to assemble, in bands of about ``rows_per_band`` tile rows (one assembly
+    task per band), rounded up to whole rows of maps.zarr shards so no two tasks share a shard."""
+    per_shard = shard_tiles(plan.grid.core0, plan.config.map_shard_px)
+    return bands(chunks_to_assemble(plan), math.ceil(rows_per_band / per_shard) * per_shard)
+
+
 def assemble_labels(plan: SlidePlan, chunks: list[Tile], summaries: list[list[TileSummary]]) -> dict[str, float]:
-    """Write the label-map chunks ``chunks`` (one per tile core) from the owned-nucleus windows of
-    the tile and its eight neighbours; the tile's own nuclei take precedence. Returns the stage's
-    seconds (``{"assemble": s}``, summed into stats.json's ``stage_seconds``)."""
+    """Write the maps.zarr level-0 shards that hold the label chunks ``chunks`` (one per tile core,
+    whole shards: all of a shard's chunks are in ``chunks`` or none); each chunk from the
+    owned-nucleus windows of its tile and its eight neighbours, the tile's own nuclei taking
+    precedence. Returns the stage's seconds (``{"assemble": s}``, summed into stats.json's
+    ``stage_seconds``)."""
     import numcodecs
 
     started = time.perf_counter()
@@ -49,11 +59,13 @@ def assemble_labels(plan: SlidePlan, chunks: list[Tile], summaries: list[list[Ti
     offsets = label_offsets(plan, summaries)
     codec = numcodecs.Zstd()
     maps = open_maps(Path(plan.work_dir))
-    labels_arr = maps["labels"]
+    labels0, probs0 = level0(maps, LABELS), level0(maps, PROBABILITIES)
+    per_shard = labels0.shards[0] // grid.core0
     e = grid.extent0
-    # Recently decoded windows: enough for the 3×3 neighbourhood as it slides along a row,
-    # independent of the slide's width, so memory stays bounded on any slide.
+    # Recently decoded windows: the 3×3 neighbourhood as it slides along one shard's rows, so
+    # memory is bounded by the shard whatever the slide's width.
     cache: OrderedDict[Tile, np.ndarray | None] = OrderedDict()
+    cache_size = 3 * (per_shard + 2)
 
     def window(tile: Tile) -> np.ndarray | None:
         if tile in cache:
@@ -66,13 +78,12 @@ def assemble_labels(plan: SlidePlan, chunks: list[Tile], summaries: list[list[Ti
             else None
         )
         cache[tile] = win
-        if len(cache) > WINDOW_CACHE:
+        if len(cache) > cache_size:
             cache.popitem(last=False)
         return win
 
-    for r, c in chunks:
+    def fill_labels(r: int, c: int, chunk: np.ndarray) -> None:
         x0, y0, x1, y1 = grid.core(r, c)
-        chunk = np.zeros((y1 - y0, x1 - x0), dtype=np.uint32)
         order = [(r, c)] + [(r + dr, c + dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1) if (dr, dc) != (0, 0)]
         for tile in order:
             win = window(tile)
@@ -88,6 +99,25 @@ def assemble_labels(plan: SlidePlan, chunks: list[Tile], summaries: list[list[Ti
             dst = chunk[iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0]
             free = (dst == 0) & (sub > 0)
             dst[free] = sub[free] + offsets[tile]
-        if chunk.any():
-            labels_arr[y0:y1, x0:x1] = chunk
+
+    shards: dict[Tile, list[Tile]] = {}
+    for r, c in chunks:
+        shards.setdefault((r // per_shard, c // per_shard), []).append((r, c))
+    side = per_shard * grid.core0
+    for (sr, sc), members in sorted(shards.items()):
+        sx0, sy0 = sc * side, sr * side
+        sx1, sy1 = min(sx0 + side, grid.width), min(sy0 + side, grid.height)
+        labels = np.zeros((sy1 - sy0, sx1 - sx0), dtype=np.uint32)
+        probs = None if probs0 is None else np.zeros((probs0.shape[0], *labels.shape), dtype=np.uint8)
+        for r, c in sorted(members):
+            x0, y0, x1, y1 = grid.core(r, c)
+            fill_labels(r, c, labels[y0 - sy0 : y1 - sy0, x0 - sx0 : x1 - sx0])
+            path = tile_file(plan, (r, c), ".prob.zst")
+            if probs is not None and path.exists():
+                core = np.frombuffer(codec.decode(path.read_bytes()), dtype=np.uint8)
+                probs[:, y0 - sy0 : y1 - sy0, x0 - sx0 : x1 - sx0] = core.reshape(probs.shape[0], y1 - y0, x1 - x0)
+        if labels.any():
+            labels0[sy0:sy1, sx0:sx1] = labels
+        if probs is not None and probs.any():
+            probs0[:, sy0:sy1, sx0:sx1] = probs
     return {"assemble": time.perf_counter() - started}

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import Config
-from pipeline.io.outputs.maps import create_maps
+from pipeline.io.outputs.maps import create_maps, shard_tiles
 from pipeline.io.outputs.publish import new_partial_dir, remove_stale_partials
 from pipeline.io.readers import SlideError, UnreadableTile, choose_reader, low_resolution_view, open_slide
 from pipeline.kernels.artifacts import artifact_mask, artifact_masks, artifacts_on_tissue
@@ -166,7 +166,8 @@ def plan_slide(entry: SlideEntry, out_dir: str, config: Config) -> SlidePlan:
     (work / "tiles").mkdir()
     if excluded.any():
         np.save(work / ARTIFACT_MASK_FILE, np.packbits(excluded, axis=None))
-    create_maps(work, width, height, grid.core0, config.save_probabilities)
+    shard = shard_tiles(grid.core0, config.map_shard_px) * grid.core0
+    create_maps(work, width, height, mpp, grid.core0, shard, config.save_probabilities)
     return SlidePlan(
         slide_id=entry.slide_id,
         cancer_type=entry.cancer_type,

@@ -1,6 +1,7 @@
 """Reducing a slide: its tiles' nucleus tables become the slide's nucleus tables
-(``nuclei.parquet``; on request ``nuclei.csv``, ``nuclei.geojson``) with global ids, its statistics
-``stats.json``; the scratch files go and the folder is published under its final name."""
+(``nuclei.parquet``; on request ``nuclei.csv``, ``nuclei.geojson``) with global ids, the maps' lower
+pyramid levels are built from level 0, its statistics ``stats.json``; the scratch files go and
+the folder is published under its final name."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.io.outputs.contents import folder_contents
+from pipeline.io.outputs.maps import build_pyramid
 from pipeline.io.outputs.publish import atomic_write_json, final_slide_dir, publish_slide
 from pipeline.io.outputs.stats import STATS_FILE, SlideStats, nucleus_size_stats
 from pipeline.io.outputs.tables import run_formats, write_nucleus_tables
@@ -143,7 +145,8 @@ def reduce_slide(
     folder under its final name. Returns the stats.
 
     ``stage_seconds`` sums every stage's thread-seconds: planning (``plan``, ``tissue_view``, ``scale``), the
-    tiles' (``read`` … ``write``), ``assemble`` and this ``reduce`` (up to writing stats.json)."""
+    tiles' (``read`` … ``write``), ``assemble``, the maps' ``pyramid`` and the rest of this ``reduce``
+    (up to writing stats.json)."""
     started = time.perf_counter()
     work = Path(plan.work_dir)
     unreadable = unreadable_summary(plan)
@@ -154,9 +157,12 @@ def reduce_slide(
     for part in [s.seconds for batch in summaries for s in batch] + list(assembled):
         for k, v in part.items():
             timings[k] = timings.get(k, 0.0) + v
+    pyramid_started = time.perf_counter()
+    build_pyramid(work)
+    timings["pyramid"] = time.perf_counter() - pyramid_started
     shutil.rmtree(work / "tiles", ignore_errors=True)
     outputs = folder_contents(work)
-    timings["reduce"] = time.perf_counter() - started
+    timings["reduce"] = time.perf_counter() - started - timings["pyramid"]
     stats = slide_stats(plan, areas, len(plan.tiles), time.time() - plan.started, timings, outputs, unreadable)
     atomic_write_json(work / STATS_FILE, stats)
     publish_slide(work, final_slide_dir(Path(plan.out_dir), plan.slide_id))

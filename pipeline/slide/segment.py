@@ -1,7 +1,8 @@
 """Segmenting tiles: read each tile's window (core + halo), normalise its stain with the
 slide's statistics, infer, separate touching nuclei with the watershed, and keep the nuclei
 whose centroid lies in the tile's core (seam-free). Each tile's owned nuclei (a small table and
-a level-0 label window with local ids) go to the slide's working folder.
+a level-0 label window with local ids, and on request the core's probabilities) go to the
+slide's working folder, for the assembly to gather into maps.zarr.
 
 With ``device`` on the GPU every stage after the file read stays there (one dispatch point:
 the kernels take numpy or cupy arrays alike).
@@ -21,7 +22,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.config import Config
-from pipeline.io.outputs.maps import open_maps
 from pipeline.io.outputs.publish import atomic_write_bytes
 from pipeline.io.outputs.schema import NUCLEI_SCHEMA
 from pipeline.io.readers import (
@@ -309,14 +309,16 @@ def write_tile_outputs(
     pq.write_table(table, sink, compression="zstd")
     atomic_write_bytes(tile_file(plan, tile, ".parquet"), sink.getvalue().to_pybytes(), durable=False)
     if prob is not None:
-        write_probability_chunk(plan, tile, prob, sampling)
+        write_probability_core(plan, tile, prob, sampling, codec)
     return table.num_rows, {"features": t1 - t0, "write": time.perf_counter() - t1}
 
 
-def write_probability_chunk(plan: SlidePlan, tile: Tile, prob: np.ndarray, sampling: np.ndarray) -> None:
+def write_probability_core(plan: SlidePlan, tile: Tile, prob: np.ndarray, sampling: np.ndarray, codec: Any) -> None:
+    """The tile core's probabilities on the level-0 grid, as uint8 (× 255), to the tile's scratch
+    file (the assembly copies it into its maps.zarr shard: tiles never write a shard themselves)."""
     grid = plan.grid
     x0, y0, x1, y1 = grid.core(*tile)
     h = grid.halo0
     level0 = prob[:, sampling][:, :, sampling][:, h : h + (y1 - y0), h : h + (x1 - x0)]
-    maps = open_maps(Path(plan.work_dir))
-    maps["probabilities"][:, y0:y1, x0:x1] = np.round(level0 * 255).astype(np.uint8)
+    core = np.ascontiguousarray(np.round(level0 * 255).astype(np.uint8))
+    atomic_write_bytes(tile_file(plan, tile, ".prob.zst"), codec.encode(core), durable=False)

@@ -6,6 +6,7 @@ from pipeline.testing.models import build_blob_model
 from pipeline.testing.slides import (
     SyntheticNucleus,
     glass_tiff,
+    synthetic_label_region,
     synthetic_slide_cohort,
     synthetic_slide_image,
     tiny_cohort,
@@ -16,6 +17,7 @@ __all__ = [
     "SyntheticNucleus",
     "build_blob_model",
     "glass_tiff",
+    "synthetic_label_region",
     "synthetic_slide_cohort",
     "synthetic_slide_image",
     "tiny_cohort",

@@ -155,3 +155,37 @@ def glass_tiff(path: Path, width: int, height: int, tile: int = 256) -> Path:
         bigtiff=width * height * 3 > 2**31,
     )
     return path
+
+
+def synthetic_label_region(
+    width: int,
+    height: int,
+    region: tuple[int, int, int, int],
+    seed: int = 0,
+    radius: tuple[float, float] = (5.0, 8.0),
+    spacing: float = 26.0,
+) -> np.ndarray:
+    """The window ``region`` = (x0, y0, x1, y1) of a generated ``width``×``height`` slide's label
+    map (uint32): nuclei as in ``synthetic_slide_image`` (discs on a jittered grid, on a tissue
+    disc), one id per grid cell. Each window is computed on its own, so a label map of any size
+    is made window by window in bounded memory (benchmarks of maps.zarr)."""
+    x0, y0, x1, y1 = region
+    cols = int(np.ceil(width / spacing))
+    ys, xs = np.arange(y0, y1, dtype=np.float32), np.arange(x0, x1, dtype=np.float32)
+    row, col = (ys // spacing).astype(np.int64), (xs // spacing).astype(np.int64)
+    # the grid cells the window touches: each cell's centre and radius from an integer hash of
+    # (cell, seed), so no state is shared between windows
+    rows, cells_x = np.arange(row[0], row[-1] + 1), np.arange(col[0], col[-1] + 1)
+    cell = rows[:, None] * cols + cells_x[None, :]
+    u = [((cell * 2654435761 + (seed * 3 + k) * 40503 + 12345) % 2**32 * 2246822519 % 2**32) / 2**32 for k in range(3)]
+    cy = (rows[:, None] + 0.5) * spacing + (u[0] - 0.5) * 0.2 * spacing
+    cx = (cells_x[None, :] + 0.5) * spacing + (u[1] - 0.5) * 0.2 * spacing
+    r = radius[0] + u[2] * (radius[1] - radius[0])
+    inside = ((cx - width / 2) / (0.45 * width)) ** 2 + ((cy - height / 2) / (0.45 * height)) ** 2 < 1
+    ids = np.where(inside, cell + 1, 0).astype(np.uint32)
+    # per pixel: its cell's index in the window's cells, then the disc test
+    iy, ix = row - rows[0], col - cells_x[0]
+    dy = ys[:, None] - cy.astype(np.float32)[iy][:, ix]
+    dx = xs[None, :] - cx.astype(np.float32)[iy][:, ix]
+    nucleus = dy * dy + dx * dx <= (r.astype(np.float32) ** 2)[iy][:, ix]
+    return np.where(nucleus, ids[iy][:, ix], np.uint32(0))
