@@ -31,6 +31,11 @@ LABELS = "labels"
 PROBABILITIES = "probabilities"
 NGFF_VERSION = "0.5"  # OME-NGFF on Zarr v3; ome-zarr-py 0.18 / napari-ome-zarr read it (0.4 is Zarr v2)
 PYRAMID_TOP_PX = 1024  # the pyramid halves until the long side fits this (issue 15: a screen-sized overview)
+# zstd level of the label arrays: on the shipped model's 4096² generated slide (all levels,
+# 1024² chunks in 4096² shards) level 9 stores them in 1.56 MB against 1.87 at zarr's default (3),
+# for ~17 s more compression per Gpx; levels 5–7 gain 4 %, 12 no more than 9 at 3× the time.
+# It keeps a slide's default outputs under 200 MB per million nuclei (benchmarks/RESULTS-outputs.md).
+LABELS_ZSTD_LEVEL = 9
 PROBABILITY_CHANNELS = ("centre", "material")  # the model's output channels (DESIGN §6)
 _UINT8_WINDOW = {"start": 0, "end": 255, "min": 0, "max": 255}
 _SPACE = [{"name": "y", "type": "space", "unit": "micrometer"}, {"name": "x", "type": "space", "unit": "micrometer"}]
@@ -84,6 +89,7 @@ def create_maps(folder: Path, width: int, height: int, mpp: float, chunk: int, s
     of ``chunk``), and the OME-NGFF metadata; level 0 is then filled by the assembly, the lower
     levels by ``build_pyramid``."""
     import zarr
+    from zarr.codecs import ZstdCodec
 
     if shard % chunk:
         raise ValueError(f"maps.zarr shard side {shard} px is not a multiple of the chunk side {chunk} px")
@@ -99,6 +105,7 @@ def create_maps(folder: Path, width: int, height: int, mpp: float, chunk: int, s
             shards=(shard, shard),
             dtype="uint32",
             fill_value=0,
+            compressors=[ZstdCodec(level=LABELS_ZSTD_LEVEL)],
             dimension_names=("y", "x"),
         )
     labels.attrs["ome"] = {
