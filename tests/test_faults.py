@@ -311,6 +311,12 @@ def test_resume_redoes_slides_whose_outputs_or_inputs_changed(cohort: Path, blob
         ([], {"NUCLEI_TILE_PX": "512.5"}, "NUCLEI_TILE_PX"),
         ([], {"NUCLEI_DEFAULT_MPP": "-1"}, "default_mpp"),
         ([], {"NUCLEI_MEMORY_LIMIT": "lots"}, "memory_limit"),
+        (["--tile-px", "100000"], {}, "tile_px"),
+        (["--tile-px", "32"], {}, "tile_px"),
+        (["--workers", "1.5"], {}, "--workers"),  # a float where a whole number is expected
+        (["--max-mpp", "50"], {}, "max_mpp"),  # would plan tiles of a few pixels each
+        ([], {"NUCLEI_DEFAULT_MPP": "0.02"}, "default_mpp"),  # finer than any scanner
+        ([], {"NUCLEI_DEFAULT_MPP": "3"}, "default_mpp"),  # coarser than max_mpp: every such slide refused
     ],
 )
 def test_bad_settings_refuse_with_one_line(
@@ -350,6 +356,144 @@ def test_bad_config_files_refuse_with_one_line(text: str, named: str, tmp_path: 
     line = one_line_error(result)
     assert named in line and "bad.yaml" in line
     assert "hacked" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("header", "row", "named"),
+    [
+        ("slide_path,slide_id,WSI-ID", "a.svs,a,b", ["slide_id", "WSI-ID"]),  # an alias of a column given too
+        ("slide_path,mpp,cancer_type,mpp", "a.svs,0.25,BRCA,0.5", ["mpp"]),
+        ("slide_path,path", "a.svs,b.svs", ["slide_path", "path"]),
+    ],
+)
+def test_duplicated_manifest_column_is_refused_naming_it(
+    header: str, row: str, named: list[str], tmp_path: Path
+) -> None:
+    """Two columns that mean the same thing: which one wins would be a silent guess."""
+    path = manifest_of(tmp_path, [row], header=header)
+    with pytest.raises(ManifestError) as err:
+        read_manifest(path)
+    message = str(err.value)
+    assert "manifest.csv" in message and all(f"'{n}'" in message for n in named), message
+
+
+def test_duplicated_manifest_column_run_refuses_with_exit_2(tmp_path: Path, blob_model: Path) -> None:
+    manifest = manifest_of(tmp_path, ["a.svs,a,BRCA,b"], header="slide_path,slide_id,cancer_type,wsi_id")
+    line = one_line_error(run_cli(str(manifest), "--out", str(tmp_path / "out"), "--model", str(blob_model)))
+    assert "manifest.csv" in line and "'wsi_id'" in line
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("mpp", "says"),
+    [
+        (99.0, "99 µm/px from manifest mpp column is too coarse"),  # 396× upsampling: tiles of a few pixels
+        (0.02, "0.02 µm/px from manifest mpp column is finer than any slide scanner"),  # 12.5× reads per tile
+    ],
+)
+def test_manifest_mpp_beyond_any_scanner_fails_its_slide_before_tiles_are_planned(
+    mpp: float, says: str, cohort: Path, blob_model: Path, tmp_path: Path
+) -> None:
+    from pipeline.config import load_config
+    from pipeline.io.readers import SlideError
+    from pipeline.slide.plan import plan_slide
+
+    config = load_config(None, {"model": str(blob_model), "tile_px": 256}, environ={})
+    out = tmp_path / "out"
+    (out / "slides").mkdir(parents=True)
+    with pytest.raises(SlideError, match=says):
+        plan_slide(SlideEntry("s0", cohort / "s0.svs", mpp=mpp), str(out), config)
+    assert not list((out / "slides").iterdir())  # no working folder, no tiles
+
+
+def test_resolution_that_makes_the_slide_longer_than_glass_fails_it_before_tiles_are_planned(
+    blob_model: Path, tmp_path: Path
+) -> None:
+    """A 48,000-px-long scan (12 mm at 40x) said to be at 1.9 µm/px would be 91 mm long: a wrong
+    mpp, which would also plan a tile grid over 91 mm of imagined tissue. The tile plan is bounded
+    by the glass: no slide's grid covers more than MAX_SLIDE_MM at the model's resolution."""
+    import numpy as np
+
+    from pipeline.config import COARSEST_MPP, load_config
+    from pipeline.io.readers import SlideError
+    from pipeline.slide.plan import plan_slide
+    from pipeline.slide.scale import MAX_SLIDE_MM
+    from pipeline.testing import write_pyramidal_tiff
+
+    path = write_pyramidal_tiff(tmp_path / "long.svs", np.full((256, 48_000, 3), 240, np.uint8), mpp=0.25)
+    config = load_config(None, {"model": str(blob_model), "tile_px": 256}, environ={})
+    out = tmp_path / "out"
+    (out / "slides").mkdir(parents=True)
+    with pytest.raises(SlideError, match=r"1.9 µm/px from manifest mpp column makes the slide 91 mm long"):
+        plan_slide(SlideEntry("long", path, mpp=1.9), str(out), config)
+    assert not list((out / "slides").iterdir())
+    # max_mpp itself is bounded: at the coarsest accepted, tiles keep cores of 1/16 of their side
+    assert load_config(None, {"max_mpp": COARSEST_MPP}, environ={}).max_mpp == COARSEST_MPP
+    with pytest.raises(ValueError, match="max_mpp=50"):
+        load_config(None, {"max_mpp": 50}, environ={})
+    assert MAX_SLIDE_MM < 100
+
+
+@pytest.mark.parametrize(
+    ("mpp", "env"),
+    [("-1", {}), ("0", {}), ("nan", {}), ("99", {}), ("0.001", {}), ("0.25", {"NUCLEI_HALF": "maybe"})],
+)
+def test_predict_refuses_bad_settings_with_one_line(mpp: str, env: dict[str, str], tmp_path: Path) -> None:
+    from PIL import Image
+
+    from pipeline.testing import synthetic_slide_image
+
+    image, _ = synthetic_slide_image(96, 96, seed=1, tissue="full")
+    Image.fromarray(image).save(tmp_path / "x.png")
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.predict", str(tmp_path / "x.png"), "--out", str(tmp_path / "pred")]
+        + ["--mpp", mpp],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **env},
+    )
+    line = one_line_error(result)
+    assert ("NUCLEI_HALF" if env else f"--mpp {mpp}") in line, line
+    assert not (tmp_path / "pred").exists()
+
+
+def test_rmm_pool_is_parsed_where_it_is_used_and_named_when_wrong(monkeypatch: pytest.MonkeyPatch) -> None:
+    """NUCLEI_RMM_POOL sizes the RMM pool of a local CUDA cluster: a wrong value there is refused
+    naming the variable; where no such cluster is started (no GPU, no dask-cuda, no RMM) it is
+    not read at all."""
+    import types
+
+    from pipeline import cluster
+    from pipeline.cluster import RMM_POOL_SHARE, local_cuda_cluster, rmm_pool_share_from
+
+    assert rmm_pool_share_from({}) == RMM_POOL_SHARE
+    assert rmm_pool_share_from({"NUCLEI_RMM_POOL": " 0.8 "}) == 0.8
+    for bad in ("lots", "0", "1.5", "-0.2", "nan", "inf"):
+        with pytest.raises(ValueError, match=rf"NUCLEI_RMM_POOL={bad!r} must be a share"):
+            rmm_pool_share_from({"NUCLEI_RMM_POOL": bad})
+
+    started: list[dict] = []
+
+    class LocalCUDACluster:  # records what it was asked for; dask-cuda is not installed here
+        def __init__(self, **options: object) -> None:
+            started.append(options)
+
+    monkeypatch.setitem(sys.modules, "dask_cuda", types.SimpleNamespace(LocalCUDACluster=LocalCUDACluster))
+    monkeypatch.setenv("NUCLEI_RMM_POOL", "lots")
+    monkeypatch.setattr(cluster, "visible_gpu_count", lambda: 0)
+    assert local_cuda_cluster() is None  # no GPU: no cluster, the variable is not read
+    monkeypatch.setattr(cluster, "visible_gpu_count", lambda: 1)
+    monkeypatch.setattr(cluster, "rmm_available", lambda: False)
+    assert isinstance(local_cuda_cluster(), LocalCUDACluster)  # no RMM: no pool to size
+    assert "rmm_pool_size" not in started[-1]
+    monkeypatch.setattr(cluster, "rmm_available", lambda: True)
+    with pytest.raises(ValueError, match="NUCLEI_RMM_POOL='lots'"):
+        local_cuda_cluster()
+    monkeypatch.setenv("NUCLEI_RMM_POOL", "0.3")
+    local_cuda_cluster()
+    assert started[-1]["rmm_pool_size"] == 0.3
 
 
 # ------------------------------------------------------------- 8. nothing listens outside ----

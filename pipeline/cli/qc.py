@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from pipeline.cli._parser import CommandLineParser
 from pipeline.qc._build import PATCH_MODES, REPORT, build_qc
 from pipeline.qc._patches import N_PATCHES
 from pipeline.qc._reviews import ReviewError
@@ -15,7 +15,7 @@ from pipeline.qc._rules import DEFAULT_OUTER_PERCENT
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = CommandLineParser(
         prog="python -m pipeline.qc",
         description="Build DIR/qc/ (QC tables, outlier flags, review sheets, report.html) from a run's slides.",
     )

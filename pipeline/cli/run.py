@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import __version__
+from pipeline.cli._parser import CommandLineParser
 from pipeline.cluster import connect, dashboard_link, dashboard_message
 from pipeline.config import CHOICES, Config, load_config
 from pipeline.graph import SlideOutcome, run_slides
@@ -173,7 +174,7 @@ def summary_table(rows: list[dict[str, Any]], elapsed: float) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+    p = CommandLineParser(
         prog="python -m pipeline.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("manifest", type=Path, nargs="?", help="CSV with slide_path [, slide_id, cancer_type, mpp]")
