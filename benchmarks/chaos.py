@@ -172,6 +172,7 @@ def chaos_run(
         statuses = json.loads((out / "run.json").read_text())["slides"]
         casualties = [s for s in good if statuses.get(s, {}).get("status") != "ok"]
         result["good_failed_by_kills"] = casualties
+        result["their_reasons"] = sorted({str(statuses[s].get("error")) for s in casualties if s in statuses})
         if casualties:  # the last, calm rerun
             last = driver(manifest, out, model, cluster, "--retry-failed")
             result["retry_exit"] = last.wait(timeout=3600)

@@ -739,3 +739,164 @@ def test_predict_keeps_one_result_per_input_even_when_names_repeat(tmp_path: Pat
     assert len({v.tobytes() for v in labels.values()}) >= 2  # a/x.png and b/x.png: two different results
     for name in written:
         assert name in result.stdout
+
+
+# ------------------------------------------- 11. the QC: bad review files, store, stats.json ----
+
+
+@pytest.fixture()
+def qc_cohort(tmp_path: Path) -> Path:
+    """A run folder of 12 ok slides' stats.json (and one failed), no slide files: QC tables only."""
+    from pipeline.testing.qc_cohorts import synthetic_stats_cohort
+
+    synthetic_stats_cohort(tmp_path / "run", {"BRCA": 12}, n_failed=1)
+    return tmp_path / "run"
+
+
+def qc_cli(run: Path, *args: str) -> tuple[int, str]:
+    """``python -m pipeline.qc`` in this process: (exit status, stderr)."""
+    import contextlib
+    import io
+
+    from pipeline.cli.qc import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            code = main([str(run), "--patches", "none", "--no-report", *args])
+        except SystemExit as exc:  # argparse
+            code = int(exc.code or 0)
+    return code, err.getvalue()
+
+
+def verdicts_of(run: Path) -> dict[str, tuple[str, str]]:
+    import csv
+
+    with open(run / "qc" / "wsi_qc.csv", newline="", encoding="utf-8") as f:
+        return {
+            r["WSI-ID"]: (r["SegmentationUnacceptableOrNot"], r["VisualAssessmentComment"])
+            for r in csv.DictReader(f)
+            if r["SegmentationUnacceptableOrNot"]
+        }
+
+
+@pytest.mark.parametrize(
+    ("encoding", "delimiter"),
+    [("utf-16", ","), ("utf-16", "\t"), ("utf-16-le", ","), ("utf-16-be", "\t"), ("utf-8-sig", ";")],
+)
+def test_review_file_saved_by_a_spreadsheet_is_read(encoding: str, delimiter: str, qc_cohort: Path) -> None:
+    """Spreadsheets save UTF-16 ("Unicode text": tab-separated, with a byte-order mark, or without
+    one), and semicolon-separated CSV where the comma is the decimal mark: all are read as written."""
+    text = delimiter.join(["WSI-ID", "SegmentationUnacceptableOrNot", "VisualAssessmentComment"]) + "\r\n"
+    text += delimiter.join(["BRCA-00001", "yes", "noyaux fusionnés, contours flous"]) + "\r\n"
+    path = qc_cohort / "verdicts.csv"
+    if delimiter == ",":  # the comment's comma is quoted
+        text = text.replace("noyaux fusionnés, contours flous", '"noyaux fusionnés, contours flous"')
+    path.write_bytes(text.encode(encoding))
+    code, err = qc_cli(qc_cohort, "--reviews", str(path))
+    assert code == 0, err
+    assert verdicts_of(qc_cohort) == {"BRCA-00001": ("Unacceptable", "noyaux fusionnés, contours flous")}
+
+
+def test_review_file_in_another_encoding_is_refused_naming_it(qc_cohort: Path) -> None:
+    path = qc_cohort / "verdicts.csv"
+    path.write_bytes(
+        "WSI-ID,SegmentationUnacceptableOrNot,VisualAssessmentComment\nBRCA-00001,yes,noyaux fusionnés\n".encode(
+            "cp1252"
+        )
+    )
+    code, err = qc_cli(qc_cohort, "--reviews", str(path))
+    assert code == 2 and "Traceback" not in err
+    assert err.startswith("error:") and str(path) in err and "UTF-8" in err and "line 2" in err, err
+    assert not (qc_cohort / "qc" / "reviews" / "wsi_verdicts.csv").exists()
+
+
+VERDICT_STORE_HEADER = "WSI-ID,SegmentationUnacceptableOrNot,VisualAssessmentComment,Source"
+
+
+@pytest.mark.parametrize(
+    ("store", "content", "says"),
+    [
+        ("patch_reviews.csv", "WSI-ID,PatchIndex,X,Y,Adequate,Comment,Source\nBRCA-00001,zz,1,2,yes,,a\n", "line 2"),
+        ("patch_reviews.csv", "WSI-ID,PatchIndex,X,Y,Adequate,Comment,Source\nBRCA-00001,0,1,2,maybe,,a\n", "line 2"),
+        ("patch_reviews.csv", "WSI-ID,Adequate\nBRCA-00001,yes\n", "PatchIndex"),
+        ("wsi_verdicts.csv", b"\x00\xff\xfe garbage\x81\n", "not UTF-8"),
+        (
+            "wsi_verdicts.csv",
+            "WSI-ID,SegmentationUnacceptableOrNot,VisualAssessmentComment,Source\nB,perhaps,,x\n",
+            "line 2",
+        ),
+        (
+            "wsi_verdicts.csv",
+            "WSI-ID,SegmentationUnacceptableOrNot,VisualAssessmentComment,Source\nB,No,,x,y\n",
+            "line 2",
+        ),
+    ],
+)
+def test_damaged_review_store_is_refused_and_left_as_it_is(
+    store: str, content: str | bytes, says: str, qc_cohort: Path
+) -> None:
+    """The store holds every review recorded so far: a damaged one is never rewritten (that would
+    drop reviews); the QC stops, naming the file and what is wrong."""
+    reviews = qc_cohort / "qc" / "reviews"
+    reviews.mkdir(parents=True)
+    data = content if isinstance(content, bytes) else content.encode()
+    (reviews / store).write_bytes(data)
+    verdicts = qc_cohort / "verdicts.csv"
+    verdicts.write_text("WSI-ID,SegmentationUnacceptableOrNot,VisualAssessmentComment\nBRCA-00002,no,fine\n")
+    for args in ([], ["--reviews", str(verdicts)]):
+        code, err = qc_cli(qc_cohort, *args)
+        assert code == 2 and "Traceback" not in err, err
+        assert err.startswith("error:") and str(reviews / store) in err and says in err, err
+        assert (reviews / store).read_bytes() == data
+    assert not (qc_cohort / "qc" / "slides.csv").exists()
+
+
+def test_stats_json_without_slide_id_is_left_out_with_a_warning(qc_cohort: Path) -> None:
+    """One foreign or damaged stats.json does not cost the others their QC: it is left out, named."""
+    stats = qc_cohort / "slides" / "BRCA-00003" / "stats.json"
+    data = json.loads(stats.read_text())
+    data.pop("slide_id")
+    stats.write_text(json.dumps(data))
+    code, err = qc_cli(qc_cohort)
+    assert code == 1, err
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and str(stats) in warnings[0] and "slide_id" in warnings[0], err
+    import csv
+
+    with open(qc_cohort / "qc" / "slides.csv", newline="") as f:
+        listed = {r["WSI-ID"] for r in csv.DictReader(f)}
+    assert "BRCA-00003" not in listed and len(listed) == 12  # 11 ok + 1 failed
+    assert json.loads((qc_cohort / "qc" / "qc.json").read_text())["unusable_stats"] == [warnings[0][9:]]
+    from pipeline.qc import build_qc
+
+    with pytest.warns(UserWarning, match="BRCA-00003"):
+        build_qc(qc_cohort, patches="none", report=False)
+
+
+def test_published_stats_json_without_slide_id_is_redone_by_a_rerun(qc_cohort: Path) -> None:
+    """A rerun skips a failed slide (without --retry-failed) on its stats.json alone: one that
+    names no slide is not that slide's record, and the slide is redone."""
+    from pipeline.cli.run import split_done
+    from pipeline.io.outputs.stats import failure_stats
+    from pipeline.testing.qc_cohorts import write_stats
+
+    write_stats(qc_cohort, failure_stats("BRCA-F001", "BRCA", "/nonexistent/b.svs", "unreadable"))
+    stats = qc_cohort / "slides" / "BRCA-F000" / "stats.json"
+    data = json.loads(stats.read_text())
+    data.pop("slide_id")
+    stats.write_text(json.dumps(data))
+    entries = [SlideEntry(s, qc_cohort / f"{s}.svs") for s in ("BRCA-F000", "BRCA-F001")]
+    todo, done = split_done(entries, qc_cohort, retry_failed=False)
+    assert [e.slide_id for e in todo] == ["BRCA-F000"]
+    assert [s["slide_id"] for s in done] == ["BRCA-F001"]
+
+
+def test_qc_of_a_folder_that_is_not_a_run_is_refused_with_one_line(tmp_path: Path, qc_cohort: Path) -> None:
+    code, err = qc_cli(tmp_path / "nowhere")
+    assert code == 2 and err.startswith("error:") and len(err.strip().splitlines()) == 1 and "nowhere" in err
+    (qc_cohort / "qc").write_text("a file where the qc folder goes")
+    code, err = qc_cli(qc_cohort)
+    assert code == 2 and err.startswith("error:") and "Traceback" not in err and str(qc_cohort / "qc") in err, err
+    code, err = qc_cli(qc_cohort, "--n-patches", "1.5")
+    assert code == 2 and err.startswith("error:") and "--n-patches" in err

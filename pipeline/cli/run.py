@@ -241,6 +241,13 @@ def split_done(
     for e in entries:
         remove_stale_partials(out_dir, e.slide_id)
         stats = read_published_stats(out_dir, e.slide_id)
+        if stats is not None and stats.get("slide_id") != e.slide_id:  # not this slide's record: redone
+            named = stats.get("slide_id")
+            print(
+                f"redoing {e.slide_id}: its stats.json " + (f"names {named!r}" if named else "has no slide_id"),
+                file=sys.stderr,
+            )
+            stats = None
         if stats is None or (stats.get("status") != "ok" and retry_failed):
             todo.append(e)
             continue
@@ -386,8 +393,14 @@ def process(todo: list[SlideEntry], out_dir: Path, config: Config, record: RunRe
 
 def build_qc_tables(out_dir: Path) -> None:
     """Cohort QC tables, review sheets and report (pipeline.qc) over everything in ``out_dir``."""
+    import warnings
+
     try:
-        qc_dir = build_qc(out_dir, workers=min(4, os.cpu_count() or 1))
+        with warnings.catch_warnings(record=True) as caught:  # a stats.json left out: one line each
+            warnings.simplefilter("always", UserWarning)
+            qc_dir = build_qc(out_dir, workers=min(4, os.cpu_count() or 1))
+        for w in caught:
+            print(f"warning: {w.message}", file=sys.stderr)
         print(f"QC tables and report: {qc_dir}", file=sys.stderr)
     except Exception as exc:  # QC must never cost the run its results
         print(f"warning: QC tables could not be built: {type(exc).__name__}: {exc}", file=sys.stderr)
