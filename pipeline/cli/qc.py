@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipeline.cli._parser import EXIT_BAD_INPUT, CommandLineParser
+from pipeline.cli._parser import EXIT_BAD_INPUT, CommandLineParser, number_in
 from pipeline.qc._build import PATCH_MODES, REPORT, build_qc
 from pipeline.qc._patches import N_PATCHES
 from pipeline.qc._reviews import ReviewError, ReviewStoreError
@@ -41,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--outer-percent",
-        type=float,
+        type=number_in(float, 0, 50, high_open=True),
         default=DEFAULT_OUTER_PERCENT,
         help="per-tail percent of each cancer type selected for review (paper: 2, widened to 4)",
     )
@@ -52,8 +52,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="all",
         help="extract review patches for all ok slides, only the selected ones, or none",
     )
-    parser.add_argument("--n-patches", type=int, default=N_PATCHES, help="patches per slide (paper: 15)")
-    parser.add_argument("--workers", type=int, default=1, help="slides whose patches are extracted at once")
+    parser.add_argument("--n-patches", type=number_in(int, 1), default=N_PATCHES, help="patches per slide (paper: 15)")
+    parser.add_argument(
+        "--workers", type=number_in(int, 1), default=1, help="slides whose patches are extracted at once"
+    )
     parser.add_argument("--no-report", action="store_true", help="skip report.html")
     args = parser.parse_args(argv)
     if not (args.dir / "slides").is_dir():
