@@ -684,6 +684,25 @@ def test_symlink_loop_fails_its_slide_alone(cohort: Path, blob_model: Path, tmp_
     assert "loop_a.svs" in run["slides"]["loop"]["error"]
 
 
+def test_unopenable_paths_say_what_they_are(tmp_path: Path) -> None:
+    """The reason a slide path cannot be read names what is there: a symlink loop, a link to
+    nothing, a folder, nothing at all (not one "file not found" for all of them)."""
+    from pipeline.io.readers import SlideError, choose_reader
+
+    (tmp_path / "loop.svs").symlink_to("loop.svs")
+    (tmp_path / "dangling.svs").symlink_to("gone.svs")
+    (tmp_path / "folder.svs").mkdir()
+    for name, says in (
+        ("loop.svs", "symbolic link loop"),
+        ("dangling.svs", "symbolic link to a missing file"),
+        ("folder.svs", "a folder, not a slide file"),
+        ("missing.svs", "file not found"),
+    ):
+        with pytest.raises(SlideError, match=says) as err:
+            choose_reader(tmp_path / name)
+        assert name in str(err.value)
+
+
 @pytest.mark.parametrize(
     ("scheduler", "named"),
     [

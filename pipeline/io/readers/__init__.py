@@ -16,6 +16,9 @@ value, or the default with a warning).
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
 from pathlib import Path
 
 from pipeline.io.readers import cucim, dicom, image, tiff
@@ -82,9 +85,19 @@ def choose_reader(path: Path, preference: str = "auto") -> str:
     ``preference`` 'auto' picks the first reader that claims the file; any other value forces
     that reader (for experts and tests).
     """
-    if not path.exists():
-        raise SlideError(f"file not found: {path}")
-    if path.stat().st_size == 0:
+    try:
+        st = path.stat()
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise SlideError(f"a symbolic link loop, no file: {path}") from None
+        if exc.errno == errno.ENOENT and path.is_symlink():
+            raise SlideError(f"a symbolic link to a missing file: {path} → {os.readlink(path)}") from None
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise SlideError(f"file not found: {path}") from None
+        raise SlideError(f"cannot be read: {path} ({exc.strerror})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise SlideError(f"a folder, not a slide file: {path}")
+    if st.st_size == 0:
         raise SlideError(f"empty file: {path}")
     if preference != "auto":
         return preference
