@@ -192,6 +192,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=70)
     p.add_argument("--model", default="", help="ONNX model (default: the blob contract model, built here)")
     args = p.parse_args()
+    # the dask workers import this checkout's pipeline, as the drivers (run from it) do
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     with tempfile.TemporaryDirectory(prefix="chaos-") as tmp_name:
         tmp = Path(tmp_name)
         (tmp / "cohort").mkdir()
