@@ -165,6 +165,7 @@ def chaos_run(
         result["interrupted_at_s"] = round(time.perf_counter() - t0, 1)
         rerun = driver(manifest, out, model, cluster)
         result["rerun_exit"] = rerun.wait(timeout=3600)
+        result["run_json_after_rerun"] = json.loads((out / "run.json").read_text())["status"]
         killer.stop.set()
         killer.join()
         result["chaos_s"] = time.perf_counter() - t0
@@ -173,6 +174,8 @@ def chaos_run(
         casualties = [s for s in good if statuses.get(s, {}).get("status") != "ok"]
         result["good_failed_by_kills"] = casualties
         result["their_reasons"] = sorted({str(statuses[s].get("error")) for s in casualties if s in statuses})
+        if result["run_json_after_rerun"] != "failed slides":  # what stopped the rerun, from its log
+            result["driver_log_tail"] = (out.parent / f"{out.name}.log").read_text().splitlines()[-25:]
         if casualties:  # the last, calm rerun
             last = driver(manifest, out, model, cluster, "--retry-failed")
             result["retry_exit"] = last.wait(timeout=3600)
@@ -191,11 +194,13 @@ def main() -> None:
     p.add_argument("--kill-every", type=float, default=5.0, help="seconds between worker kills")
     p.add_argument("--seed", type=int, default=70)
     p.add_argument("--model", default="", help="ONNX model (default: the blob contract model, built here)")
+    p.add_argument("--keep", type=Path, help="work in this folder and keep it (logs, outputs), not a temporary one")
     args = p.parse_args()
     # the dask workers import this checkout's pipeline, as the drivers (run from it) do
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     with tempfile.TemporaryDirectory(prefix="chaos-") as tmp_name:
-        tmp = Path(tmp_name)
+        tmp = Path(tmp_name) if args.keep is None else args.keep
+        tmp.mkdir(parents=True, exist_ok=True)
         (tmp / "cohort").mkdir()
         model = Path(args.model) if args.model else build_blob_model(tmp / "blob.onnx")
         manifest, good = make_cohort(tmp / "cohort", args.good, args.seed)

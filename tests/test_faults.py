@@ -112,6 +112,44 @@ def test_failure_that_cannot_be_published_fails_only_its_slide(cohort: Path, blo
     assert not [p for p in (out / "slides").iterdir() if p.name.startswith(".")]
 
 
+@pytest.mark.slow
+def test_reduction_lost_after_publication_keeps_the_published_slide(
+    cohort: Path, blob_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker dies after a slide's reduction published it but before the driver fetched its
+    result: the scheduler recomputes the reduction, whose tiles' working folder is gone, and that
+    fails (seen in benchmarks/chaos.py: the driver crashed with a traceback). The driver neither
+    crashes nor replaces the published slide with a failure record: its folder checks out, so the
+    slide is ok. A reduction that fails before publishing still fails its slide alone."""
+    from distributed import Client, LocalCluster
+
+    import pipeline.graph as graph
+    from pipeline.config import load_config
+
+    publish_and_fail = graph.reduce_slide
+
+    def recomputed_after_publication(plan, segs, assembled):  # type: ignore[no-untyped-def]
+        if plan.slide_id == "s1":
+            raise OSError(28, "No space left on device")  # nothing published
+        publish_and_fail(plan, segs, assembled)
+        raise FileNotFoundError(2, "No such file or directory", str(Path(plan.work_dir) / "tiles" / "r0.labels.zst"))
+
+    monkeypatch.setattr(graph, "reduce_slide", recomputed_after_publication)
+    config = load_config(None, {"model": str(blob_model), "tile_px": 128, "progress": False}, environ={})
+    out = tmp_path / "out"
+    entries = [SlideEntry("s0", cohort / "s0.svs"), SlideEntry("s1", cohort / "s1.svs")]
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        with Client(cluster) as client:
+            outcomes = graph.run_slides(client, entries, out, config)
+    status = {o.entry.slide_id: o for o in outcomes}
+    assert status["s0"].status == "ok" and status["s0"].stats["n_tiles"] > config.tiles_per_task
+    published = json.loads((out / "slides" / "s0" / "stats.json").read_text())
+    assert published["status"] == "ok" and published == status["s0"].stats
+    assert (out / "slides" / "s0" / "nuclei.csv").stat().st_size > 0
+    assert status["s1"].status == "failed" and "No space left on device" in (status["s1"].error or "")
+    assert json.loads((out / "slides" / "s1" / "stats.json").read_text())["status"] == "failed"
+
+
 def test_run_json_ends_in_a_final_state_when_the_driver_breaks(
     cohort: Path, blob_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
