@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import time
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -120,7 +121,8 @@ def describe_failure(exc: BaseException, entry: SlideEntry, attempts: int) -> st
     if isinstance(exc, KilledWorker):
         return (
             f"{entry.slide_path.name}: the worker process died {attempts} time(s) while processing this slide "
-            f"(task {exc.task}); the reader or decoder likely crashes on this file"
+            f"(task {exc.task}): the reader or decoder may crash on this file, or workers were being ended "
+            "(memory limit, preemption); --retry-failed tries it again"
         )
     return f"{entry.slide_path.name}: {type(exc).__name__}: {exc}"
 
@@ -145,7 +147,10 @@ def run_slides(
     progress = progress or NoProgress()
     workers = client.scheduler_info().get("workers", {})
     tile_resources = tile_task_resources(workers)
-    client.register_plugin(ModelPreload(config), name=ModelPreload.name)
+    try:
+        client.register_plugin(ModelPreload(config), name=ModelPreload.name)
+    except OSError as exc:  # a worker lost during the broadcast (CommClosedError): tasks load the model themselves
+        warnings.warn(f"the model preload could not be registered on every worker ({exc}); going on", stacklevel=2)
     threads = sum(int(w.get("nthreads", 1)) for w in workers.values()) or 1
     # enough slides in flight to hide the driver round trip between a slide's plan and its
     # tiles, few enough that the scheduler holds a few hundred tasks at most

@@ -150,6 +150,31 @@ def test_reduction_lost_after_publication_keeps_the_published_slide(
     assert json.loads((out / "slides" / "s1" / "stats.json").read_text())["status"] == "failed"
 
 
+@pytest.mark.slow
+def test_worker_lost_while_the_model_preload_is_registered_costs_nothing(
+    cohort: Path, blob_model: Path, tmp_path: Path
+) -> None:
+    """A worker that dies while the driver registers the model preload (benchmarks/chaos.py: the
+    driver crashed with CommClosedError): the preload is an optimisation, the slides still run."""
+    from distributed import Client, LocalCluster
+    from distributed.comm.core import CommClosedError
+
+    from pipeline.config import load_config
+    from pipeline.graph import run_slides
+
+    config = load_config(None, {"model": str(blob_model), "tile_px": 256, "progress": False}, environ={})
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        with Client(cluster) as client:
+
+            def worker_died(*args: object, **kwargs: object) -> None:
+                raise CommClosedError("in <TCP (closed) ConnectionPool.register_worker_plugin>: Stream is closed")
+
+            client.register_plugin = worker_died  # type: ignore[method-assign]
+            with pytest.warns(UserWarning, match="model preload could not be registered"):
+                outcomes = run_slides(client, [SlideEntry("s0", cohort / "s0.svs")], tmp_path / "out", config)
+    assert [o.status for o in outcomes] == ["ok"]
+
+
 def test_run_json_ends_in_a_final_state_when_the_driver_breaks(
     cohort: Path, blob_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -294,7 +294,7 @@ def decide_scale(
     if mpp < FINEST_SCANNER_MPP:  # an estimate this fine was dropped above: a stated value
         raise ValueError(
             f"{scale.describe()} is finer than any slide scanner's (limit {FINEST_SCANNER_MPP}): a mistake? "
-            f"(segmenting at it would read {model.mpp / mpp:.0f}× each tile's side); set the manifest's mpp"
+            f"(segmenting at it would read {model.mpp / mpp:.0f}× each tile's side); give the right mpp in the manifest"
         )
     if mpp > low_resolution_mpp:
         flags.append("low_resolution")
