@@ -175,6 +175,49 @@ def test_worker_lost_while_the_model_preload_is_registered_costs_nothing(
     assert [o.status for o in outcomes] == ["ok"]
 
 
+def test_reduction_ended_before_publication_can_run_again(
+    cohort: Path, blob_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker killed during a slide's reduction, before the rename that publishes it: the
+    scheduler runs the reduction again (with its tile batches, whose results died with the worker),
+    and that must find the tiles' scratch files still there (benchmarks/chaos.py: it failed with
+    FileNotFoundError, the first attempt having dropped them). The result equals an uninterrupted one."""
+    import pipeline.slide.reduce as reduce_module
+    from pipeline.config import load_config
+    from pipeline.slide import assemble_labels, batches, chunks_to_assemble, plan_slide, reduce_slide, segment_tiles
+    from tests.test_run import output_digest
+
+    config = load_config(None, {"model": str(blob_model), "tile_px": 128}, environ={})
+
+    def stages(out: Path):  # type: ignore[no-untyped-def]
+        plan = plan_slide(SlideEntry("s0", cohort / "s0.svs"), str(out), config)
+        segs = [segment_tiles(plan, b) for b in batches(plan.tiles, config.tiles_per_task)]
+        return plan, segs, [assemble_labels(plan, chunks_to_assemble(plan), segs)]
+
+    (tmp_path / "clean" / "slides").mkdir(parents=True)
+    reduce_slide(*stages(tmp_path / "clean"))
+    out = tmp_path / "out"
+    (out / "slides").mkdir(parents=True)
+    plan, segs, assembled = stages(out)
+    publish = reduce_module.publish_slide
+
+    class WorkerKilled(Exception):
+        pass
+
+    def killed_before_the_rename(partial: Path, final: Path) -> None:
+        raise WorkerKilled
+
+    monkeypatch.setattr(reduce_module, "publish_slide", killed_before_the_rename)
+    with pytest.raises(WorkerKilled):
+        reduce_slide(plan, segs, assembled)
+    monkeypatch.setattr(reduce_module, "publish_slide", publish)
+    segs = [segment_tiles(plan, b) for b in batches(plan.tiles, config.tiles_per_task)]  # recomputed
+    assembled = [assemble_labels(plan, chunks_to_assemble(plan), segs)]
+    reduce_slide(plan, segs, assembled)
+    assert output_digest(out / "slides" / "s0") == output_digest(tmp_path / "clean" / "slides" / "s0")
+    assert [p.name for p in (out / "slides").iterdir()] == ["s0"]  # no scratch left behind
+
+
 def test_run_json_ends_in_a_final_state_when_the_driver_breaks(
     cohort: Path, blob_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

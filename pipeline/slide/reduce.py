@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.io.outputs.contents import folder_contents
-from pipeline.io.outputs.publish import atomic_write_json, final_slide_dir, publish_slide
+from pipeline.io.outputs.publish import atomic_write_json, final_slide_dir, publish_slide, scratch_dir
 from pipeline.io.outputs.stats import STATS_FILE, SlideStats, nucleus_size_stats
 from pipeline.io.outputs.tables import NUCLEUS_TABLE_FORMATS, write_nucleus_tables
 from pipeline.slide.assemble import label_offsets
@@ -88,10 +88,12 @@ def reduce_slide(
     for part in [s.seconds for batch in summaries for s in batch] + list(assembled):
         for k, v in part.items():
             timings[k] = timings.get(k, 0.0) + v
-    shutil.rmtree(work / "tiles", ignore_errors=True)
     outputs = folder_contents(work)
     timings["reduce"] = time.perf_counter() - started
     stats = slide_stats(plan, areas, len(plan.tiles), time.time() - plan.started, timings, outputs)
     atomic_write_json(work / STATS_FILE, stats)
     publish_slide(work, final_slide_dir(Path(plan.out_dir), plan.slide_id))
+    # dropped only now: a reduction ended before the rename above (its worker killed) is run again
+    # by the scheduler, and needs them
+    shutil.rmtree(scratch_dir(work), ignore_errors=True)
     return stats
