@@ -417,12 +417,6 @@ def test_resume_redoes_slides_whose_outputs_or_inputs_changed(cohort: Path, blob
         ([], {"NUCLEI_TILE_PX": "512.5"}, "NUCLEI_TILE_PX"),
         ([], {"NUCLEI_DEFAULT_MPP": "-1"}, "default_mpp"),
         ([], {"NUCLEI_MEMORY_LIMIT": "lots"}, "memory_limit"),
-        (["--tile-px", "100000"], {}, "tile_px"),
-        (["--tile-px", "32"], {}, "tile_px"),
-        (["--workers", "1.5"], {}, "--workers"),  # a float where a whole number is expected
-        (["--max-mpp", "50"], {}, "max_mpp"),  # would plan tiles of a few pixels each
-        ([], {"NUCLEI_DEFAULT_MPP": "0.02"}, "default_mpp"),  # finer than any scanner
-        ([], {"NUCLEI_DEFAULT_MPP": "3"}, "default_mpp"),  # coarser than max_mpp: every such slide refused
     ],
 )
 def test_bad_settings_refuse_with_one_line(
@@ -432,6 +426,42 @@ def test_bad_settings_refuse_with_one_line(
     # before: 0 workers, and a run that waited for them forever
     result = run_cli(str(manifest), "--out", str(tmp_path / "out"), *args, env=env, timeout=60, small=False)
     assert named in one_line_error(result)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "named"),
+    [
+        (["--tile-px", "100000"], {}, "tile_px"),
+        (["--tile-px", "32"], {}, "tile_px"),
+        (["--workers", "1.5"], {}, "--workers"),  # a float where a whole number is expected
+        (["--max-mpp", "50"], {}, "max_mpp"),  # would plan tiles of a few pixels each
+        ([], {"NUCLEI_DEFAULT_MPP": "0.02"}, "default_mpp"),  # finer than any scanner
+        ([], {"NUCLEI_DEFAULT_MPP": "3"}, "default_mpp"),  # coarser than max_mpp: every such slide refused
+    ],
+)
+def test_bad_bounds_refuse_with_one_line(
+    args: list[str],
+    env: dict[str, str],
+    named: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """As above, in this process (the same main(); checked before any cluster starts; capfd: the
+    run enables faulthandler, which needs stderr's file descriptor)."""
+    from pipeline.cli.run import main
+
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    manifest = manifest_of(tmp_path, ["a.svs,a,BRCA"])
+    try:
+        code = main([str(manifest), "--out", str(tmp_path / "out"), "--no-progress", *args])
+    except SystemExit as exc:  # argument errors
+        code = int(exc.code or 0)
+    err = capfd.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(lines) == 1 and named in lines[0], err
     assert not (tmp_path / "out").exists()
 
 
@@ -544,24 +574,23 @@ def test_resolution_that_makes_the_slide_longer_than_glass_fails_it_before_tiles
     ("mpp", "env"),
     [("-1", {}), ("0", {}), ("nan", {}), ("99", {}), ("0.001", {}), ("0.25", {"NUCLEI_HALF": "maybe"})],
 )
-def test_predict_refuses_bad_settings_with_one_line(mpp: str, env: dict[str, str], tmp_path: Path) -> None:
-    from PIL import Image
+def test_predict_refuses_bad_settings_with_one_line(
+    mpp: str,
+    env: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from pipeline.cli.predict import main
 
-    from pipeline.testing import synthetic_slide_image
-
-    image, _ = synthetic_slide_image(96, 96, seed=1, tissue="full")
-    Image.fromarray(image).save(tmp_path / "x.png")
-    result = subprocess.run(
-        [sys.executable, "-m", "pipeline.predict", str(tmp_path / "x.png"), "--out", str(tmp_path / "pred")]
-        + ["--mpp", mpp],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, **env},
-    )
-    line = one_line_error(result)
-    assert ("NUCLEI_HALF" if env else f"--mpp {mpp}") in line, line
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    (tmp_path / "x.png").write_bytes(b"")  # never read: the settings are refused first
+    code = main([str(tmp_path / "x.png"), "--out", str(tmp_path / "pred"), "--mpp", mpp])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert ("NUCLEI_HALF" if env else f"--mpp {mpp}") in lines[0], lines
     assert not (tmp_path / "pred").exists()
 
 
