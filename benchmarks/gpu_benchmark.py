@@ -371,7 +371,10 @@ def tissue_gigapixels(plan: Any, tiles: list[Any]) -> float:
 
 
 def with_work_dir(plan: Any, folder: Path) -> Any:
-    (folder / "tiles").mkdir(parents=True, exist_ok=True)
+    from pipeline.io.outputs.publish import scratch_dir
+
+    folder.mkdir(parents=True, exist_ok=True)
+    scratch_dir(folder).mkdir(exist_ok=True)
     return dataclasses.replace(plan, work_dir=str(folder))
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import socket
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -37,6 +38,26 @@ GPU_RESOURCE = "GPU"  # the worker resource pipeline.graph sends tile tasks to
 RMM_POOL_SHARE = 0.5
 # Libraries whose device allocations go through the RMM pool (dask-cuda ≥ 24.12).
 RMM_LIBRARIES = ["cupy", "torch"]
+RMM_POOL_ENV = "NUCLEI_RMM_POOL"  # overrides RMM_POOL_SHARE; read only where a pool is set up
+
+
+def rmm_pool_share_from(environ: Mapping[str, str]) -> float:
+    """The RMM pool's share of each GPU's memory: ``NUCLEI_RMM_POOL`` when set, else
+    ``RMM_POOL_SHARE``. ValueError naming the variable when it is not a share in (0, 1].
+
+    >>> rmm_pool_share_from({"NUCLEI_RMM_POOL": "0.8"}), rmm_pool_share_from({})
+    (0.8, 0.5)
+    """
+    text = environ.get(RMM_POOL_ENV)
+    if text is None:
+        return RMM_POOL_SHARE
+    try:
+        share = float(text)
+    except ValueError:
+        share = float("nan")
+    if not 0 < share <= 1:  # NaN fails too
+        raise ValueError(f"{RMM_POOL_ENV}={text!r} must be a share of each GPU's memory in (0, 1], such as 0.5")
+    return share
 
 
 def visible_gpu_count() -> int:
@@ -107,11 +128,13 @@ def rmm_available() -> bool:
 
 
 def local_cuda_cluster(
-    rmm_pool_share: float = RMM_POOL_SHARE, threads_per_worker: int | None = None, **kwargs: Any
+    rmm_pool_share: float | None = None, threads_per_worker: int | None = None, **kwargs: Any
 ) -> Any | None:
     """A started ``LocalCUDACluster``, or None when dask-cuda is not installed or no GPU is
     visible (the caller then starts its CPU cluster). Without RMM the cluster starts without a
-    pool. ``kwargs`` go to ``LocalCUDACluster``."""
+    pool. ``rmm_pool_share``: the pool's share of each GPU's memory, None = ``NUCLEI_RMM_POOL`` or the
+    default, read only when there is a pool to size (ValueError naming the variable when it is
+    wrong). ``kwargs`` go to ``LocalCUDACluster``."""
     try:
         import dask_cuda
     except ImportError:
@@ -122,13 +145,17 @@ def local_cuda_cluster(
     import inspect
 
     supports_libs = "rmm_allocator_external_lib_list" in inspect.signature(dask_cuda.LocalCUDACluster).parameters
+    rmm = rmm_available()
+    share = RMM_POOL_SHARE  # without RMM there is no pool to size
+    if rmm:
+        share = rmm_pool_share if rmm_pool_share is not None else rmm_pool_share_from(os.environ)
     options = cuda_cluster_options(
         n_gpus,
         os.cpu_count() or 1,
-        rmm_pool_share,
+        share,
         threads_per_worker,
         rmm_libraries=supports_libs,
-        rmm=rmm_available(),
+        rmm=rmm,
     )
     options.update(kwargs)
     return dask_cuda.LocalCUDACluster(**options)
@@ -222,7 +249,6 @@ def connect(config: Config) -> Any:
             return Client(scheduler_file_address(config.scheduler))
         return Client(config.scheduler)
     cuda = local_cuda_cluster(
-        rmm_pool_share=float(os.environ.get("NUCLEI_RMM_POOL", RMM_POOL_SHARE)),
         threads_per_worker=config.threads_per_worker or None,
         host=LOOPBACK,
         dashboard_address=dashboard_address(config),

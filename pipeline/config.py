@@ -183,6 +183,13 @@ def read_config_file(path: Path) -> dict[str, Any]:
 
 MAX_CONFIG_BYTES = 65536
 MAX_TILE_PX = 8192  # a tile's core, at the model's resolution (its halo comes on top)
+# The resolutions a slide can be segmented at (µm/px). Finer than FINEST_SCANNER_MPP is beyond
+# any slide scanner (an 80x scan is ≈ 0.125): such a value is a mistake, and at the model's 0.25 it
+# would read windows of (0.25/mpp)² times a tile's pixels. Coarser than COARSEST_MPP a nucleus
+# (5-10 µm across) spans two pixels or less, and the model's tiles would be upsampled from cores
+# of under 1/16 of their side: max_mpp (the limit a run uses, default 2.0) cannot go beyond it.
+FINEST_SCANNER_MPP = 0.1
+COARSEST_MPP = 4.0
 
 
 def _memory_limit_ok(value: str) -> bool:
@@ -213,8 +220,11 @@ def validate_config(config: Config) -> None:
         value = getattr(config, name)
         if value not in choices:
             problems.append(f"{name}={value!r} must be one of {', '.join(choices)}")
-    if not 0.01 < config.default_mpp < 100:
-        problems.append(f"default_mpp={config.default_mpp} must be microns per pixel between 0.01 and 100")
+    if not FINEST_SCANNER_MPP <= config.default_mpp <= min(config.max_mpp, COARSEST_MPP):
+        problems.append(
+            f"default_mpp={config.default_mpp} must be microns per pixel between {FINEST_SCANNER_MPP} and "
+            f"max_mpp ({config.max_mpp})"
+        )
     if config.tile_px > MAX_TILE_PX:
         problems.append(f"tile_px={config.tile_px} must be at most {MAX_TILE_PX}")
     for name, meaning in (
@@ -236,8 +246,11 @@ def validate_config(config: Config) -> None:
     if config.tiles_per_task < 1:
         problems.append("tiles_per_task must be ≥ 1")
     for name in ("max_mpp", "low_resolution_mpp"):
-        if not getattr(config, name) > 0:
-            problems.append(f"{name}={getattr(config, name)} must be > 0 (µm per pixel)")
+        if not FINEST_SCANNER_MPP <= getattr(config, name) <= COARSEST_MPP:
+            problems.append(
+                f"{name}={getattr(config, name)} must be microns per pixel between {FINEST_SCANNER_MPP} and "
+                f"{COARSEST_MPP} (coarser, nuclei are two pixels wide and tiles a few pixels each)"
+            )
     if not config.scale_tolerance > 1:
         problems.append(f"scale_tolerance={config.scale_tolerance} must be a factor > 1")
     if config.max_attempts < 1:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import time
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,7 +27,8 @@ from distributed import WorkerPlugin
 
 from pipeline.cluster import GPU_RESOURCE
 from pipeline.config import Config
-from pipeline.io.outputs.publish import publish_failure
+from pipeline.io.outputs.contents import check_contents
+from pipeline.io.outputs.publish import final_slide_dir, publish_failure, read_published_stats
 from pipeline.io.outputs.stats import failure_stats
 from pipeline.manifest import SlideEntry
 from pipeline.slide import (
@@ -39,6 +41,7 @@ from pipeline.slide import (
     segment_tiles,
     start_slide,
 )
+from pipeline.slide.inputs import changed_inputs
 
 BAND_ROWS = 8  # tile rows per label-assembly task (rounded up to whole rows of maps.zarr shards)
 
@@ -89,6 +92,25 @@ class _InFlight:
     entry: SlideEntry
     started: float
     futures: list[Any] = field(default_factory=list)
+    plan: SlidePlan | None = None  # known once the slide is planned (not for a slide finished in its plan task)
+
+
+def published_as_planned(out_dir: Path, plan: SlidePlan) -> dict[str, Any] | None:
+    """The stats of the slide's published folder when it is a complete result of ``plan``: ok,
+    this slide's, every file present with its recorded size and checksum, made from the plan's
+    inputs. None otherwise.
+
+    A reduction's result can be lost after it published the slide (its worker dies before the
+    driver fetches it); the scheduler then recomputes it, and the recomputation fails, its working
+    folder having become the published one. The published folder is then the slide's result."""
+    stats = read_published_stats(out_dir, plan.slide_id)
+    if stats is None or stats.get("status") != "ok" or stats.get("slide_id") != plan.slide_id:
+        return None
+    if check_contents(final_slide_dir(out_dir, plan.slide_id), stats.get("outputs"), checksums=True):
+        return None
+    if changed_inputs(stats.get("inputs"), plan.inputs):
+        return None
+    return stats
 
 
 def describe_failure(exc: BaseException, entry: SlideEntry, attempts: int) -> str:
@@ -98,7 +120,8 @@ def describe_failure(exc: BaseException, entry: SlideEntry, attempts: int) -> st
     if isinstance(exc, KilledWorker):
         return (
             f"{entry.slide_path.name}: the worker process died {attempts} time(s) while processing this slide "
-            f"(task {exc.task}); the reader or decoder likely crashes on this file"
+            f"(task {exc.task}): the reader or decoder may crash on this file, or workers were being ended "
+            "(memory limit, preemption); --retry-failed tries it again"
         )
     return f"{entry.slide_path.name}: {type(exc).__name__}: {exc}"
 
@@ -123,7 +146,10 @@ def run_slides(
     progress = progress or NoProgress()
     workers = client.scheduler_info().get("workers", {})
     tile_resources = tile_task_resources(workers)
-    client.register_plugin(ModelPreload(config), name=ModelPreload.name)
+    try:
+        client.register_plugin(ModelPreload(config), name=ModelPreload.name)
+    except OSError as exc:  # a worker lost during the broadcast (CommClosedError): tasks load the model themselves
+        warnings.warn(f"the model preload could not be registered on every worker ({exc}); going on", stacklevel=2)
     threads = sum(int(w.get("nthreads", 1)) for w in workers.values()) or 1
     # enough slides in flight to hide the driver round trip between a slide's plan and its
     # tiles, few enough that the scheduler holds a few hundred tasks at most
@@ -168,9 +194,20 @@ def run_slides(
             stats = {**stats, "error": reason}
         finish(slide_id, SlideOutcome(flight.entry, "failed", stats, reason))
 
+    def slide_error(slide_id: str, exc: BaseException) -> None:
+        """A slide's task failed, or its result could not be fetched: the slide fails, unless its
+        published folder is already the complete result of its plan."""
+        plan = flights[slide_id].plan
+        stats = published_as_planned(out_dir, plan) if plan is not None else None
+        if stats is not None:
+            finish(slide_id, SlideOutcome(flights[slide_id].entry, "ok", stats))
+        else:
+            fail(slide_id, exc, config.max_attempts)
+
     def build_slide_graph(plan: SlidePlan) -> None:
         sid = plan.slide_id
         flight = flights[sid]
+        flight.plan = plan
         progress.tiles_planned(len(plan.tiles))
         # tile tasks carry the plan without its tile list (their own batch is enough), so the
         # bytes sent per slide grow with its tiles, not with their square
@@ -202,14 +239,18 @@ def run_slides(
         kind, sid = role.get(fut.key, ("", ""))
         if sid not in flights:
             continue  # a future of a slide that already finished or failed
-        if fut.status == "error":
-            if kind == "tiles":
-                continue  # the slide's reduction carries the same error
-            fail(sid, fut.exception(), config.max_attempts)
-        elif fut.status == "cancelled":
+        if fut.status == "cancelled":
             continue
-        elif kind == "plan":
+        try:
+            # a finished future's result can still be lost (its worker died before it was fetched)
+            # and be recomputed, and fail: result() raises then, as it does for a failed task
             result = fut.result()
+        except Exception as exc:
+            if kind != "tiles":  # a tile batch's error reaches the slide's reduction too
+                slide_error(sid, exc)
+            start_next()
+            continue
+        if kind == "plan":
             if isinstance(result, SlidePlan):
                 build_slide_graph(result)
             else:  # a small slide, finished within its planning task
@@ -217,10 +258,9 @@ def run_slides(
                 progress.tiles_done(result["n_tiles"])
                 finish(sid, SlideOutcome(flights[sid].entry, "ok", result))
         elif kind == "tiles":
-            progress.tiles_done(len(fut.result()))
+            progress.tiles_done(len(result))
         elif kind == "reduce":
-            stats = fut.result()
-            finish(sid, SlideOutcome(flights[sid].entry, "ok", stats))
+            finish(sid, SlideOutcome(flights[sid].entry, "ok", result))
         fut.release()
         start_next()
     return outcomes

@@ -55,6 +55,9 @@ def read_manifest(path: str | Path) -> list[SlideEntry]:
         except StopIteration:
             raise ManifestError(f"{path}: empty manifest (expected a header with slide_path)") from None
         columns = [ALIASES.get(h.strip().lower(), h.strip()) for h in header]
+        repeated = _repeated_columns(header, columns)
+        if repeated:
+            raise ManifestError(f"{path}: {repeated}")
         if "slide_path" not in columns:
             raise ManifestError(f"{path}: header {header} has no slide_path column")
         rows = list(reader)
@@ -106,6 +109,25 @@ def read_manifest(path: str | Path) -> list[SlideEntry]:
     if not entries:
         raise ManifestError(f"{path}: no slides listed")
     return entries
+
+
+def _repeated_columns(header: list[str], columns: list[str]) -> str | None:
+    """Which header cells name the same column (itself twice, or through an alias), in words;
+    None when every column appears once. Which of two values to use would be a guess.
+
+    >>> _repeated_columns(["slide_path", "WSI-ID", "slide_id"], ["slide_path", "slide_id", "slide_id"])
+    "the header names slide_id more than once ('WSI-ID', 'slide_id'): keep one"
+    """
+    cells: dict[str, list[str]] = {}
+    for cell, column in zip(header, columns, strict=True):
+        cells.setdefault(column, []).append(cell.strip())
+    repeats = [(column, names) for column, names in cells.items() if len(names) > 1]
+    if not repeats:
+        return None
+    return "; ".join(
+        f"the header names {column} more than once ({', '.join(repr(n) for n in names)}): keep one"
+        for column, names in repeats
+    )
 
 
 def _absolute(path: Path) -> Path:

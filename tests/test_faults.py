@@ -113,6 +113,112 @@ def test_failure_that_cannot_be_published_fails_only_its_slide(cohort: Path, blo
     assert not [p for p in (out / "slides").iterdir() if p.name.startswith(".")]
 
 
+@pytest.mark.slow
+def test_reduction_lost_after_publication_keeps_the_published_slide(
+    cohort: Path, blob_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker dies after a slide's reduction published it but before the driver fetched its
+    result: the scheduler recomputes the reduction, whose tiles' working folder is gone, and that
+    fails (seen in benchmarks/chaos.py: the driver crashed with a traceback). The driver neither
+    crashes nor replaces the published slide with a failure record: its folder checks out, so the
+    slide is ok. A reduction that fails before publishing still fails its slide alone."""
+    from distributed import Client, LocalCluster
+
+    import pipeline.graph as graph
+    from pipeline.config import load_config
+
+    publish_and_fail = graph.reduce_slide
+
+    def recomputed_after_publication(plan, segs, assembled):  # type: ignore[no-untyped-def]
+        if plan.slide_id == "s1":
+            raise OSError(28, "No space left on device")  # nothing published
+        publish_and_fail(plan, segs, assembled)
+        raise FileNotFoundError(2, "No such file or directory", str(Path(plan.work_dir) / "tiles" / "r0.labels.zst"))
+
+    monkeypatch.setattr(graph, "reduce_slide", recomputed_after_publication)
+    config = load_config(None, {"model": str(blob_model), "tile_px": 128, "progress": False}, environ={})
+    out = tmp_path / "out"
+    entries = [SlideEntry("s0", cohort / "s0.svs"), SlideEntry("s1", cohort / "s1.svs")]
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        with Client(cluster) as client:
+            outcomes = graph.run_slides(client, entries, out, config)
+    status = {o.entry.slide_id: o for o in outcomes}
+    assert status["s0"].status == "ok" and status["s0"].stats["n_tiles"] > config.tiles_per_task
+    published = json.loads((out / "slides" / "s0" / "stats.json").read_text())
+    assert published["status"] == "ok" and published == status["s0"].stats
+    assert (out / "slides" / "s0" / "nuclei.csv").stat().st_size > 0
+    assert status["s1"].status == "failed" and "No space left on device" in (status["s1"].error or "")
+    assert json.loads((out / "slides" / "s1" / "stats.json").read_text())["status"] == "failed"
+
+
+@pytest.mark.slow
+def test_worker_lost_while_the_model_preload_is_registered_costs_nothing(
+    cohort: Path, blob_model: Path, tmp_path: Path
+) -> None:
+    """A worker that dies while the driver registers the model preload (benchmarks/chaos.py: the
+    driver crashed with CommClosedError): the preload is an optimisation, the slides still run."""
+    from distributed import Client, LocalCluster
+    from distributed.comm.core import CommClosedError
+
+    from pipeline.config import load_config
+    from pipeline.graph import run_slides
+
+    config = load_config(None, {"model": str(blob_model), "tile_px": 256, "progress": False}, environ={})
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        with Client(cluster) as client:
+
+            def worker_died(*args: object, **kwargs: object) -> None:
+                raise CommClosedError("in <TCP (closed) ConnectionPool.register_worker_plugin>: Stream is closed")
+
+            client.register_plugin = worker_died  # type: ignore[method-assign]
+            with pytest.warns(UserWarning, match="model preload could not be registered"):
+                outcomes = run_slides(client, [SlideEntry("s0", cohort / "s0.svs")], tmp_path / "out", config)
+    assert [o.status for o in outcomes] == ["ok"]
+
+
+def test_reduction_ended_before_publication_can_run_again(
+    cohort: Path, blob_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker killed during a slide's reduction, before the rename that publishes it: the
+    scheduler runs the reduction again (with its tile batches, whose results died with the worker),
+    and that must find the tiles' scratch files still there (benchmarks/chaos.py: it failed with
+    FileNotFoundError, the first attempt having dropped them). The result equals an uninterrupted one."""
+    import pipeline.slide.reduce as reduce_module
+    from pipeline.config import load_config
+    from pipeline.slide import assemble_labels, batches, chunks_to_assemble, plan_slide, reduce_slide, segment_tiles
+    from tests.test_run import output_digest
+
+    config = load_config(None, {"model": str(blob_model), "tile_px": 128}, environ={})
+
+    def stages(out: Path):  # type: ignore[no-untyped-def]
+        plan = plan_slide(SlideEntry("s0", cohort / "s0.svs"), str(out), config)
+        segs = [segment_tiles(plan, b) for b in batches(plan.tiles, config.tiles_per_task)]
+        return plan, segs, [assemble_labels(plan, chunks_to_assemble(plan), segs)]
+
+    (tmp_path / "clean" / "slides").mkdir(parents=True)
+    reduce_slide(*stages(tmp_path / "clean"))
+    out = tmp_path / "out"
+    (out / "slides").mkdir(parents=True)
+    plan, segs, assembled = stages(out)
+    publish = reduce_module.publish_slide
+
+    class WorkerKilled(Exception):
+        pass
+
+    def killed_before_the_rename(partial: Path, final: Path) -> None:
+        raise WorkerKilled
+
+    monkeypatch.setattr(reduce_module, "publish_slide", killed_before_the_rename)
+    with pytest.raises(WorkerKilled):
+        reduce_slide(plan, segs, assembled)
+    monkeypatch.setattr(reduce_module, "publish_slide", publish)
+    segs = [segment_tiles(plan, b) for b in batches(plan.tiles, config.tiles_per_task)]  # recomputed
+    assembled = [assemble_labels(plan, chunks_to_assemble(plan), segs)]
+    reduce_slide(plan, segs, assembled)
+    assert output_digest(out / "slides" / "s0") == output_digest(tmp_path / "clean" / "slides" / "s0")
+    assert [p.name for p in (out / "slides").iterdir()] == ["s0"]  # no scratch left behind
+
+
 def test_run_json_ends_in_a_final_state_when_the_driver_breaks(
     cohort: Path, blob_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -327,6 +433,42 @@ def test_bad_settings_refuse_with_one_line(
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(
+    ("args", "env", "named"),
+    [
+        (["--tile-px", "100000"], {}, "tile_px"),
+        (["--tile-px", "32"], {}, "tile_px"),
+        (["--workers", "1.5"], {}, "--workers"),  # a float where a whole number is expected
+        (["--max-mpp", "50"], {}, "max_mpp"),  # would plan tiles of a few pixels each
+        ([], {"NUCLEI_DEFAULT_MPP": "0.02"}, "default_mpp"),  # finer than any scanner
+        ([], {"NUCLEI_DEFAULT_MPP": "3"}, "default_mpp"),  # coarser than max_mpp: every such slide refused
+    ],
+)
+def test_bad_bounds_refuse_with_one_line(
+    args: list[str],
+    env: dict[str, str],
+    named: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """As above, in this process (the same main(); checked before any cluster starts; capfd: the
+    run enables faulthandler, which needs stderr's file descriptor)."""
+    from pipeline.cli.run import main
+
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    manifest = manifest_of(tmp_path, ["a.svs,a,BRCA"])
+    try:
+        code = main([str(manifest), "--out", str(tmp_path / "out"), "--no-progress", *args])
+    except SystemExit as exc:  # argument errors
+        code = int(exc.code or 0)
+    err = capfd.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(lines) == 1 and named in lines[0], err
+    assert not (tmp_path / "out").exists()
+
+
 def test_yaml_floats_are_not_truncated_to_ints(tmp_path: Path) -> None:
     from pipeline.config import load_config
 
@@ -354,6 +496,143 @@ def test_bad_config_files_refuse_with_one_line(text: str, named: str, tmp_path: 
     line = one_line_error(result)
     assert named in line and "bad.yaml" in line
     assert "hacked" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("header", "row", "named"),
+    [
+        ("slide_path,slide_id,WSI-ID", "a.svs,a,b", ["slide_id", "WSI-ID"]),  # an alias of a column given too
+        ("slide_path,mpp,cancer_type,mpp", "a.svs,0.25,BRCA,0.5", ["mpp"]),
+        ("slide_path,path", "a.svs,b.svs", ["slide_path", "path"]),
+    ],
+)
+def test_duplicated_manifest_column_is_refused_naming_it(
+    header: str, row: str, named: list[str], tmp_path: Path
+) -> None:
+    """Two columns that mean the same thing: which one wins would be a silent guess."""
+    path = manifest_of(tmp_path, [row], header=header)
+    with pytest.raises(ManifestError) as err:
+        read_manifest(path)
+    message = str(err.value)
+    assert "manifest.csv" in message and all(f"'{n}'" in message for n in named), message
+
+
+def test_duplicated_manifest_column_run_refuses_with_exit_2(tmp_path: Path, blob_model: Path) -> None:
+    manifest = manifest_of(tmp_path, ["a.svs,a,BRCA,b"], header="slide_path,slide_id,cancer_type,wsi_id")
+    line = one_line_error(run_cli(str(manifest), "--out", str(tmp_path / "out"), "--model", str(blob_model)))
+    assert "manifest.csv" in line and "'wsi_id'" in line
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("mpp", "says"),
+    [
+        (99.0, "99 µm/px from manifest mpp column is too coarse"),  # 396× upsampling: tiles of a few pixels
+        (0.02, "0.02 µm/px from manifest mpp column is finer than any slide scanner"),  # 12.5× reads per tile
+    ],
+)
+def test_manifest_mpp_beyond_any_scanner_fails_its_slide_before_tiles_are_planned(
+    mpp: float, says: str, cohort: Path, blob_model: Path, tmp_path: Path
+) -> None:
+    from pipeline.config import load_config
+    from pipeline.io.readers import SlideError
+    from pipeline.slide.plan import plan_slide
+
+    config = load_config(None, {"model": str(blob_model), "tile_px": 256}, environ={})
+    out = tmp_path / "out"
+    (out / "slides").mkdir(parents=True)
+    with pytest.raises(SlideError, match=says):
+        plan_slide(SlideEntry("s0", cohort / "s0.svs", mpp=mpp), str(out), config)
+    assert not list((out / "slides").iterdir())  # no working folder, no tiles
+
+
+def test_resolution_that_makes_the_slide_longer_than_glass_fails_it_before_tiles_are_planned(
+    blob_model: Path, tmp_path: Path
+) -> None:
+    """A 48,000-px-long scan (12 mm at 40x) said to be at 1.9 µm/px would be 91 mm long: a wrong
+    mpp, which would also plan a tile grid over 91 mm of imagined tissue. The tile plan is bounded
+    by the glass: no slide's grid covers more than MAX_SLIDE_MM at the model's resolution."""
+    import numpy as np
+
+    from pipeline.config import COARSEST_MPP, load_config
+    from pipeline.io.readers import SlideError
+    from pipeline.slide.plan import plan_slide
+    from pipeline.slide.scale import MAX_SLIDE_MM
+    from pipeline.testing import write_pyramidal_tiff
+
+    path = write_pyramidal_tiff(tmp_path / "long.svs", np.full((256, 48_000, 3), 240, np.uint8), mpp=0.25)
+    config = load_config(None, {"model": str(blob_model), "tile_px": 256}, environ={})
+    out = tmp_path / "out"
+    (out / "slides").mkdir(parents=True)
+    with pytest.raises(SlideError, match=r"1.9 µm/px from manifest mpp column makes the slide 91 mm long"):
+        plan_slide(SlideEntry("long", path, mpp=1.9), str(out), config)
+    assert not list((out / "slides").iterdir())
+    # max_mpp itself is bounded: at the coarsest accepted, tiles keep cores of 1/16 of their side
+    assert load_config(None, {"max_mpp": COARSEST_MPP}, environ={}).max_mpp == COARSEST_MPP
+    with pytest.raises(ValueError, match="max_mpp=50"):
+        load_config(None, {"max_mpp": 50}, environ={})
+    assert MAX_SLIDE_MM < 100
+
+
+@pytest.mark.parametrize(
+    ("mpp", "env"),
+    [("-1", {}), ("0", {}), ("nan", {}), ("99", {}), ("0.001", {}), ("0.25", {"NUCLEI_HALF": "maybe"})],
+)
+def test_predict_refuses_bad_settings_with_one_line(
+    mpp: str,
+    env: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from pipeline.cli.predict import main
+
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    (tmp_path / "x.png").write_bytes(b"")  # never read: the settings are refused first
+    code = main([str(tmp_path / "x.png"), "--out", str(tmp_path / "pred"), "--mpp", mpp])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert ("NUCLEI_HALF" if env else f"--mpp {mpp}") in lines[0], lines
+    assert not (tmp_path / "pred").exists()
+
+
+def test_rmm_pool_is_parsed_where_it_is_used_and_named_when_wrong(monkeypatch: pytest.MonkeyPatch) -> None:
+    """NUCLEI_RMM_POOL sizes the RMM pool of a local CUDA cluster: a wrong value there is refused
+    naming the variable; where no such cluster is started (no GPU, no dask-cuda, no RMM) it is
+    not read at all."""
+    import types
+
+    from pipeline import cluster
+    from pipeline.cluster import RMM_POOL_SHARE, local_cuda_cluster, rmm_pool_share_from
+
+    assert rmm_pool_share_from({}) == RMM_POOL_SHARE
+    assert rmm_pool_share_from({"NUCLEI_RMM_POOL": " 0.8 "}) == 0.8
+    for bad in ("lots", "0", "1.5", "-0.2", "nan", "inf"):
+        with pytest.raises(ValueError, match=rf"NUCLEI_RMM_POOL={bad!r} must be a share"):
+            rmm_pool_share_from({"NUCLEI_RMM_POOL": bad})
+
+    started: list[dict] = []
+
+    class LocalCUDACluster:  # records what it was asked for; dask-cuda is not installed here
+        def __init__(self, **options: object) -> None:
+            started.append(options)
+
+    monkeypatch.setitem(sys.modules, "dask_cuda", types.SimpleNamespace(LocalCUDACluster=LocalCUDACluster))
+    monkeypatch.setenv("NUCLEI_RMM_POOL", "lots")
+    monkeypatch.setattr(cluster, "visible_gpu_count", lambda: 0)
+    assert local_cuda_cluster() is None  # no GPU: no cluster, the variable is not read
+    monkeypatch.setattr(cluster, "visible_gpu_count", lambda: 1)
+    monkeypatch.setattr(cluster, "rmm_available", lambda: False)
+    assert isinstance(local_cuda_cluster(), LocalCUDACluster)  # no RMM: no pool to size
+    assert "rmm_pool_size" not in started[-1]
+    monkeypatch.setattr(cluster, "rmm_available", lambda: True)
+    with pytest.raises(ValueError, match="NUCLEI_RMM_POOL='lots'"):
+        local_cuda_cluster()
+    monkeypatch.setenv("NUCLEI_RMM_POOL", "0.3")
+    local_cuda_cluster()
+    assert started[-1]["rmm_pool_size"] == 0.3
 
 
 # ------------------------------------------------------------- 8. nothing listens outside ----
@@ -564,6 +843,25 @@ def test_a_folder_is_a_slide_only_when_it_holds_a_dicom_series(cohort: Path, blo
     for name in ("empty", "notes"):
         assert slides[name]["status"] == "failed"
         assert f"{name}: SlideError: a folder that holds no DICOM files is not a slide" in slides[name]["error"]
+
+
+def test_unopenable_paths_say_what_they_are(tmp_path: Path) -> None:
+    """The reason a slide path cannot be read names what is there: a symlink loop, a link to
+    nothing, a folder, nothing at all (not one "file not found" for all of them)."""
+    from pipeline.io.readers import SlideError, choose_reader
+
+    (tmp_path / "loop.svs").symlink_to("loop.svs")
+    (tmp_path / "dangling.svs").symlink_to("gone.svs")
+    (tmp_path / "folder.svs").mkdir()
+    for name, says in (
+        ("loop.svs", "symbolic link loop"),
+        ("dangling.svs", "symbolic link to a missing file"),
+        ("folder.svs", "a folder that holds no DICOM files is not a slide"),
+        ("missing.svs", "file not found"),
+    ):
+        with pytest.raises(SlideError, match=says) as err:
+            choose_reader(tmp_path / name)
+        assert name in str(err.value)
 
 
 @pytest.mark.parametrize(
@@ -908,3 +1206,165 @@ def test_slide_losing_too_much_to_corrupt_tiles_fails_naming_them(
 
     with pytest.raises(SlideError, match=r"level 0, x 256, y 256; level 0, x 512, y 512.*over the 10%"):
         _reader_stats(corrupt_slides / "two.svs", tmp_path / "two", blob_model)
+
+
+# ------------------------------------------- 11. the QC: bad review files, store, stats.json ----
+
+
+@pytest.fixture()
+def qc_cohort(tmp_path: Path) -> Path:
+    """A run folder of 12 ok slides' stats.json (and one failed), no slide files: QC tables only."""
+    from pipeline.testing.qc_cohorts import synthetic_stats_cohort
+
+    synthetic_stats_cohort(tmp_path / "run", {"BRCA": 12}, n_failed=1)
+    return tmp_path / "run"
+
+
+def qc_cli(run: Path, *args: str) -> tuple[int, str]:
+    """``python -m pipeline.qc`` in this process: (exit status, stderr)."""
+    import contextlib
+    import io
+
+    from pipeline.cli.qc import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            code = main([str(run), "--patches", "none", "--no-report", *args])
+        except SystemExit as exc:  # argparse
+            code = int(exc.code or 0)
+    return code, err.getvalue()
+
+
+def verdicts_of(run: Path) -> dict[str, tuple[str, str]]:
+    import csv
+
+    with open(run / "qc" / "wsi_qc.csv", newline="", encoding="utf-8") as f:
+        return {
+            r["WSI-ID"]: (r["SegmentationUnacceptableOrNot"], r["VisualAssessmentComment"])
+            for r in csv.DictReader(f)
+            if r["SegmentationUnacceptableOrNot"]
+        }
+
+
+@pytest.mark.parametrize(
+    ("encoding", "delimiter"),
+    [("utf-16", ","), ("utf-16", "\t"), ("utf-16-le", ","), ("utf-16-be", "\t"), ("utf-8-sig", ";")],
+)
+def test_review_file_saved_by_a_spreadsheet_is_read(encoding: str, delimiter: str, qc_cohort: Path) -> None:
+    """Spreadsheets save UTF-16 ("Unicode text": tab-separated, with a byte-order mark, or without
+    one), and semicolon-separated CSV where the comma is the decimal mark: all are read as written."""
+    text = delimiter.join(["WSI-ID", "SegmentationUnacceptableOrNot", "VisualAssessmentComment"]) + "\r\n"
+    text += delimiter.join(["BRCA-00001", "yes", "noyaux fusionnés, contours flous"]) + "\r\n"
+    path = qc_cohort / "verdicts.csv"
+    if delimiter == ",":  # the comment's comma is quoted
+        text = text.replace("noyaux fusionnés, contours flous", '"noyaux fusionnés, contours flous"')
+    path.write_bytes(text.encode(encoding))
+    code, err = qc_cli(qc_cohort, "--reviews", str(path))
+    assert code == 0, err
+    assert verdicts_of(qc_cohort) == {"BRCA-00001": ("Unacceptable", "noyaux fusionnés, contours flous")}
+
+
+def test_review_file_in_another_encoding_is_refused_naming_it(qc_cohort: Path) -> None:
+    path = qc_cohort / "verdicts.csv"
+    path.write_bytes(
+        "WSI-ID,SegmentationUnacceptableOrNot,VisualAssessmentComment\nBRCA-00001,yes,noyaux fusionnés\n".encode(
+            "cp1252"
+        )
+    )
+    code, err = qc_cli(qc_cohort, "--reviews", str(path))
+    assert code == 2 and "Traceback" not in err
+    assert err.startswith("error:") and str(path) in err and "UTF-8" in err and "line 2" in err, err
+    assert not (qc_cohort / "qc" / "reviews" / "wsi_verdicts.csv").exists()
+
+
+VERDICT_STORE_HEADER = "WSI-ID,SegmentationUnacceptableOrNot,VisualAssessmentComment,Source"
+
+
+@pytest.mark.parametrize(
+    ("store", "content", "says"),
+    [
+        ("patch_reviews.csv", "WSI-ID,PatchIndex,X,Y,Adequate,Comment,Source\nBRCA-00001,zz,1,2,yes,,a\n", "line 2"),
+        ("patch_reviews.csv", "WSI-ID,PatchIndex,X,Y,Adequate,Comment,Source\nBRCA-00001,0,1,2,maybe,,a\n", "line 2"),
+        ("patch_reviews.csv", "WSI-ID,Adequate\nBRCA-00001,yes\n", "PatchIndex"),
+        ("wsi_verdicts.csv", b"\x00\xff\xfe garbage\x81\n", "not UTF-8"),
+        (
+            "wsi_verdicts.csv",
+            "WSI-ID,SegmentationUnacceptableOrNot,VisualAssessmentComment,Source\nB,perhaps,,x\n",
+            "line 2",
+        ),
+        (
+            "wsi_verdicts.csv",
+            "WSI-ID,SegmentationUnacceptableOrNot,VisualAssessmentComment,Source\nB,No,,x,y\n",
+            "line 2",
+        ),
+    ],
+)
+def test_damaged_review_store_is_refused_and_left_as_it_is(
+    store: str, content: str | bytes, says: str, qc_cohort: Path
+) -> None:
+    """The store holds every review recorded so far: a damaged one is never rewritten (that would
+    drop reviews); the QC stops, naming the file and what is wrong."""
+    reviews = qc_cohort / "qc" / "reviews"
+    reviews.mkdir(parents=True)
+    data = content if isinstance(content, bytes) else content.encode()
+    (reviews / store).write_bytes(data)
+    verdicts = qc_cohort / "verdicts.csv"
+    verdicts.write_text("WSI-ID,SegmentationUnacceptableOrNot,VisualAssessmentComment\nBRCA-00002,no,fine\n")
+    for args in ([], ["--reviews", str(verdicts)]):
+        code, err = qc_cli(qc_cohort, *args)
+        assert code == 2 and "Traceback" not in err, err
+        assert err.startswith("error:") and str(reviews / store) in err and says in err, err
+        assert (reviews / store).read_bytes() == data
+    assert not (qc_cohort / "qc" / "slides.csv").exists()
+
+
+def test_stats_json_without_slide_id_is_left_out_with_a_warning(qc_cohort: Path) -> None:
+    """One foreign or damaged stats.json does not cost the others their QC: it is left out, named."""
+    stats = qc_cohort / "slides" / "BRCA-00003" / "stats.json"
+    data = json.loads(stats.read_text())
+    data.pop("slide_id")
+    stats.write_text(json.dumps(data))
+    code, err = qc_cli(qc_cohort)
+    assert code == 1, err
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and str(stats) in warnings[0] and "slide_id" in warnings[0], err
+    import csv
+
+    with open(qc_cohort / "qc" / "slides.csv", newline="") as f:
+        listed = {r["WSI-ID"] for r in csv.DictReader(f)}
+    assert "BRCA-00003" not in listed and len(listed) == 12  # 11 ok + 1 failed
+    assert json.loads((qc_cohort / "qc" / "qc.json").read_text())["unusable_stats"] == [warnings[0][9:]]
+    from pipeline.qc import build_qc
+
+    with pytest.warns(UserWarning, match="BRCA-00003"):
+        build_qc(qc_cohort, patches="none", report=False)
+
+
+def test_published_stats_json_without_slide_id_is_redone_by_a_rerun(qc_cohort: Path) -> None:
+    """A rerun skips a failed slide (without --retry-failed) on its stats.json alone: one that
+    names no slide is not that slide's record, and the slide is redone."""
+    from pipeline.cli.run import split_done
+    from pipeline.io.outputs.stats import failure_stats
+    from pipeline.testing.qc_cohorts import write_stats
+
+    write_stats(qc_cohort, failure_stats("BRCA-F001", "BRCA", "/nonexistent/b.svs", "unreadable"))
+    stats = qc_cohort / "slides" / "BRCA-F000" / "stats.json"
+    data = json.loads(stats.read_text())
+    data.pop("slide_id")
+    stats.write_text(json.dumps(data))
+    entries = [SlideEntry(s, qc_cohort / f"{s}.svs") for s in ("BRCA-F000", "BRCA-F001")]
+    todo, done = split_done(entries, qc_cohort, retry_failed=False)
+    assert [e.slide_id for e in todo] == ["BRCA-F000"]
+    assert [s["slide_id"] for s in done] == ["BRCA-F001"]
+
+
+def test_qc_of_a_folder_that_is_not_a_run_is_refused_with_one_line(tmp_path: Path, qc_cohort: Path) -> None:
+    code, err = qc_cli(tmp_path / "nowhere")
+    assert code == 2 and err.startswith("error:") and len(err.strip().splitlines()) == 1 and "nowhere" in err
+    (qc_cohort / "qc").write_text("a file where the qc folder goes")
+    code, err = qc_cli(qc_cohort)
+    assert code == 2 and err.startswith("error:") and "Traceback" not in err and str(qc_cohort / "qc") in err, err
+    for option, value in (("--n-patches", "1.5"), ("--n-patches", "0"), ("--outer-percent", "200"), ("--workers", "0")):
+        code, err = qc_cli(qc_cohort, option, value)
+        assert code == 2 and err.startswith("error:") and option in err and len(err.strip().splitlines()) == 1, err

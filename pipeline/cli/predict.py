@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.config import Config, load_config
+from pipeline.cli._parser import EXIT_BAD_INPUT, CommandLineParser
+from pipeline.config import FINEST_SCANNER_MPP, Config, load_config
 from pipeline.io.outputs.maps import open_labels
 from pipeline.io.outputs.publish import atomic_path, final_slide_dir
 from pipeline.manifest import SlideEntry
@@ -72,7 +73,7 @@ def output_names(paths: list[Path]) -> dict[Path, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
+    p = CommandLineParser(
         prog="python -m pipeline.predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("images", nargs="+", type=Path)
@@ -85,8 +86,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--config", type=Path, help="YAML config (tile size, stain, ...)")
     args = p.parse_args(argv)
-    config = load_config(args.config, {"model": args.model, "intra_op_threads": 0})
-    args.out.mkdir(parents=True, exist_ok=True)
+    try:
+        config = load_config(args.config, {"model": args.model, "intra_op_threads": 0})
+        if args.mpp is not None and not FINEST_SCANNER_MPP <= args.mpp <= config.max_mpp:
+            raise ValueError(
+                f"--mpp {args.mpp:g} must be the images' microns per pixel, between {FINEST_SCANNER_MPP} and "
+                f"max_mpp ({config.max_mpp})"
+            )
+        args.out.mkdir(parents=True, exist_ok=True)
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     import tifffile
 
     failed = 0

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import __version__
+from pipeline.cli._parser import CommandLineParser
 from pipeline.cluster import connect, dashboard_link, dashboard_message
 from pipeline.config import CHOICES, Config, load_config
 from pipeline.graph import SlideOutcome, run_slides
@@ -173,7 +174,7 @@ def summary_table(rows: list[dict[str, Any]], elapsed: float) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+    p = CommandLineParser(
         prog="python -m pipeline.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("manifest", type=Path, nargs="?", help="CSV with slide_path [, slide_id, cancer_type, mpp]")
@@ -244,6 +245,13 @@ def split_done(
     for e in entries:
         remove_stale_partials(out_dir, e.slide_id)
         stats = read_published_stats(out_dir, e.slide_id)
+        if stats is not None and stats.get("slide_id") != e.slide_id:  # not this slide's record: redone
+            named = stats.get("slide_id")
+            print(
+                f"redoing {e.slide_id}: its stats.json " + (f"names {named!r}" if named else "has no slide_id"),
+                file=sys.stderr,
+            )
+            stats = None
         if stats is None or (stats.get("status") != "ok" and retry_failed):
             todo.append(e)
             continue
@@ -391,8 +399,14 @@ def process(todo: list[SlideEntry], out_dir: Path, config: Config, record: RunRe
 
 def build_qc_tables(out_dir: Path) -> None:
     """Cohort QC tables, review sheets and report (pipeline.qc) over everything in ``out_dir``."""
+    import warnings
+
     try:
-        qc_dir = build_qc(out_dir, workers=min(4, os.cpu_count() or 1))
+        with warnings.catch_warnings(record=True) as caught:  # a stats.json left out: one line each
+            warnings.simplefilter("always", UserWarning)
+            qc_dir = build_qc(out_dir, workers=min(4, os.cpu_count() or 1))
+        for w in caught:
+            print(f"warning: {w.message}", file=sys.stderr)
         print(f"QC tables and report: {qc_dir}", file=sys.stderr)
     except Exception as exc:  # QC must never cost the run its results
         print(f"warning: QC tables could not be built: {type(exc).__name__}: {exc}", file=sys.stderr)

@@ -20,7 +20,7 @@ file work lives in the other private modules.
 
 from pipeline.qc._build import build_qc, tier_table
 from pipeline.qc._patches import Patch, patch_side_level0, render_review_image, sample_patches, slide_rng
-from pipeline.qc._reviews import ReviewError, parse_reviews
+from pipeline.qc._reviews import ReviewError, ReviewStoreError, parse_reviews
 from pipeline.qc._rules import (
     STATISTICS,
     TIER_UPPER_BOUNDS,
@@ -40,6 +40,7 @@ __all__ = [
     "TIER_UPPER_BOUNDS",
     "Patch",
     "ReviewError",
+    "ReviewStoreError",
     "TailCut",
     "build_qc",
     "outer_cut",

@@ -178,6 +178,14 @@ def build_qc(
     Returns
     -------
     Path of the qc folder. Recorded reviews (``qc/reviews/``) are never removed by a rebuild.
+
+    Raises
+    ------
+    ReviewError : a review file is malformed (nothing is recorded from any).
+    ReviewStoreError : the review store is damaged (it is left as it is; nothing is written).
+
+    A stats.json that is no slide's record (no ``slide_id``) is left out with a ``UserWarning``
+    naming it, and listed in ``qc.json`` (``unusable_stats``).
     """
     if patches not in PATCH_MODES:
         raise ValueError(f"patches must be one of {PATCH_MODES}, got {patches!r}")
@@ -186,7 +194,10 @@ def build_qc(
     qc_dir.mkdir(parents=True, exist_ok=True)
     reviews_dir = qc_dir / "reviews"
     with _exclusive(qc_dir):
-        cohort = read_cohort(out_dir)
+        left_out: list[str] = []
+        cohort = read_cohort(out_dir, left_out)
+        for reason in left_out:
+            warnings.warn(reason, UserWarning, stacklevel=2)
         ids = cohort["slide_id"].tolist()
         is_ok = (cohort["status"] == "ok").to_numpy()
 
@@ -344,6 +355,7 @@ def build_qc(
             "n_selected": int((wsi_qc["SelectedForReview"] == "yes").sum()),
             "n_patch_reviews_recorded": len(patch_store),
             "n_wsi_verdicts_recorded": len(verdict_store),
+            "unusable_stats": left_out,  # stats.json files left out, and why
         }
         if report:
             wsi_qc_report = wsi_qc.copy()

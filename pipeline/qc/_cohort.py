@@ -28,8 +28,13 @@ def _as_float(value: Any) -> float:
         return float("nan")
 
 
+class NotASlideRecord(ValueError):
+    """A stats.json that names no slide (no ``slide_id``): not a record of this pipeline's schema."""
+
+
 def read_slide_stats(folder: str | Path) -> dict[str, Any]:
-    """One slide's stats.json as a flat record; an unreadable file becomes a failed slide.
+    """One slide's stats.json as a flat record; an unreadable file becomes a failed slide, and a
+    file without ``slide_id`` raises ``NotASlideRecord`` naming it.
 
     The folder name is the slide's id (it is what every other output path uses).
     """
@@ -45,6 +50,11 @@ def read_slide_stats(folder: str | Path) -> dict[str, Any]:
     except (OSError, ValueError) as exc:
         record.update(status="failed", error=f"stats.json unreadable: {exc}", cancer_type=UNKNOWN_CANCER_TYPE)
         return record
+    if not isinstance(data.get("slide_id"), str) or not data["slide_id"].strip():
+        raise NotASlideRecord(
+            f"{os.path.join(folder, 'stats.json')} has no slide_id: not a slide's record, left out of the QC "
+            "(rerun the run to redo that slide)"
+        )
     for k in TEXT_FIELDS[1:]:
         v = data.get(k)
         record[k] = None if v is None else str(v)
@@ -66,12 +76,12 @@ def read_slide_stats(folder: str | Path) -> dict[str, Any]:
     return record
 
 
-def read_cohort(out_dir: Path) -> pd.DataFrame:
+def read_cohort(out_dir: Path, left_out: list[str] | None = None) -> pd.DataFrame:
     """Every completed slide of a run, one row each, sorted by (cancer_type, slide_id).
 
     Folders whose name starts with "." are slides still being written (DESIGN §5) and are
     skipped, as are folders without a stats.json yet. Works on partial cohorts: just what is
-    there.
+    there. A stats.json that is no slide's record is left out, and why is appended to ``left_out``.
     """
     slides_dir = os.path.join(out_dir, "slides")  # plain strings: pathlib costs ~1 s per 5,000 slides
     records = []
@@ -81,7 +91,11 @@ def read_cohort(out_dir: Path) -> pd.DataFrame:
         for name in entries:
             folder = os.path.join(slides_dir, name)
             if os.path.exists(os.path.join(folder, "stats.json")):
-                records.append(read_slide_stats(folder))
+                try:
+                    records.append(read_slide_stats(folder))
+                except NotASlideRecord as exc:
+                    if left_out is not None:
+                        left_out.append(str(exc))
     df = pd.DataFrame.from_records(records, columns=list(COLUMNS))
     for k in (*NUMERIC_FIELDS, "artifact_mm2_total"):
         df[k] = df[k].astype(np.float64)

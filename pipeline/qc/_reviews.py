@@ -15,7 +15,9 @@ disappears from a partial cohort leaves its recorded reviews in place.
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +73,55 @@ class WsiVerdict:
     verdict: str  # VERDICT_UNACCEPTABLE | VERDICT_ACCEPTABLE
     comment: str
     source: str
+
+
+def review_text(path: Path) -> str:
+    r"""A review file's text, as spreadsheets save it: UTF-8 (with or without a byte-order mark) or
+    UTF-16 (Excel's "Unicode text"; with a byte-order mark, or without one where every other byte
+    of the ASCII header is zero). Any other encoding is refused with ValueError naming the file and
+    where its first undecodable byte is: guessing a legacy code page would garble the comments.
+
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     f = Path(d) / "sheet.csv"
+    ...     _ = f.write_bytes("WSI-ID\tAdequate\r\n".encode("utf-16"))
+    ...     review_text(f)
+    'WSI-ID\tAdequate\r\n'
+    """
+    data = path.read_bytes()
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        encoding = "utf-16"
+    elif len(data) >= 4 and data[1:4:2] == b"\0\0" and data[0:4:2].isascii() and 0 not in data[0:4:2]:
+        encoding = "utf-16-le"
+    elif len(data) >= 4 and data[0:4:2] == b"\0\0" and data[1:4:2].isascii() and 0 not in data[1:4:2]:
+        encoding = "utf-16-be"
+    else:
+        encoding = "utf-8-sig"
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1 if encoding == "utf-8-sig" else None
+        where = f"line {line}, byte {exc.start}" if line else f"byte {exc.start}"
+        raise ValueError(
+            f"{path}: not {'UTF-16' if encoding != 'utf-8-sig' else 'UTF-8 or UTF-16'} text ({where}: "
+            f"{exc.reason}); save it as 'CSV UTF-8' (or Unicode text) and give it again"
+        ) from None
+
+
+def sheet_delimiter(text: str) -> str:
+    r"""The separator of a review file: a comma, or the tab of Excel's "Unicode text", or the
+    semicolon of a CSV saved where the comma is the decimal mark; the one that splits the header
+    into a WSI-ID column (a comma when none does).
+
+    >>> sheet_delimiter("WSI-ID;PatchIndex;Adequate\n"), sheet_delimiter("WSI-ID,X\n")
+    (';', ',')
+    """
+    first = text.split("\n", 1)[0]
+    for delimiter in (",", "\t", ";"):
+        header = next(csv.reader([first], delimiter=delimiter), [])
+        if WSI_ID in (h.strip() for h in header):
+            return delimiter
+    return ","
 
 
 def _int(text: str) -> int | None:
@@ -181,12 +232,15 @@ def parse_reviews(
     for path in paths:
         path = Path(path)
         try:
-            f = open(path, newline="", encoding="utf-8-sig")
+            text = review_text(path)
         except OSError as exc:
             problems.append(f"{path}: cannot read ({exc})")
             continue
-        with f:
-            reader = csv.DictReader(f)
+        except ValueError as exc:
+            problems.append(str(exc))
+            continue
+        with io.StringIO(text, newline="") as f:
+            reader = csv.DictReader(f, delimiter=sheet_delimiter(text))
             header = [h.strip() for h in (reader.fieldnames or [])]
             reader.fieldnames = header
             if WSI_ID not in header:
@@ -218,7 +272,7 @@ def parse_reviews(
                         verdict = _check_verdict_row(clean, where, reader.line_num, known_slides, seen, problems)
                         if verdict is not None:
                             verdicts.append(WsiVerdict(*verdict, source=path.name))
-            except (csv.Error, UnicodeDecodeError) as exc:
+            except csv.Error as exc:
                 problems.append(f"{path}: not a readable CSV ({exc})")
     if problems:
         raise ReviewError(problems)
@@ -228,11 +282,39 @@ def parse_reviews(
 # ---------------------------------------------------------------------------- the store ----
 
 
-def _read_csv(path: Path) -> list[dict[str, str]]:
+class ReviewStoreError(ValueError):
+    """The review store (``qc/reviews/*.csv``) cannot be read: it is left as it is, and nothing
+    is built on it (a rewrite would drop the reviews it still holds)."""
+
+
+def _read_store(path: Path, columns: Sequence[str]) -> list[tuple[int, dict[str, str]]]:
+    """The rows of one store file with their line numbers; ``ReviewStoreError`` naming the file
+    when it is not UTF-8 CSV with the store's columns."""
     if not path.exists():
         return []
-    with open(path, newline="", encoding="utf-8") as f:
-        return [{k: (v or "") for k, v in row.items()} for row in csv.DictReader(f)]
+    damaged = f"{path}: the review store is damaged"
+    advice = "it was left as it is: restore it from a backup, or remove it to start the store afresh"
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ReviewStoreError(f"{damaged} (not UTF-8 text at byte {exc.start}); {advice}") from None
+    except OSError as exc:
+        raise ReviewStoreError(f"{path}: the review store cannot be read ({exc})") from None
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        missing = [c for c in columns if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ReviewStoreError(f"{damaged} (no {', '.join(missing)} column); {advice}")
+        rows = []
+        for row in reader:
+            if None in row or any(v is None for v in row.values()):
+                raise ReviewStoreError(
+                    f"{damaged} (line {reader.line_num}: not as many fields as its header); {advice}"
+                )
+            rows.append((reader.line_num, row))
+    except csv.Error as exc:
+        raise ReviewStoreError(f"{damaged} ({exc}); {advice}") from None
+    return rows
 
 
 def write_csv_atomic(path: Path, columns: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
@@ -244,21 +326,34 @@ def write_csv_atomic(path: Path, columns: Sequence[str], rows: Iterable[Sequence
 
 def load_patch_store(reviews_dir: Path) -> dict[PatchKey, PatchReview]:
     """Every patch review recorded so far, keyed by (WSI-ID, PatchIndex, X, Y)."""
+    path = reviews_dir / PATCH_STORE
     out: dict[PatchKey, PatchReview] = {}
-    for row in _read_csv(reviews_dir / PATCH_STORE):
-        r = PatchReview(
-            row[WSI_ID], int(row[PATCH_INDEX]), int(row["X"]), int(row["Y"]), row[ADEQUATE], row[COMMENT], row[SOURCE]
-        )
+    for line, row in _read_store(path, PATCH_STORE_COLUMNS):
+        numbers = [_int(row[c]) for c in (PATCH_INDEX, "X", "Y")]
+        if row[ADEQUATE] not in ("yes", "no") or None in numbers or not row[WSI_ID]:
+            raise ReviewStoreError(
+                f"{path}: the review store is damaged (line {line}: {row[WSI_ID]!r} patch {row[PATCH_INDEX]!r} at "
+                f"{row['X']!r}, {row['Y']!r}, {ADEQUATE} {row[ADEQUATE]!r}); it was left as it is: fix or remove "
+                "that line"
+            )
+        index, x, y = (int(n) for n in numbers if n is not None)
+        r = PatchReview(row[WSI_ID], index, x, y, row[ADEQUATE], row[COMMENT], row[SOURCE])
         out[r.key] = r
     return out
 
 
 def load_verdict_store(reviews_dir: Path) -> dict[str, WsiVerdict]:
     """Every WSI verdict recorded so far, keyed by WSI-ID."""
-    return {
-        row[WSI_ID]: WsiVerdict(row[WSI_ID], row[WSI_UNACCEPTABLE], row[WSI_COMMENT], row[SOURCE])
-        for row in _read_csv(reviews_dir / VERDICT_STORE)
-    }
+    path = reviews_dir / VERDICT_STORE
+    out: dict[str, WsiVerdict] = {}
+    for line, row in _read_store(path, VERDICT_STORE_COLUMNS):
+        if row[WSI_UNACCEPTABLE] not in (VERDICT_UNACCEPTABLE, VERDICT_ACCEPTABLE) or not row[WSI_ID]:
+            raise ReviewStoreError(
+                f"{path}: the review store is damaged (line {line}: {row[WSI_ID]!r}, {WSI_UNACCEPTABLE} "
+                f"{row[WSI_UNACCEPTABLE]!r}); it was left as it is: fix or remove that line"
+            )
+        out[row[WSI_ID]] = WsiVerdict(row[WSI_ID], row[WSI_UNACCEPTABLE], row[WSI_COMMENT], row[SOURCE])
+    return out
 
 
 def record_reviews(reviews_dir: Path, patch_reviews: Sequence[PatchReview], verdicts: Sequence[WsiVerdict]) -> None:

@@ -17,7 +17,7 @@ import numpy as np
 
 from pipeline.config import Config
 from pipeline.io.outputs.maps import create_maps, shard_tiles
-from pipeline.io.outputs.publish import new_partial_dir, remove_stale_partials
+from pipeline.io.outputs.publish import new_partial_dir, remove_stale_partials, scratch_dir
 from pipeline.io.readers import SlideError, UnreadableTile, choose_reader, low_resolution_view, open_slide
 from pipeline.kernels.artifacts import artifact_mask, artifact_masks, artifacts_on_tissue
 from pipeline.kernels.nuclei import NucleusThresholds
@@ -163,7 +163,7 @@ def plan_slide(entry: SlideEntry, out_dir: str, config: Config) -> SlidePlan:
     tiles = tuple(grid.tiles_over(tissue, view_ds))
     remove_stale_partials(Path(out_dir), entry.slide_id)
     work = new_partial_dir(Path(out_dir), entry.slide_id)
-    (work / "tiles").mkdir()
+    scratch_dir(work).mkdir()
     if excluded.any():
         np.save(work / ARTIFACT_MASK_FILE, np.packbits(excluded, axis=None))
     shard = shard_tiles(grid.core0, config.map_shard_px) * grid.core0
@@ -232,7 +232,7 @@ def slide_seed(slide_id: str) -> int:
 
 
 def tile_file(plan: SlidePlan, tile: Tile, suffix: str) -> Path:
-    return Path(plan.work_dir) / "tiles" / f"r{tile[0]:05d}_c{tile[1]:05d}{suffix}"
+    return scratch_dir(Path(plan.work_dir)) / f"r{tile[0]:05d}_c{tile[1]:05d}{suffix}"
 
 
 def batches(tiles: tuple[Tile, ...], size: int) -> list[list[Tile]]:

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from pipeline.io.outputs.contents import folder_contents
 from pipeline.io.outputs.maps import build_pyramid
-from pipeline.io.outputs.publish import atomic_write_json, final_slide_dir, publish_slide
+from pipeline.io.outputs.publish import atomic_write_json, final_slide_dir, publish_slide, scratch_dir
 from pipeline.io.outputs.stats import STATS_FILE, SlideStats, nucleus_size_stats
 from pipeline.io.outputs.tables import run_formats, write_nucleus_tables
 from pipeline.io.readers import SlideError
@@ -160,10 +160,12 @@ def reduce_slide(
     pyramid_started = time.perf_counter()
     build_pyramid(work)
     timings["pyramid"] = time.perf_counter() - pyramid_started
-    shutil.rmtree(work / "tiles", ignore_errors=True)
     outputs = folder_contents(work)
     timings["reduce"] = time.perf_counter() - started - timings["pyramid"]
     stats = slide_stats(plan, areas, len(plan.tiles), time.time() - plan.started, timings, outputs, unreadable)
     atomic_write_json(work / STATS_FILE, stats)
     publish_slide(work, final_slide_dir(Path(plan.out_dir), plan.slide_id))
+    # dropped only now: a reduction ended before the rename above (its worker killed) is run again
+    # by the scheduler, and needs them
+    shutil.rmtree(scratch_dir(work), ignore_errors=True)
     return stats

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.config import FINEST_SCANNER_MPP
 from pipeline.io.readers import Slide, UnreadableRegion
 from pipeline.kernels.nuclei import instances_from_probabilities
 from pipeline.kernels.stain import MacenkoStains, StainStats
@@ -197,8 +198,11 @@ def estimate_mpp(
 
 # ------------------------------------------------------------------------- the decision ----
 
-FINEST_SCANNER_MPP = 0.1  # an estimate finer than this (beyond 80x) says the image is not what the model knows
 DISAGREEMENT = 1.5  # default tolerance: metadata and estimate further apart: a warning and a QC note
+# The longest side of a glass slide (mm): a standard 3 × 1 inch slide is 76.2 mm long, and whole-mount
+# slides (75 × 50 mm) are no longer. A resolution that makes the scanned image longer than this is
+# wrong, and would plan a tile grid over that much imagined tissue.
+MAX_SLIDE_MM = 80.0
 
 
 @dataclass(frozen=True)
@@ -286,6 +290,17 @@ def decide_scale(
     scale = SlideScale(mpp, source, field, found, tuple(flags), tuple(notes))
     if mpp > max_mpp:
         raise ValueError(f"{scale.describe()} is too coarse to segment nuclei (limit {max_mpp})")
+    length_mm = max(slide.level_dimensions[0]) * mpp / 1000
+    if length_mm > MAX_SLIDE_MM:
+        raise ValueError(
+            f"{scale.describe()} makes the slide {length_mm:,.0f} mm long ({max(slide.level_dimensions[0]):,} px), "
+            f"longer than any glass slide ({MAX_SLIDE_MM:.0f} mm): is the resolution right?"
+        )
+    if mpp < FINEST_SCANNER_MPP:  # an estimate this fine was dropped above: a stated value
+        raise ValueError(
+            f"{scale.describe()} is finer than any slide scanner's (limit {FINEST_SCANNER_MPP}): a mistake? "
+            f"(segmenting at it would read {model.mpp / mpp:.0f}× each tile's side); give the right mpp in the manifest"
+        )
     if mpp > low_resolution_mpp:
         flags.append("low_resolution")
         notes.append(

@@ -25,6 +25,7 @@ from pipeline.io.outputs.stats import STATS_FILE
 
 PARTIAL_SUFFIX = ".partial"
 OLD_SUFFIX = ".old"
+SCRATCH_SUFFIX = ".tiles"  # a working folder's scratch files (per-tile tables and labels), beside it
 
 # ------------------------------------------------------------------ atomic files ----
 
@@ -127,6 +128,17 @@ def new_partial_dir(out_dir: Path, slide_id: str) -> Path:
     return path
 
 
+def scratch_dir(work: Path) -> Path:
+    """The scratch folder of a working folder (``.<id>.<token>.tiles`` beside
+    ``.<id>.<token>.partial``): outside it, so publishing the working folder does not need the
+    scratch files dropped first, and a publication interrupted before its rename can be redone.
+
+    >>> scratch_dir(Path("slides/.S1.0123456789ab.partial")).name
+    '.S1.0123456789ab.tiles'
+    """
+    return work.with_name(work.name.removesuffix(PARTIAL_SUFFIX) + SCRATCH_SUFFIX)
+
+
 def stale_work_pattern(slide_id: str) -> re.Pattern[str]:
     """The names of ``slide_id``'s own working folders: the id, exactly, then one token; and of
     the earlier folder that :func:`publish_slide` moves aside (a crash between its two renames
@@ -140,8 +152,10 @@ def stale_work_pattern(slide_id: str) -> re.Pattern[str]:
     (True, False)
     >>> bool(p.fullmatch(".S1.0123abcd.old")), bool(p.fullmatch(".S1.rescan.0123abcd.old"))
     (True, False)
+    >>> bool(p.fullmatch(".S1.0123456789ab.tiles")), bool(p.fullmatch(".S1.rescan.0123456789ab.tiles"))
+    (True, False)
     """
-    partial = rf"[0-9a-f]{{12}}{re.escape(PARTIAL_SUFFIX)}"
+    partial = rf"[0-9a-f]{{12}}(?:{re.escape(PARTIAL_SUFFIX)}|{re.escape(SCRATCH_SUFFIX)})"
     return re.compile(rf"\.{re.escape(slide_id)}\.(?:{partial}|[0-9a-f]{{8}}{re.escape(OLD_SUFFIX)})")
 
 

@@ -21,6 +21,9 @@ value, or the default with a warning).
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
 from pathlib import Path
 
 from pipeline.io.readers import cucim, dicom, image, tiff, wsidicom
@@ -106,12 +109,21 @@ def choose_reader(path: Path, preference: str = "auto") -> str:
     ``preference`` 'auto' picks the first reader that claims the file; any other value forces
     that reader (for experts and tests).
     """
-    if not path.exists():
-        raise SlideError(f"file not found: {path}")
-    if path.is_file() and path.stat().st_size == 0:
+    try:
+        st = path.stat()
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise SlideError(f"a symbolic link loop, no file: {path}") from None
+        if exc.errno == errno.ENOENT and path.is_symlink():
+            raise SlideError(f"a symbolic link to a missing file: {path} → {os.readlink(path)}") from None
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise SlideError(f"file not found: {path}") from None
+        raise SlideError(f"cannot be read: {path} ({exc.strerror})") from None
+    if stat.S_ISDIR(st.st_mode):
+        if not any(dicom.is_dicom_file(p) for p in path.iterdir()):
+            raise SlideError(f"a folder that holds no DICOM files is not a slide: {path}")
+    elif st.st_size == 0:
         raise SlideError(f"empty file: {path}")
-    if path.is_dir() and not any(dicom.is_dicom_file(p) for p in path.iterdir()):
-        raise SlideError(f"a folder that holds no DICOM files is not a slide: {path}")
     if preference != "auto":
         return preference
     signature = file_signature(path)
