@@ -46,27 +46,31 @@ class TiffSlide(ClosesOnExit):
         import zarr
 
         tif = tifffile.TiffFile(path)
-        series = tif.series[0]
-        page = series.pages[0]
-        if not isinstance(page, tifffile.TiffPage):
-            raise SlideError("the TIFF's first image has no page of its own")
-        max_value, alpha = sample_layout(page)
-        levels = []
-        dims = []
-        for i, level in enumerate(series.levels):
-            shape = level.shape
-            if len(shape) == 2:
-                h, w = shape
-            elif len(shape) == 3 and shape[-1] in (3, 4):
-                h, w = shape[0], shape[1]
-            else:
-                raise SlideError(f"unsupported TIFF layout {shape} (expected H×W×RGB)")
-            dims.append((int(w), int(h)))
-            check_chunk_size(i, level.pages[0])
-            levels.append(zarr.open(series.aszarr(level=i), mode="r"))
-        description = str(page.description or "")
-        tags = {name: page.tags.get(name) for name in ("XResolution", "YResolution", "ResolutionUnit")}
-        resolution = mpp_from_tiff(description, *(t.value if t is not None else None for t in tags.values()))
+        try:
+            series = tif.series[0]
+            page = series.pages[0]
+            if not isinstance(page, tifffile.TiffPage):
+                raise SlideError("the TIFF's first image has no page of its own")
+            max_value, alpha = sample_layout(page)
+            levels = []
+            dims = []
+            for i, level in enumerate(series.levels):
+                shape = level.shape
+                if len(shape) == 2:
+                    h, w = shape
+                elif len(shape) == 3 and shape[-1] in (3, 4):
+                    h, w = shape[0], shape[1]
+                else:
+                    raise SlideError(f"unsupported TIFF layout {shape} (expected H×W×RGB)")
+                dims.append((int(w), int(h)))
+                check_chunk_size(i, level.pages[0])
+                levels.append(zarr.open(series.aszarr(level=i), mode="r"))
+            description = str(page.description or "")
+            tags = {name: page.tags.get(name) for name in ("XResolution", "YResolution", "ResolutionUnit")}
+            resolution = mpp_from_tiff(description, *(t.value if t is not None else None for t in tags.values()))
+        except BaseException:  # a refused file is closed here: a worker opens thousands
+            tif.close()
+            raise
         return cls(
             path=path,
             level_dimensions=dims,
