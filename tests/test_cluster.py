@@ -37,10 +37,12 @@ class ExternalCluster:
                 "scheduler",
                 "--scheduler-file",
                 str(self.file),
+                "--host",
+                "127.0.0.1",  # nothing listens beyond this machine (the project's network default)
                 "--port",
                 "0",
                 "--dashboard-address",
-                ":0",
+                "127.0.0.1:0",
             ],
             env=env,
             stdout=subprocess.DEVNULL,
@@ -66,7 +68,12 @@ class ExternalCluster:
                 "1",
                 "--memory-limit",
                 "3GiB",
-                "--no-dashboard",
+                "--host",
+                "127.0.0.1",
+                # a worker's HTTP server (health, metrics) runs even with --no-dashboard, on all
+                # interfaces unless placed
+                "--dashboard-address",
+                "127.0.0.1:0",
                 "--name",
                 f"w{i}-{time.time_ns()}",
             ],
@@ -241,3 +248,24 @@ def test_same_outputs_with_one_and_two_workers(cluster2, cohort, blob_model, ref
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert {p: output_digest(out / "slides" / p) for p in published(out)} == reference
+
+
+def test_the_test_cluster_listens_on_loopback_only(tmp_path: Path) -> None:
+    """The scheduler and workers the tests and the chaos benchmark start are reachable from this
+    machine only, as the pipeline's own local cluster is."""
+    import psutil
+
+    cluster = ExternalCluster(tmp_path, 1)
+    try:
+        pids = {cluster.scheduler.pid} | {w.pid for w in cluster.workers}
+        processes = [psutil.Process(p) for p in pids]
+        processes += [c for p in list(processes) for c in p.children(recursive=True)]
+        listening = [
+            conn.laddr.ip
+            for p in processes
+            for conn in p.net_connections(kind="inet")
+            if conn.status == psutil.CONN_LISTEN
+        ]
+        assert listening and all(ip in ("127.0.0.1", "::1") for ip in listening), listening
+    finally:
+        cluster.close()
