@@ -259,17 +259,18 @@ def test_corrupt_frame_is_named_with_the_decoders_error(tmp_path: Path, reader: 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("reader", BOTH_READERS)
-def test_run_finishes_a_series_with_a_corrupt_frame_listing_it(tmp_path: Path, blob_model: Path, reader: str) -> None:
+def test_run_finishes_a_series_with_a_corrupt_frame_listing_it(tmp_path: Path, blob_model: Path) -> None:
     """``python -m pipeline.run`` on a manifest: the slide is ok without the frame, which is
-    listed in stats.json and flags the slide for the QC (exit 0, run.json final)."""
+    listed in stats.json and flags the slide for the QC (exit 0, run.json final). The series
+    states its tiling, so wsidicom reads it where installed (both readers name the frame alike:
+    test above; what the run does with it does not depend on the reader)."""
     image = synthetic_slide_image(768, 768, seed=13)[0]
     paths = write_dicom_wsi(tmp_path / "S1", image, mpp=0.25, tile=128, levels=2)
     damage_frame(paths[0], 14)  # 6 frames per row: row 2, column 2
     (tmp_path / "manifest.csv").write_text("slide_path,slide_id\nS1,S1\n")
     result = subprocess.run(
         [sys.executable, "-m", "pipeline.run", str(tmp_path / "manifest.csv"), "--out", str(tmp_path / "out")]
-        + ["--model", str(blob_model), "--tile-px", "256", "--reader", reader, "--no-progress"]
+        + ["--model", str(blob_model), "--tile-px", "256", "--no-progress"]
         + ["--workers", "1", "--threads", "1", "--dashboard", "off"],
         cwd=ROOT,
         capture_output=True,
