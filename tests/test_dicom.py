@@ -337,3 +337,23 @@ def test_frames_read_as_rgb_whatever_their_photometric_interpretation(
         found = slide.read_region(0, 0, 256, 256).astype(float)
     error = np.abs(found - image).mean()
     assert error <= (JPEG_MEAN_ERROR if compression == "jpeg" else 1.0), error
+
+
+@pytest.mark.parametrize("reader", ["auto", *BOTH_READERS])
+def test_rgb_header_on_ycbcr_jpeg_frames_is_read_by_the_stream(tmp_path: Path, image: np.ndarray, reader: str) -> None:
+    """A series whose header says RGB while its JPEG frames carry a JFIF marker (YCbCr), as the
+    real fixture's does: read as the stream says. wsidicom follows the header (≈ 56 grey levels
+    off, silently), so such a series is left to the lazy reader."""
+    import pydicom
+
+    for path in write_dicom_wsi(tmp_path, image, mpp=0.25, tile=128):
+        ds = pydicom.dcmread(path)
+        ds.PhotometricInterpretation = "RGB"
+        ds.save_as(path)
+    if reader == "wsidicom":
+        with pytest.raises(SlideError, match="header says RGB, its JPEG frames YCbCr.*--reader dicom"):
+            open_slide(tmp_path, reader)
+        return
+    with open_slide(tmp_path, reader) as slide:
+        assert slide.reader == "dicom"
+        assert_reads_back(slide.read_region(0, 0, 700, 600), image, "jpeg")

@@ -114,6 +114,7 @@ class FileSignature:
     dicom_bits: int = 0  # DICOM: BitsAllocated
     dicom_photometric: str = ""  # DICOM: PhotometricInterpretation
     dicom_compressed: bool = False  # DICOM: frames encapsulated (JPEG, JPEG 2000, ...), not raw samples
+    dicom_ycbcr_frames_called_rgb: bool = False  # DICOM: the header says RGB, its JPEG frames say YCbCr (JFIF)
 
 
 @dataclass(frozen=True)

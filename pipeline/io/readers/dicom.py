@@ -177,21 +177,39 @@ def series_levels(path: Path) -> list[tuple[Path, Any, int]]:
 def dicom_signature(path: Path) -> FileSignature:
     """What a DICOM slide is, from its first level's leading tags: how it states where its frames
     go ('TILED_FULL' or 'TILED_SPARSE' for a pyramid level, ImageType VOLUME, whose
-    DimensionOrganizationType says so, else 'unstated') and how its samples are stored."""
-    return signature_of(leading_tags(series_files(path)[0], LAST_SIGNATURE_TAG))
-
-
-def signature_of(ds: Any) -> FileSignature:
-    """:func:`dicom_signature` from a level's data set (its tags up to :data:`LAST_SIGNATURE_TAG`)."""
+    DimensionOrganizationType says so, else 'unstated') and how its samples are stored; for JPEG
+    frames the header calls RGB, the colour space the first frame's stream names (one fragment read)."""
+    first = series_files(path)[0]
+    ds = leading_tags(first, LAST_SIGNATURE_TAG)
     image_type = [str(v).upper() for v in ds.get("ImageType", [])]
     stated = str(ds.get("DimensionOrganizationType", "")).upper()
+    photometric = str(ds.get("PhotometricInterpretation", "")).upper()
+    syntax = str(ds.file_meta.TransferSyntaxUID)
+    stream = jpeg_stream_colour(first_fragment(first)) if photometric == "RGB" and syntax in JPEG8_SYNTAXES else None
     return FileSignature(
         "dicom",
         dicom_tiling=stated if "VOLUME" in image_type and stated in ("TILED_FULL", "TILED_SPARSE") else "unstated",
         dicom_bits=int(ds.get("BitsAllocated", 8)),
-        dicom_photometric=str(ds.get("PhotometricInterpretation", "")).upper(),
+        dicom_photometric=photometric,
         dicom_compressed=bool(ds.file_meta.TransferSyntaxUID.is_encapsulated),
+        dicom_ycbcr_frames_called_rgb=stream == "YCbCr",
     )
+
+
+def first_fragment(path: Path) -> bytes:
+    """The first fragment of a level's encapsulated frames, where its first frame's JPEG header
+    lies (the level's header and offset table are read, no other frame)."""
+    ds, offset = read_header(path)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        if struct.unpack("<HH", os.pread(fd, 4, offset).ljust(4, b"\0")) != PIXEL_DATA:
+            raise SlideError("DICOM pixel data not found after the header")
+        table = _items(fd, offset + 12, offset + 13, size)  # encapsulated: explicit VR, 12-byte element header
+        fragments = _items(fd, table[0][0] + table[0][1], table[0][0] + table[0][1] + 1, size) if table else []
+        return os.pread(fd, fragments[0][1], fragments[0][0]) if fragments else b""
+    finally:
+        os.close(fd)
 
 
 def sample_range(ds: Any, name: str) -> int | None:
@@ -222,28 +240,37 @@ def sample_range(ds: Any, name: str) -> int | None:
 
 JFIF_APP0, ADOBE_APP14, JPEG_SOS = 0xE0, 0xEE, 0xDA  # JPEG markers (ITU-T T.81 B.1.1.3, JFIF 1.02, Adobe TN 5116)
 JPEG_SOFS = (0xC0, 0xC1, 0xC2)  # start of frame: baseline, extended, progressive
+ADOBE_TRANSFORM = 11  # byte of the Adobe segment's colour transform: after 'Adobe', version, two flag words
+JPEG8_SYNTAXES = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51")  # JPEG baseline, extended (libjpeg)
 
 
-def jpeg_names_colour(data: bytes) -> bool:
-    """Whether a JPEG stream says what colour space it holds, as libjpeg reads it: a JFIF marker
-    (YCbCr), an Adobe marker (its transform flag), or components numbered 'R', 'G', 'B'.
+def jpeg_stream_colour(data: bytes) -> str | None:
+    """The colour space a JPEG stream names itself, as libjpeg reads it: a JFIF marker means
+    YCbCr; else an Adobe marker's transform flag (0: RGB, else YCbCr); else components numbered
+    'R', 'G', 'B' mean RGB. ``None`` when it names none (libjpeg then assumes YCbCr).
 
-    >>> jpeg_names_colour(bytes.fromhex("ffd8ffe000104a46494600010100000100010000ffda"))
-    True
+    >>> jpeg_stream_colour(bytes.fromhex("ffd8ffe000104a46494600010100000100010000ffda"))
+    'YCbCr'
     """
+    jfif, adobe, ids = False, -1, b""
     position = 2
     while position + 4 <= len(data) and data[position] == 0xFF:
         marker = data[position + 1]
         length = int.from_bytes(data[position + 2 : position + 4], "big")
         body = data[position + 4 : position + 2 + length]
         if marker == JPEG_SOS:
-            return False
-        if (marker, body[:5]) in ((JFIF_APP0, b"JFIF\0"), (ADOBE_APP14, b"Adobe")):
-            return True
+            break
+        jfif = jfif or (marker == JFIF_APP0 and body[:5] == b"JFIF\0")
+        if marker == ADOBE_APP14 and body[:5] == b"Adobe" and len(body) > ADOBE_TRANSFORM:
+            adobe = body[ADOBE_TRANSFORM]
         if marker in JPEG_SOFS and body[5:6] == b"\x03":
-            return bytes(body[6 + 3 * k] for k in range(3)) == b"RGB"
+            ids = bytes(body[6 + 3 * k] for k in range(3))
         position += 2 + length
-    return False
+    if jfif:
+        return "YCbCr"
+    if adobe >= 0:
+        return "RGB" if adobe == 0 else "YCbCr"
+    return "RGB" if ids == b"RGB" else None
 
 
 def rgb_from_ybr_full(samples: np.ndarray, top: int) -> np.ndarray:
@@ -405,7 +432,7 @@ class DicomLevel:
             # A JPEG frame the header calls RGB holds RGB (PS3.5 8.2.1), but libjpeg takes a stream
             # that does not say so itself for YCbCr; a stream that names its colour space is
             # believed (the real fixture says RGB in its header and holds JFIF, i.e. YCbCr, frames).
-            as_stored = self.decoder == "jpeg8_decode" and self.photometric == "RGB" and not jpeg_names_colour(data)
+            as_stored = self.decoder == "jpeg8_decode" and self.photometric == "RGB" and not jpeg_stream_colour(data)
             options = {"colorspace": "RGB", "outcolorspace": "RGB"} if as_stored else {}
             img = np.asarray(getattr(imagecodecs, self.decoder)(data, **options))
         if img.ndim != 3 or img.shape[:2] != (rows, cols) or img.shape[2] < 3:

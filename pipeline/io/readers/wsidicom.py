@@ -29,10 +29,10 @@ from pipeline.io.readers.base import (
 from pipeline.io.readers.dicom import (
     FRAME_CACHE_BYTES,
     LAST_SIGNATURE_TAG,
+    dicom_signature,
     leading_tags,
     sample_range,
     series_files,
-    signature_of,
 )
 from pipeline.io.readers.metadata import Resolution, mpp_from_dicom
 
@@ -43,9 +43,15 @@ ENCAPSULATED_RGB = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT")
 
 
 def reads_as_rgb(signature: FileSignature) -> bool:
-    """Whether wsidicom returns this series' frames as 8-bit RGB (it decodes colour only at 8 bits)."""
+    """Whether wsidicom returns this series' frames as 8-bit RGB: it decodes colour only at 8
+    bits, and decodes a JPEG frame the header calls RGB without a colour transform even when the
+    stream says YCbCr (a JFIF marker)."""
     colour = ENCAPSULATED_RGB if signature.dicom_compressed else ("RGB",)
-    return signature.dicom_bits == 8 and signature.dicom_photometric in colour
+    return (
+        signature.dicom_bits == 8
+        and signature.dicom_photometric in colour
+        and not signature.dicom_ycbcr_frames_called_rgb
+    )
 
 
 def wsidicom_available() -> bool:
@@ -77,13 +83,13 @@ class WsiDicomSlide(ClosesOnExit):
         from wsidicom.config import Settings
 
         files = series_files(path)
-        header = leading_tags(files[0], LAST_SIGNATURE_TAG)
-        sample_range(header, files[0].name)  # grayscale, palette, signed samples: refused with the reason
-        if not reads_as_rgb(signature := signature_of(header)):
+        sample_range(leading_tags(files[0], LAST_SIGNATURE_TAG), files[0].name)  # grayscale etc.: the reason
+        if not reads_as_rgb(signature := dicom_signature(path)):
+            stored = "compressed" if signature.dicom_compressed else "uncompressed"
+            called = "; its header says RGB, its JPEG frames YCbCr" if signature.dicom_ycbcr_frames_called_rgb else ""
             raise SlideError(
                 f"wsidicom reads 8-bit colour frames only (this series: {signature.dicom_bits}-bit "
-                f"{signature.dicom_photometric}, {'compressed' if signature.dicom_compressed else 'uncompressed'}); "
-                "the dicom reader reads it (--reader dicom, or auto)"
+                f"{signature.dicom_photometric}, {stored}{called}); the dicom reader reads it (--reader dicom, or auto)"
             )
         # Caches bounded per open slide (wsidicom's defaults keep 100 MB of each).
         settings = Settings(decoded_frame_cache_size=FRAME_CACHE_BYTES, encoded_frame_cache_size=FRAME_CACHE_BYTES // 4)
