@@ -1,11 +1,15 @@
 """DICOM whole-slide images: generated series (pyramid levels as separate instances, tiled
 frames, JPEG or uncompressed, TILED_FULL or TILED_SPARSE) read back through wsidicom and through
 the lazy pydicom reader; a folder or any one of its files opens every level; a region reads
-only the frames it covers; folders that are not a series fail with a reason."""
+only the frames it covers; folders that are not a series fail with a reason; a corrupt frame is
+named and left out; 16-bit, grayscale and YCbCr series read as 8-bit RGB or are refused."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +18,7 @@ import pytest
 from scipy.spatial import cKDTree
 
 from pipeline.config import Config
-from pipeline.io.readers import SlideError, choose_reader, open_slide, read_mirrored
+from pipeline.io.readers import SlideError, UnreadableRegion, choose_reader, open_slide, read_mirrored
 from pipeline.io.readers import dicom as dicom_reader
 from pipeline.io.readers.metadata import Resolution
 from pipeline.io.readers.wsidicom import wsidicom_available
@@ -22,10 +26,11 @@ from pipeline.manifest import SlideEntry
 from pipeline.slide import process_slide_inline
 from pipeline.slide.inputs import slide_inputs
 from pipeline.testing import synthetic_slide_image
-from pipeline.testing.dicom import write_dicom_wsi
+from pipeline.testing.dicom import damage_frame, write_dicom_wsi
 from tests.conftest import WSI_FIXTURES, need_shared
 
 JPEG_MEAN_ERROR = 6.0  # grey levels: quality-90 JPEG of the noisy synthetic image (measured ≈ 4.4)
+ROOT = Path(__file__).resolve().parents[1]
 needs_wsidicom = pytest.mark.skipif(not wsidicom_available(), reason="wsidicom is not installed (Python < 3.11)")
 
 
@@ -221,3 +226,134 @@ def test_the_lazy_reader_gives_the_previous_readers_pixels(tmp_path: Path, image
         for x, y, w, h in [(0, 0, *eager.level_dimensions[0]), (-30, 90, 333, 257), (120, 40, 1, 1)]:
             np.testing.assert_array_equal(lazy.read_region(x, y, w, h), eager.read_region(x, y, w, h))
     eager.close()
+
+
+# ----------------------------------------------- faults: a corrupt frame, samples that are not 8-bit RGB ----
+
+BOTH_READERS = [pytest.param("wsidicom", marks=needs_wsidicom), "dicom"]
+
+
+@pytest.mark.parametrize("reader", BOTH_READERS)
+def test_corrupt_frame_is_named_with_the_decoders_error(tmp_path: Path, reader: str) -> None:
+    """Before: the decoder's error escaped as is (the slide failed at planning, no frame named).
+    Now a read covering the frame names it (level, x, y and its size), reads elsewhere work,
+    and the tissue view sees it as glass."""
+    from pipeline.io.readers import low_resolution_view
+    from pipeline.io.readers.base import UnreadableTile
+
+    image = synthetic_slide_image(512, 384, seed=12)[0]
+    paths = write_dicom_wsi(tmp_path, image, mpp=0.25, tile=128, levels=2)
+    damage_frame(paths[0], 6)  # frames row by row, 4 per row: row 1, column 2
+    with open_slide(tmp_path, reader) as slide:
+        with pytest.raises(UnreadableRegion) as raised:
+            slide.read_region(100, 100, 300, 100)
+        [bad] = raised.value.tiles
+        assert (bad.level, bad.x, bad.y, bad.width, bad.height) == (0, 256, 128, 128, 128)
+        assert "Quantization table 0x00 was not defined" in bad.error
+        assert "level 0, x 256, y 128" in str(raised.value)
+        assert_reads_back(slide.read_region(0, 0, 256, 384), image[:, :256], "jpeg")
+        assert_reads_back(slide.read_region(0, 0, 256, 192, level=1), halved(image), "jpeg")
+        unreadable: list[UnreadableTile] = []
+        view, _ = low_resolution_view(slide, 512, unreadable=unreadable)
+    assert unreadable == [bad] and (view[128:256, 256:384] == 255).all()
+
+
+@pytest.mark.slow
+def test_run_finishes_a_series_with_a_corrupt_frame_listing_it(tmp_path: Path, blob_model: Path) -> None:
+    """``python -m pipeline.run`` on a manifest: the slide is ok without the frame, which is
+    listed in stats.json and flags the slide for the QC (exit 0, run.json final). The series
+    states its tiling, so wsidicom reads it where installed (both readers name the frame alike:
+    test above; what the run does with it does not depend on the reader)."""
+    image = synthetic_slide_image(768, 768, seed=13)[0]
+    paths = write_dicom_wsi(tmp_path / "S1", image, mpp=0.25, tile=128, levels=2)
+    damage_frame(paths[0], 14)  # 6 frames per row: row 2, column 2
+    (tmp_path / "manifest.csv").write_text("slide_path,slide_id\nS1,S1\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.run", str(tmp_path / "manifest.csv"), "--out", str(tmp_path / "out")]
+        + ["--model", str(blob_model), "--tile-px", "256", "--no-progress"]
+        + ["--workers", "1", "--threads", "1", "--dashboard", "off"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["status"] == "ok"
+    stats = json.loads((tmp_path / "out" / "slides" / "S1" / "stats.json").read_text())
+    assert stats["status"] == "ok" and "unreadable_tiles" in stats["flags"] and stats["n_nuclei"] > 0
+    [bad] = stats["unreadable_tiles"]
+    assert (bad["level"], bad["x"], bad["y"], bad["width"], bad["height"]) == (0, 256, 256, 128, 128)
+    assert "Quantization table" in bad["error"]
+    assert any("level 0, x 256, y 256" in w for w in stats["warnings"])
+
+
+@pytest.mark.parametrize("bits_stored", [12, 16])
+def test_16_bit_series_is_scaled_from_bits_stored(tmp_path: Path, image: np.ndarray, bits_stored: int) -> None:
+    """BitsAllocated 16: samples scaled from 0..2^BitsStored−1 to 0..255 (wsidicom decodes
+    colour only at 8 bits and could not open such a series; the lazy reader refused it)."""
+    top = 2**bits_stored - 1
+    deep = np.round(image.astype(np.float64) * top / 255).astype(np.uint16)
+    write_dicom_wsi(tmp_path, deep, mpp=0.25, tile=128, compression="none", bits_stored=bits_stored)
+    assert choose_reader(tmp_path) == "dicom"
+    with open_slide(tmp_path) as slide:
+        found = slide.read_region(-10, 0, 720, 600)
+        assert found.dtype == np.uint8 and (found[:, :10] == 255).all() and (found[:, 710:] == 255).all()
+        assert np.abs(found[:, 10:710].astype(int) - image).max() <= 1
+        assert np.abs(slide.read_region(0, 0, 350, 300, level=1).astype(int) - halved(image)).max() <= 1
+
+
+@pytest.mark.parametrize("reader", ["auto", *BOTH_READERS])
+def test_grayscale_series_is_refused_with_the_reason(tmp_path: Path, image: np.ndarray, reader: str) -> None:
+    """Before: the lazy reader repeated the one channel into grey RGB (0 nuclei, exit 0) and
+    wsidicom failed on its first read with a numpy broadcast error."""
+    write_dicom_wsi(
+        tmp_path, image.mean(axis=2).astype(np.uint8), mpp=0.25, compression="none", photometric="MONOCHROME2"
+    )
+    reason = r"grayscale DICOM \(MONOCHROME2, 1 sample\(s\) per pixel\): nuclei are segmented on H&E colour images"
+    with pytest.raises(SlideError, match=reason):
+        open_slide(tmp_path, reader).close()
+
+
+@pytest.mark.parametrize("reader", ["auto", *BOTH_READERS])
+@pytest.mark.parametrize(
+    "compression, photometric",
+    [("jpeg", "YBR_FULL_422"), ("jpeg", "RGB"), ("none", "YBR_FULL")],
+)
+def test_frames_read_as_rgb_whatever_their_photometric_interpretation(
+    tmp_path: Path, reader: str, compression: str, photometric: str
+) -> None:
+    """Saturated colour patches (where a missed or extra YCbCr→RGB transform is far off) read
+    back as the RGB image: JPEG stored as YCbCr, JPEG stored as RGB that only the DICOM header
+    says is RGB (the lazy reader converted it as YCbCr), uncompressed YBR_FULL (refused before)."""
+    colours = np.array([[200, 30, 40], [30, 180, 60], [40, 50, 210], [230, 210, 40]], dtype=np.uint8)
+    image = np.repeat(np.repeat(colours.reshape(2, 2, 3), 128, axis=0), 128, axis=1)
+    image = np.clip(image + np.random.default_rng(5).normal(0, 8, image.shape), 0, 255).astype(np.uint8)
+    write_dicom_wsi(tmp_path, image, mpp=0.25, tile=128, levels=1, compression=compression, photometric=photometric)
+    if reader == "wsidicom" and compression == "none":
+        with pytest.raises(SlideError, match="wsidicom reads 8-bit colour frames only.*--reader dicom"):
+            open_slide(tmp_path, reader)
+        return
+    with open_slide(tmp_path, reader) as slide:
+        found = slide.read_region(0, 0, 256, 256).astype(float)
+    error = np.abs(found - image).mean()
+    assert error <= (JPEG_MEAN_ERROR if compression == "jpeg" else 1.0), error
+
+
+@pytest.mark.parametrize("reader", ["auto", *BOTH_READERS])
+def test_rgb_header_on_ycbcr_jpeg_frames_is_read_by_the_stream(tmp_path: Path, image: np.ndarray, reader: str) -> None:
+    """A series whose header says RGB while its JPEG frames carry a JFIF marker (YCbCr), as the
+    real fixture's does: read as the stream says. wsidicom follows the header (≈ 56 grey levels
+    off, silently), so such a series is left to the lazy reader."""
+    import pydicom
+
+    for path in write_dicom_wsi(tmp_path, image, mpp=0.25, tile=128):
+        ds = pydicom.dcmread(path)
+        ds.PhotometricInterpretation = "RGB"
+        ds.save_as(path)
+    if reader == "wsidicom":
+        with pytest.raises(SlideError, match="header says RGB, its JPEG frames YCbCr.*--reader dicom"):
+            open_slide(tmp_path, reader)
+        return
+    with open_slide(tmp_path, reader) as slide:
+        assert slide.reader == "dicom"
+        assert_reads_back(slide.read_region(0, 0, 700, 600), image, "jpeg")

@@ -74,10 +74,11 @@ __all__ = [
 
 def file_signature(path: Path) -> FileSignature:
     """The file's container from its first bytes (tiff, dicom, png, jpeg or unknown) and, for a
-    TIFF, its levels' compression codes, for DICOM how its frames are laid out; a TIFF whose tags
-    cannot be read is a SlideError. A folder is a DICOM series or a SlideError."""
+    TIFF, its levels' compression codes, for DICOM how its frames are laid out and its samples
+    stored; a TIFF whose tags cannot be read is a SlideError. A folder is a DICOM series or a
+    SlideError."""
     if path.is_dir():
-        return FileSignature("dicom", dicom_tiling=_dicom_tiling(path))
+        return _dicom_signature(path)
     with open(path, "rb") as f:
         head = f.read(132)
     if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
@@ -86,7 +87,7 @@ def file_signature(path: Path) -> FileSignature:
         except Exception as exc:
             raise SlideError(f"truncated or corrupt TIFF (its tags cannot be read: {exc})") from exc
     if head[128:132] == b"DICM":
-        return FileSignature("dicom", dicom_tiling=_dicom_tiling(path))
+        return _dicom_signature(path)
     if head[:8] == b"\x89PNG\r\n\x1a\n":
         return FileSignature("png")
     if head[:3] == b"\xff\xd8\xff":
@@ -94,9 +95,9 @@ def file_signature(path: Path) -> FileSignature:
     return FileSignature("unknown")
 
 
-def _dicom_tiling(path: Path) -> str:
+def _dicom_signature(path: Path) -> FileSignature:
     try:
-        return dicom.dicom_tiling(path)
+        return dicom.dicom_signature(path)
     except SlideError:
         raise
     except Exception as exc:

@@ -111,6 +111,10 @@ class FileSignature:
     kind: str  # tiff | dicom | png | jpeg | unknown
     compressions: frozenset[int] = frozenset()  # TIFF compression codes of the pyramid's levels
     dicom_tiling: str = ""  # DICOM: TILED_FULL | TILED_SPARSE as the level states it, else 'unstated'
+    dicom_bits: int = 0  # DICOM: BitsAllocated
+    dicom_photometric: str = ""  # DICOM: PhotometricInterpretation
+    dicom_compressed: bool = False  # DICOM: frames encapsulated (JPEG, JPEG 2000, ...), not raw samples
+    dicom_ycbcr_frames_called_rgb: bool = False  # DICOM: the header says RGB, its JPEG frames say YCbCr (JFIF)
 
 
 @dataclass(frozen=True)

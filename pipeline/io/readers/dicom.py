@@ -27,7 +27,18 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.io.readers.base import GLASS, ClosesOnExit, Reader, SlideError, read_clipped
+from pipeline.io.readers.base import (
+    GLASS,
+    ClosesOnExit,
+    FileSignature,
+    Reader,
+    SlideError,
+    UnreadableRegion,
+    UnreadableTile,
+    decoder_message,
+    read_clipped,
+    rgb8,
+)
 from pipeline.io.readers.metadata import Resolution, mpp_from_dicom
 
 # Decoded frames kept per open level: a tile window (1024 px core + halo at the model's
@@ -54,7 +65,11 @@ DECODERS = {
 }
 NON_VOLUME = ("LABEL", "OVERVIEW", "THUMBNAIL")  # ImageType values of instances that are not pyramid levels
 LAST_IDENTITY_TAG = 0x00480007  # TotalPixelMatrixRows: after ImageType, SeriesInstanceUID, TotalPixelMatrixColumns
-LAST_TILING_TAG = 0x00209311  # DimensionOrganizationType, after ImageType
+LAST_SIGNATURE_TAG = 0x00280103  # PixelRepresentation: after ImageType, DimensionOrganizationType, BitsAllocated
+# PhotometricInterpretation values of colour frames (PS3.3 C.7.6.3.1.2): JPEG and JPEG 2000 decoders
+# return RGB for YBR_FULL_422 / YBR_FULL / YBR_ICT / YBR_RCT streams; uncompressed YBR_FULL is
+# converted here (uncompressed YBR_FULL_422 stores chroma for pixel pairs: not read).
+COLOUR_PHOTOMETRICS = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT")
 
 
 def is_dicom_file(path: Path) -> bool:
@@ -84,7 +99,7 @@ def _is_level(ds: Any) -> bool:
     return "TotalPixelMatrixColumns" in ds and not any(kind in image_type for kind in NON_VOLUME)
 
 
-def _leading_tags(path: Path, last: int) -> Any:
+def leading_tags(path: Path, last: int) -> Any:
     """The data set's elements up to tag ``last`` only (elements come in tag order): a few hundred
     bytes, however large the rest of the header (per-frame groups) is."""
     from pydicom.filereader import read_partial
@@ -99,7 +114,7 @@ def _leading_tags(path: Path, last: int) -> Any:
 
 @functools.lru_cache(maxsize=4096)
 def _cached_identity(path: str, size: int, mtime_ns: int) -> tuple[str, bool]:
-    ds = _leading_tags(Path(path), LAST_IDENTITY_TAG)
+    ds = leading_tags(Path(path), LAST_IDENTITY_TAG)
     return str(ds.get("SeriesInstanceUID", "")), _is_level(ds)
 
 
@@ -159,13 +174,117 @@ def series_levels(path: Path) -> list[tuple[Path, Any, int]]:
     return [levels[size] for size in sorted(levels, key=lambda s: -s[0] * s[1])]
 
 
-def dicom_tiling(path: Path) -> str:
-    """How a DICOM slide states where its frames go: 'TILED_FULL' or 'TILED_SPARSE' for a
-    pyramid level (ImageType VOLUME) whose DimensionOrganizationType says so, else 'unstated'."""
-    ds = _leading_tags(series_files(path)[0], LAST_TILING_TAG)
+def dicom_signature(path: Path) -> FileSignature:
+    """What a DICOM slide is, from its first level's leading tags: how it states where its frames
+    go ('TILED_FULL' or 'TILED_SPARSE' for a pyramid level, ImageType VOLUME, whose
+    DimensionOrganizationType says so, else 'unstated') and how its samples are stored; for JPEG
+    frames the header calls RGB, the colour space the first frame's stream names (one fragment read)."""
+    first = series_files(path)[0]
+    ds = leading_tags(first, LAST_SIGNATURE_TAG)
     image_type = [str(v).upper() for v in ds.get("ImageType", [])]
     stated = str(ds.get("DimensionOrganizationType", "")).upper()
-    return stated if "VOLUME" in image_type and stated in ("TILED_FULL", "TILED_SPARSE") else "unstated"
+    photometric = str(ds.get("PhotometricInterpretation", "")).upper()
+    syntax = str(ds.file_meta.TransferSyntaxUID)
+    stream = jpeg_stream_colour(first_fragment(first)) if photometric == "RGB" and syntax in JPEG8_SYNTAXES else None
+    return FileSignature(
+        "dicom",
+        dicom_tiling=stated if "VOLUME" in image_type and stated in ("TILED_FULL", "TILED_SPARSE") else "unstated",
+        dicom_bits=int(ds.get("BitsAllocated", 8)),
+        dicom_photometric=photometric,
+        dicom_compressed=bool(ds.file_meta.TransferSyntaxUID.is_encapsulated),
+        dicom_ycbcr_frames_called_rgb=stream == "YCbCr",
+    )
+
+
+def first_fragment(path: Path) -> bytes:
+    """The first fragment of a level's encapsulated frames, where its first frame's JPEG header
+    lies (the level's header and offset table are read, no other frame)."""
+    ds, offset = read_header(path)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        if struct.unpack("<HH", os.pread(fd, 4, offset).ljust(4, b"\0")) != PIXEL_DATA:
+            raise SlideError("DICOM pixel data not found after the header")
+        table = _items(fd, offset + 12, offset + 13, size)  # encapsulated: explicit VR, 12-byte element header
+        fragments = _items(fd, table[0][0] + table[0][1], table[0][0] + table[0][1] + 1, size) if table else []
+        return os.pread(fd, fragments[0][1], fragments[0][0]) if fragments else b""
+    finally:
+        os.close(fd)
+
+
+def sample_range(ds: Any, name: str) -> int | None:
+    """How a level's samples become RGB uint8: ``None`` for 8-bit samples, else their declared
+    range (2^BitsStored − 1), scaled to 0..255 by :func:`rgb8`.
+
+    Refused with the reason, as for TIFF: grayscale (one channel has no stain colours to
+    separate; it gave 0 nuclei), palette and other colour models, samples that are not 8- or
+    16-bit unsigned integers."""
+    photometric = str(ds.get("PhotometricInterpretation", "")).upper()
+    samples = int(ds.get("SamplesPerPixel", 1))
+    if samples < 3 or photometric.startswith("MONOCHROME") or photometric not in COLOUR_PHOTOMETRICS:
+        kind = "grayscale" if samples < 3 or photometric.startswith("MONOCHROME") else photometric
+        raise SlideError(
+            f"{name}: {kind} DICOM ({photometric}, {samples} sample(s) per pixel): nuclei are segmented on "
+            "H&E colour images stored as RGB"
+        )
+    bits, stored = int(ds.get("BitsAllocated", 8)), int(ds.get("BitsStored", 8))
+    signed = int(ds.get("PixelRepresentation", 0)) != 0
+    if bits not in (8, 16) or not 0 < stored <= bits or signed:
+        kind = "signed" if signed else "unsigned"
+        raise SlideError(
+            f"{name}: DICOM samples of {stored} {kind} bits in {bits} are not supported (8- or 16-bit unsigned "
+            "RGB expected)"
+        )
+    return None if bits == 8 else 2**stored - 1
+
+
+JFIF_APP0, ADOBE_APP14, JPEG_SOS = 0xE0, 0xEE, 0xDA  # JPEG markers (ITU-T T.81 B.1.1.3, JFIF 1.02, Adobe TN 5116)
+JPEG_SOFS = (0xC0, 0xC1, 0xC2)  # start of frame: baseline, extended, progressive
+ADOBE_TRANSFORM = 11  # byte of the Adobe segment's colour transform: after 'Adobe', version, two flag words
+JPEG8_SYNTAXES = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51")  # JPEG baseline, extended (libjpeg)
+
+
+def jpeg_stream_colour(data: bytes) -> str | None:
+    """The colour space a JPEG stream names itself, as libjpeg reads it: a JFIF marker means
+    YCbCr; else an Adobe marker's transform flag (0: RGB, else YCbCr); else components numbered
+    'R', 'G', 'B' mean RGB. ``None`` when it names none (libjpeg then assumes YCbCr).
+
+    >>> jpeg_stream_colour(bytes.fromhex("ffd8ffe000104a46494600010100000100010000ffda"))
+    'YCbCr'
+    """
+    jfif, adobe, ids = False, -1, b""
+    position = 2
+    while position + 4 <= len(data) and data[position] == 0xFF:
+        marker = data[position + 1]
+        length = int.from_bytes(data[position + 2 : position + 4], "big")
+        body = data[position + 4 : position + 2 + length]
+        if marker == JPEG_SOS:
+            break
+        jfif = jfif or (marker == JFIF_APP0 and body[:5] == b"JFIF\0")
+        if marker == ADOBE_APP14 and body[:5] == b"Adobe" and len(body) > ADOBE_TRANSFORM:
+            adobe = body[ADOBE_TRANSFORM]
+        if marker in JPEG_SOFS and body[5:6] == b"\x03":
+            ids = bytes(body[6 + 3 * k] for k in range(3))
+        position += 2 + length
+    if jfif:
+        return "YCbCr"
+    if adobe >= 0:
+        return "RGB" if adobe == 0 else "YCbCr"
+    return "RGB" if ids == b"RGB" else None
+
+
+def rgb_from_ybr_full(samples: np.ndarray, top: int) -> np.ndarray:
+    """RGB from uncompressed YBR_FULL samples (PS3.3 C.7.6.3.1.2: ITU-R BT.601 at full range,
+    chroma centred on half the range), in the samples' own range ``0..top``.
+
+    >>> rgb_from_ybr_full(np.array([[[76, 85, 255]]], dtype=np.uint8), 255).tolist()
+    [[[254, 0, 0]]]
+    """
+    y, cb, cr = (samples[..., i].astype(np.float32) for i in range(3))
+    middle = (top + 1) / 2
+    cb, cr = cb - middle, cr - middle
+    rgb = np.stack([y + 1.402 * cr, y - 0.344136 * cb - 0.714136 * cr, y + 1.772 * cb], axis=-1)
+    return np.clip(np.round(rgb), 0, top).astype(samples.dtype)
 
 
 Spans = list[tuple[int, int]]  # a frame's (file offset, length) pieces
@@ -251,6 +370,7 @@ class DicomLevel:
     """One pyramid level: an instance whose frames are read from its file as regions need them."""
 
     path: Path
+    index: int  # the level's number in the slide's pyramid (0: largest)
     width: int
     height: int
     frame_size: tuple[int, int]  # (rows, columns) of one frame
@@ -260,6 +380,8 @@ class DicomLevel:
     decoder: str  # the imagecodecs function that decodes an encapsulated frame
     planar: bool  # uncompressed colour planes one after another (PlanarConfiguration 1)
     samples: int
+    photometric: str = "RGB"
+    max_value: int | None = None  # samples deeper than 8 bits: their declared range, scaled to 0..255
     positions: dict[tuple[int, int], int] | None = None
     column_major: bool = False
     fd: int = -1
@@ -290,7 +412,8 @@ class DicomLevel:
         return spans
 
     def frame(self, index: int) -> np.ndarray:
-        """RGB uint8 frame ``index``, decoded once and kept while the cache has room."""
+        """RGB uint8 frame ``index``, decoded once and kept while the cache has room. A frame
+        whose bytes cannot be found or decoded raises the decoder's (or the reader's) error."""
         if index in self.cache:
             self.cache.move_to_end(index)
             return self.cache[index]
@@ -298,15 +421,23 @@ class DicomLevel:
         rows, cols = self.frame_size
         if self.native:
             shape = (self.samples, rows, cols) if self.planar else (rows, cols, self.samples)
-            img = np.frombuffer(data, dtype=np.uint8).reshape(shape)
+            dtype = np.dtype("<u2") if self.max_value is not None else np.dtype(np.uint8)
+            img = np.frombuffer(data, dtype=dtype).reshape(shape)
             img = np.moveaxis(img, 0, -1) if self.planar else img
+            if self.photometric == "YBR_FULL":
+                img = rgb_from_ybr_full(img, self.max_value or 255)
         else:
             import imagecodecs
 
-            img = np.asarray(getattr(imagecodecs, self.decoder)(data))
-        if img.ndim == 2:
-            img = img[..., None]
-        img = np.repeat(img, 3, axis=2) if img.shape[2] == 1 else img[..., :3]
+            # A JPEG frame the header calls RGB holds RGB (PS3.5 8.2.1), but libjpeg takes a stream
+            # that does not say so itself for YCbCr; a stream that names its colour space is
+            # believed (the real fixture says RGB in its header and holds JFIF, i.e. YCbCr, frames).
+            as_stored = self.decoder == "jpeg8_decode" and self.photometric == "RGB" and not jpeg_stream_colour(data)
+            options = {"colorspace": "RGB", "outcolorspace": "RGB"} if as_stored else {}
+            img = np.asarray(getattr(imagecodecs, self.decoder)(data, **options))
+        if img.ndim != 3 or img.shape[:2] != (rows, cols) or img.shape[2] < 3:
+            raise ValueError(f"frame decodes to {img.shape}, the header says {rows}×{cols}×{self.samples}")
+        img = rgb8(img, self.max_value if img.dtype != np.uint8 else None)
         self.cache[index] = img
         self.cached_bytes += img.nbytes
         while self.cached_bytes > FRAME_CACHE_BYTES and len(self.cache) > 1:
@@ -326,48 +457,64 @@ class DicomLevel:
                     a, right, below = (self.frame_index(*p) for p in ((r, c), (r, c + 1), (r + 1, c)))
                     if a is None or right is None or below is None:
                         continue
-                    fa = self.frame(a).astype(np.float32)
-                    score[major] += float(np.abs(fa[:, -1] - self.frame(right)[:, 0]).mean())
-                    score[major] += float(np.abs(fa[-1] - self.frame(below)[0]).mean())
+                    try:
+                        fa, fr, fb = self.frame(a).astype(np.float32), self.frame(right), self.frame(below)
+                    except OSError:
+                        raise
+                    except Exception:  # an undecodable frame: a read covering it names it
+                        continue
+                    score[major] += float(np.abs(fa[:, -1] - fr[:, 0]).mean())
+                    score[major] += float(np.abs(fa[-1] - fb[0]).mean())
         self.cache.clear()
         self.cached_bytes = 0
         return score[True] < score[False]
 
     def read(self, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
-        """The in-bounds window [x0, x1) × [y0, y1) from the frames it covers."""
+        """The in-bounds window [x0, x1) × [y0, y1) from the frames it covers; frames that cannot
+        be decoded raise :class:`UnreadableRegion` naming them all (I/O errors are not theirs)."""
         fh, fw = self.frame_size
         out = np.full((y1 - y0, x1 - x0, 3), GLASS, dtype=np.uint8)
+        bad: list[UnreadableTile] = []
         for r in range(y0 // fh, (y1 - 1) // fh + 1):
             for c in range(x0 // fw, (x1 - 1) // fw + 1):
                 idx = self.frame_index(r, c)
                 if idx is None:
                     continue
-                frame = self.frame(idx)
                 fy0, fx0 = r * fh, c * fw
+                try:
+                    frame = self.frame(idx)
+                except OSError:
+                    raise
+                except Exception as exc:
+                    bad.append(UnreadableTile(self.index, fx0, fy0, fw, fh, decoder_message(exc)))
+                    continue
                 sy0, sx0 = max(y0, fy0), max(x0, fx0)
                 sy1, sx1 = min(y1, fy0 + frame.shape[0]), min(x1, fx0 + frame.shape[1])
                 if sy1 > sy0 and sx1 > sx0:
                     out[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = frame[sy0 - fy0 : sy1 - fy0, sx0 - fx0 : sx1 - fx0]
+        if bad:
+            raise UnreadableRegion(bad)
         return out
 
 
-def _open_level(path: Path, ds: Any, offset: int) -> DicomLevel:
+def _open_level(path: Path, ds: Any, offset: int, index: int) -> DicomLevel:
     rows, cols = int(ds.Rows), int(ds.Columns)
     samples = int(ds.get("SamplesPerPixel", 3))
     native = not ds.file_meta.TransferSyntaxUID.is_encapsulated
-    if native and int(ds.get("BitsAllocated", 8)) != 8:
-        raise SlideError(f"{path.name}: uncompressed DICOM frames of {ds.BitsAllocated} bits are not supported")
-    if native and str(ds.get("PhotometricInterpretation", "RGB")) not in ("RGB", "MONOCHROME2"):
-        raise SlideError(f"{path.name}: uncompressed {ds.PhotometricInterpretation} DICOM frames are not supported")
+    max_value = sample_range(ds, path.name)
+    photometric = str(ds.PhotometricInterpretation).upper()
+    if native and photometric not in ("RGB", "YBR_FULL"):
+        raise SlideError(f"{path.name}: uncompressed {photometric} DICOM frames are not supported")
     n_frames = int(ds.get("NumberOfFrames", 1))
     fd = os.open(path, os.O_RDONLY)
     try:
-        spans, starts = _frame_spans(fd, offset, n_frames, ds, rows * cols * samples)
+        spans, starts = _frame_spans(fd, offset, n_frames, ds, rows * cols * samples * int(ds.BitsAllocated) // 8)
     except BaseException:
         os.close(fd)
         raise
     level = DicomLevel(
         path=path,
+        index=index,
         width=int(ds.TotalPixelMatrixColumns),
         height=int(ds.TotalPixelMatrixRows),
         frame_size=(rows, cols),
@@ -377,6 +524,8 @@ def _open_level(path: Path, ds: Any, offset: int) -> DicomLevel:
         decoder=DECODERS.get(str(ds.file_meta.TransferSyntaxUID), "imread"),
         planar=int(ds.get("PlanarConfiguration", 0)) == 1,
         samples=samples,
+        photometric=photometric,
+        max_value=max_value,
         positions=_frame_positions(ds, rows, cols),
         fd=fd,
     )
@@ -404,8 +553,8 @@ class DicomSlide(ClosesOnExit):
         found = series_levels(path)
         levels: list[DicomLevel] = []
         try:
-            for p, ds, offset in found:
-                levels.append(_open_level(p, ds, offset))
+            for index, (p, ds, offset) in enumerate(found):
+                levels.append(_open_level(p, ds, offset, index))
         except BaseException:
             for level in levels:
                 os.close(level.fd)

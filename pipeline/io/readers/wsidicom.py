@@ -3,7 +3,8 @@ levels (one instance each, in one folder or given by one of their files), frames
 through the files' offset tables, ``TILED_FULL`` and ``TILED_SPARSE`` alike.
 
 Files that state neither their image type nor where their frames go (the one-file fixture)
-are left to the ``dicom`` reader, which works their order out.
+are left to the ``dicom`` reader, which works their order out; so are samples wsidicom does not
+return as 8-bit RGB (it decodes colour only at 8 bits, and opens no uncompressed YCbCr).
 """
 
 from __future__ import annotations
@@ -15,11 +16,42 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.io.readers.base import ClosesOnExit, FileSignature, Reader, SlideError, read_clipped
-from pipeline.io.readers.dicom import FRAME_CACHE_BYTES, series_files
+from pipeline.io.readers.base import (
+    ClosesOnExit,
+    FileSignature,
+    Reader,
+    SlideError,
+    UnreadableRegion,
+    UnreadableTile,
+    decoder_message,
+    read_clipped,
+)
+from pipeline.io.readers.dicom import (
+    FRAME_CACHE_BYTES,
+    LAST_SIGNATURE_TAG,
+    dicom_signature,
+    leading_tags,
+    sample_range,
+    series_files,
+)
 from pipeline.io.readers.metadata import Resolution, mpp_from_dicom
 
 STATED_TILINGS = ("TILED_FULL", "TILED_SPARSE")
+# PhotometricInterpretation of frames wsidicom's decoders return as RGB: JPEG / JPEG 2000 streams
+# decoded to RGB by their codec, and raw RGB samples (it opens no series of raw YBR_FULL samples).
+ENCAPSULATED_RGB = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT")
+
+
+def reads_as_rgb(signature: FileSignature) -> bool:
+    """Whether wsidicom returns this series' frames as 8-bit RGB: it decodes colour only at 8
+    bits, and decodes a JPEG frame the header calls RGB without a colour transform even when the
+    stream says YCbCr (a JFIF marker)."""
+    colour = ENCAPSULATED_RGB if signature.dicom_compressed else ("RGB",)
+    return (
+        signature.dicom_bits == 8
+        and signature.dicom_photometric in colour
+        and not signature.dicom_ycbcr_frames_called_rgb
+    )
 
 
 def wsidicom_available() -> bool:
@@ -43,6 +75,7 @@ class WsiDicomSlide(ClosesOnExit):
     properties: dict[str, str] = field(default_factory=dict)
     _wsi: Any = None
     _levels: list[int] = field(default_factory=list)  # wsidicom's level number (log2 of the downsample) per level
+    _tile_sizes: list[tuple[int, int]] = field(default_factory=list)  # (width, height) of a frame per level
 
     @classmethod
     def open(cls, path: Path) -> WsiDicomSlide:
@@ -50,6 +83,14 @@ class WsiDicomSlide(ClosesOnExit):
         from wsidicom.config import Settings
 
         files = series_files(path)
+        sample_range(leading_tags(files[0], LAST_SIGNATURE_TAG), files[0].name)  # grayscale etc.: the reason
+        if not reads_as_rgb(signature := dicom_signature(path)):
+            stored = "compressed" if signature.dicom_compressed else "uncompressed"
+            called = "; its header says RGB, its JPEG frames YCbCr" if signature.dicom_ycbcr_frames_called_rgb else ""
+            raise SlideError(
+                f"wsidicom reads 8-bit colour frames only (this series: {signature.dicom_bits}-bit "
+                f"{signature.dicom_photometric}, {stored}{called}); the dicom reader reads it (--reader dicom, or auto)"
+            )
         # Caches bounded per open slide (wsidicom's defaults keep 100 MB of each).
         settings = Settings(decoded_frame_cache_size=FRAME_CACHE_BYTES, encoded_frame_cache_size=FRAME_CACHE_BYTES // 4)
         wsi = WsiDicom.open(files, settings=settings)
@@ -76,6 +117,7 @@ class WsiDicomSlide(ClosesOnExit):
             properties={"dicom.PatientID": patient, "dicom.levels": str(len(levels))},
             _wsi=wsi,
             _levels=[lv.level for lv in levels],
+            _tile_sizes=[(lv.tile_size.width, lv.tile_size.height) for lv in levels],
         )
 
     def read_region(self, x: int, y: int, width: int, height: int, level: int = 0) -> np.ndarray:
@@ -84,10 +126,33 @@ class WsiDicomSlide(ClosesOnExit):
         w, h = self.level_dimensions[level]
 
         def read(x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
-            region = self._wsi.read_region((x0, y0), self._levels[level], (x1 - x0, y1 - y0), as_array=True)
+            try:
+                region = self._wsi.read_region((x0, y0), self._levels[level], (x1 - x0, y1 - y0), as_array=True)
+            except OSError:
+                raise
+            except Exception as exc:
+                bad = self.unreadable_tiles(level, x0, y0, x1, y1)
+                if not bad:
+                    raise
+                raise UnreadableRegion(bad) from exc
             return np.asarray(region)[..., :3]
 
         return read_clipped(read, x, y, width, height, w, h)
+
+    def unreadable_tiles(self, level: int, x0: int, y0: int, x1: int, y1: int) -> list[UnreadableTile]:
+        """The frames in a window that fail to decode, found by reading each alone (only after a
+        read failed: wsidicom raises the decoder's error for the region, not naming the frame)."""
+        tw, th = self._tile_sizes[level]
+        bad = []
+        for ty in range(y0 // th, (y1 - 1) // th + 1):
+            for tx in range(x0 // tw, (x1 - 1) // tw + 1):
+                try:
+                    self._wsi.read_tile(self._levels[level], (tx, ty), as_array=True)
+                except OSError:
+                    raise
+                except Exception as exc:
+                    bad.append(UnreadableTile(level, tx * tw, ty * th, tw, th, decoder_message(exc)))
+        return bad
 
     def close(self) -> None:
         if self._wsi is not None:
@@ -96,7 +161,12 @@ class WsiDicomSlide(ClosesOnExit):
 
 
 def _claims(signature: FileSignature) -> bool:
-    return signature.kind == "dicom" and signature.dicom_tiling in STATED_TILINGS and wsidicom_available()
+    return (
+        signature.kind == "dicom"
+        and signature.dicom_tiling in STATED_TILINGS
+        and reads_as_rgb(signature)
+        and wsidicom_available()
+    )
 
 
 READER = Reader(open=WsiDicomSlide.open, claims=_claims)
