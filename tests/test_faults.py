@@ -146,7 +146,7 @@ def test_reduction_lost_after_publication_keeps_the_published_slide(
     assert status["s0"].status == "ok" and status["s0"].stats["n_tiles"] > config.tiles_per_task
     published = json.loads((out / "slides" / "s0" / "stats.json").read_text())
     assert published["status"] == "ok" and published == status["s0"].stats
-    assert (out / "slides" / "s0" / "nuclei.csv").stat().st_size > 0
+    assert (out / "slides" / "s0" / "nuclei.parquet").stat().st_size > 0
     assert status["s1"].status == "failed" and "No space left on device" in (status["s1"].error or "")
     assert json.loads((out / "slides" / "s1" / "stats.json").read_text())["status"] == "failed"
 

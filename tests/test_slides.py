@@ -136,10 +136,10 @@ def test_truncated_svs_fails_with_reason(tmp_path: Path) -> None:
 )
 def test_real_fixtures_open_and_read(name: str, size: tuple[int, int], mpp: float | None) -> None:
     need_shared(name)
-    slide = open_slide(WSI_FIXTURES / name)
-    assert slide.level_dimensions[0] == size
-    assert slide.mpp == (pytest.approx(mpp, abs=1e-3) if mpp else None)
-    view, factor = low_resolution_view(slide, 256)
+    with open_slide(WSI_FIXTURES / name) as slide:
+        assert slide.level_dimensions[0] == size
+        assert slide.mpp == (pytest.approx(mpp, abs=1e-3) if mpp else None)
+        view, factor = low_resolution_view(slide, 256)
     assert max(view.shape[:2]) <= 256 and factor >= 1
     assert view.std() > 5  # real pixels, not a blank buffer
 
@@ -154,8 +154,9 @@ def test_cucim_and_tifffile_agree_on_jpeg2000_svs() -> None:
     need_shared("tcga-cr-7395-01a-01-ts1.svs")
     path = WSI_FIXTURES / "tcga-cr-7395-01a-01-ts1.svs"
     assert choose_reader(path) == "cucim"
-    a = open_slide(path, "cucim").read_region(1000, 1000, 300, 200)
-    b = open_slide(path, "tifffile").read_region(1000, 1000, 300, 200)
+    with open_slide(path, "cucim") as one, open_slide(path, "tifffile") as other:
+        a = one.read_region(1000, 1000, 300, 200)
+        b = other.read_region(1000, 1000, 300, 200)
     assert np.abs(a.astype(int) - b.astype(int)).mean() < 2.0
 
 
