@@ -33,7 +33,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-TILE = 256
+from pipeline.testing import glass_tiff  # noqa: E402  (the hostile files: the tests' own generator)
 
 
 def whole_width_view(slide, max_side: int = 2048, strip_px: int = 1024):  # type: ignore[no-untyped-def]
@@ -58,25 +58,6 @@ def whole_width_view(slide, max_side: int = 2048, strip_px: int = 1024):  # type
         blocks = strip.reshape(strip.shape[0] // factor, factor, out_w, factor, 3).mean(axis=(1, 3))
         out[y // factor : y // factor + blocks.shape[0]] = np.round(blocks).astype(np.uint8)
     return out, slide.level_downsamples[level] * factor
-
-
-def write_glass_tiff(path: Path, width: int, height: int) -> Path:
-    """A one-level tiled TIFF of white glass, Deflate-compressed: tiny on disk, any declared size."""
-    import tifffile
-
-    white = np.full((TILE, TILE, 3), 255, np.uint8)
-    n = math.ceil(width / TILE) * math.ceil(height / TILE)
-    tifffile.imwrite(
-        path,
-        (white for _ in range(n)),
-        shape=(height, width, 3),
-        dtype="uint8",
-        tile=(TILE, TILE),
-        compression="zlib",
-        photometric="rgb",
-        bigtiff=width * height * 3 > 2**31,
-    )
-    return path
 
 
 CHILD = """
@@ -156,8 +137,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="hostile-") as tmp:
         folder = Path(tmp)
         files = {
-            "wide 300,000×1,000": write_glass_tiff(folder / "wide.tif", 300_000, 1_000),
-            "sparse 100,000²": write_glass_tiff(folder / "sparse.tif", 100_000, 100_000),
+            "wide 300,000×1,000": glass_tiff(folder / "wide.tif", 300_000, 1_000),
+            "sparse 100,000²": glass_tiff(folder / "sparse.tif", 100_000, 100_000),
         }
         imports = measure_view(files["wide 300,000×1,000"], "imports", args.baseline_limit)
         print(f"imports: peak {imports['peak_mb']:.0f} MB")
