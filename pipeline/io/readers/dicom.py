@@ -180,7 +180,11 @@ def dicom_signature(path: Path) -> FileSignature:
     DimensionOrganizationType says so, else 'unstated') and how its samples are stored; for JPEG
     frames the header calls RGB, the colour space the first frame's stream names (one fragment read)."""
     first = series_files(path)[0]
-    ds = leading_tags(first, LAST_SIGNATURE_TAG)
+    return signature_of(first, leading_tags(first, LAST_SIGNATURE_TAG))
+
+
+def signature_of(first: Path, ds: Any) -> FileSignature:
+    """:func:`dicom_signature` from the first level's file and its leading tags, already read."""
     image_type = [str(v).upper() for v in ds.get("ImageType", [])]
     stated = str(ds.get("DimensionOrganizationType", "")).upper()
     photometric = str(ds.get("PhotometricInterpretation", "")).upper()

@@ -29,10 +29,10 @@ from pipeline.io.readers.base import (
 from pipeline.io.readers.dicom import (
     FRAME_CACHE_BYTES,
     LAST_SIGNATURE_TAG,
-    dicom_signature,
     leading_tags,
     sample_range,
     series_files,
+    signature_of,
 )
 from pipeline.io.readers.metadata import Resolution, mpp_from_dicom
 
@@ -83,8 +83,9 @@ class WsiDicomSlide(ClosesOnExit):
         from wsidicom.config import Settings
 
         files = series_files(path)
-        sample_range(leading_tags(files[0], LAST_SIGNATURE_TAG), files[0].name)  # grayscale etc.: the reason
-        if not reads_as_rgb(signature := dicom_signature(path)):
+        ds = leading_tags(files[0], LAST_SIGNATURE_TAG)
+        sample_range(ds, files[0].name)  # grayscale etc.: the reason
+        if not reads_as_rgb(signature := signature_of(files[0], ds)):
             stored = "compressed" if signature.dicom_compressed else "uncompressed"
             called = "; its header says RGB, its JPEG frames YCbCr" if signature.dicom_ycbcr_frames_called_rgb else ""
             raise SlideError(
