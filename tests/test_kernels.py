@@ -11,11 +11,13 @@ from pipeline.kernels.features import nucleus_moments, nucleus_outlines, polygon
 from pipeline.kernels.nuclei import (
     NucleusThresholds,
     contested_basins,
+    core_seeds,
     fill_label_holes,
     foreground_box,
     instances_from_probabilities,
     remove_small_labels,
     seed_components,
+    seed_lone_components,
     seeds_from_centres,
     watershed_from_seeds,
 )
@@ -130,6 +132,30 @@ def test_basin_watershed_is_scikit_image_flood_where_no_seed_values_tie() -> Non
         whole = watershed(surface, np.where(mask, markers, 0), mask=mask)
         np.testing.assert_array_equal(watershed_from_seeds(surface, markers, mask), whole)
         np.testing.assert_array_equal(previous.watershed_from_seeds(surface, markers, mask), whole)
+
+
+def test_components_without_a_core_are_numbered_as_when_seeded_at_their_peak() -> None:
+    """The CPU watershed numbers the foreground components holding no core from its basins
+    (``lone_after``) instead of labelling the foreground for their peaks: the same labels as
+    seeding each at its peak and flooding, here with many such components among touching ones."""
+    import scipy.ndimage as ndi
+
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        prob = ndi.gaussian_filter(rng.random((2, 180, 200)), (0, 2.5, 2.5)).astype(np.float32)
+        prob = (prob - prob.min(axis=(1, 2), keepdims=True)) / np.ptp(prob, axis=(1, 2), keepdims=True)
+        params = NucleusThresholds(centre_threshold=0.8, material_threshold=0.5, min_area_px=3)
+        fg = ndi.gaussian_filter(prob[1], params.material_sigma) > params.material_threshold
+        markers, n, blurred = core_seeds(prob[0], fg, params)
+        seeded = seed_lone_components(markers.copy(), n, blurred, fg)
+        assert seeded.max() - n >= 5 and n >= 5  # components without a core, and with
+        surface = -ndi.gaussian_filter(prob[1], params.material_sigma)
+        np.testing.assert_array_equal(
+            watershed_from_seeds(surface, markers, fg, lone_after=n), watershed_from_seeds(surface, seeded, fg)
+        )
+        np.testing.assert_array_equal(
+            instances_from_probabilities(prob, params), previous.instances_from_probabilities(prob, params)
+        )
 
 
 def test_basin_watershed_does_not_depend_on_the_rest_of_the_image() -> None:

@@ -47,6 +47,13 @@ def seeds_from_centres(centre: Any, foreground: Any, params: NucleusThresholds) 
     ``centre``: float map in [0, 1]; ``foreground``: bool mask. Returns int32 markers
     (0 = no seed), numbered 1..n.
     """
+    markers, n, blurred = core_seeds(centre, foreground, params)
+    return seed_lone_components(markers, n, blurred, foreground)
+
+
+def core_seeds(centre: Any, foreground: Any, params: NucleusThresholds) -> tuple[Any, int, Any]:
+    """The cores and weak cores of :func:`seeds_from_centres` (not the seeds of foreground
+    components holding neither): int32 markers numbered 1..n, n, and the blurred centre map."""
     xp, ndi = array_module(centre), ndimage_module(centre)
     blurred = ndi.gaussian_filter(centre.astype(xp.float32, copy=False), params.centre_sigma)
     detected = (blurred > params.centre_threshold) & foreground
@@ -61,6 +68,13 @@ def seeds_from_centres(centre: Any, foreground: Any, params: NucleusThresholds) 
         new_id = xp.where(lone, xp.cumsum(lone) + int(n), 0).astype(xp.int32)
         markers = markers + new_id[weak]  # a lone component holds no core: markers are 0 there
         n = int(n) + int(lone.sum())
+    return markers, int(n), blurred
+
+
+def seed_lone_components(markers: Any, n: int, blurred: Any, foreground: Any) -> Any:
+    """``markers`` (numbered 1..n) plus a seed at the blurred centre-map maximum of every
+    foreground component holding none, numbered n+1… in the components' raster order."""
+    xp, ndi = array_module(markers), ndimage_module(markers)
     components, n_comp = ndi.label(foreground)
     if n_comp == 0:
         return markers
@@ -86,9 +100,14 @@ def seeds_from_centres(centre: Any, foreground: Any, params: NucleusThresholds) 
     return markers
 
 
-def watershed_from_seeds(surface: Any, markers: Any, mask: Any) -> Any:
+def watershed_from_seeds(surface: Any, markers: Any, mask: Any, lone_after: int | None = None) -> Any:
     """Marker-driven watershed of ``surface`` restricted to ``mask`` (4-connectivity): every mask
     pixel a seed reaches takes that seed's marker id; the rest stay 0.
+
+    ``lone_after`` (CPU; markers numbered 1..``lone_after``): every mask component holding no
+    seed is labelled too, numbered ``lone_after`` + 1… in raster order: what seeding it at any of
+    its pixels (:func:`seed_lone_components`) and flooding gives, without labelling the mask's
+    components (such a component is a basin, below, that no seed borders).
 
     CPU: flooding only where it decides something. The mask less its seed pixels falls apart into
     *basins* (:func:`contested_basins`); the flood enters a basin only from the seed pixels around
@@ -112,7 +131,12 @@ def watershed_from_seeds(surface: Any, markers: Any, mask: Any) -> Any:
 
     seeds = np.where(mask, markers, 0).astype(np.int32, copy=False)
     basins, bordering, contested = contested_basins(seeds, mask)
-    labels = seeds + np.where(contested, 0, bordering)[basins]  # 0 where no seed borders a basin
+    outright = np.where(contested, 0, bordering)  # per basin: its one seed's id; 0 where none borders it
+    if lone_after is not None:
+        lone = bordering == 0  # a mask component holding no seed
+        lone[0] = False
+        outright[lone] = np.arange(lone_after + 1, lone_after + 1 + int(lone.sum()), dtype=outright.dtype)
+    labels = seeds + outright[basins]
     if not contested.any():
         return labels
     number = np.zeros(contested.shape[0], dtype=np.int32)
@@ -200,8 +224,11 @@ def instances_in_box(prob: Any, params: NucleusThresholds) -> Any:
     centre = prob[0].astype(xp.float32, copy=False)
     material = ndi.gaussian_filter(prob[1].astype(xp.float32, copy=False), params.material_sigma)
     foreground = material > params.material_threshold
-    markers = seeds_from_centres(centre, foreground, params)
-    labels = watershed_from_seeds(-material, markers, foreground)
+    if is_device_array(prob):
+        labels = watershed_from_seeds(-material, seeds_from_centres(centre, foreground, params), foreground)
+    else:  # components without a core are numbered by the watershed's basins, not labelled apart
+        markers, n, _ = core_seeds(centre, foreground, params)
+        labels = watershed_from_seeds(-material, markers, foreground, lone_after=n)
     labels = fill_label_holes(labels)
     return remove_small_labels(labels, params.min_area_px)
 
