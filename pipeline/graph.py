@@ -5,8 +5,11 @@ cluster at once, so the scheduler holds a few hundred tasks whatever the manifes
 Each slide's sub-graph is built when its plan (tissue tiles) is known:
 
     plan-slide ─► segment-tiles × ⌈tiles / tiles_per_task⌉ ─► assemble-labels × bands ─► reduce-slide
+              └► check-scale ──────────────────────────────────────────────────────────┘
 
-(a slide of at most ``tiles_per_task`` tiles is finished inside its plan-slide task).
+(a slide of at most ``tiles_per_task`` tiles is finished inside its plan-slide task). The scale
+check (the estimate from the nuclei against a stated resolution) cannot change what the tiles
+compute, so it runs beside them instead of before them.
 
 Task keys carry these names and the slide id, so the dashboard shows what runs where.
 A slide whose tasks fail (an exception, or workers that died ``max_attempts`` times on it)
@@ -36,6 +39,7 @@ from pipeline.slide import (
     assemble_labels,
     assembly_bands,
     batches,
+    check_slide_scale,
     model_for,
     reduce_slide,
     segment_tiles,
@@ -212,6 +216,9 @@ def run_slides(
         # tile tasks carry the plan without its tile list (their own batch is enough), so the
         # bytes sent per slide grow with its tiles, not with their square
         light = dataclasses.replace(plan, tiles=())
+        checks = []  # submitted first: the planning work left, it should not wait behind the tiles
+        if plan.scale_check_view is not None:
+            checks.append(client.submit(check_slide_scale, light, key=f"check-scale-{sid}-{run_token}", pure=False))
         segs = []
         for i, batch in enumerate(batches(plan.tiles, config.tiles_per_task)):
             f = client.submit(
@@ -229,9 +236,11 @@ def run_slides(
             client.submit(assemble_labels, plan, band, segs, key=f"assemble-labels-{sid}-{b}-{run_token}", pure=False)
             for b, band in enumerate(assembly_bands(plan, BAND_ROWS))
         ]
-        reduce = client.submit(reduce_slide, plan, segs, assembled, key=f"reduce-slide-{sid}-{run_token}", pure=False)
+        reduce = client.submit(
+            reduce_slide, plan, segs, assembled, *checks, key=f"reduce-slide-{sid}-{run_token}", pure=False
+        )
         role[reduce.key] = ("reduce", sid)
-        flight.futures += segs + assembled + [reduce]
+        flight.futures += checks + segs + assembled + [reduce]
         done_stream.add(reduce)
 
     start_next()

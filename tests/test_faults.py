@@ -185,7 +185,15 @@ def test_reduction_ended_before_publication_can_run_again(
     FileNotFoundError, the first attempt having dropped them). The result equals an uninterrupted one."""
     import pipeline.slide.reduce as reduce_module
     from pipeline.config import load_config
-    from pipeline.slide import assemble_labels, batches, chunks_to_assemble, plan_slide, reduce_slide, segment_tiles
+    from pipeline.slide import (
+        assemble_labels,
+        batches,
+        check_slide_scale,
+        chunks_to_assemble,
+        plan_slide,
+        reduce_slide,
+        segment_tiles,
+    )
     from tests.test_run import output_digest
 
     config = load_config(None, {"model": str(blob_model), "tile_px": 128}, environ={})
@@ -193,13 +201,13 @@ def test_reduction_ended_before_publication_can_run_again(
     def stages(out: Path):  # type: ignore[no-untyped-def]
         plan = plan_slide(SlideEntry("s0", cohort / "s0.svs"), str(out), config)
         segs = [segment_tiles(plan, b) for b in batches(plan.tiles, config.tiles_per_task)]
-        return plan, segs, [assemble_labels(plan, chunks_to_assemble(plan), segs)]
+        return plan, segs, [assemble_labels(plan, chunks_to_assemble(plan), segs)], check_slide_scale(plan)
 
     (tmp_path / "clean" / "slides").mkdir(parents=True)
     reduce_slide(*stages(tmp_path / "clean"))
     out = tmp_path / "out"
     (out / "slides").mkdir(parents=True)
-    plan, segs, assembled = stages(out)
+    plan, segs, assembled, check = stages(out)
     publish = reduce_module.publish_slide
 
     class WorkerKilled(Exception):
@@ -210,11 +218,11 @@ def test_reduction_ended_before_publication_can_run_again(
 
     monkeypatch.setattr(reduce_module, "publish_slide", killed_before_the_rename)
     with pytest.raises(WorkerKilled):
-        reduce_slide(plan, segs, assembled)
+        reduce_slide(plan, segs, assembled, check)
     monkeypatch.setattr(reduce_module, "publish_slide", publish)
     segs = [segment_tiles(plan, b) for b in batches(plan.tiles, config.tiles_per_task)]  # recomputed
     assembled = [assemble_labels(plan, chunks_to_assemble(plan), segs)]
-    reduce_slide(plan, segs, assembled)
+    reduce_slide(plan, segs, assembled, check)
     assert output_digest(out / "slides" / "s0") == output_digest(tmp_path / "clean" / "slides" / "s0")
     assert [p.name for p in (out / "slides").iterdir()] == ["s0"]  # no scratch left behind
 

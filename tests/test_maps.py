@@ -28,6 +28,7 @@ from pipeline.slide import (
     assemble_labels,
     assembly_bands,
     batches,
+    check_slide_scale,
     plan_slide,
     process_slide_inline,
     reduce_slide,
@@ -147,7 +148,7 @@ def test_assembly_tasks_at_once_write_the_same_labels(
     assert len(bands) == plan.grid.n_rows > 1
     with ThreadPoolExecutor(len(bands)) as pool:
         assembled = list(pool.map(lambda band: assemble_labels(plan, band, summaries), bands))
-    reduce_slide(plan, summaries, assembled)
+    reduce_slide(plan, summaries, assembled, check_slide_scale(plan))
     folder = tmp_path / "slides" / path.stem
     np.testing.assert_array_equal(open_labels(folder)[:], open_labels(ome_run)[:])
     np.testing.assert_array_equal(open_labels(folder, 1)[:], open_labels(ome_run, 1)[:])

@@ -20,7 +20,7 @@ from pipeline.kernels.tissue import tissue_mask
 from pipeline.manifest import SlideEntry
 from pipeline.qc import build_qc
 from pipeline.runtime import NucleusModel
-from pipeline.slide import plan_slide, process_slide_inline
+from pipeline.slide import check_slide_scale, plan_slide, process_slide_inline
 from pipeline.slide.scale import estimate_mpp
 from pipeline.testing import synthetic_slide_image, write_pyramidal_tiff
 from tests.conftest import WSI_FIXTURES, need_shared
@@ -95,6 +95,87 @@ def test_metadata_that_disagrees_with_the_nuclei_is_flagged(tmp_path: Path, blob
     assert "scale_disagreement" in stats["flags"] and stats["mpp_estimate"] == pytest.approx(0.5, rel=0.2)
 
 
+def test_a_stated_scale_is_checked_beside_the_tiles_with_the_same_outcome(tmp_path: Path, blob_model: Path) -> None:
+    """The estimate cannot change the resolution a stated slide is segmented at, so planning
+    leaves its cross-check for later (the tiles need not wait for it); the slide's stats end up
+    with the same estimate, flag and note as when the check is made during planning."""
+    from pipeline.io.readers import open_slide
+    from pipeline.slide.plan import scale_check_tissue, slide_seed
+    from pipeline.slide.scale import decide_scale
+
+    img, _ = synthetic_slide_image(1000, 900, seed=9, tissue="full")
+    path = write_pyramidal_tiff(tmp_path / "wrong.svs", half_size(img), mpp=0.25)  # really 0.5 µm/px
+    config = Config(model=str(blob_model))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        plan = plan_slide(SlideEntry("w", path), str(tmp_path / "plan"), config)
+    assert plan.mpp == 0.25 and plan.mpp_estimate is None and plan.scale_check_view is not None
+    assert "scale_disagreement" not in plan.flags  # not known yet: the check has not been made
+    with pytest.warns(UserWarning, match="estimated from the nuclei"):
+        check = check_slide_scale(plan)
+    assert check is not None and check.flags == ("scale_disagreement",)
+    # the same as the check made at once, during planning, on the same tissue and stain statistics
+    model = NucleusModel(blob_model)
+    tissue, view_ds = scale_check_tissue(plan)
+    with open_slide(path) as slide, pytest.warns(UserWarning):
+        at_once = decide_scale(
+            "w",
+            None,
+            slide,
+            tissue,
+            view_ds,
+            model,
+            plan.stain,
+            estimate=True,
+            prefer_estimate=False,
+            default_mpp=0.25,
+            max_mpp=2.0,
+            low_resolution_mpp=0.6,
+            seed=slide_seed("w"),
+        )
+    assert at_once.flags == check.flags and at_once.estimate is not None and check.estimate is not None
+    assert check.estimate == at_once.estimate and check.warnings == at_once.warnings
+    # a run ends with the check's outcome in the slide's stats, and the scratch file gone
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        stats = process_slide_inline(SlideEntry("w", path), str(tmp_path / "out"), config)
+    assert "scale_disagreement" in stats["flags"] and stats["mpp_estimate"] == pytest.approx(0.5, rel=0.2)
+    assert any("estimated from the nuclei" in w for w in stats["warnings"]) and stats["stage_seconds"]["scale"] > 0
+    assert not list((tmp_path / "out").rglob("scale_tissue.npy"))
+    # prefer_estimate: the estimate decides the resolution, so it is made during planning
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        preferred = plan_slide(SlideEntry("w", path), str(tmp_path / "pref"), config.replace(prefer_estimate=True))
+    assert preferred.scale_check_view is None and preferred.mpp_source == "estimate"
+
+
+def test_the_cluster_runs_the_scale_check_beside_the_tiles(tmp_path: Path, blob_model: Path) -> None:
+    """On the cluster the check is a task of its own, started before the slide's last tile batch
+    ends (not before the first starts), and the reduce puts its outcome in the slide's stats."""
+    from distributed import Client, LocalCluster, get_task_stream
+
+    from pipeline.graph import run_slides
+
+    img, _ = synthetic_slide_image(1000, 900, seed=9, tissue="full")
+    path = write_pyramidal_tiff(tmp_path / "wrong.svs", half_size(img), mpp=0.25)  # really 0.5 µm/px
+    config = Config(model=str(blob_model), tile_px=128, tiles_per_task=1)
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster:
+        with Client(cluster) as client, get_task_stream(client) as stream, warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            (outcome,) = run_slides(client, [SlideEntry("w", path)], tmp_path / "out", config)
+    assert outcome.status == "ok", outcome.error
+    stats = outcome.stats
+    assert "scale_disagreement" in stats["flags"] and stats["mpp_estimate"] == pytest.approx(0.5, rel=0.2)
+    spans = {}
+    for task in stream.data:
+        start = min(s["start"] for s in task["startstops"] if s["action"] == "compute")
+        stop = max(s["stop"] for s in task["startstops"] if s["action"] == "compute")
+        spans.setdefault(task["key"].split("-w-")[0], []).append((start, stop))
+    (check,) = spans["check-scale"]
+    tiles = spans["segment-tiles"]
+    assert len(tiles) > 2 and check[0] < max(stop for _, stop in tiles)
+
+
 def test_pen_ink_is_masked_and_the_nuclei_beside_it_kept(tmp_path: Path, blob_model: Path) -> None:
     img, truth = synthetic_slide_image(1200, 1000, seed=11, tissue="full")
     stroke = (slice(430, 520), slice(100, 1100))  # a green marker line across the tissue
@@ -150,22 +231,24 @@ def test_stats_and_qc_columns_for_ok_and_failed_slides(tmp_path: Path, blob_mode
 
 @pytest.mark.slow
 def test_fixture_manifest_with_the_shipped_model(tmp_path: Path) -> None:
-    """The real fixtures, as planned by the shipped model (the scale is decided at planning):
-    CMU at its own 0.499 µm/px with its estimate recorded, the thumbnail-scale DICOM refused with
+    """The real fixtures, as planned by the shipped model (the scale is decided at planning, the
+    cross-check of a stated one made beside the tiles): CMU at its own 0.499 µm/px with its
+    estimate recorded, the thumbnail-scale DICOM refused with
     value and source, the TCGA slide without MPP never run at the default nor read as 40x."""
     need_shared("CMU-1-Small-Region.svs", "tcga-cr-7395-01a-01-ts1.svs", "small_dicom.dcm")
     config = Config(intra_op_threads=2)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         cmu = plan_slide(SlideEntry("cmu", WSI_FIXTURES / "CMU-1-Small-Region.svs"), str(tmp_path), config)
+        check = check_slide_scale(cmu)
         with pytest.raises(SlideError, match=r"4.64 µm/px from DICOM ImagedVolumeWidth is too coarse .*limit 2.0"):
             plan_slide(SlideEntry("dicom", WSI_FIXTURES / "small_dicom.dcm"), str(tmp_path), config)
         tcga = plan_slide(SlideEntry("tcga", WSI_FIXTURES / "tcga-cr-7395-01a-01-ts1.svs"), str(tmp_path), config)
     # metadata wins; the estimate is recorded beside it (its accuracy on held-out images is in
     # benchmarks/RESULTS-scale.md) and flagged when beyond 1.5×
     assert cmu.mpp == pytest.approx(0.499) and cmu.mpp_source == "slide" and cmu.mpp_field == "Aperio MPP"
-    assert cmu.mpp_estimate is not None
-    ratio = cmu.mpp_estimate.mpp / 0.499
-    assert 0.5 < ratio < 2.0 and ("scale_disagreement" in cmu.flags) == (not 1 / 1.5 <= ratio <= 1.5)
+    assert check is not None and check.estimate is not None
+    ratio = check.estimate.mpp / 0.499
+    assert 0.5 < ratio < 2.0 and ("scale_disagreement" in check.flags) == (not 1 / 1.5 <= ratio <= 1.5)
     # a ~10x frozen section: estimated coarse and flagged, never read as 40x
     assert tcga.mpp_source == "estimate" and tcga.mpp > 0.6 and "low_resolution" in tcga.flags

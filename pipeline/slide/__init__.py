@@ -1,6 +1,7 @@
 """The work done for one slide, as plain functions that Dask runs on workers, one module per stage.
 
-``plan`` (open, tissue mask, stain statistics, tile grid) → ``segment`` (read, normalise, infer,
+``plan`` (open, tissue mask, stain statistics, scale, tile grid; the estimate's cross-check of a
+stated scale, ``check_slide_scale``, runs beside the tiles) → ``segment`` (read, normalise, infer,
 watershed, keep the nuclei whose centroid lies in the core) for batches of tiles → ``assemble``
 (maps.zarr level-0 shards from each core's own and neighbouring tiles) → ``reduce`` (nucleus
 tables, the maps' lower pyramid levels, statistics, publication). Each function reads and
@@ -11,7 +12,16 @@ shard) in memory, whatever the slide's size. ``inline`` runs the same stages in 
 
 from pipeline.slide.assemble import assemble_labels, assembly_bands, chunks_to_assemble, label_offsets
 from pipeline.slide.inline import finish_inline, process_slide_inline, start_slide
-from pipeline.slide.plan import SlidePlan, Tile, TileSummary, bands, batches, model_for, plan_slide
+from pipeline.slide.plan import (
+    SlidePlan,
+    Tile,
+    TileSummary,
+    bands,
+    batches,
+    check_slide_scale,
+    model_for,
+    plan_slide,
+)
 from pipeline.slide.reduce import reduce_slide
 from pipeline.slide.segment import segment_tiles, segment_window
 
@@ -23,6 +33,7 @@ __all__ = [
     "assembly_bands",
     "bands",
     "batches",
+    "check_slide_scale",
     "chunks_to_assemble",
     "finish_inline",
     "label_offsets",

@@ -8,16 +8,17 @@ from typing import Any
 from pipeline.config import Config
 from pipeline.manifest import SlideEntry
 from pipeline.slide.assemble import assemble_labels, chunks_to_assemble
-from pipeline.slide.plan import SlidePlan, batches, plan_slide
+from pipeline.slide.plan import SlidePlan, batches, check_slide_scale, plan_slide
 from pipeline.slide.reduce import reduce_slide
 from pipeline.slide.segment import segment_tiles
 
 
 def finish_inline(plan: SlidePlan) -> dict[str, Any]:
-    """Segment, assemble and reduce a planned slide in this process."""
+    """Segment, assemble and reduce a planned slide in this process (and make its scale check)."""
+    scale_check = check_slide_scale(plan)
     summaries = [segment_tiles(plan, b) for b in batches(plan.tiles, plan.config.tiles_per_task)]
     assembled = [assemble_labels(plan, chunks_to_assemble(plan), summaries)]
-    return reduce_slide(plan, summaries, assembled)
+    return reduce_slide(plan, summaries, assembled, scale_check)
 
 
 def process_slide_inline(entry: SlideEntry, out_dir: str, config: Config) -> dict[str, Any]:

@@ -26,12 +26,13 @@ from pipeline.kernels.tissue import tissue_mask
 from pipeline.manifest import SlideEntry
 from pipeline.runtime import CPU_DEVICE_ID, NucleusModel, load_model
 from pipeline.slide.inputs import slide_inputs
-from pipeline.slide.scale import ScaleEstimate, decide_scale
+from pipeline.slide.scale import ScaleCheck, ScaleEstimate, check_stated_scale, decide_scale
 from pipeline.tiling import TileGrid, derive_halo_px
 
 Tile = tuple[int, int]
 
 ARTIFACT_MASK_FILE = "artifacts.npy"  # packed bits of the low-resolution view: pixels excluded (ink, folds)
+SCALE_TISSUE_FILE = "scale_tissue.npy"  # scratch: packed bits of the view's ink-free tissue, for the scale check
 MIN_ARTIFACT_MM2 = 0.001  # smallest artifact region (~32 µm across): specks are not ink
 ARTIFACT_NOTE_SHARE = 0.05  # artifacts over this share of the tissue get a QC note (the issue's 5 %)
 
@@ -69,6 +70,9 @@ class SlidePlan:
     stage_seconds: dict[str, float] = field(default_factory=dict)  # planning: plan, tissue_view, scale
     unreadable_view: tuple[UnreadableTile, ...] = ()  # tiles of the view's level that could not be decoded
     view_level_px: int = 0  # pixels of the level the view was read from (the share lost to unreadable tiles)
+    # (rows, columns, downsample) of the view whose tissue the scale check samples, while the
+    # estimate's cross-check of a stated resolution is still to be made (check_slide_scale); else None
+    scale_check_view: tuple[int, int, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -141,6 +145,7 @@ def plan_slide(entry: SlideEntry, out_dir: str, config: Config) -> SlidePlan:
                 low_resolution_mpp=config.low_resolution_mpp,
                 tolerance=config.scale_tolerance,
                 seed=slide_seed(entry.slide_id),
+                check_later=True,
             )
         except ValueError as exc:
             raise SlideError(str(exc)) from exc
@@ -164,6 +169,8 @@ def plan_slide(entry: SlideEntry, out_dir: str, config: Config) -> SlidePlan:
     remove_stale_partials(Path(out_dir), entry.slide_id)
     work = new_partial_dir(Path(out_dir), entry.slide_id)
     scratch_dir(work).mkdir()
+    if scale.check_pending:  # the cross-check runs beside the tiles, on the same tissue
+        np.save(scratch_dir(work) / SCALE_TISSUE_FILE, np.packbits(clean, axis=None))
     if excluded.any():
         np.save(work / ARTIFACT_MASK_FILE, np.packbits(excluded, axis=None))
     shard = shard_tiles(grid.core0, config.map_shard_px) * grid.core0
@@ -201,7 +208,38 @@ def plan_slide(entry: SlideEntry, out_dir: str, config: Config) -> SlidePlan:
         },
         unreadable_view=tuple(unreadable),
         view_level_px=view_level_px,
+        scale_check_view=(clean.shape[0], clean.shape[1], view_ds) if scale.check_pending else None,
     )
+
+
+def check_slide_scale(plan: SlidePlan) -> ScaleCheck | None:
+    """The estimate's cross-check of the slide's stated resolution that planning left for later
+    (it cannot change the resolution the tiles are segmented at, so it runs beside them; its
+    flags and notes join the slide's in ``reduce``); None when there is none to make."""
+    if plan.scale_check_view is None:
+        return None
+    tissue, view_ds = scale_check_tissue(plan)
+    with open_slide(plan.slide_path, plan.reader) as slide:
+        return check_stated_scale(
+            plan.slide_id,
+            plan.mpp,
+            plan.mpp_field,
+            slide,
+            tissue,
+            view_ds,
+            model_for(plan.config, plan.model_path),
+            plan.stain,
+            tolerance=plan.config.scale_tolerance,
+            seed=slide_seed(plan.slide_id),
+        )
+
+
+def scale_check_tissue(plan: SlidePlan) -> tuple[np.ndarray, float]:
+    """The view's ink-free tissue the planning kept for the scale check, and the view's downsample."""
+    assert plan.scale_check_view is not None
+    rows, cols, view_ds = plan.scale_check_view
+    bits = np.load(scratch_dir(Path(plan.work_dir)) / SCALE_TISSUE_FILE)
+    return np.unpackbits(bits)[: rows * cols].reshape(rows, cols).astype(bool), view_ds
 
 
 def find_artifacts(

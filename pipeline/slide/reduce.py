@@ -26,6 +26,7 @@ from pipeline.io.readers import SlideError
 from pipeline.io.readers.base import MAX_TILES_NAMED
 from pipeline.slide.assemble import label_offsets
 from pipeline.slide.plan import SlidePlan, Tile, TileSummary, tile_file
+from pipeline.slide.scale import ScaleCheck
 from pipeline.slide.segment import UNREADABLE_SUFFIX
 
 
@@ -103,9 +104,15 @@ def slide_stats(
     timings: dict[str, float],
     outputs: dict[str, dict[str, Any]] | None = None,
     unreadable: UnreadableSummary | None = None,
+    scale_check: ScaleCheck | None = None,
 ) -> dict[str, Any]:
     """stats.json of a finished slide."""
     flags, warnings = list(plan.flags), list(plan.warnings)
+    estimate = plan.mpp_estimate
+    if scale_check is not None:
+        flags += scale_check.flags
+        warnings += scale_check.warnings
+        estimate = scale_check.estimate
     if unreadable is not None:
         flags.append(UNREADABLE_FLAG)
         warnings.append(unreadable.note())
@@ -120,7 +127,7 @@ def slide_stats(
         mpp=plan.mpp,
         mpp_source=plan.mpp_source,
         mpp_field=plan.mpp_field,
-        **(plan.mpp_estimate.as_stats() if plan.mpp_estimate else {}),
+        **(estimate.as_stats() if estimate else {}),
         flags=flags,
         warnings=warnings,
         tissue_mm2=round(plan.tissue_mm2, 4),
@@ -139,14 +146,21 @@ def slide_stats(
 
 
 def reduce_slide(
-    plan: SlidePlan, summaries: list[list[TileSummary]], assembled: list[dict[str, float]]
+    plan: SlidePlan,
+    summaries: list[list[TileSummary]],
+    assembled: list[dict[str, float]],
+    scale_check: ScaleCheck | None = None,
 ) -> dict[str, Any]:
     """Write the slide's nucleus tables and stats.json, drop the scratch files and publish the
     folder under its final name. Returns the stats.
 
-    ``stage_seconds`` sums every stage's thread-seconds: planning (``plan``, ``tissue_view``, ``scale``), the
-    tiles' (``read`` … ``write``), ``assemble``, the maps' ``pyramid`` and the rest of this ``reduce``
-    (up to writing stats.json)."""
+    ``scale_check``: the cross-check of a stated resolution made beside the tiles
+    (``plan.check_slide_scale``), whose estimate, flags and notes join the slide's.
+    ``stage_seconds`` sums every stage's thread-seconds: planning (``plan``, ``tissue_view``, ``scale``
+    with the cross-check), the tiles' (``read`` … ``write``), ``assemble``, the maps' ``pyramid`` and the
+    rest of this ``reduce`` (up to writing stats.json)."""
+    if plan.scale_check_view is not None and scale_check is None:
+        raise ValueError(f"{plan.slide_id}: the plan's scale check was not made (plan.check_slide_scale)")
     started = time.perf_counter()
     work = Path(plan.work_dir)
     unreadable = unreadable_summary(plan)
@@ -154,6 +168,8 @@ def reduce_slide(
     n = write_nucleus_tables(nucleus_tables(plan, offsets), work, plan.slide_id, run_formats(plan.config))
     areas = pq.read_table(work / "nuclei.parquet", columns=["area_um2"]).column(0).to_numpy() if n else np.zeros(0)
     timings: dict[str, float] = dict(plan.stage_seconds)
+    if scale_check is not None:
+        timings["scale"] = timings.get("scale", 0.0) + scale_check.seconds
     for part in [s.seconds for batch in summaries for s in batch] + list(assembled):
         for k, v in part.items():
             timings[k] = timings.get(k, 0.0) + v
@@ -162,7 +178,9 @@ def reduce_slide(
     timings["pyramid"] = time.perf_counter() - pyramid_started
     outputs = folder_contents(work)
     timings["reduce"] = time.perf_counter() - started - timings["pyramid"]
-    stats = slide_stats(plan, areas, len(plan.tiles), time.time() - plan.started, timings, outputs, unreadable)
+    stats = slide_stats(
+        plan, areas, len(plan.tiles), time.time() - plan.started, timings, outputs, unreadable, scale_check
+    )
     atomic_write_json(work / STATS_FILE, stats)
     publish_slide(work, final_slide_dir(Path(plan.out_dir), plan.slide_id))
     # dropped only now: a reduction ended before the rename above (its worker killed) is run again

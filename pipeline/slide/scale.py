@@ -19,6 +19,7 @@ benchmarks/RESULTS-scale.md.
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -215,6 +216,7 @@ class SlideScale:
     estimate: ScaleEstimate | None
     flags: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
+    check_pending: bool = False  # the estimate's cross-check is still to be made (check_stated_scale)
 
     def describe(self) -> str:
         """'0.499 µm/px from Aperio MPP', '0.958 µm/px estimated from the nuclei'."""
@@ -238,11 +240,14 @@ def decide_scale(
     low_resolution_mpp: float,
     tolerance: float = DISAGREEMENT,
     seed: int = 0,
+    check_later: bool = False,
 ) -> SlideScale:
     """The slide's resolution: the manifest's, else its metadata's, else estimated from its
     nuclei, else the default (with a warning). With ``estimate`` the estimate also cross-checks
-    a stated resolution. Raises ValueError, naming the value and its source, when the slide is
-    too coarse to segment nuclei."""
+    a stated resolution; with ``check_later`` too, a cross-check that cannot change the
+    resolution (a stated one, without ``prefer_estimate``) is left to :func:`check_stated_scale`,
+    run beside the tiles (``SlideScale.check_pending``). Raises ValueError, naming the value and
+    its source, when the slide is too coarse to segment nuclei."""
     flags: list[str] = []
     notes: list[str] = []
     res = slide.resolution
@@ -256,14 +261,10 @@ def decide_scale(
     else:
         mpp, source, field = float("nan"), "", None
     stated = source in ("manifest", "slide")
+    pending = stated and estimate and check_later and not prefer_estimate
     found = None
-    if estimate or not stated:
-        found = estimate_mpp(slide, tissue, view_ds, model, stain, seed=seed)
-    if found is not None and found.mpp < FINEST_SCANNER_MPP:
-        notes.append(
-            f"the nuclei suggest {found.mpp:.3g} µm/px, finer than any scanner: not a resolution (is this H&E tissue?)"
-        )
-        found = None
+    if (estimate or not stated) and not pending:
+        found = plausible_estimate(estimate_mpp(slide, tissue, view_ds, model, stain, seed=seed), notes)
     if not stated:
         if found is not None:
             mpp, source = found.mpp, "estimate"
@@ -278,16 +279,13 @@ def decide_scale(
                 f"no resolution in the slide or the manifest and too few nuclei to estimate one: "
                 f"assumed {default_mpp} µm/px (set the manifest's mpp column)"
             )
-    elif found is not None and not 1 / tolerance <= found.mpp / mpp <= tolerance:
+    elif found is not None and disagrees(mpp, found, tolerance):
         flags.append("scale_disagreement")
         chosen = found.mpp if prefer_estimate else mpp
-        notes.append(
-            f"{mpp:.3g} µm/px from {field} but {found.mpp:.3g} estimated from the nuclei "
-            f"({found.mpp / mpp:.2f}×); segmented at {chosen:.3g}"
-        )
+        notes.append(disagreement_note(mpp, field, found, chosen))
         if prefer_estimate:
             mpp, source, field = found.mpp, "estimate", None
-    scale = SlideScale(mpp, source, field, found, tuple(flags), tuple(notes))
+    scale = SlideScale(mpp, source, field, found, tuple(flags), tuple(notes), pending)
     if mpp > max_mpp:
         raise ValueError(f"{scale.describe()} is too coarse to segment nuclei (limit {max_mpp})")
     length_mm = max(slide.level_dimensions[0]) * mpp / 1000
@@ -306,7 +304,67 @@ def decide_scale(
         notes.append(
             f"{scale.describe()} is coarser than {low_resolution_mpp} µm/px: nuclei are small; check the review patches"
         )
-        scale = SlideScale(mpp, source, field, found, tuple(flags), tuple(notes))
+        scale = SlideScale(mpp, source, field, found, tuple(flags), tuple(notes), pending)
     for note in notes:
         warnings.warn(f"{slide_id}: {note}", stacklevel=2)
     return scale
+
+
+def plausible_estimate(found: ScaleEstimate | None, notes: list[str]) -> ScaleEstimate | None:
+    """The estimate, or None (with a note) when it is finer than any scanner: not a resolution."""
+    if found is not None and found.mpp < FINEST_SCANNER_MPP:
+        notes.append(
+            f"the nuclei suggest {found.mpp:.3g} µm/px, finer than any scanner: not a resolution (is this H&E tissue?)"
+        )
+        return None
+    return found
+
+
+def disagrees(mpp: float, found: ScaleEstimate, tolerance: float) -> bool:
+    return not 1 / tolerance <= found.mpp / mpp <= tolerance
+
+
+def disagreement_note(mpp: float, field: str | None, found: ScaleEstimate, chosen: float) -> str:
+    return (
+        f"{mpp:.3g} µm/px from {field} but {found.mpp:.3g} estimated from the nuclei "
+        f"({found.mpp / mpp:.2f}×); segmented at {chosen:.3g}"
+    )
+
+
+@dataclass(frozen=True)
+class ScaleCheck:
+    """The estimate's cross-check of a stated resolution, made beside the tiles: what it found,
+    and the flags and notes it adds to the slide's."""
+
+    estimate: ScaleEstimate | None
+    flags: tuple[str, ...]
+    warnings: tuple[str, ...]
+    seconds: float
+
+
+def check_stated_scale(
+    slide_id: str,
+    mpp: float,
+    field: str | None,
+    slide: Slide,
+    tissue: np.ndarray,
+    view_ds: float,
+    model: NucleusModel,
+    stain: StainStats | MacenkoStains | None,
+    *,
+    tolerance: float = DISAGREEMENT,
+    seed: int = 0,
+) -> ScaleCheck:
+    """The cross-check :func:`decide_scale` leaves for later (``check_later``): the estimate from
+    the nuclei against the stated ``mpp``, which stays the slide's resolution (the same flags and
+    notes as the check made at once)."""
+    started = time.perf_counter()
+    notes: list[str] = []
+    flags: list[str] = []
+    found = plausible_estimate(estimate_mpp(slide, tissue, view_ds, model, stain, seed=seed), notes)
+    if found is not None and disagrees(mpp, found, tolerance):
+        flags.append("scale_disagreement")
+        notes.append(disagreement_note(mpp, field, found, mpp))
+    for note in notes:
+        warnings.warn(f"{slide_id}: {note}", stacklevel=2)
+    return ScaleCheck(found, tuple(flags), tuple(notes), time.perf_counter() - started)
