@@ -129,10 +129,10 @@ def test_reduction_lost_after_publication_keeps_the_published_slide(
 
     publish_and_fail = graph.reduce_slide
 
-    def recomputed_after_publication(plan, segs, assembled):  # type: ignore[no-untyped-def]
+    def recomputed_after_publication(plan, segs, assembled, *check):  # type: ignore[no-untyped-def]
         if plan.slide_id == "s1":
             raise OSError(28, "No space left on device")  # nothing published
-        publish_and_fail(plan, segs, assembled)
+        publish_and_fail(plan, segs, assembled, *check)
         raise FileNotFoundError(2, "No such file or directory", str(Path(plan.work_dir) / "tiles" / "r0.labels.zst"))
 
     monkeypatch.setattr(graph, "reduce_slide", recomputed_after_publication)
