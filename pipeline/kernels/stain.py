@@ -64,59 +64,18 @@ def lab_reinhard_to_rgb(lab: Any) -> Any:
 
 
 def reinhard_stats(rgb: Any, tissue: Any | None = None) -> StainStats:
-    """lαβ statistics over the tissue pixels of an RGB image (the slide's low-resolution view).
-
-    numpy's ``mean(axis=0)`` and ``std(axis=0)`` of the float32 lαβ rows, to the bit; on the
-    host computed column by column (see :func:`_row_sums`), each of the three sums once.
-    """
+    """lαβ statistics over the tissue pixels of an RGB image (the slide's low-resolution view)."""
     xp = array_module(rgb)
     lab = rgb_to_lab_reinhard(rgb).reshape(-1, 3)
-    sel = None
     if tissue is not None:
         sel = tissue.reshape(-1)
-        if int(sel.sum()) < 100:
-            sel = None
-    if xp is np and lab.shape[0] > 0:
-        mean, std = _mean_std(np.ascontiguousarray((lab if sel is None else np.compress(sel, lab, axis=0)).T))
-    else:
-        if sel is not None:
+        if int(sel.sum()) >= 100:
             lab = lab[sel]
-        mean = to_host(xp.asarray(lab.mean(axis=0), dtype=xp.float64))  # one small copy off the device
-        std = to_host(xp.asarray(lab.std(axis=0), dtype=xp.float64))
+    mean = to_host(xp.asarray(lab.mean(axis=0), dtype=xp.float64))  # one small copy off the device
+    std = to_host(xp.asarray(lab.std(axis=0), dtype=xp.float64))
     m = [float(v) for v in mean]
     s = [max(float(v), 1e-4) for v in std]
     return StainStats(mean=(m[0], m[1], m[2]), std=(s[0], s[1], s[2]))
-
-
-def _row_sums(columns: np.ndarray, work: np.ndarray) -> np.ndarray:
-    """The sums of the rows of ``columns`` (k×n float32), each exactly as numpy's ``add.reduce``
-    over the first axis of the n×k C-order transpose sums its column: in float32, one element
-    after the other (the reduction runs along the short contiguous axis, so there is no pairwise
-    summation). A running sum (``cumsum``) makes those very additions, in that order, without a
-    call per row. ``work``: a k×n scratch array."""
-    np.cumsum(columns, axis=1, out=work)
-    return work[:, -1].copy()
-
-
-def _mean_std(columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """numpy's ``x.mean(axis=0)`` and ``x.std(axis=0)`` of ``x = columns.T`` (n×3, float32),
-    bit for bit (the steps of ``numpy._core._methods._mean`` and ``_var``); ``columns`` is
-    overwritten.
-
-    >>> x = np.random.default_rng(0).normal(size=(1000, 3)).astype(np.float32)
-    >>> mean, std = _mean_std(np.ascontiguousarray(x.T))
-    >>> np.array_equal(mean, x.mean(axis=0)), np.array_equal(std, x.std(axis=0))
-    (True, True)
-    """
-    n = np.intp(columns.shape[1])  # divided as numpy does: float32 by intp, into float32
-    work = np.empty_like(columns)
-    mean = _row_sums(columns, work)
-    np.true_divide(mean, n, out=mean, casting="unsafe")
-    np.subtract(columns, mean[:, None], out=columns)
-    np.square(columns, out=columns)
-    var = _row_sums(columns, work)
-    np.true_divide(var, n, out=var, casting="unsafe")  # ddof 0
-    return mean, np.sqrt(var, out=var)
 
 
 def reinhard_transform(source: StainStats, target: StainStats = REINHARD_TARGET) -> tuple[np.ndarray, ...]:
