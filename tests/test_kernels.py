@@ -24,6 +24,7 @@ from pipeline.kernels.nuclei import (
 from pipeline.kernels.stain import (
     MACENKO_TARGET,
     REINHARD_TARGET,
+    add_per_channel,
     haematoxylin,
     macenko_normalise,
     macenko_stains,
@@ -300,6 +301,17 @@ def test_fused_reinhard_equals_the_step_by_step_definition() -> None:
         got = reinhard_normalise(x, source)
         assert got.dtype == np.float32 and got.shape == x.shape
         np.testing.assert_allclose(got, expected, atol=2e-5, rtol=0)
+
+
+def test_per_channel_offset_is_numpys_broadcast_add() -> None:
+    """The blocked add used by the Reinhard normalisation gives the broadcast add's floats."""
+    rng = np.random.default_rng(4)
+    offset = rng.normal(size=3).astype(np.float32)
+    for shape in ((1401, 1408, 3), (7, 3), (255, 3), (0, 3)):
+        x = rng.normal(size=shape).astype(np.float32)
+        expected = x + offset
+        add_per_channel(x, offset)
+        np.testing.assert_array_equal(x, expected)
 
 
 def test_haematoxylin_column_equals_full_deconvolution() -> None:

@@ -107,10 +107,30 @@ def reinhard_normalise(rgb: Any, source: StainStats, target: StainStats = REINHA
     xp.maximum(lms, xp.float32(1.0 / 255.0), out=lms)
     xp.log(lms, out=lms)
     mixed = lms @ xp.asarray(m2, dtype=xp.float32)
-    mixed += xp.asarray(b, dtype=xp.float32)
+    add_per_channel(mixed, xp.asarray(b, dtype=xp.float32))
     xp.exp(mixed, out=mixed)
     out = mixed @ xp.asarray(m3, dtype=xp.float32)
     return xp.clip(out, 0.0, 1.0, out=out)
+
+
+def add_per_channel(pixels: Any, offset: Any, rows: int = 256) -> None:
+    """``pixels += offset`` for C-contiguous …×3 ``pixels`` and a 3-vector, in place. On the host,
+    on blocks of ``rows`` pixels seen as one row of 3·``rows`` values with the offset repeated (the
+    same additions; numpy's broadcast over a last axis of 3 runs ~5× slower).
+
+    >>> x = np.arange(15, dtype=np.float32).reshape(5, 3); add_per_channel(x, np.float32([1, 10, 100]), rows=2)
+    >>> x[:, 0].tolist(), x[-1].tolist()
+    ([1.0, 4.0, 7.0, 10.0, 13.0], [13.0, 23.0, 114.0])
+    """
+    if array_module(pixels) is not np or not pixels.flags.c_contiguous:
+        pixels += offset
+        return
+    flat = pixels.reshape(-1, 3)
+    whole = flat.shape[0] // rows * rows
+    if whole:
+        blocks = flat[:whole].reshape(-1, 3 * rows)
+        np.add(blocks, np.tile(offset, rows), out=blocks)
+    flat[whole:] += offset
 
 
 def optical_density(rgb: Any) -> Any:
