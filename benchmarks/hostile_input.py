@@ -8,7 +8,7 @@ low-resolution view on two hostile but valid TIFFs, and the cost of tile tasks o
 The baselines are measured in the same run: the view as it was (bands of 1,024 rows read across
 the whole width, reproduced below as ``whole_width_view``) and a plain image decoded by every
 task (``decode_image`` without the per-process cache). Each view runs in a fresh process, whose
-peak resident memory (``ru_maxrss``) is reported; the interpreter with the package imported
+own peak resident memory (``VmHWM``, ``pipeline.testing.memory``) is reported; the interpreter with the package imported
 is measured alone as ``imports``.
 
     python benchmarks/hostile_input.py [--baseline-limit 240]   (from the repository root)
@@ -61,9 +61,10 @@ def whole_width_view(slide, max_side: int = 2048, strip_px: int = 1024):  # type
 
 
 CHILD = """
-import resource, sys, time, json
+import sys, time, json
 sys.path.insert(0, {root!r})
 from pipeline.io.readers import SlideError, low_resolution_view, open_slide
+from pipeline.testing.memory import own_peak_rss_bytes
 from benchmarks.hostile_input import whole_width_view
 view = {{"baseline": whole_width_view, "now": low_resolution_view}}.get({method!r})
 t = time.perf_counter()
@@ -75,7 +76,7 @@ if view is not None:
         outcome = f"view {{image.shape[1]}}×{{image.shape[0]}} px, downsample {{ds:g}}"
     except SlideError as exc:
         outcome = f"refused: {{str(exc)[:90]}}…"
-peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+peak_mb = own_peak_rss_bytes() / 2**20
 print(json.dumps({{"seconds": time.perf_counter() - t, "peak_mb": peak_mb, "outcome": outcome}}))
 """
 

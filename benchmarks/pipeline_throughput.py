@@ -9,7 +9,9 @@ Both sides of the ratio are measured in this run on this machine:
 * pipeline: ``run_slides`` on a local Dask cluster (1 worker process, one thread per core):
   plan, read, normalise, infer, watershed, features, label assembly and the slide's outputs.
 Figures are megapixels of tissue (tile cores over tissue, at model resolution) per second.
-Peak RSS is the worker process's high-water mark (``ru_maxrss``) on a fresh cluster per slide.
+Peak RSS is the worker process's own high-water mark (``VmHWM``: ``ru_maxrss`` would
+count the driver's peak too, see ``pipeline.testing.memory``) on a
+fresh cluster per slide.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import tempfile
 import time
 from pathlib import Path
@@ -29,6 +30,13 @@ def generated_slide(folder: Path, side: int, seed: int) -> Path:
 
     image, _ = synthetic_slide_image(side, side, seed=seed, tissue="full", spacing=24)
     return write_pyramidal_tiff(folder / f"slide_{side}.svs", image, mpp=0.25, compression="jpeg")
+
+
+def peak_rss_bytes() -> int:
+    """The calling process's own peak RSS (bytes; run in the worker)."""
+    from pipeline.testing.memory import own_peak_rss_bytes
+
+    return own_peak_rss_bytes()
 
 
 def baseline_seconds(plan, threads: int) -> float:  # type: ignore[no-untyped-def]
@@ -65,10 +73,10 @@ def pipeline_run(slide: Path, out: Path, config) -> tuple[float, int, dict]:  # 
             t0 = time.perf_counter()
             (outcome,) = run_slides(client, [SlideEntry(slide.stem, slide)], out, config)
             seconds = time.perf_counter() - t0
-            peak = list(client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss).values())[0]
+            peak = list(client.run(peak_rss_bytes).values())[0]
     if outcome.status != "ok":
         raise RuntimeError(outcome.error)
-    return seconds, int(peak) * 1024, outcome.stats
+    return seconds, int(peak), outcome.stats
 
 
 def main() -> None:

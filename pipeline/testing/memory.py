@@ -1,0 +1,22 @@
+"""A process's own peak memory, for the tests and benchmarks that bound it."""
+
+from __future__ import annotations
+
+import platform
+import resource
+
+
+def own_peak_rss_bytes() -> int:
+    """This process's own peak resident memory (bytes): Linux's ``VmHWM``. Not ``ru_maxrss``
+    alone: a process started by fork and exec (``subprocess``, Dask's spawned workers) keeps its
+    parent's high-water mark there (Linux folds it in at exec), so a child of a large parent would
+    count the parent's peak as its own. Elsewhere ``ru_maxrss`` (bytes on macOS, KiB otherwise)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak) if platform.system() == "Darwin" else int(peak) * 1024
