@@ -23,9 +23,11 @@ itself when GPUs are visible; it only says how to start things, no pipeline logi
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import os
 import socket
+import sys
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -39,6 +41,29 @@ RMM_POOL_SHARE = 0.5
 # Libraries whose device allocations go through the RMM pool (dask-cuda ≥ 24.12).
 RMM_LIBRARIES = ["cupy", "torch"]
 RMM_POOL_ENV = "NUCLEI_RMM_POOL"  # overrides RMM_POOL_SHARE; read only where a pool is set up
+
+
+# glibc's malloc in a worker: Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536, which
+# also fixes glibc's mmap threshold at 128 KiB, so every tile-sized temporary (a window's labels,
+# masks, maps: 1–30 MB) is mapped fresh and faulted in page by page, then unmapped: the features
+# stage ran 1.8× slower than in a plain process (benchmarks/RESULTS-pipeline.md). Arrays up to
+# 32 MiB (glibc's largest mmap threshold) come from the heap instead, and up to 64 MiB of freed heap
+# is kept for the next tile rather than handed back after every free.
+MALLOC_MMAP_THRESHOLD = 32 * 2**20
+MALLOC_TRIM_THRESHOLD = 64 * 2**20
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
+
+
+def tune_allocator(mmap_threshold: int = MALLOC_MMAP_THRESHOLD, trim_threshold: int = MALLOC_TRIM_THRESHOLD) -> bool:
+    """Set this process's glibc malloc thresholds for tile-sized arrays (see ``MALLOC_MMAP_THRESHOLD``);
+    False, changing nothing, where the C library is not glibc."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(_M_TRIM_THRESHOLD, trim_threshold))
 
 
 def rmm_pool_share_from(environ: Mapping[str, str]) -> float:

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 from distributed import WorkerPlugin
 
-from pipeline.cluster import GPU_RESOURCE
+from pipeline.cluster import GPU_RESOURCE, tune_allocator
 from pipeline.config import Config
 from pipeline.io.outputs.contents import check_contents
 from pipeline.io.outputs.publish import final_slide_dir, publish_failure, read_published_stats
@@ -52,7 +52,8 @@ BAND_ROWS = 8  # tile rows per label-assembly task (rounded up to whole rows of 
 
 class ModelPreload(WorkerPlugin):
     """Worker plugin: loads the model into the worker process once, when the worker starts
-    (or joins later), so no task pays for it and no task ships it."""
+    (or joins later), so no task pays for it and no task ships it; and sets the process's malloc
+    thresholds for tile-sized arrays (``cluster.tune_allocator``)."""
 
     name = "nuclei-model"
 
@@ -60,6 +61,7 @@ class ModelPreload(WorkerPlugin):
         self.config = config
 
     def setup(self, worker: Any) -> None:
+        tune_allocator()
         model_for(self.config)
 
     def teardown(self, worker: Any) -> None:

@@ -269,3 +269,45 @@ def test_the_test_cluster_listens_on_loopback_only(tmp_path: Path) -> None:
         assert listening and all(ip in ("127.0.0.1", "::1") for ip in listening), listening
     finally:
         cluster.close()
+
+
+def tile_array_is_mapped_apart() -> bool:
+    """Whether a tile-sized array (16 MiB) is mapped on its own (glibc's ``mallinfo2``: bytes in
+    mmapped chunks), to be unmapped at its free and faulted in afresh by the next one, rather
+    than taken from the heap that the previous tile's arrays left free."""
+    import ctypes
+
+    import numpy as np
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd")] + [
+            (name, ctypes.c_size_t) for name in ("usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")
+        ]
+
+    mallinfo2 = ctypes.CDLL("libc.so.6").mallinfo2
+    mallinfo2.restype = MallInfo2
+    before = mallinfo2().hblkhd
+    tile = np.ones(2**21)
+    mapped = mallinfo2().hblkhd - before >= tile.nbytes
+    del tile
+    return bool(mapped)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc thresholds")
+def test_workers_take_tile_arrays_from_the_heap(blob_model: Path) -> None:
+    """Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536, which pins glibc's mmap
+    threshold at 128 KiB: every tile-sized temporary was mapped and faulted in afresh (the features
+    stage 1.8× slower in a worker than alone). The pipeline's worker plugin sets the thresholds for
+    tile-sized arrays: they come from the heap, whose freed pages serve the next tile."""
+    from distributed import Client, LocalCluster
+
+    from pipeline.config import Config
+    from pipeline.graph import ModelPreload
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        with Client(cluster) as client:
+            (untuned,) = client.run(tile_array_is_mapped_apart).values()
+            client.register_plugin(ModelPreload(Config(model=str(blob_model))), name=ModelPreload.name)
+            (tuned,) = client.run(tile_array_is_mapped_apart).values()
+    assert untuned  # the nanny's environment: every tile-sized array mapped and faulted in afresh
+    assert not tuned
