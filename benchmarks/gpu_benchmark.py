@@ -633,6 +633,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_phases(args: argparse.Namespace, results: Results, state: dict[str, Any], work: Path, cores: int) -> bool:
+    from pipeline.cluster import tune_allocator
     from pipeline.config import Config
     from pipeline.kernels.nuclei import seed_components
     from pipeline.manifest import SlideEntry
@@ -641,6 +642,9 @@ def run_phases(args: argparse.Namespace, results: Results, state: dict[str, Any]
     from pipeline.slide import model_for, plan_slide
 
     data = results.data
+    # the malloc thresholds the pipeline's workers run with (their plugin sets them): the tile
+    # stages here are timed as they run there
+    data["allocator_tuned"] = tune_allocator()
 
     def setup(deadline: float) -> None:
         if args.device == "gpu":
