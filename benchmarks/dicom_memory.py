@@ -47,11 +47,8 @@ else:
     if reader == "wsidicom":
         import wsidicom
     open_ = lambda p: open_slide(p, reader)
-def status_kib(field):  # ru_maxrss would include the parent's peak: Linux keeps it across exec
-    for line in open("/proc/self/status"):
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-before = status_kib("VmHWM")
+from pipeline.testing.memory import own_peak_rss_bytes  # not ru_maxrss: it keeps the parent's peak
+before = own_peak_rss_bytes() // 1024
 t0 = time.perf_counter()
 slide = open_(path)
 t1 = time.perf_counter()
@@ -59,7 +56,7 @@ x = y = (side - region) // 2
 block = slide.read_region(x, y, region, region)
 t2 = time.perf_counter()
 slide.close()
-after = status_kib("VmHWM")
+after = own_peak_rss_bytes() // 1024
 print(json.dumps({{"rss_before_kib": before, "rss_peak_kib": after, "open_s": t1 - t0, "read_s": t2 - t1,
                   "mean": float(block.mean())}}))
 """

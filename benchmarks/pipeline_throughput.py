@@ -32,13 +32,6 @@ def generated_slide(folder: Path, side: int, seed: int) -> Path:
     return write_pyramidal_tiff(folder / f"slide_{side}.svs", image, mpp=0.25, compression="jpeg")
 
 
-def peak_rss_bytes() -> int:
-    """The calling process's own peak RSS (bytes; run in the worker)."""
-    from pipeline.testing.memory import own_peak_rss_bytes
-
-    return own_peak_rss_bytes()
-
-
 def baseline_seconds(plan, threads: int) -> float:  # type: ignore[no-untyped-def]
     """Bare inference on the plan's tiles (inputs prepared before timing)."""
     from pipeline.io.readers import open_slide
@@ -65,6 +58,7 @@ def pipeline_run(slide: Path, out: Path, config) -> tuple[float, int, dict]:  # 
 
     from pipeline.graph import run_slides
     from pipeline.manifest import SlideEntry
+    from pipeline.testing.memory import own_peak_rss_bytes
 
     cores = os.cpu_count() or 1
     with LocalCluster(n_workers=1, threads_per_worker=cores, processes=True, dashboard_address=None) as cluster:
@@ -73,7 +67,7 @@ def pipeline_run(slide: Path, out: Path, config) -> tuple[float, int, dict]:  # 
             t0 = time.perf_counter()
             (outcome,) = run_slides(client, [SlideEntry(slide.stem, slide)], out, config)
             seconds = time.perf_counter() - t0
-            peak = list(client.run(peak_rss_bytes).values())[0]
+            peak = list(client.run(own_peak_rss_bytes).values())[0]
     if outcome.status != "ok":
         raise RuntimeError(outcome.error)
     return seconds, int(peak), outcome.stats

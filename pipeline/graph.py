@@ -218,9 +218,12 @@ def run_slides(
         # tile tasks carry the plan without its tile list (their own batch is enough), so the
         # bytes sent per slide grow with its tiles, not with their square
         light = dataclasses.replace(plan, tiles=())
-        checks = []  # submitted first: the planning work left, it should not wait behind the tiles
-        if plan.scale_check_view is not None:
-            checks.append(client.submit(check_slide_scale, light, key=f"check-scale-{sid}-{run_token}", pure=False))
+        # the planning work left, submitted first so that it does not wait behind the tiles
+        check = (
+            client.submit(check_slide_scale, light, key=f"check-scale-{sid}-{run_token}", pure=False)
+            if plan.scale_check_view is not None
+            else None
+        )
         segs = []
         for i, batch in enumerate(batches(plan.tiles, config.tiles_per_task)):
             f = client.submit(
@@ -239,10 +242,10 @@ def run_slides(
             for b, band in enumerate(assembly_bands(plan, BAND_ROWS))
         ]
         reduce = client.submit(
-            reduce_slide, plan, segs, assembled, *checks, key=f"reduce-slide-{sid}-{run_token}", pure=False
+            reduce_slide, plan, segs, assembled, check, key=f"reduce-slide-{sid}-{run_token}", pure=False
         )
         role[reduce.key] = ("reduce", sid)
-        flight.futures += checks + segs + assembled + [reduce]
+        flight.futures += ([check] if check is not None else []) + segs + assembled + [reduce]
         done_stream.add(reduce)
 
     start_next()
