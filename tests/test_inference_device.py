@@ -46,3 +46,35 @@ def test_device_auto_asks_for_the_gpu_providers(gpu_node, blob_model: Path) -> N
     providers (here the simulated GPU's, which the fixture refuses)."""
     with pytest.raises(session.ModelError, match="GPU providers"):
         model_for(Config(model=str(blob_model), device="auto", runtime="onnxruntime"))
+
+
+_RUN_TWICE = """
+import json, sys
+import numpy as np
+from pipeline.runtime.onnxruntime_backend import OnnxRuntimeBackend
+from pipeline.runtime.session import resolve_model_path
+from pipeline.testing.memory import current_rss_bytes
+
+backend = OnnxRuntimeBackend(resolve_model_path(None), providers=["CPUExecutionProvider"])
+x = np.random.default_rng(0).random((1, 3, 512, 512), dtype=np.float32)
+first = backend.predict(x)
+after_one = current_rss_bytes()
+second = backend.predict(x)
+after_two = current_rss_bytes()
+print(json.dumps({"grew": after_two - after_one, "same": bool(np.array_equal(first, second))}))
+"""
+
+
+def test_a_cpu_session_takes_no_new_memory_for_a_second_tile_of_the_same_shape() -> None:
+    """Worker memory must not depend on how many tiles a worker has inferred. ONNX Runtime's
+    memory pattern (on by default) plans one block per input shape on the second run and keeps
+    it beside the arena the first run filled: ~640 MB more for a 1408² tile on the CPU, for no
+    speed (benchmarks/RESULTS-pipeline.md). A CPU session reuses its arena instead."""
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _RUN_TWICE], capture_output=True, text=True, check=True)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["same"]
+    assert result["grew"] < 16 * 2**20, f"a second run took {result['grew'] / 2**20:.0f} MB more"
