@@ -48,7 +48,10 @@ RMM_POOL_ENV = "NUCLEI_RMM_POOL"  # overrides RMM_POOL_SHARE; read only where a 
 # masks, maps: 1–30 MB) is mapped fresh and faulted in page by page, then unmapped: the features
 # stage ran 1.8× slower than in a plain process (benchmarks/RESULTS-pipeline.md). Arrays up to
 # 32 MiB (glibc's largest mmap threshold) come from the heap instead, and up to 64 MiB of freed heap
-# is kept for the next tile rather than handed back after every free.
+# is kept for the next tile rather than handed back after every free. The trim threshold only ever
+# returns the top of a heap: what a task freed below a block still live stays resident, and a
+# worker grew from tile to tile (1.8 to 2.6 GB over an 8192² slide), so the worker hands its freed
+# heap back after each task (``release_freed_heap``).
 MALLOC_MMAP_THRESHOLD = 32 * 2**20
 MALLOC_TRIM_THRESHOLD = 64 * 2**20
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
@@ -64,6 +67,19 @@ def tune_allocator(mmap_threshold: int = MALLOC_MMAP_THRESHOLD, trim_threshold: 
     except (OSError, AttributeError):
         return False
     return bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(_M_TRIM_THRESHOLD, trim_threshold))
+
+
+def release_freed_heap() -> bool:
+    """Hand the pages of this process's freed heap back to the system (glibc's ``malloc_trim``):
+    after a task, so that what one tile freed does not stay resident beside the next. False where
+    the C library is not glibc."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return False
+    return bool(malloc_trim(0))
 
 
 def rmm_pool_share_from(environ: Mapping[str, str]) -> float:

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 from distributed import WorkerPlugin
 
-from pipeline.cluster import GPU_RESOURCE, tune_allocator
+from pipeline.cluster import GPU_RESOURCE, release_freed_heap, tune_allocator
 from pipeline.config import Config
 from pipeline.io.outputs.contents import check_contents
 from pipeline.io.outputs.publish import final_slide_dir, publish_failure, read_published_stats
@@ -52,8 +52,9 @@ BAND_ROWS = 8  # tile rows per label-assembly task (rounded up to whole rows of 
 
 class ModelPreload(WorkerPlugin):
     """Worker plugin: loads the model into the worker process once, when the worker starts
-    (or joins later), so no task pays for it and no task ships it; and sets the process's malloc
-    thresholds for tile-sized arrays (``cluster.tune_allocator``)."""
+    (or joins later), so no task pays for it and no task ships it; sets the process's malloc
+    thresholds for tile-sized arrays (``cluster.tune_allocator``) and hands the heap a task freed
+    back to the system when it ends (``cluster.release_freed_heap``)."""
 
     name = "nuclei-model"
 
@@ -63,6 +64,10 @@ class ModelPreload(WorkerPlugin):
     def setup(self, worker: Any) -> None:
         tune_allocator()
         model_for(self.config)
+
+    def transition(self, key: Any, start: str, finish: str, **kwargs: Any) -> None:
+        if start == "executing":
+            release_freed_heap()
 
     def teardown(self, worker: Any) -> None:
         pass
