@@ -3,6 +3,9 @@ device arrays (cupy, torch) are read and written in place."""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +84,14 @@ def bound_run(session: Any, images: Any, device_id: int = 0) -> Any:
 
 
 class OnnxRuntimeBackend:
-    """An ``onnxruntime.InferenceSession`` on the best providers present (or those given)."""
+    """An ``onnxruntime.InferenceSession`` on the best providers present (or those given).
+
+    On the CPU, predictions made at once (a worker's task threads) each run on a session of their
+    own, made when first needed (tens of ms) and kept: a session's memory arena then only ever
+    serves one run at a time and stays the size of one run. Runs sharing one arena fragment it,
+    and it grew by a few hundred MB at random points of a slide (benchmarks/RESULTS-pipeline.md).
+    On a GPU one session serves every thread (the device runs one batch at a time anyway).
+    """
 
     def __init__(
         self,
@@ -103,17 +113,18 @@ class OnnxRuntimeBackend:
         self.device_id = device_id
         try:
             providers = providers or default_providers(device_id)
+            self.on_cpu = providers == ["CPUExecutionProvider"]
             # On the CPU the memory pattern (a block planned per input shape from the second run
             # on) sits beside the arena the first run filled: ~640 MB more per 1408² tile and per
             # concurrent run, at the same speed; without it the arena is reused run to run.
-            options.enable_mem_pattern = providers != ["CPUExecutionProvider"]
-            self.session = ort.InferenceSession(
-                str(path),
-                sess_options=options,
-                providers=provider_options(providers, device_id, trt_cache_dir, half),
-            )
+            options.enable_mem_pattern = not self.on_cpu
+            configured = provider_options(providers, device_id, trt_cache_dir, half)
+            self._new_session = lambda: ort.InferenceSession(str(path), sess_options=options, providers=configured)
+            self.session = self._new_session()
         except Exception as exc:
             raise ModelError(f"{path}: ONNX Runtime cannot load the model: {exc}") from exc
+        self._idle = [self.session]  # CPU sessions no run is using
+        self._lock = threading.Lock()
         self.inputs = [i.name for i in self.session.get_inputs()]
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
@@ -132,9 +143,33 @@ class OnnxRuntimeBackend:
         gpu = {"TensorrtExecutionProvider", "CUDAExecutionProvider"} & set(self.session.get_providers())
         return f"cuda:{self.device_id}" if gpu else "cpu"
 
+    @contextmanager
+    def _leased(self) -> Iterator[Any]:
+        """A session for one run: on the CPU one that no other run is using (a new one when all
+        are busy), else the session."""
+        if not self.on_cpu:
+            yield self.session
+            return
+        with self._lock:
+            session = self._idle.pop() if self._idle else None
+        if session is None:
+            session = self._new_session()
+        try:
+            yield session
+        finally:
+            with self._lock:
+                self._idle.append(session)
+
+    @property
+    def sessions(self) -> int:
+        """CPU sessions made so far (at most the number of runs ever made at once)."""
+        return len(self._idle) if self.on_cpu else 1
+
     def predict(self, images: np.ndarray) -> np.ndarray:
-        out = self.session.run(["prob"], {"image": np.ascontiguousarray(images, dtype=np.float32)})
+        with self._leased() as session:
+            out = session.run(["prob"], {"image": np.ascontiguousarray(images, dtype=np.float32)})
         return np.asarray(out[0])
 
     def predict_device(self, images: Any) -> Any:
-        return bound_run(self.session, images, self.device_id)
+        with self._leased() as session:
+            return bound_run(session, images, self.device_id)
