@@ -124,6 +124,7 @@ class OnnxRuntimeBackend:
         except Exception as exc:
             raise ModelError(f"{path}: ONNX Runtime cannot load the model: {exc}") from exc
         self._idle = [self.session]  # CPU sessions no run is using
+        self._made = 1
         self._lock = threading.Lock()
         self.inputs = [i.name for i in self.session.get_inputs()]
         self.outputs = [o.name for o in self.session.get_outputs()]
@@ -154,6 +155,8 @@ class OnnxRuntimeBackend:
             session = self._idle.pop() if self._idle else None
         if session is None:
             session = self._new_session()
+            with self._lock:
+                self._made += 1
         try:
             yield session
         finally:
@@ -163,7 +166,7 @@ class OnnxRuntimeBackend:
     @property
     def sessions(self) -> int:
         """CPU sessions made so far (at most the number of runs ever made at once)."""
-        return len(self._idle) if self.on_cpu else 1
+        return self._made
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         with self._leased() as session:
