@@ -158,6 +158,33 @@ def test_assembly_tasks_at_once_write_the_same_labels(
     assert all(len(r) == 1 for r in rows) and len(rows) == len({min(r) for r in rows})
 
 
+def test_tile_label_windows_are_16_bit_and_32_bit_ones_assemble_the_same(
+    ome_run: Path, tmp_path: Path, synthetic_slide, blob_model
+) -> None:
+    """A tile's scratch label window holds its local ids in 16 bits (half the memory per window
+    the assembly keeps); 32-bit windows (a tile of more than 65,535 nuclei, or a working folder
+    written before) assemble to the same labels."""
+    import numcodecs
+
+    from pipeline.slide.plan import tile_file
+
+    path, _ = synthetic_slide
+    config = Config(model=str(blob_model), tile_px=256)
+    plan = plan_slide(SlideEntry(path.stem, path), str(tmp_path), config)
+    summaries = [segment_tiles(plan, b) for b in batches(plan.tiles, 2)]
+    codec, side = numcodecs.Zstd(), plan.grid.extent0
+    windows = [tile_file(plan, tile, ".labels.zst") for tile in plan.tiles]
+    assert windows and all(w.exists() for w in windows)
+    for window in windows:
+        raw = codec.decode(window.read_bytes())
+        assert len(raw) == 2 * side * side  # 16-bit
+        wide = np.frombuffer(raw, dtype=np.uint16).astype(np.uint32)
+        window.write_bytes(codec.encode(wide))
+    assembled = [assemble_labels(plan, band, summaries) for band in assembly_bands(plan, 8)]
+    reduce_slide(plan, summaries, assembled, check_slide_scale(plan))
+    np.testing.assert_array_equal(open_labels(tmp_path / "slides" / path.stem)[:], open_labels(ome_run)[:])
+
+
 def test_generated_label_windows_tile_the_same_map() -> None:
     """The benchmark's label map is made window by window: windows agree where they meet."""
     from pipeline.testing import synthetic_label_region

@@ -72,11 +72,10 @@ def assemble_labels(plan: SlidePlan, chunks: list[Tile], summaries: list[list[Ti
             cache.move_to_end(tile)
             return cache[tile]
         path = tile_file(plan, tile, ".labels.zst")
-        win = (
-            np.frombuffer(codec.decode(path.read_bytes()), dtype=np.uint32).reshape(e, e)
-            if tile in offsets and path.exists()
-            else None
-        )
+        win = None
+        if tile in offsets and path.exists():
+            raw = codec.decode(path.read_bytes())  # 16-bit ids (window_label_dtype), or 32-bit
+            win = np.frombuffer(raw, dtype=np.uint16 if len(raw) == 2 * e * e else np.uint32).reshape(e, e)
         cache[tile] = win
         if len(cache) > cache_size:
             cache.popitem(last=False)
@@ -98,7 +97,7 @@ def assemble_labels(plan: SlidePlan, chunks: list[Tile], summaries: list[list[Ti
             sub = win[iy0 - wy : iy1 - wy, ix0 - wx : ix1 - wx]
             dst = chunk[iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0]
             free = (dst == 0) & (sub > 0)
-            dst[free] = sub[free] + offsets[tile]
+            dst[free] = sub[free].astype(np.uint32) + offsets[tile]
 
     shards: dict[Tile, list[Tile]] = {}
     for r, c in chunks:

@@ -285,6 +285,16 @@ def write_unreadable(plan: SlidePlan, tile: Tile, tiles: list[UnreadableTile]) -
     atomic_write_bytes(tile_file(plan, tile, UNREADABLE_SUFFIX), body, durable=False)
 
 
+def window_label_dtype(n_nuclei: int) -> type[np.unsignedinteger]:
+    """The type of a tile's scratch label window (local ids 1..n): 16 bits while they fit, which
+    halves what the label assembly holds per cached window; 32 bits beyond.
+
+    >>> window_label_dtype(65_535).__name__, window_label_dtype(65_536).__name__
+    ('uint16', 'uint32')
+    """
+    return np.uint16 if n_nuclei <= np.iinfo(np.uint16).max else np.uint32
+
+
 def write_tile_outputs(
     plan: SlidePlan,
     tile: Tile,
@@ -301,7 +311,7 @@ def write_tile_outputs(
     labels = cut_at_slide_edge(labels, plan.grid, tile, plan.thresholds.min_area_px)
     table, local = tile_nuclei(labels, h_map, plan.grid, tile, plan.mpp, excluded_pixels(plan))
     t1 = time.perf_counter()
-    owned = local[labels]
+    owned = local.astype(window_label_dtype(table.num_rows), copy=False)[labels]
     if plan.grid.model_side != plan.grid.extent0:  # resampled: back onto the level-0 grid
         owned = owned[np.ix_(sampling, sampling)]
     atomic_write_bytes(tile_file(plan, tile, ".labels.zst"), codec.encode(np.ascontiguousarray(owned)), durable=False)
