@@ -51,7 +51,7 @@ RMM_POOL_ENV = "NUCLEI_RMM_POOL"  # overrides RMM_POOL_SHARE; read only where a 
 # is kept for the next tile rather than handed back after every free. The trim threshold only ever
 # returns the top of a heap: what a task freed below a block still live stays resident, and a
 # worker grew from tile to tile (1.8 to 2.6 GB over an 8192² slide), so the worker hands its freed
-# heap back after each task (``release_freed_heap``).
+# heap back after its tasks, at most once a second (``release_freed_heap``, ``graph.TRIM_EVERY_S``).
 MALLOC_MMAP_THRESHOLD = 32 * 2**20
 MALLOC_TRIM_THRESHOLD = 64 * 2**20
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)

@@ -19,6 +19,7 @@ is recorded as failed with its reason; the others go on.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 import uuid
 import warnings
@@ -47,6 +48,7 @@ from pipeline.slide import (
 )
 from pipeline.slide.inputs import changed_inputs
 
+TRIM_EVERY_S = 1.0  # a worker hands its freed heap back after a task at most this often
 BAND_ROWS = 8  # tile rows per label-assembly task (rounded up to whole rows of maps.zarr shards)
 
 
@@ -60,14 +62,17 @@ class ModelPreload(WorkerPlugin):
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        self.trimmed = -math.inf  # when the heap was last handed back (time.monotonic)
 
     def setup(self, worker: Any) -> None:
         tune_allocator()
         model_for(self.config)
 
     def transition(self, key: Any, start: str, finish: str, **kwargs: Any) -> None:
-        if start == "executing":
+        # on the worker's event loop: a trim takes milliseconds, so at most one per TRIM_EVERY_S
+        if start == "executing" and time.monotonic() - self.trimmed >= TRIM_EVERY_S:
             release_freed_heap()
+            self.trimmed = time.monotonic()
 
     def teardown(self, worker: Any) -> None:
         pass
