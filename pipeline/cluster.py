@@ -60,11 +60,8 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
 def tune_allocator(mmap_threshold: int = MALLOC_MMAP_THRESHOLD, trim_threshold: int = MALLOC_TRIM_THRESHOLD) -> bool:
     """Set this process's glibc malloc thresholds for tile-sized arrays (see ``MALLOC_MMAP_THRESHOLD``);
     False, changing nothing, where the C library is not glibc."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
+    mallopt = glibc_function("mallopt")
+    if mallopt is None:
         return False
     return bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(_M_TRIM_THRESHOLD, trim_threshold))
 
@@ -73,13 +70,19 @@ def release_freed_heap() -> bool:
     """Hand the pages of this process's freed heap back to the system (glibc's ``malloc_trim``):
     after a task, so that what one tile freed does not stay resident beside the next. False where
     the C library is not glibc."""
+    malloc_trim = glibc_function("malloc_trim")
+    return malloc_trim is not None and bool(malloc_trim(0))
+
+
+def glibc_function(name: str) -> Any | None:
+    """A function of this process's glibc (``mallopt``, ``malloc_trim``), or None where the C
+    library is not glibc."""
     if not sys.platform.startswith("linux"):
-        return False
+        return None
     try:
-        malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+        return getattr(ctypes.CDLL("libc.so.6"), name)
     except (OSError, AttributeError):
-        return False
-    return bool(malloc_trim(0))
+        return None
 
 
 def rmm_pool_share_from(environ: Mapping[str, str]) -> float:
