@@ -8,8 +8,8 @@ low-resolution view on two hostile but valid TIFFs, and the cost of tile tasks o
 The baselines are measured in the same run: the view as it was (bands of 1,024 rows read across
 the whole width, reproduced below as ``whole_width_view``) and a plain image decoded by every
 task (``decode_image`` without the per-process cache). Each view runs in a fresh process, whose
-own peak resident memory (``VmHWM``, ``pipeline.testing.memory``) is reported; the interpreter with the package imported
-is measured alone as ``imports``.
+own peak resident memory (``VmHWM``, ``pipeline.testing.memory``) is reported; the interpreter
+with the package imported is measured alone as ``imports``.
 
     python benchmarks/hostile_input.py [--baseline-limit 240]   (from the repository root)
 """

@@ -9,9 +9,8 @@ Both sides of the ratio are measured in this run on this machine:
 * pipeline: ``run_slides`` on a local Dask cluster (1 worker process, one thread per core):
   plan, read, normalise, infer, watershed, features, label assembly and the slide's outputs.
 Figures are megapixels of tissue (tile cores over tissue, at model resolution) per second.
-Peak RSS is the worker process's own high-water mark (``VmHWM``: ``ru_maxrss`` would
-count the driver's peak too, see ``pipeline.testing.memory``) on a
-fresh cluster per slide.
+Peak RSS is the worker process's own high-water mark on a fresh cluster per slide (``VmHWM``:
+``ru_maxrss`` would count the driver's peak too, see ``pipeline.testing.memory``).
 """
 
 from __future__ import annotations

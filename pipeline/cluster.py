@@ -24,6 +24,7 @@ itself when GPUs are visible; it only says how to start things, no pipeline logi
 from __future__ import annotations
 
 import ctypes
+import functools
 import importlib.util
 import os
 import socket
@@ -74,9 +75,10 @@ def release_freed_heap() -> bool:
     return malloc_trim is not None and bool(malloc_trim(0))
 
 
+@functools.cache
 def glibc_function(name: str) -> Any | None:
     """A function of this process's glibc (``mallopt``, ``malloc_trim``), or None where the C
-    library is not glibc."""
+    library is not glibc (looked up once per process)."""
     if not sys.platform.startswith("linux"):
         return None
     try:

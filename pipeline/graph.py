@@ -70,9 +70,10 @@ class ModelPreload(WorkerPlugin):
 
     def transition(self, key: Any, start: str, finish: str, **kwargs: Any) -> None:
         # on the worker's event loop: a trim takes milliseconds, so at most one per TRIM_EVERY_S
-        if start == "executing" and time.monotonic() - self.trimmed >= TRIM_EVERY_S:
+        now = time.monotonic()
+        if start == "executing" and now - self.trimmed >= TRIM_EVERY_S:
             release_freed_heap()
-            self.trimmed = time.monotonic()
+            self.trimmed = now
 
     def teardown(self, worker: Any) -> None:
         pass

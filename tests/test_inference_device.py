@@ -48,39 +48,8 @@ def test_device_auto_asks_for_the_gpu_providers(gpu_node, blob_model: Path) -> N
         model_for(Config(model=str(blob_model), device="auto", runtime="onnxruntime"))
 
 
-_RUN_TWICE = """
-import json, sys
-import numpy as np
-from pipeline.runtime.onnxruntime_backend import OnnxRuntimeBackend
-from pipeline.runtime.session import resolve_model_path
-from pipeline.testing.memory import current_rss_bytes
-
-backend = OnnxRuntimeBackend(resolve_model_path(None), providers=["CPUExecutionProvider"])
-x = np.random.default_rng(0).random((1, 3, 512, 512), dtype=np.float32)
-first = backend.predict(x)
-after_one = current_rss_bytes()
-second = backend.predict(x)
-after_two = current_rss_bytes()
-print(json.dumps({"grew": after_two - after_one, "same": bool(np.array_equal(first, second))}))
-"""
-
-
-def test_a_cpu_session_takes_no_new_memory_for_a_second_tile_of_the_same_shape() -> None:
-    """Worker memory must not depend on how many tiles a worker has inferred. ONNX Runtime's
-    memory pattern (on by default) plans one block per input shape on the second run and keeps
-    it beside the arena the first run filled: ~640 MB more for a 1408² tile on the CPU, for no
-    speed (benchmarks/RESULTS-pipeline.md). A CPU session reuses its arena instead."""
-    import json
-    import subprocess
-    import sys
-
-    out = subprocess.run([sys.executable, "-c", _RUN_TWICE], capture_output=True, text=True, check=True)
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result["same"]
-    assert result["grew"] < 16 * 2**20, f"a second run took {result['grew'] / 2**20:.0f} MB more"
-
-
-_RUN_AT_ONCE = """
+# a CPU backend of the shipped model and a 512² input, in a fresh process (its memory alone)
+_CPU_BACKEND = """
 import json, threading
 import numpy as np
 from pipeline.runtime.onnxruntime_backend import OnnxRuntimeBackend
@@ -89,6 +58,44 @@ from pipeline.testing.memory import current_rss_bytes
 
 backend = OnnxRuntimeBackend(resolve_model_path(None), providers=["CPUExecutionProvider"])
 x = np.random.default_rng(0).random((1, 3, 512, 512), dtype=np.float32)
+"""
+
+
+def in_fresh_process(script: str) -> dict:
+    """What ``script`` prints last (JSON), run by a fresh interpreter."""
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+_RUN_TWICE = (
+    _CPU_BACKEND
+    + """
+first = backend.predict(x)
+after_one = current_rss_bytes()
+second = backend.predict(x)
+after_two = current_rss_bytes()
+print(json.dumps({"grew": after_two - after_one, "same": bool(np.array_equal(first, second))}))
+"""
+)
+
+
+def test_a_cpu_session_takes_no_new_memory_for_a_second_tile_of_the_same_shape() -> None:
+    """Worker memory must not depend on how many tiles a worker has inferred. ONNX Runtime's
+    memory pattern (on by default) plans one block per input shape on the second run and keeps
+    it beside the arena the first run filled: ~640 MB more for a 1408² tile on the CPU, for no
+    speed (benchmarks/RESULTS-pipeline.md). A CPU session reuses its arena instead."""
+    result = in_fresh_process(_RUN_TWICE)
+    assert result["same"]
+    assert result["grew"] < 16 * 2**20, f"a second run took {result['grew'] / 2**20:.0f} MB more"
+
+
+_RUN_AT_ONCE = (
+    _CPU_BACKEND
+    + """
 for _ in range(3):
     backend.predict(x)
 one_at_a_time = backend.sessions
@@ -109,6 +116,7 @@ for _ in range(8):
 print(json.dumps({"one_at_a_time": one_at_a_time, "sessions": backend.sessions,
                   "grew": current_rss_bytes() - after_first}))
 """
+)
 
 
 def test_cpu_runs_made_at_once_each_have_a_session_and_memory_stays_put() -> None:
@@ -116,12 +124,7 @@ def test_cpu_runs_made_at_once_each_have_a_session_and_memory_stays_put() -> Non
     arena, which fragmented and grew by a few hundred MB at random points of a slide (worker peaks
     of 2.0–2.7 GB for the same slide). Each run now has a session to itself: memory is that of one
     run per thread, whatever the interleaving."""
-    import json
-    import subprocess
-    import sys
-
-    out = subprocess.run([sys.executable, "-c", _RUN_AT_ONCE], capture_output=True, text=True, check=True)
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = in_fresh_process(_RUN_AT_ONCE)
     assert result["one_at_a_time"] == 1  # runs one after another share a session
     assert result["sessions"] == 2  # two at once: one each, kept for the next time
     assert result["grew"] < 8 * 2**20, f"eight more rounds took {result['grew'] / 2**20:.0f} MB more"

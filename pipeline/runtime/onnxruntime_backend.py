@@ -153,10 +153,9 @@ class OnnxRuntimeBackend:
             return
         with self._lock:
             session = self._idle.pop() if self._idle else None
+            self._made += session is None
         if session is None:
             session = self._new_session()
-            with self._lock:
-                self._made += 1
         try:
             yield session
         finally:
