@@ -10,6 +10,7 @@ downstream. A slide is a context manager: ``with open_slide(path) as slide: ...`
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -196,7 +197,26 @@ def read_mirrored(
     block = slide.read_region(c0, r0, int(cols.max()) - c0 + 1, int(rows.max()) - r0 + 1, level)
     if r0 == y and c0 == x and block.shape[:2] == (height, width):
         return block
-    return block[np.ix_(rows - r0, cols - c0)]
+    return take_runs(take_runs(block, rows - r0, 0), cols - c0, 1)
+
+
+def take_runs(array: np.ndarray, index: np.ndarray, axis: int) -> np.ndarray:
+    """``array.take(index, axis)`` for an index made of a few runs that step by +1 or −1 (a
+    mirrored range), copied as slices: 1 ms instead of 17 for a 1248² RGB window's fancy index.
+
+    >>> take_runs(np.arange(5), np.array([2, 1, 0, 1, 2, 3, 4, 3]), 0).tolist()
+    [2, 1, 0, 1, 2, 3, 4, 3]
+    """
+    steps = np.diff(index)
+    if not np.all(np.abs(steps) == 1):  # repeats (an axis one pixel long)
+        return array.take(index, axis=axis)
+    starts = [0, *(np.flatnonzero(steps[1:] != steps[:-1]) + 1).tolist(), index.size]
+    pieces = []
+    for start, stop in itertools.pairwise(starts):
+        first, last = int(index[start]), int(index[stop - 1])
+        run = slice(first, last + 1) if last >= first else slice(first, last - 1 if last > 0 else None, -1)
+        pieces.append(array[(slice(None),) * axis + (run,)])
+    return pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=axis)
 
 
 # Pixels of a slide level read at once while building the low-resolution view: 8 Mpx is 24 MB as
