@@ -18,6 +18,7 @@ from pipeline.kernels.nuclei import (
     remove_small_labels,
     seed_components,
     seed_lone_components,
+    seed_values_tie,
     seeds_from_centres,
     watershed_from_seeds,
 )
@@ -32,6 +33,7 @@ from pipeline.kernels.stain import (
     reinhard_stats,
 )
 from pipeline.kernels.tissue import tissue_mask
+from tests.reference import basin_flood
 from tests.reference import postprocessing as previous
 
 
@@ -133,6 +135,28 @@ def test_basin_watershed_is_scikit_image_flood_where_no_seed_values_tie() -> Non
         whole = watershed(surface, np.where(mask, markers, 0), mask=mask)
         np.testing.assert_array_equal(watershed_from_seeds(surface, markers, mask), whole)
         np.testing.assert_array_equal(previous.watershed_from_seeds(surface, markers, mask), whole)
+
+
+def test_basins_flooded_side_by_side_get_the_labels_of_one_flood_each() -> None:
+    """Basins whose seed pixels all differ in value are flooded together on one canvas, the others
+    (tied seed values) each on its own: the labels of the previous flood of every basin on its own,
+    pixel for pixel. The surface takes 12 values on the left half (ties everywhere there) and is
+    exact on the right; flooding the tied basins together too moves 84–151 pixels here."""
+    for seed in range(4):
+        exact, markers, mask = crowded_nuclei(size=300, seed=seed)
+        quantised, _, _ = crowded_nuclei(size=300, seed=seed, levels=12)
+        surface = np.where(np.arange(300)[None, :] < 150, quantised, exact)
+        seeds = np.where(mask, markers, 0)
+        basins, _, contested = contested_basins(seeds, mask)
+        number = np.zeros(contested.shape[0], dtype=np.int32)
+        number[contested] = np.arange(1, int(contested.sum()) + 1, dtype=np.int32)
+        gaps = number[basins]
+        at = np.flatnonzero(gaps)
+        tied = seed_values_tie(surface, seeds, at, gaps.ravel()[at], int(contested.sum()))
+        assert tied.sum() >= 2 and (~tied[1:]).sum() >= 2  # flooded on their own, and side by side
+        np.testing.assert_array_equal(
+            watershed_from_seeds(surface, markers, mask), basin_flood.watershed_from_seeds(surface, markers, mask)
+        )
 
 
 def test_components_without_a_core_are_numbered_as_when_seeded_at_their_peak() -> None:

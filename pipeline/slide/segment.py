@@ -181,7 +181,7 @@ def cut_at_slide_edge(labels: np.ndarray, grid: TileGrid, tile: Tile, min_area_p
     small = (counts > 0) & (counts < min_area_px)
     small[0] = False
     if small.any():
-        cut[small[cut]] = 0
+        cut[small.take(cut)] = 0
     return cut
 
 
@@ -311,7 +311,7 @@ def write_tile_outputs(
     labels = cut_at_slide_edge(labels, plan.grid, tile, plan.thresholds.min_area_px)
     table, local = tile_nuclei(labels, h_map, plan.grid, tile, plan.mpp, excluded_pixels(plan))
     t1 = time.perf_counter()
-    owned = local.astype(window_label_dtype(table.num_rows), copy=False)[labels]
+    owned = local.astype(window_label_dtype(table.num_rows), copy=False).take(labels)
     if plan.grid.model_side != plan.grid.extent0:  # resampled: back onto the level-0 grid
         owned = owned[np.ix_(sampling, sampling)]
     atomic_write_bytes(tile_file(plan, tile, ".labels.zst"), codec.encode(np.ascontiguousarray(owned)), durable=False)
