@@ -85,18 +85,26 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--intra-op", type=int, default=1, help="ONNX Runtime threads per task in the pipeline")
     p.add_argument("--sizes", default="1,2", help="slide side multipliers to run (memory check needs 1,2)")
+    p.add_argument("--tiles-per-task", type=int, default=Config.tiles_per_task, help="tiles per segment-tiles task")
     args = p.parse_args()
     model = str(resolve_model_path(args.model or None))
     cores = os.cpu_count() or 1
     work = Path(args.out or tempfile.mkdtemp(prefix="bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    config = Config(model=model, tile_px=args.tile_px, intra_op_threads=args.intra_op, progress=False)
+    config = Config(
+        model=model,
+        tile_px=args.tile_px,
+        intra_op_threads=args.intra_op,
+        tiles_per_task=args.tiles_per_task,
+        progress=False,
+    )
     results = {
         "machine": f"{platform.node()} {platform.machine()} {cores} cores, {platform.python_version()}",
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "model": model,
         "tile_px": args.tile_px,
         "intra_op_threads": args.intra_op,
+        "tiles_per_task": args.tiles_per_task,
         "slides": [],
     }
     for factor in [int(f) for f in args.sizes.split(",")]:
