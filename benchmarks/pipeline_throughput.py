@@ -1,7 +1,7 @@
 """End-to-end throughput of the slide pipeline against bare ONNX Runtime inference on the same
 tiles, and peak worker memory for a small and a 4× larger slide.
 
-    python benchmarks/pipeline_throughput.py [--model FILE.onnx] [--side 2048] [--out DIR]
+    python benchmarks/pipeline_throughput.py [--model FILE.onnx] [--side 2048] [--out DIR] [--copies N]
 
 Both sides of the ratio are measured in this run on this machine:
 * baseline: the model alone (one ONNX Runtime session using every core) on the slide's tissue
@@ -11,6 +11,9 @@ Both sides of the ratio are measured in this run on this machine:
 Figures are megapixels of tissue (tile cores over tissue, at model resolution) per second.
 Peak RSS is the worker process's own high-water mark on a fresh cluster per slide (``VmHWM``:
 ``ru_maxrss`` would count the driver's peak too, see ``pipeline.testing.memory``).
+
+``--copies N`` runs a manifest of N copies of each slide (as a cohort of small slides runs: one
+slide plans while others' tiles run) against N passes of the baseline over the slide's tiles.
 """
 
 from __future__ import annotations
@@ -31,8 +34,21 @@ def generated_slide(folder: Path, side: int, seed: int) -> Path:
     return write_pyramidal_tiff(folder / f"slide_{side}.svs", image, mpp=0.25, compression="jpeg")
 
 
-def baseline_seconds(plan, threads: int) -> float:  # type: ignore[no-untyped-def]
-    """Bare inference on the plan's tiles (inputs prepared before timing)."""
+def copy_of(slide: Path, i: int) -> Path:
+    """The slide again under another name (a hard link where the file system allows)."""
+    import shutil
+
+    other = slide.with_name(f"{slide.stem}_copy{i}{slide.suffix}")
+    if not other.exists():
+        try:
+            os.link(slide, other)
+        except OSError:
+            shutil.copyfile(slide, other)
+    return other
+
+
+def baseline_seconds(plan, threads: int, passes: int = 1) -> float:  # type: ignore[no-untyped-def]
+    """Bare inference on the plan's tiles, ``passes`` times (inputs prepared before timing)."""
     from pipeline.io.readers import open_slide
     from pipeline.runtime.session import NucleusModel
     from pipeline.slide.segment import model_input, normalise_stain, read_tile
@@ -46,13 +62,15 @@ def baseline_seconds(plan, threads: int) -> float:  # type: ignore[no-untyped-de
         inputs.append(model_input([normalise_stain(rgb, plan.stain)], grid.model_input_side))
     model.predict(inputs[0])  # warm-up (graph optimisation, allocations)
     t0 = time.perf_counter()
-    for x in inputs:
-        model.predict(x)
+    for _ in range(passes):
+        for x in inputs:
+            model.predict(x)
     return time.perf_counter() - t0
 
 
-def pipeline_run(slide: Path, out: Path, config) -> tuple[float, int, dict]:  # type: ignore[no-untyped-def]
-    """Seconds for run_slides on a fresh local cluster, the worker's peak RSS (bytes), stats."""
+def pipeline_run(slides: list[Path], out: Path, config) -> tuple[float, int, dict]:  # type: ignore[no-untyped-def]
+    """Seconds for run_slides on a fresh local cluster, the worker's peak RSS (bytes), the first
+    slide's stats."""
     from distributed import Client, LocalCluster
 
     from pipeline.graph import run_slides
@@ -64,12 +82,13 @@ def pipeline_run(slide: Path, out: Path, config) -> tuple[float, int, dict]:  # 
         with Client(cluster) as client:
             client.run(lambda: __import__("pipeline.runtime.session"))  # import cost outside the clock
             t0 = time.perf_counter()
-            (outcome,) = run_slides(client, [SlideEntry(slide.stem, slide)], out, config)
+            outcomes = run_slides(client, [SlideEntry(s.stem, s) for s in slides], out, config)
             seconds = time.perf_counter() - t0
             peak = list(client.run(own_peak_rss_bytes).values())[0]
-    if outcome.status != "ok":
-        raise RuntimeError(outcome.error)
-    return seconds, int(peak), outcome.stats
+    for outcome in outcomes:
+        if outcome.status != "ok":
+            raise RuntimeError(outcome.error)
+    return seconds, int(peak), outcomes[0].stats
 
 
 def main() -> None:
@@ -86,6 +105,7 @@ def main() -> None:
     p.add_argument("--intra-op", type=int, default=1, help="ONNX Runtime threads per task in the pipeline")
     p.add_argument("--sizes", default="1,2", help="slide side multipliers to run (memory check needs 1,2)")
     p.add_argument("--tiles-per-task", type=int, default=Config.tiles_per_task, help="tiles per segment-tiles task")
+    p.add_argument("--copies", type=int, default=1, help="slides of each size in the manifest (copies of one)")
     args = p.parse_args()
     model = str(resolve_model_path(args.model or None))
     cores = os.cpu_count() or 1
@@ -105,6 +125,7 @@ def main() -> None:
         "tile_px": args.tile_px,
         "intra_op_threads": args.intra_op,
         "tiles_per_task": args.tiles_per_task,
+        "copies": args.copies,
         "slides": [],
     }
     for factor in [int(f) for f in args.sizes.split(",")]:
@@ -113,12 +134,14 @@ def main() -> None:
         plan = plan_slide(SlideEntry(slide.stem, slide), str(work / "plan"), config)
         grid = plan.grid
         cores_px = [grid.core(*t) for t in plan.tiles]
-        tissue_mpx = sum((x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in cores_px) / grid.scale**2 / 1e6
-        base = baseline_seconds(plan, threads=cores)
-        seconds, peak, stats = pipeline_run(slide, work / f"run_{side}", config)
+        tissue_mpx = args.copies * sum((x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in cores_px) / grid.scale**2 / 1e6
+        base = baseline_seconds(plan, threads=cores, passes=args.copies)
+        copies = [slide] + [copy_of(slide, i) for i in range(1, args.copies)]
+        seconds, peak, stats = pipeline_run(copies, work / f"run_{side}", config)
         row = {
             "side_px": side,
-            "tiles": len(plan.tiles),
+            "slides": args.copies,
+            "tiles": args.copies * len(plan.tiles),
             "tissue_mpx": round(tissue_mpx, 2),
             "baseline_ort_s": round(base, 2),
             "pipeline_s": round(seconds, 2),
@@ -126,7 +149,7 @@ def main() -> None:
             "pipeline_mpx_per_s": round(tissue_mpx / seconds, 3),
             "ratio_pipeline_over_baseline": round(base / seconds, 3),
             "worker_peak_rss_mb": round(peak / 2**20, 1),
-            "stage_seconds": stats["stage_seconds"],
+            "stage_seconds": stats["stage_seconds"],  # of the first copy (as n_nuclei)
             "n_nuclei": stats["n_nuclei"],
         }
         results["slides"].append(row)

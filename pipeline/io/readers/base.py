@@ -216,7 +216,8 @@ def take_runs(array: np.ndarray, index: np.ndarray, axis: int) -> np.ndarray:
         first, last = int(index[start]), int(index[stop - 1])
         run = slice(first, last + 1) if last >= first else slice(first, last - 1 if last > 0 else None, -1)
         pieces.append(array[(slice(None),) * axis + (run,)])
-    return pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=axis)
+    # one run is a view (reversed, when the window lies wholly beyond an edge): a copy, as the index gave
+    return np.ascontiguousarray(pieces[0]) if len(pieces) == 1 else np.concatenate(pieces, axis=axis)
 
 
 # Pixels of a slide level read at once while building the low-resolution view: 8 Mpx is 24 MB as
