@@ -137,11 +137,20 @@ def test_basin_watershed_is_scikit_image_flood_where_no_seed_values_tie() -> Non
         np.testing.assert_array_equal(previous.watershed_from_seeds(surface, markers, mask), whole)
 
 
-def test_basins_flooded_side_by_side_get_the_labels_of_one_flood_each() -> None:
-    """Basins whose seed pixels all differ in value are flooded together on one canvas, the others
-    (tied seed values) each on its own: the labels of the previous flood of every basin on its own,
-    pixel for pixel. The surface takes 12 values on the left half (ties everywhere there) and is
-    exact on the right; flooding the tied basins together too moves 84–151 pixels here."""
+@pytest.mark.parametrize("canvas", ["one canvas", "many canvases, large basins alone"])
+def test_basins_flooded_side_by_side_get_the_labels_of_one_flood_each(
+    canvas: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Small basins whose seed pixels all differ in value are flooded together on a canvas, the
+    others (tied seed values, or large) each on its own: the labels of the previous flood of every
+    basin on its own, pixel for pixel. The surface takes 12 values on the left half (ties everywhere
+    there) and is exact on the right; flooding the tied basins together too moves 84–151 pixels here."""
+    import pipeline.kernels.nuclei as nuclei
+
+    if canvas != "one canvas":
+        monkeypatch.setattr(nuclei, "SIDE_BY_SIDE_PX", 60)  # 7-10 of a picture's 11-12 basins are larger
+        monkeypatch.setattr(nuclei, "SHELF_PX", 64)
+        monkeypatch.setattr(nuclei, "CANVAS_PX", 64 * 64)  # a canvas of 64 rows: one or two shelves
     for seed in range(4):
         exact, markers, mask = crowded_nuclei(size=300, seed=seed)
         quantised, _, _ = crowded_nuclei(size=300, seed=seed, levels=12)
