@@ -250,15 +250,8 @@ def seed_values_tie(surface: np.ndarray, seeds: np.ndarray, at: np.ndarray, basi
     >>> seed_values_tie(np.array([[0.5, 0, 0.5, 0, 0.7]]), seeds, np.array([1, 3]), np.array([1, 2]), 2).tolist()
     [False, True, False]
     """
-    height, width = seeds.shape
     basin = basin.astype(np.int64)
-    col = at % width
-    sides = ((1, col == width - 1), (-1, col == 0), (width, at >= (height - 1) * width), (-width, at < width))
-    pairs = []
-    for step, off_image in sides:
-        across = np.where(off_image, at, at + step)  # off the image: the basin pixel itself, no seed
-        seeded = seeds.reshape(-1)[across] > 0
-        pairs.append(basin[seeded] * seeds.size + across[seeded])
+    pairs = [basin[ids > 0] * seeds.size + across[ids > 0] for across, ids in seeds_across(seeds, at)]
     key = np.unique(np.concatenate(pairs))  # each (basin, seed pixel) once
     basin, pixel = key // seeds.size, key % seeds.size
     value = surface.reshape(-1)[pixel]
@@ -268,6 +261,23 @@ def seed_values_tie(surface: np.ndarray, seeds: np.ndarray, at: np.ndarray, basi
     tied = np.zeros(k + 1, dtype=bool)
     tied[basin[1:][same]] = True
     return tied
+
+
+def seeds_across(seeds: np.ndarray, at: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """For each of the four sides of the non-seed pixels ``at`` (flat indices): the flat index of
+    the pixel across it and the seed id there (0: no seed, or off the image).
+
+    >>> [ids.tolist() for _, ids in seeds_across(np.array([[1, 0, 2]], np.int32), np.array([1]))]
+    [[2], [1], [0], [0]]
+    """
+    height, width = seeds.shape
+    col = at % width
+    sides = ((1, col == width - 1), (-1, col == 0), (width, at >= (height - 1) * width), (-width, at < width))
+    out = []
+    for step, off_image in sides:
+        across = np.where(off_image, at, at + step)  # off the image: the pixel itself, not a seed
+        out.append((across, seeds.reshape(-1).take(across)))
+    return out
 
 
 def contested_basins(seeds: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -295,19 +305,14 @@ def contested_basins(seeds: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, n
     rim[1:] |= seeded[:-1]
     rim &= free
     at = np.flatnonzero(rim)
-    height, width = seeds.shape
-    col = at % width
     basin = basins.reshape(-1)[at]
     none = np.iinfo(np.int32).max
     low = np.full(len(at), none, dtype=np.int32)  # per rim pixel: the smallest and largest seed id across its sides
     high = np.zeros(len(at), dtype=np.int32)
-    sides = ((1, col == width - 1), (-1, col == 0), (width, at >= (height - 1) * width), (-width, at < width))
-    for step, off_image in sides:
-        across = seeds.reshape(-1).take(at + step, mode="clip")
-        across[off_image] = 0
-        np.maximum(high, across, out=high)
-        across[across == 0] = none
-        np.minimum(low, across, out=low)
+    for _, ids in seeds_across(seeds, at):
+        np.maximum(high, ids, out=high)
+        ids[ids == 0] = none
+        np.minimum(low, ids, out=low)
     lowest = np.full(n + 1, none, dtype=np.int32)
     highest = np.zeros(n + 1, dtype=np.int32)
     np.minimum.at(lowest, basin, low)  # every rim pixel has a seed across some side
