@@ -67,6 +67,34 @@ def test_the_unet_graph_uses_the_ops_it_should(unet_model) -> None:
     assert {"Conv", "ConvTranspose", "MaxPool", "Concat", "LeakyRelu", "Sigmoid"} <= ops
 
 
+def test_a_run_keeps_only_the_activations_a_later_node_reads(unet_model, images) -> None:
+    """Device memory per tile: an activation goes once no later node reads it (the U-net's skip
+    connections stay until their decoder stage), not at the end of the run."""
+    import weakref
+
+    model = TorchOnnxModel(unet_model)
+    last_reader = {n: i for i, (_, names_in, _, _) in enumerate(model.nodes) for n in names_in if n}
+    produced: list[tuple[str, weakref.ref]] = []
+    excess = []
+
+    def watched(i: int, fn):  # type: ignore[no-untyped-def]
+        def run(inputs, attrs):  # type: ignore[no-untyped-def]
+            alive = {name for name, ref in produced if ref() is not None}
+            needed = {name for name, _ in produced if last_reader.get(name, -1) >= i}
+            excess.append(len(alive - needed))
+            out = fn(inputs, attrs)
+            produced.extend((name, weakref.ref(t)) for name, t in zip(model.nodes[i][2], out, strict=False))
+            return out
+
+        return run
+
+    model.nodes = [(watched(i, fn), a, b, c) for i, (fn, a, b, c) in enumerate(model.nodes)]
+    out = model.run_numpy(images)
+    assert len(model.nodes) > 20 and len(produced) == len(model.nodes)
+    assert max(excess) == 0  # no activation outlives its last reader
+    np.testing.assert_allclose(out, reference(unet_model, images), atol=FP32_TOLERANCE)
+
+
 @pytest.mark.parametrize("name", ["blob", "unet"])
 def test_half_precision(name, blob_model, unet_model, images) -> None:
     path = blob_model if name == "blob" else unet_model

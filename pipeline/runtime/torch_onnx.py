@@ -230,6 +230,30 @@ OPS: dict[str, OpFn] = {
 }
 
 
+def release_after_last_use(nodes: list[tuple[OpFn, list[str], list[str], Attrs]], keep: set[str]) -> list[list[str]]:
+    """For each node, the values to drop once it has run: those no later node reads (their last
+    reader, or the node that made them when nothing reads them), except ``keep`` (weights,
+    constants, the graph's outputs). Without this every activation of a run stays alive to its
+    end: ~1.6 kB per input pixel for the shipped U-net instead of the few maps live at once.
+
+    >>> f = None
+    >>> release_after_last_use([(f, ["x"], ["a"], {}), (f, ["a"], ["b"], {}), (f, ["a", "b"], ["y"], {})], {"y"})
+    [['x'], [], ['a', 'b']]
+    """
+    last: dict[str, int] = {}
+    for i, (_, names_in, names_out, _) in enumerate(nodes):
+        for name in names_out:
+            last.setdefault(name, i)
+        for name in names_in:
+            if name:
+                last[name] = i
+    done: list[list[str]] = [[] for _ in nodes]
+    for name, i in last.items():
+        if name not in keep:
+            done[i].append(name)
+    return done
+
+
 class TorchOnnxModel:
     """An ONNX graph evaluated with torch operators on ``device``.
 
@@ -281,6 +305,7 @@ class TorchOnnxModel:
                 self.values[node.output[0]] = self._place(self._constant(attrs))
                 continue
             self.nodes.append((OPS[node.op_type], list(node.input), list(node.output), attrs))
+        self.released = release_after_last_use(self.nodes, keep=set(self.values) | set(self.outputs))
 
     def _constant(self, attrs: Attrs) -> np.ndarray:
         from onnx import numpy_helper
@@ -322,11 +347,13 @@ class TorchOnnxModel:
         if self.emulate_half:
             x = x.half().to(self.dtype)
             env[self.inputs[0]] = x
-        for fn, names_in, names_out, attrs in self.nodes:
+        for (fn, names_in, names_out, attrs), done in zip(self.nodes, self.released, strict=True):
             results = fn([env[n] if n else None for n in names_in], attrs)
             if self.emulate_half:
                 results = [r.half().to(r.dtype) if r.is_floating_point() else r for r in results]
             env.update(zip(names_out, results, strict=False))
+            for name in done:  # activations no later node reads: their memory goes back now
+                del env[name]
         return env[self.outputs[0]].to(torch.float32).contiguous()
 
     def run_dlpack(self, image: Any) -> Any:
