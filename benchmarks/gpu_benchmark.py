@@ -431,7 +431,7 @@ def write_in_process(plan: Any, tile: Any, labels: np.ndarray, h_map: np.ndarray
 
     from pipeline.slide.segment import write_tile_outputs
 
-    return write_tile_outputs(plan, tile, labels, h_map, None, plan.grid.level0_sampling(), numcodecs.Zstd(level=3))
+    return write_tile_outputs(plan, tile, labels, h_map, None, numcodecs.Zstd(level=3))
 
 
 def warm_process(hold_s: float = 0.0) -> int:

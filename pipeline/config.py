@@ -42,7 +42,7 @@ class Config:
     low_resolution_mpp: float = 0.6  # coarser than this (up to max_mpp) a slide runs, flagged low_resolution
     # --- tiling (pixels at the model's resolution) ---
     tile_px: int = 1024  # tile core; the label map's chunks are this core in level-0 pixels
-    halo_px: int = -1  # -1 = derived: model context + largest nucleus (see pipeline.tiling)
+    halo_px: int = -1  # -1 = derived: model context + a nucleus's reach from its centroid (see pipeline.tiling)
     max_nucleus_px: int = 96  # largest nucleus extent at 40x (MoNuSeg max area 5147 px² ≈ 81 px)
     tiles_per_task: int = 2  # tiles inferred per Dask task (≥100 ms of work per task)
     # --- tissue and stain ---

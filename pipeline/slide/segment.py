@@ -51,21 +51,24 @@ def use_device(config: Config) -> bool:
     return gpu_available()
 
 
-def resample_to_model(window: np.ndarray, grid: TileGrid) -> np.ndarray:
-    """A level-0 read window resampled to the model's resolution (bilinear, pixel areas aligned)."""
-    side = grid.model_side
-    if window.shape[0] == side and window.shape[1] == side:
-        return window
-    import scipy.ndimage as ndi
-
-    zoom = (side / window.shape[0], side / window.shape[1], 1)
-    return np.asarray(ndi.zoom(window, zoom, order=1, grid_mode=True, mode="nearest"))
+def resample_to_model(region: np.ndarray, grid: TileGrid, tile: Tile) -> np.ndarray:
+    """A tile's level-0 read region (``grid.read_window``) → its model window (uint8 RGB):
+    bilinear samples of the slide-wide model grid, rows then columns, so every tile computes
+    the same values for the same pixel."""
+    if not grid.resampled:
+        return region
+    (rows, row_w), (cols, col_w) = grid.model_sampling(*tile)
+    values = region.astype(np.float32)
+    along = values[rows] * (1 - row_w)[:, None, None] + values[rows + 1] * row_w[:, None, None]
+    out = along[:, cols] * (1 - col_w)[None, :, None] + along[:, cols + 1] * col_w[None, :, None]
+    return np.rint(out).astype(np.uint8)
 
 
 def read_tile(slide: Slide | GlassWhereUnreadable, grid: TileGrid, tile: Tile) -> np.ndarray:
-    """A tile's window (core + halo, the image mirrored beyond the slide's edge) at model resolution."""
-    ox, oy = grid.window_origin(*tile)
-    return resample_to_model(read_mirrored(slide, ox, oy, grid.extent0, grid.extent0, 0), grid)
+    """A tile's model window (core + halo at model resolution, the image mirrored beyond the
+    slide's edge)."""
+    x, y, side = grid.read_window(*tile)
+    return resample_to_model(read_mirrored(slide, x, y, side, side, 0), grid, tile)
 
 
 def normalise_stain(rgb: Any, stain: StainStats | MacenkoStains | None) -> Any:
@@ -222,7 +225,6 @@ def segment_tiles(plan: SlidePlan, tiles: list[Tile]) -> list[TileSummary]:
     model = model_for(plan.config, plan.model_path)
     on_device = use_device(plan.config)
     codec = numcodecs.Zstd(level=3)
-    sampling = grid.level0_sampling()
     summaries = []
     with open_slide(plan.slide_path, plan.reader) as slide:
         for tile in tiles:
@@ -245,7 +247,7 @@ def segment_tiles(plan: SlidePlan, tiles: list[Tile]) -> list[TileSummary]:
             )
             if unreadable:
                 labels = drop_unreadable(labels, unreadable_pixels(grid, tile, unreadable, slide.level_dimensions[0]))
-            n_nuclei, written = write_tile_outputs(plan, tile, labels, h_map, prob, sampling, codec)
+            n_nuclei, written = write_tile_outputs(plan, tile, labels, h_map, prob, codec)
             summaries.append(TileSummary(tile, n_nuclei, {"read": t1 - t0, **seconds, **written}))
     return summaries
 
@@ -258,13 +260,13 @@ def unreadable_pixels(
     ox, oy = grid.window_origin(*tile)
     rows = mirrored_index(np.arange(oy, oy + grid.extent0), size[1])
     cols = mirrored_index(np.arange(ox, ox + grid.extent0), size[0])
-    sampling = grid.level0_sampling()
+    row_sampling, col_sampling = grid.level0_sampling(*tile)
     mask = np.zeros((grid.model_side, grid.model_side), dtype=bool)
     for t in unreadable:
         in_rows = np.zeros(grid.model_side, dtype=bool)
         in_cols = np.zeros(grid.model_side, dtype=bool)
-        in_rows[sampling[(rows >= t.y) & (rows < t.y + t.height)]] = True
-        in_cols[sampling[(cols >= t.x) & (cols < t.x + t.width)]] = True
+        in_rows[row_sampling[(rows >= t.y) & (rows < t.y + t.height)]] = True
+        in_cols[col_sampling[(cols >= t.x) & (cols < t.x + t.width)]] = True
         mask |= np.outer(in_rows, in_cols)
     return mask
 
@@ -301,7 +303,6 @@ def write_tile_outputs(
     labels: np.ndarray,
     h_map: np.ndarray,
     prob: np.ndarray | None,
-    sampling: np.ndarray,
     codec: Any,
 ) -> tuple[int, dict[str, float]]:
     """A segmented tile's owned nuclei (cut at the slide's edge) → its scratch table and level-0
@@ -312,23 +313,24 @@ def write_tile_outputs(
     table, local = tile_nuclei(labels, h_map, plan.grid, tile, plan.mpp, excluded_pixels(plan))
     t1 = time.perf_counter()
     owned = local.astype(window_label_dtype(table.num_rows), copy=False).take(labels)
-    if plan.grid.model_side != plan.grid.extent0:  # resampled: back onto the level-0 grid
-        owned = owned[np.ix_(sampling, sampling)]
+    if plan.grid.resampled:  # back onto the level-0 grid
+        owned = owned[np.ix_(*plan.grid.level0_sampling(*tile))]
     atomic_write_bytes(tile_file(plan, tile, ".labels.zst"), codec.encode(np.ascontiguousarray(owned)), durable=False)
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd")
     atomic_write_bytes(tile_file(plan, tile, ".parquet"), sink.getvalue().to_pybytes(), durable=False)
     if prob is not None:
-        write_probability_core(plan, tile, prob, sampling, codec)
+        write_probability_core(plan, tile, prob, codec)
     return table.num_rows, {"features": t1 - t0, "write": time.perf_counter() - t1}
 
 
-def write_probability_core(plan: SlidePlan, tile: Tile, prob: np.ndarray, sampling: np.ndarray, codec: Any) -> None:
+def write_probability_core(plan: SlidePlan, tile: Tile, prob: np.ndarray, codec: Any) -> None:
     """The tile core's probabilities on the level-0 grid, as uint8 (× 255), to the tile's scratch
     file (the assembly copies it into its maps.zarr shard: tiles never write a shard themselves)."""
     grid = plan.grid
     x0, y0, x1, y1 = grid.core(*tile)
     h = grid.halo0
-    level0 = prob[:, sampling][:, :, sampling][:, h : h + (y1 - y0), h : h + (x1 - x0)]
+    rows, cols = grid.level0_sampling(*tile)
+    level0 = prob[:, rows][:, :, cols][:, h : h + (y1 - y0), h : h + (x1 - x0)]
     core = np.ascontiguousarray(np.round(level0 * 255).astype(np.uint8))
     atomic_write_bytes(tile_file(plan, tile, ".prob.zst"), codec.encode(core), durable=False)
