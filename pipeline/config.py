@@ -41,7 +41,9 @@ class Config:
     max_mpp: float = 2.0  # coarser than this (µm/px) a slide is refused: nuclei are a few pixels wide
     low_resolution_mpp: float = 0.6  # coarser than this (up to max_mpp) a slide runs, flagged low_resolution
     # --- tiling (pixels at the model's resolution) ---
-    tile_px: int = 1024  # tile core; the label map's chunks are this core in level-0 pixels
+    # tile core; 0 = derived (pipeline.tiling.default_tile_px): 1024 where tiles run on the CPU, on a GPU
+    # the smallest core whose window is ≤ 1.35× its area. The label map's chunks are the core in level-0 px
+    tile_px: int = 0
     halo_px: int = -1  # -1 = derived: model context + a nucleus's reach from its centroid (see pipeline.tiling)
     max_nucleus_px: int = 96  # largest nucleus extent at 40x (MoNuSeg max area 5147 px² ≈ 81 px)
     tiles_per_task: int = 2  # tiles inferred per Dask task (≥100 ms of work per task)
@@ -212,8 +214,8 @@ def _memory_limit_ok(value: str) -> bool:
 
 def validate_config(config: Config) -> None:
     problems = []
-    if config.tile_px < 64 or config.tile_px % 16:
-        problems.append(f"tile_px={config.tile_px} must be a multiple of 16 and ≥ 64")
+    if config.tile_px != 0 and (config.tile_px < 64 or config.tile_px % 16):
+        problems.append(f"tile_px={config.tile_px} must be 0 (derived) or a multiple of 16 and ≥ 64")
     if config.halo_px != -1 and (config.halo_px < 0 or config.halo_px % 16):
         problems.append(f"halo_px={config.halo_px} must be -1 (derived) or a multiple of 16")
     for name, choices in CHOICES.items():
@@ -261,7 +263,9 @@ def validate_config(config: Config) -> None:
 
 # The settings that change what a slide's published outputs hold (with the model's sha256 and the
 # slide's own inputs): a rerun redoes a slide made with other values. Execution settings (reader,
-# device, runtime, workers, ...) are meant to give the same outputs and are left out.
+# device, runtime, workers, ...) are meant to give the same outputs and are left out; so is tile_px:
+# tiles sample one slide-wide grid, and the nuclei do not depend on the tiling (tests/test_pipeline.py),
+# while its default differs between CPU and GPU workers.
 OUTPUT_FIELDS: tuple[str, ...] = (
     "default_mpp",
     "estimate_scale",
@@ -269,7 +273,6 @@ OUTPUT_FIELDS: tuple[str, ...] = (
     "scale_tolerance",
     "max_mpp",
     "low_resolution_mpp",
-    "tile_px",
     "halo_px",
     "max_nucleus_px",
     "tissue_view_px",

@@ -16,6 +16,13 @@ from functools import cached_property
 import numpy as np
 
 INPUT_MULTIPLE = 16
+# Default tile cores (pipeline.config tile_px = 0). On CPU workers larger cores cost memory: ONNX
+# Runtime's arena grows with the window (~0.74 GB a run at 1024 px, ~2.7 GB at 2048 px; a 2-thread
+# worker 2.1 vs 6.3 GB, benchmarks/RESULTS-pipeline.md). On a GPU the arena is on the device, and the
+# halo's share of every device stage shrinks with the core: there the smallest core whose window
+# (core + 2 halos) is at most MAX_WINDOW_AREA × its area.
+CPU_TILE_PX = 1024
+MAX_WINDOW_AREA = 1.35
 
 
 def round_up(value: float, multiple: int) -> int:
@@ -43,6 +50,17 @@ def derive_halo_px(context_px: int, max_nucleus_px: int) -> int:
     176
     """
     return round_up(context_px + nucleus_reach_px(max_nucleus_px), INPUT_MULTIPLE)
+
+
+def default_tile_px(halo_px: int, on_gpu: bool) -> int:
+    """The tile core (model px) used when the configuration leaves it at 0.
+
+    >>> default_tile_px(176, on_gpu=False), default_tile_px(176, on_gpu=True)  # the shipped model
+    (1024, 2176)
+    """
+    if not on_gpu:
+        return CPU_TILE_PX
+    return max(CPU_TILE_PX, round_up(2 * halo_px / (math.sqrt(MAX_WINDOW_AREA) - 1), INPUT_MULTIPLE))
 
 
 @dataclass(frozen=True)

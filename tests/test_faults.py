@@ -376,6 +376,9 @@ def test_resume_redoes_slides_whose_outputs_or_inputs_changed(cohort: Path, blob
     # a table made on request (the CSV) and no longer asked for: the folders hold more, nothing redone
     fewer = run_cli(str(manifest), *[a for a in args if a != "--write-csv"])
     assert "3 already complete, 0 to process" in fewer.stderr and "redoing" not in fewer.stderr
+    # another tiling gives the same nuclei (tiles sample one slide-wide grid): nothing redone
+    retiled = run_cli(str(manifest), *[a if a != "256" else "384" for a in args])
+    assert "3 already complete, 0 to process" in retiled.stderr and "redoing" not in retiled.stderr
 
     # same size, other bytes: caught by the checksums when asked for
     csv = slides / "s0" / "nuclei.csv"

@@ -52,3 +52,29 @@ def test_a_slide_location_gets_the_same_model_input_from_every_tile(tmp_path: Pa
                     compared += a.size
                 canvas[key] = window
         assert compared > 10 * width * height  # tiles overlap, across both tile sizes
+
+
+@pytest.mark.parametrize("halo_px", [80, 176, 304])
+def test_default_tile_core_keeps_the_halo_a_small_share_on_gpus(halo_px: int) -> None:
+    """CPU workers keep 1024-px cores (their memory grows with the window); on a GPU the default
+    core is the smallest whose window (core + 2 halos) is at most 1.35× its area."""
+    from pipeline.tiling import MAX_WINDOW_AREA, default_tile_px
+
+    def area(core: int) -> float:
+        return ((core + 2 * halo_px) / core) ** 2
+
+    assert default_tile_px(halo_px, on_gpu=False) == 1024
+    core = default_tile_px(halo_px, on_gpu=True)
+    assert core % INPUT_MULTIPLE == 0 and area(core) <= MAX_WINDOW_AREA
+    assert core == 1024 or area(core - INPUT_MULTIPLE) > MAX_WINDOW_AREA
+
+
+def test_a_plan_on_the_cpu_takes_1024_px_cores(tmp_path: Path, blob_model: Path) -> None:
+    from pipeline.config import Config
+    from pipeline.manifest import SlideEntry
+    from pipeline.slide import plan_slide
+
+    image, _ = synthetic_slide_image(2400, 1200, seed=7, tissue="full")
+    slide = write_pyramidal_tiff(tmp_path / "s.svs", image, mpp=0.25)
+    plan = plan_slide(SlideEntry("s", slide), str(tmp_path / "out"), Config(model=str(blob_model)))
+    assert Config().tile_px == 0 and plan.grid.core0 == 1024

@@ -194,7 +194,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--workers", type=int, dest="n_workers", help="local cluster: worker processes")
     p.add_argument("--threads", type=int, dest="threads_per_worker", help="local cluster: threads per worker")
-    p.add_argument("--tile-px", type=int, help="tile core side at model resolution (multiple of 16)")
+    p.add_argument(
+        "--tile-px",
+        type=int,
+        help="tile core side at model resolution (multiple of 16; default: 1024 on CPU workers, larger on GPUs)",
+    )
     p.add_argument("--halo-px", type=int, help="tile halo at model resolution (default: derived from the model)")
     p.add_argument("--stain", choices=CHOICES["stain"])
     p.add_argument("--save-probabilities", action="store_true", default=None)

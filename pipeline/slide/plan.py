@@ -27,7 +27,7 @@ from pipeline.manifest import SlideEntry
 from pipeline.runtime import CPU_DEVICE_ID, NucleusModel, load_model
 from pipeline.slide.inputs import slide_inputs
 from pipeline.slide.scale import ScaleCheck, ScaleEstimate, check_stated_scale, decide_scale
-from pipeline.tiling import TileGrid, derive_halo_px
+from pipeline.tiling import TileGrid, default_tile_px, derive_halo_px
 
 Tile = tuple[int, int]
 
@@ -164,7 +164,8 @@ def plan_slide(entry: SlideEntry, out_dir: str, config: Config) -> SlidePlan:
     tissue = tissue & ~excluded
     tissue_view_s += time.perf_counter() - artifacts_started  # artifacts measured on the view
     halo = config.halo_px if config.halo_px >= 0 else derive_halo_px(model.context_px, config.max_nucleus_px)
-    grid = TileGrid.for_slide(width, height, mpp, model.mpp, config.tile_px, halo)
+    tile_px = config.tile_px or default_tile_px(halo, on_gpu=model.device != "cpu")
+    grid = TileGrid.for_slide(width, height, mpp, model.mpp, tile_px, halo)
     tiles = tuple(grid.tiles_over(tissue, view_ds))
     remove_stale_partials(Path(out_dir), entry.slide_id)
     work = new_partial_dir(Path(out_dir), entry.slide_id)
