@@ -24,11 +24,11 @@ def test_generated_pyramid_reads_back(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     img = rng.integers(0, 255, size=(600, 700, 3), dtype=np.uint8)
     path = write_pyramidal_tiff(tmp_path / "a.tiff", img, mpp=0.5, compression="zlib", tile=128)
-    slide = open_slide(path)
-    assert slide.reader == "tifffile"  # Deflate never goes to cuCIM
-    assert slide.level_dimensions[0] == (700, 600)
-    assert slide.mpp == pytest.approx(0.5)
-    np.testing.assert_array_equal(slide.read_region(10, 20, 50, 40), img[20:60, 10:60])
+    with open_slide(path) as slide:
+        assert slide.reader == "tifffile"  # Deflate never goes to cuCIM
+        assert slide.level_dimensions[0] == (700, 600)
+        assert slide.mpp == pytest.approx(0.5)
+        np.testing.assert_array_equal(slide.read_region(10, 20, 50, 40), img[20:60, 10:60])
 
 
 def test_regions_outside_the_image_are_glass() -> None:
