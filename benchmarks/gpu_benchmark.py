@@ -576,8 +576,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     cores = os.cpu_count() or 2
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", choices=["cpu", "gpu"], default="gpu", help="gpu: device path on cupy; cpu: on numpy")
-    p.add_argument("--side", type=int, default=8192, help="side of the generated slide, level-0 px (8192: 16 tiles)")
-    p.add_argument("--tile-px", type=int, default=2048)
+    p.add_argument("--side", type=int, default=8704, help="side of the generated slide, level-0 px (8704: 16 tiles)")
+    p.add_argument(
+        "--tile-px", type=int, default=2176, help="tile core (2176: the pipeline's GPU default with the shipped model)"
+    )
     p.add_argument("--spacing", type=float, default=15.0, help="nucleus grid spacing, px (14–16: many touch)")
     p.add_argument("--radius", type=float, nargs=2, default=(6.0, 9.0), metavar=("MIN", "MAX"))
     p.add_argument(
