@@ -463,6 +463,7 @@ class DeviceLoop:
         if xp.__name__ == "cupy":
             self.sync = xp.cuda.get_current_stream().synchronize
         self.local = threading.local()
+        self.opened: list[Any] = []  # each read thread's slide, closed when a run ends
         self.lock = threading.Lock()
         self.stages = dict.fromkeys(STAGES, 0.0)
 
@@ -477,6 +478,8 @@ class DeviceLoop:
         t0 = time.perf_counter()
         if not hasattr(self.local, "slide"):
             self.local.slide = open_slide(self.plan.slide_path, self.plan.reader)
+            with self.lock:
+                self.opened.append(self.local.slide)
         rgb = read_tile(self.local.slide, self.plan.grid, tile)
         self.add("read", time.perf_counter() - t0)
         return tile, np.ascontiguousarray(rgb)
@@ -561,11 +564,17 @@ class DeviceLoop:
         gets each tile's maps (and its probabilities, still on the device). Wall seconds, tiles."""
         n = 0
         t_start = time.perf_counter()
-        with ThreadPoolExecutor(self.read_threads) as readers:
-            for tile, rgb in self.prefetched(readers, tiles, deadline):
-                prob, labels, h_map = self.segment(rgb)
-                on_tile(tile, labels, h_map, prob)
-                n += 1
+        try:
+            with ThreadPoolExecutor(self.read_threads) as readers:
+                for tile, rgb in self.prefetched(readers, tiles, deadline):
+                    prob, labels, h_map = self.segment(rgb)
+                    on_tile(tile, labels, h_map, prob)
+                    n += 1
+        finally:
+            for slide in self.opened:  # the pool's threads are gone: a new run opens its own
+                slide.close()
+            self.opened.clear()
+            self.local = threading.local()
         return time.perf_counter() - t_start, n
 
 
