@@ -105,6 +105,7 @@ def main() -> None:
     p.add_argument("--model", default="")
     p.add_argument("--side", type=int, default=2048, help="side of the small slide (the large one is 2×)")
     p.add_argument("--tile-px", type=int, default=1024)
+    p.add_argument("--halo-px", type=int, default=-1, help="tile halo (-1: derived from the model)")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--intra-op", type=int, default=1, help="ONNX Runtime threads per task in the pipeline")
     p.add_argument("--sizes", default="1,2", help="slide side multipliers to run (memory check needs 1,2)")
@@ -118,6 +119,7 @@ def main() -> None:
     config = Config(
         model=model,
         tile_px=args.tile_px,
+        halo_px=args.halo_px,
         intra_op_threads=args.intra_op,
         tiles_per_task=args.tiles_per_task,
         progress=False,
@@ -127,6 +129,7 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "model": model,
         "tile_px": args.tile_px,
+        "halo_px": args.halo_px,
         "intra_op_threads": args.intra_op,
         "tiles_per_task": args.tiles_per_task,
         "copies": args.copies,
