@@ -140,11 +140,6 @@ class TileGrid:
     def model_input_side(self) -> int:
         return round_up(self.model_side, INPUT_MULTIPLE)
 
-    @property
-    def step(self) -> float:
-        """Level-0 px per model px."""
-        return self.scale
-
     def core(self, row: int, col: int) -> tuple[int, int, int, int]:
         """(x0, y0, x1, y1) of the core in level-0 px, clipped to the slide."""
         x0, y0 = col * self.core0, row * self.core0
@@ -166,8 +161,7 @@ class TileGrid:
             ox, oy = self.window_origin(row, col)
             return ox, oy, self.extent0
         mx, my = self.model_origin(row, col)
-        first = (np.array([mx, my]) + 0.5) * self.scale - 0.5
-        x, y = (int(v) for v in np.floor(first))
+        x, y = (math.floor((m + 0.5) * self.scale - 0.5) for m in (mx, my))  # the first sample's left neighbour
         return x, y, int(math.ceil(self.model_side * self.scale)) + 3
 
     def model_sampling(self, row: int, col: int) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:

@@ -115,7 +115,7 @@ def tile_nuclei(
     flat = np.empty(2 * len(rows))
     flat[0::2], flat[1::2] = px, py
     polygon = pa.ListArray.from_arrays(pa.array(2 * offsets, type=pa.int32()), pa.array(flat, type=pa.float64()))
-    perimeters = outline_perimeters(rows, cols, offsets) * grid.step
+    perimeters = outline_perimeters(rows, cols, offsets) * grid.scale
     sel = ids - 1
     area_um2 = moments["area"][sel] * model_mpp**2
     table = pa.table(
@@ -330,7 +330,7 @@ def write_probability_core(plan: SlidePlan, tile: Tile, prob: np.ndarray, codec:
     grid = plan.grid
     x0, y0, x1, y1 = grid.core(*tile)
     h = grid.halo0
-    rows, cols = grid.level0_sampling(*tile)
-    level0 = prob[:, rows][:, :, cols][:, h : h + (y1 - y0), h : h + (x1 - x0)]
+    rows, cols = grid.level0_sampling(*tile)  # the core's level-0 rows and columns only
+    level0 = prob[:, rows[h : h + (y1 - y0)]][:, :, cols[h : h + (x1 - x0)]]
     core = np.ascontiguousarray(np.round(level0 * 255).astype(np.uint8))
     atomic_write_bytes(tile_file(plan, tile, ".prob.zst"), codec.encode(core), durable=False)

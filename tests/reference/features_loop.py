@@ -118,7 +118,7 @@ def tile_table(labels: np.ndarray, h_map: np.ndarray, grid: Any, tile: Any, mpp:
         flat = np.empty(2 * len(ring))
         flat[0::2], flat[1::2] = px, py
         polygons.append(flat)
-        perimeters.append(polygon_perimeter(ring) * grid.step)
+        perimeters.append(polygon_perimeter(ring) * grid.scale)
     sel = ids - 1
     area_um2 = moments["area"][sel] * model_mpp**2
     return pa.table(
