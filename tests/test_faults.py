@@ -379,6 +379,17 @@ def test_resume_redoes_slides_whose_outputs_or_inputs_changed(cohort: Path, blob
     # another tiling gives the same nuclei (tiles sample one slide-wide grid): nothing redone
     retiled = run_cli(str(manifest), *[a if a != "256" else "384" for a in args])
     assert "3 already complete, 0 to process" in retiled.stderr and "redoing" not in retiled.stderr
+    # published by an earlier revision of the segmentation (same slide, model and settings, other
+    # nuclei): redone, saying so, rather than kept beside this revision's in one cohort
+    s0_stats = slides / "s0" / "stats.json"
+    recorded = json.loads(s0_stats.read_text())
+    del recorded["inputs"]["segmentation_revision"]  # as the versions before the revision was recorded
+    s0_stats.write_text(json.dumps(recorded))
+    revised = run_cli(str(manifest), *args)
+    assert revised.returncode == 0, revised.stderr[-3000:]
+    assert "2 already complete, 1 to process" in revised.stderr
+    assert "redoing s0: its nuclei were made by an earlier revision of the segmentation" in revised.stderr
+    assert slide_digest(slides / "s0") == reference["s0"]
 
     # same size, other bytes: caught by the checksums when asked for
     csv = slides / "s0" / "nuclei.csv"

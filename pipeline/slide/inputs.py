@@ -4,7 +4,9 @@ is planned and compared by a rerun before it skips the slide as complete.
 The slide file is known by its size and modification time (a rename or a move keeps both; a
 copy, a rescan or an edit changes them; a slide that is a folder of DICOM instances, by the
 total size and the latest modification of its files); the manifest's mpp override; the model's sha256; and
-the settings that change outputs (``config.OUTPUT_FIELDS``).
+the settings that change outputs (``config.OUTPUT_FIELDS``); and the revision of the segmentation
+method (``SEGMENTATION_REVISION``), so that a cohort resumed by a version whose nuclei differ for
+the same slide, model and settings is redone, not left half one method and half the other.
 """
 
 from __future__ import annotations
@@ -15,6 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import EXTRA_OUTPUT_FIELDS, OUTPUT_FIELDS, Config
+
+# The segmentation method's revision: raised when the same slide, model and settings give other
+# nuclei. Inputs recorded without one are revision 1.
+#   1: each tile resampled its own window to the model's resolution (208-px halo)
+#   2: every tile samples one slide-wide grid of model pixels (a resampled slide's nuclei no longer
+#      depend on the tiling); halo 176 px with the shipped model
+SEGMENTATION_REVISION = 2
 
 
 def slide_inputs(
@@ -29,6 +38,7 @@ def slide_inputs(
         "manifest_mpp": manifest_mpp,
         "model_sha256": model_sha256,
         "config": {name: getattr(config, name) for name in OUTPUT_FIELDS},
+        "segmentation_revision": SEGMENTATION_REVISION,
     }
 
 
@@ -67,6 +77,8 @@ def changed_inputs(recorded: Any, current: dict[str, Any]) -> str | None:
     True
     >>> changed_inputs(b, {**b, "config": {"write_csv": True}})
     'write_csv=True (it was None)'
+    >>> changed_inputs(a, {**a, "segmentation_revision": 2})
+    'its nuclei were made by an earlier revision of the segmentation (1; this is 2)'
     """
     if not isinstance(recorded, dict):
         return "its stats.json does not record the inputs it was made from (written by an older version)"
@@ -84,6 +96,10 @@ def changed_inputs(recorded: Any, current: dict[str, Any]) -> str | None:
     if recorded.get("model_sha256") != current["model_sha256"]:
         was = str(recorded.get("model_sha256"))[:12]
         reasons.append(f"the model is another one (sha256 {current['model_sha256'][:12]}…, it was {was}…)")
+    made_by, now = recorded.get("segmentation_revision", 1), current.get("segmentation_revision", 1)
+    if made_by != now:
+        which = "an earlier" if isinstance(made_by, int) and made_by < now else "another"
+        reasons.append(f"its nuclei were made by {which} revision of the segmentation ({made_by}; this is {now})")
     recorded_config = recorded.get("config")
     settings: dict[str, Any] = recorded_config if isinstance(recorded_config, dict) else {}
     for name, value in current["config"].items():
