@@ -53,7 +53,6 @@ def plan_geometry(path: Path, core: int, out: Path) -> dict[str, Any]:
         "mpp": round(plan.mpp, 4),
         "mpp_source": plan.mpp_source,
         "core_px": core,
-        "halo_px": round(grid.halo0 / grid.scale),
         "tissue_mm2": round(plan.tissue_mm2, 2),
         "tiles": len(plan.tiles),
         "window_px_per_tissue_px": round(window_px / tissue_model_px, 3),
