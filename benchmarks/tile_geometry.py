@@ -40,7 +40,7 @@ def plan_geometry(path: Path, core: int, out: Path) -> dict[str, Any]:
     from pipeline.manifest import SlideEntry
     from pipeline.slide.plan import plan_slide
 
-    config = Config(tile_px=core, estimate_scale=True)
+    config = Config(tile_px=core)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the slides' scale notes: reported below as their mpp
         plan = plan_slide(SlideEntry(path.stem, path), str(out), config)

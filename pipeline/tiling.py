@@ -17,8 +17,9 @@ import numpy as np
 
 INPUT_MULTIPLE = 16
 # Default tile cores (pipeline.config tile_px = 0). On CPU workers larger cores cost memory: ONNX
-# Runtime's arena grows with the window (~0.74 GB a run at 1024 px, ~2.7 GB at 2048 px; a 2-thread
-# worker 2.1 vs 6.3 GB, benchmarks/RESULTS-pipeline.md). On a GPU the arena is on the device, and the
+# Runtime's arena grows with the window (~430 bytes a window pixel: 0.84 GB a run at 1,376², 2.75 GB
+# at 2,464²; a 2-thread worker peaks at 2.1 GB with 1024-px cores, 7.4 GB with 2176,
+# benchmarks/RESULTS-pipeline.md). On a GPU the arena is on the device, and the
 # halo's share of every device stage shrinks with the core: there the smallest core whose window
 # (core + 2 halos) is at most MAX_WINDOW_AREA × its area.
 CPU_TILE_PX = 1024
