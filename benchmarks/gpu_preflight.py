@@ -178,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
         s.add_argument("--dir", type=Path, required=True, help="the wheel folder")
         s.add_argument("--list", type=Path, default=WHEEL_LIST)
     sub.choices["carry"].add_argument("--limit", type=int, default=CARRY_LIMIT)
+    sub.choices["carry"].add_argument(
+        "--root", type=Path, default=ROOT, help="the working tree sent (default: this one)"
+    )
     sub.choices["closure"].add_argument("--image", type=Path, default=DEVICE_IMAGE)
     s = sub.add_parser("imports")
     s.add_argument("--required", default="")
@@ -191,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {whl.stat().st_size:>12,}  {whl.name}")
         print(f"wheels: {len(list(args.dir.glob('*.whl')))} files, {folder_bytes(args.dir):,} B")
     elif args.command == "carry":
-        tree, files = tree_bytes()
+        tree, files = tree_bytes(args.root)
         wheels = folder_bytes(args.dir)
         carry = tree + wheels
         print(f"tree_bytes={tree} ({files} files)")

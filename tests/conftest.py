@@ -32,6 +32,45 @@ def pytest_configure(config: pytest.Config) -> None:
             ) from None
 
 
+# What the results depend on: printed at the end of every test run (quiet ones and CI's included),
+# so a failure can be matched to the versions that produced it.
+REPORTED_PACKAGES = (
+    "numpy",
+    "scipy",
+    "scikit-image",
+    "dask",
+    "distributed",
+    "zarr",
+    "numcodecs",
+    "onnxruntime",
+    "onnx",
+    "torch",
+    "pyarrow",
+    "pandas",
+    "tifffile",
+    "imagecodecs",
+    "pillow",
+    "pydicom",
+    "wsidicom",
+    "geopandas",
+    "shapely",
+    "cucim-cu13",
+    "ruff",
+)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(name: str) -> str:
+        try:
+            return f"{name} {version(name)}"
+        except PackageNotFoundError:
+            return f"{name} -"
+
+    terminalreporter.write_line("versions: " + ", ".join(installed(name) for name in REPORTED_PACKAGES))
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if gpu_present():
         return

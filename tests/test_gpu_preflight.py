@@ -4,6 +4,7 @@ exactly the pinned wheels, every carried wheel's dependencies are met, the carry
 from __future__ import annotations
 
 import importlib
+import subprocess
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -81,8 +82,31 @@ def test_closure_finds_the_missing_dependency(preflight, tmp_path: Path) -> None
 
 
 def test_carry_counts_the_tree_and_the_wheels(preflight, tmp_path: Path) -> None:
-    fake_wheel(tmp_path, "zarr", "3.1.6")
-    tree, files = preflight.tree_bytes()
-    assert files > 50 and tree > 7_000_000  # the shipped model alone is 7.8 MB
-    assert preflight.main(["carry", "--dir", str(tmp_path)]) == 0
-    assert preflight.main(["carry", "--dir", str(tmp_path), "--limit", str(tree)]) == 1
+    """What a device call sends: tracked files and untracked ones git does not ignore, plus the
+    carried wheels; measured on a known tree, so files a user keeps in the checkout do not count."""
+    tree = tmp_path / "tree"
+    (tree / "pkg").mkdir(parents=True)
+    (tree / ".gitignore").write_text(".venv/\n")  # 7 B
+    (tree / "pkg" / "tracked.py").write_bytes(b"x" * 1000)
+    (tree / "notes.txt").write_bytes(b"y" * 300)  # untracked, not ignored: sent too
+    (tree / ".venv").mkdir()
+    (tree / ".venv" / "big.bin").write_bytes(b"z" * 50_000)  # ignored: not sent
+    subprocess.run(["git", "init", "-q", str(tree)], check=True)
+    subprocess.run(["git", "-C", str(tree), "add", ".gitignore", "pkg/tracked.py"], check=True)
+    assert preflight.tree_bytes(tree) == (1307, 3)
+
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    wheel = fake_wheel(wheels, "zarr", "3.1.6").stat().st_size
+    carry = ["carry", "--dir", str(wheels), "--root", str(tree)]
+    assert preflight.main(carry) == 0
+    assert preflight.main([*carry, "--limit", str(1307 + wheel + 1)]) == 0
+    assert preflight.main([*carry, "--limit", str(1307 + wheel)]) == 1
+
+
+def test_the_repository_fits_a_device_call(preflight) -> None:
+    """The tracked files alone (the shipped model is most of them) leave room for the wheels."""
+    listed = subprocess.run(["git", "-C", str(preflight.ROOT), "ls-files", "-z"], check=True, capture_output=True)
+    paths = [preflight.ROOT / rel.decode() for rel in listed.stdout.split(b"\0") if rel]
+    tracked = sum(p.stat().st_size for p in paths if p.is_file() and not p.is_symlink())
+    assert 7_000_000 < tracked < preflight.CARRY_LIMIT // 2
