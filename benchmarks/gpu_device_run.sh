@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one prepared run for a lent GPU machine (issues 6 and 16): install the carried wheels, import
+# The one prepared run for a lent GPU machine: install the carried wheels, import
 # everything the run uses, run the GPU tests, run the GPU benchmark in phases; every result under $OUT.
 #
 # THE DEVICE CALL (the `run` tool, one call, from the root of a checkout of this branch):
@@ -236,9 +236,10 @@ wheel_only = sorted(m for m in sys.modules if m.split('.')[0] in {'zarr', 'dask'
 assert not wheel_only, f'the fp16 call would need carried wheels for {wheel_only}'
 print('imports without wheels: ok (torch: on the device image)')
 " || fail "the fp16 call's imports"
-    if [ ! -f "$PACKED" ] && [ -d ../shared/data/monuseg2018_train ]; then
+    MONUSEG=$(PYTHONPATH=$ROOT "$PY" -c "from pipeline.io.annotations import shared_data_dir as d; print(d() / 'monuseg2018_train')")
+    if [ ! -f "$PACKED" ] && [ -d "$MONUSEG" ]; then
       T=$(now)
-      PYTHONPATH=$ROOT "$PY" benchmarks/gpu_fp16_aji.py --pack "$PACKED" --data ../shared/data/monuseg2018_train \
+      PYTHONPATH=$ROOT "$PY" benchmarks/gpu_fp16_aji.py --pack "$PACKED" --data "$MONUSEG" \
         || fail "packing the validation images"
       echo "packed in $(since "$T") s"
     fi
@@ -253,7 +254,7 @@ print('packed:', len(images), 'images,', sum(int(l.max()) for _, _, l in images)
       "$PY" benchmarks/gpu_preflight.py carry --dir benchmarks/fp16-data | sed 's/^/fp16 call: /' \
         || fail "the fp16 call's carry is over 64 MiB"
     else
-      echo "no ../shared/data/monuseg2018_train here: the fp16 call's data is not packed (docs/gpu.md)"
+      echo "no $MONUSEG here: the fp16 call's data is not packed (docs/gpu.md)"
     fi
   fi
 

@@ -1,13 +1,15 @@
-"""AJI of the fp16 variant against fp32 on the validation images (the issue: within 0.005).
+"""AJI of the fp16 variant against fp32 on the validation images (fp16 is accepted within 0.005).
+
+DATA is the project's data folder (``pipeline.io.annotations.shared_data_dir()``).
 
     python benchmarks/gpu_fp16_aji.py --model pipeline/runtime/weights/nuclei_unet.onnx \
-        --data ../shared/data/monuseg2018_train --device cuda --out $OUT/fp16_aji.json
+        --data DATA/monuseg2018_train --device cuda --out $OUT/fp16_aji.json
 
-For the lent GPU machine, which sees only what a call carries (and ../shared/data is 126 MB of
-PNG masks), pack the 7 validation images once, here, with their labels made from the masks:
+For the lent GPU machine, which sees only what a call carries (and the MoNuSeg folder is 126 MB
+of PNG masks), pack the 7 validation images once, here, with their labels made from the masks:
 
     python benchmarks/gpu_fp16_aji.py --pack benchmarks/fp16-data/validation.npz \
-        --data ../shared/data/monuseg2018_train
+        --data DATA/monuseg2018_train
     # then, there (benchmarks/fp16-data is git-ignored: the call carries it; docs/gpu.md):
     python3 benchmarks/gpu_fp16_aji.py --packed benchmarks/fp16-data/validation.npz --out $OUT/fp16_aji.json
 

@@ -12,8 +12,8 @@ new alternately (so that a busy machine slows both alike), the best time of each
 * ``watershed``: the tiles' probability maps → nucleus labels (seeds, watershed, holes, small
   objects; ``instances_from_probabilities``), and whether the labels are identical;
 * ``features``: cut at the slide's edge + the tile's nucleus table (moments, outlines, polygons);
-* ``reduce``: the tiles' tables written as nuclei.csv, nuclei.geojson and nuclei.parquet (since
-  issue 15 the current code also builds the GeoParquet geometry and the GeoJSON's UUIDs).
+* ``reduce``: the tiles' tables written as nuclei.csv, nuclei.geojson and nuclei.parquet (the current
+  code also builds the GeoParquet geometry and the GeoJSON's UUIDs, which the previous one did not).
 
 Figures are seconds per Gpx of tissue (tile cores, level 0) on one thread; ``reduce`` also per
 nucleus. Results: ``<out>/host_stages.json`` and ``.md``.
@@ -153,8 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         lambda: write_rows(tables, work / "old"),
         lambda: write_nucleus_tables(iter(tables), work / "new", "host-stages"),
     )
-    # nuclei.geojson changed on purpose in issue 15 (UUID ids, the nucleus id as a measurement),
-    # and nuclei.parquet gained its geometry: the CSV is the text output that must stay the same
+    # nuclei.geojson differs by design (UUID ids, the nucleus id as a measurement) and nuclei.parquet
+    # holds its geometry: the CSV is the text output both must write the same
     same = {name: (work / "old" / name).read_bytes() == (work / "new" / name).read_bytes() for name in ("nuclei.csv",)}
     data = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

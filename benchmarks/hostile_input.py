@@ -1,4 +1,4 @@
-"""Resource bounds on hostile input (issue 13, item 9): peak memory and seconds of the
+"""Resource bounds on hostile input: peak memory and seconds of the
 low-resolution view on two hostile but valid TIFFs, and the cost of tile tasks on a plain image.
 
 * ``wide``: a 1 MB tiled TIFF (white, Deflate) whose header declares 300,000 × 1,000 px;
@@ -37,7 +37,7 @@ from pipeline.testing import glass_tiff  # noqa: E402  (the hostile files: the t
 
 
 def whole_width_view(slide, max_side: int = 2048, strip_px: int = 1024):  # type: ignore[no-untyped-def]
-    """The low-resolution view before issue 13: bands of ``strip_px`` rows read across the whole
+    """The low-resolution view without bounded blocks: bands of ``strip_px`` rows read across the whole
     width of the level, whatever the width (the baseline)."""
     w0, h0 = slide.level_dimensions[0]
     target = max(1.0, max(w0, h0) / max_side)

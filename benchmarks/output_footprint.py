@@ -1,6 +1,6 @@
 """What a slide's outputs cost on disk, per million nuclei, for each format; the defaults against
-the outputs before issue 15 (nuclei.parquet without geometry, nuclei.csv, nuclei.geojson, maps.zarr),
-measured in the same run on the same slide.
+every table written by default (nuclei.parquet without geometry, nuclei.csv, nuclei.geojson,
+maps.zarr), measured in the same run on the same slide.
 
     python benchmarks/output_footprint.py --side 4096 --out DIR
 
@@ -60,7 +60,7 @@ def best_us_per_nucleus(fn: Callable[[], Any], repeats: int, n: int) -> float:
 
 
 def previous_parquet(table: Any, path: Path) -> int:
-    """nuclei.parquet as written before issue 15: the table's columns only, zstd, default encodings."""
+    """nuclei.parquet without its geometry: the table's columns only, zstd, default encodings."""
     import pyarrow.parquet as pq
 
     pq.write_table(table, path, compression="zstd")
@@ -169,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         *[f"| {k} | {v:.1f} |" for k, v in per_nucleus.items()],
         "",
         f"defaults ({' + '.join(defaults)}): {default_mb:.1f} MB per million nuclei; "
-        f"before issue 15 ({' + '.join(before)}): {before_mb:.1f}; before / now: {before_mb / default_mb:.2f}×",
+        f"every table by default ({' + '.join(before)}): {before_mb:.1f}; that / defaults: "
+        f"{before_mb / default_mb:.2f}×",
         "",
         "nuclei.csv compressed (pyarrow codecs, in memory): "
         + "; ".join(

@@ -3,7 +3,7 @@
     python benchmarks/scale_estimate.py --calibrate   # the shipped model's reference nucleus area
     python benchmarks/scale_estimate.py [--split validation|training|all] [--factors 0.5 1 2 4]
 
-MoNuSeg 2018 training tiles (40x, 0.25 µm/px; ../shared/data, never the test set) are resampled
+MoNuSeg 2018 training tiles (40x, 0.25 µm/px; the project's data folder, never the test set) are resampled
 by each factor (0.5 = 80x, 2 = 20x, 4 = 10x), read as slides without metadata, and the estimate
 is compared with the true resolution. ``--calibrate`` measures the median nucleus area the model
 finds on the training split at its true scale (the constant ``REFERENCE_AREA_PX``). Prints one line

@@ -5,7 +5,7 @@
 Square benchmark slides covered with tissue put exactly (core + 2 halos)² / core² window pixels
 through the model per core pixel. A real slide's tissue has an outline: every tile whose core
 touches it is read whole, so a larger core also takes in more glass. This plans real slides
-(``../shared/data/wsi_fixtures``) with the pipeline's own ``plan_slide`` (its tissue view, artifact
+(``wsi_fixtures`` in the project's data folder) with the pipeline's own ``plan_slide`` (its tissue view, artifact
 exclusion, scale and tile grid, the shipped model's halo) once per core size, and reports, per
 slide and core: tissue tiles, window pixels inferred (tiles × model window²) over the tissue's
 area at the model's resolution, and the same over the 1024-px core's. Planning only: no tile is

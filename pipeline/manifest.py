@@ -1,4 +1,4 @@
-"""The manifest: which slides to segment (DESIGN §4).
+"""The manifest: which slides to segment.
 
 CSV with a header. ``slide_path`` is required; ``slide_id`` (default: file stem) and
 ``cancer_type`` (default ``UNKNOWN``) are optional; ``mpp`` overrides the slide's own

@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipeline.io.annotations import DATA_DIR_VARIABLE, shared_data_dir
 from pipeline.testing import build_blob_model, synthetic_slide_image, write_pyramidal_tiff
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED_DATA = shared_data_dir()
 WSI_FIXTURES = SHARED_DATA / "wsi_fixtures"
 
 
@@ -102,5 +103,5 @@ def synthetic_image() -> tuple[np.ndarray, list]:
 def need_shared(*names: str) -> Path:
     for name in names:
         if not (WSI_FIXTURES / name).exists() and not (SHARED_DATA / name).exists():
-            pytest.skip(f"../shared/data/{name} is not present")
+            pytest.skip(f"{name} is not in the data folder {SHARED_DATA} (set {DATA_DIR_VARIABLE})")
     return SHARED_DATA

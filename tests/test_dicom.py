@@ -111,7 +111,7 @@ def test_a_region_decodes_only_the_frames_it_covers(
 ) -> None:
     """Opening reads no pixel data (the offset table, or each fragment's 8-byte header where
     there is none); a 256² region aligned on 128² frames decodes 4 of 48 frames and reads only
-    their bytes from the file (issue 13: a tile task read every frame)."""
+    their bytes from the file, so a tile task's memory does not grow with the slide."""
     import imagecodecs
 
     big = synthetic_slide_image(1024, 768, seed=2)[0]

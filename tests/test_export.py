@@ -1,4 +1,4 @@
-"""The ONNX export contract (DESIGN §6) on a tiny, randomly initialised U-net."""
+"""The ONNX model contract (docs/model.md) of the export on a tiny, randomly initialised U-net."""
 
 from __future__ import annotations
 

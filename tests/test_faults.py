@@ -1,4 +1,4 @@
-"""Fault injection (issue 13): hostile but realistic input and crashes. Nothing is lost, nothing
+"""Fault injection: hostile but realistic input and crashes. Nothing is lost, nothing
 hangs, nothing listens beyond this machine, and every bad input ends with exit 2 and one line
 saying what and where; run.json always ends in a final state.
 
@@ -61,7 +61,7 @@ def manifest_of(tmp_path: Path, rows: list[str], header: str = "slide_path,slide
     return path
 
 
-# ---------------------------------------------------------------- 1. over-long slide ids ----
+# ------------------------------------------------------------------- over-long slide ids ----
 
 
 def test_overlong_slide_id_is_a_manifest_error_naming_the_row(tmp_path: Path) -> None:
@@ -252,7 +252,7 @@ def test_run_json_ends_in_a_final_state_when_the_driver_breaks(
     assert run["status"] == "error" and run["finished"] and "the driver broke" in run["error"]
 
 
-# ------------------------------------------------- 2. clean-up never touches other slides ----
+# ---------------------------------------------------- clean-up never touches other slides ----
 
 
 def test_stale_work_cleanup_matches_exactly_one_slide(tmp_path: Path) -> None:
@@ -270,7 +270,7 @@ def test_stale_work_cleanup_matches_exactly_one_slide(tmp_path: Path) -> None:
     assert remove_stale_partials(tmp_path, "S1.rescan") == 1 and others[1].exists() and others[2].exists()
 
 
-# ------------------------------------------------------------ 3. one run per output folder ----
+# --------------------------------------------------------------- one run per output folder ----
 
 
 def start_run(manifest: Path, out: Path, model: Path) -> subprocess.Popen:
@@ -325,7 +325,7 @@ def test_second_run_on_one_folder_is_refused_and_a_killed_holder_releases_it(
     assert not [p for p in (out / "slides").iterdir() if p.name.startswith(".")]
 
 
-# ------------------------------------------------- 4. resume verifies what a slide holds ----
+# ---------------------------------------------------- resume verifies what a slide holds ----
 
 
 def slide_digest(slide_dir: Path) -> dict[str, str]:
@@ -429,7 +429,7 @@ def test_resume_redoes_slides_whose_outputs_or_inputs_changed(cohort: Path, blob
     assert (slides / "s0" / "nuclei.csv").exists()
 
 
-# ------------------------------------------------------ 5, 10. settings validated up front ----
+# ------------------------------------------------------------- settings validated up front ----
 
 
 @pytest.mark.parametrize(
@@ -449,7 +449,7 @@ def test_bad_settings_refuse_with_one_line(
     args: list[str], env: dict[str, str], named: str, tmp_path: Path, blob_model: Path
 ) -> None:
     manifest = manifest_of(tmp_path, ["a.svs,a,BRCA"])
-    # before: 0 workers, and a run that waited for them forever
+    # refused before any worker starts: a run with no workers would wait for them forever
     result = run_cli(str(manifest), "--out", str(tmp_path / "out"), *args, env=env, timeout=60, small=False)
     assert named in one_line_error(result)
     assert not (tmp_path / "out").exists()
@@ -657,7 +657,7 @@ def test_rmm_pool_is_parsed_where_it_is_used_and_named_when_wrong(monkeypatch: p
     assert started[-1]["rmm_pool_size"] == 0.3
 
 
-# ------------------------------------------------------------- 8. nothing listens outside ----
+# ---------------------------------------------------------------- nothing listens outside ----
 
 
 def listening_addresses(pids: list[int]) -> set[str]:
@@ -810,7 +810,7 @@ def test_checkpoints_are_loaded_as_weights_only(tmp_path: Path) -> None:
     assert not marker.exists()
 
 
-# ------------------------------------------------ 11. bad input: exit 2, one line, no traceback ----
+# ---------------------------------------------------- bad input: exit 2, one line, no traceback ----
 
 
 def test_out_that_is_a_file_is_refused(tmp_path: Path, blob_model: Path) -> None:
@@ -910,7 +910,7 @@ def test_unusable_scheduler_is_refused(
     assert run["status"] == "error" and run["finished"] and named in run["error"]
 
 
-# ------------------------------------------------------ 6. predict never overwrites a result ----
+# --------------------------------------------------------- predict never overwrites a result ----
 
 
 def test_predict_keeps_one_result_per_input_even_when_names_repeat(tmp_path: Path, blob_model: Path) -> None:
@@ -943,7 +943,7 @@ def test_predict_keeps_one_result_per_input_even_when_names_repeat(tmp_path: Pat
         assert name in result.stdout
 
 
-# ------------------------------------------------- 7. bit depth, grayscale and transparency ----
+# ---------------------------------------------------- bit depth, grayscale and transparency ----
 
 
 def _inline_stats(path: Path, out: Path, model: Path, mpp: float = 0.25) -> dict:
@@ -1026,7 +1026,7 @@ def test_transparent_pixels_are_glass_not_tissue(tmp_path: Path) -> None:
         assert tissue[:, : right - 2].mean() > 0.9 and not tissue[:, right + 1 :].any(), name
 
 
-# ---------------------------------------------------------- 9. resource bounds on input ----
+# ------------------------------------------------------------- resource bounds on input ----
 
 VIEW_PEAK = """
 import sys
@@ -1133,7 +1133,7 @@ def test_plain_image_too_large_to_decode_whole_is_refused_before_decoding(
         open_slide(tmp_path / "big.png")
 
 
-# ------------------------------------------------------------------ 12. a corrupt tile ----
+# ---------------------------------------------------------------------- a corrupt tile ----
 
 
 def _corrupt_tiles(path: Path, indices: list[int]) -> None:
@@ -1231,7 +1231,7 @@ def test_slide_losing_too_much_to_corrupt_tiles_fails_naming_them(
         _reader_stats(corrupt_slides / "two.svs", tmp_path / "two", blob_model)
 
 
-# ------------------------------------------- 11. the QC: bad review files, store, stats.json ----
+# ----------------------------------------------- the QC: bad review files, store, stats.json ----
 
 
 @pytest.fixture()

@@ -1,4 +1,4 @@
-"""The nucleus tables as other tools read them (issue 15): nuclei.parquet as GeoParquet 1.1 read by
+"""The nucleus tables as other tools read them: nuclei.parquet as GeoParquet 1.1 read by
 geopandas and queried by region with a pyarrow filter on its bbox covering; nuclei.geojson in
 QuPath's object format; ``python -m pipeline.export`` writing both later from nuclei.parquet."""
 

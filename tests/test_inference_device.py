@@ -120,10 +120,10 @@ print(json.dumps({"one_at_a_time": one_at_a_time, "sessions": backend.sessions,
 
 
 def test_cpu_runs_made_at_once_each_have_a_session_and_memory_stays_put() -> None:
-    """A worker's task threads infer at once. Sharing one session, their runs shared one memory
-    arena, which fragmented and grew by a few hundred MB at random points of a slide (worker peaks
-    of 2.0–2.7 GB for the same slide). Each run now has a session to itself: memory is that of one
-    run per thread, whatever the interleaving."""
+    """A worker's task threads infer at once. Sharing one session, their runs would share one
+    memory arena, which fragments and grows by a few hundred MB at random points of a slide (worker
+    peaks of 2.0–2.7 GB measured for the same slide). Each run has a session to itself: memory is
+    that of one run per thread, whatever the interleaving."""
     result = in_fresh_process(_RUN_AT_ONCE)
     assert result["one_at_a_time"] == 1  # runs one after another share a session
     assert result["sessions"] == 2  # two at once: one each, kept for the next time

@@ -1,11 +1,9 @@
 """The MoNuSeg XML reader (MATLAB poly2mask convention) against the per-nucleus PNG masks.
 
-Needs ../shared/data beside the repository (never committed); skipped when absent.
+Needs the MoNuSeg samples in the project's data folder (never committed); skipped when absent.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,9 +14,10 @@ from pipeline.io.annotations import (
     read_monuseg_xml,
     read_rgb,
     read_truth,
+    shared_data_dir,
 )
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = shared_data_dir()
 XML_DIR = DATA / "monuseg2018_train_xml_samples"
 PNG_DIR = DATA / "monuseg2018_train"
 SAMPLES = {"TCGA-B0-5710-01Z-00-DX1": 359, "TCGA-B0-5698-01Z-00-DX1": 357}
@@ -27,7 +26,7 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(
         not (XML_DIR / "Annotations").is_dir() or not PNG_DIR.is_dir(),
-        reason="MoNuSeg data (../shared/data) not present",
+        reason=f"MoNuSeg data not in {DATA}",
     ),
 ]
 

@@ -4,7 +4,7 @@ The reference (``tests/reference/features_loop.py``) is the previous implementat
 nucleus' bounding-box crop, ``skimage.measure.find_contours`` at the half level, the longest
 contour, the repeated end vertex dropped, collinear vertices dropped. The new tracer must give
 the same rings: the same vertices in the same order from the same start (so ``nuclei.csv`` and
-``nuclei.geojson`` do not change), which the tests check exactly and, as the issue's criterion,
+``nuclei.geojson`` do not change), which the tests check exactly and, as the bound the tracer promises,
 as a symmetric Hausdorff distance between old and new rings of at most 0.5 px.
 """
 
@@ -89,7 +89,7 @@ def check_same(labels: np.ndarray, ids: np.ndarray) -> None:
         if len(a) == 0:
             assert len(b) == 0, i
             continue
-        assert hausdorff(a, b) <= 0.5, i  # the issue's criterion …
+        assert hausdorff(a, b) <= 0.5, i  # the promised bound …
         np.testing.assert_array_equal(b, a, err_msg=f"label {i}")  # … met exactly: same vertices, order, start
         assert polygon_perimeter(b) == reference_perimeter(a)  # bit for bit
     perimeters = outline_perimeters(*outline_arrays(labels, ids))

@@ -1,5 +1,5 @@
 """The slide pipeline in-process: every nucleus once and whole, whatever the tiling; outputs
-as DESIGN §5; coordinates in level-0 pixels of the slide."""
+as docs/outputs.md describes them; coordinates in level-0 pixels of the slide."""
 
 from __future__ import annotations
 

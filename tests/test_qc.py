@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from pipeline.cli.qc import main as qc_main
+from pipeline.io.annotations import shared_data_dir
 from pipeline.qc import (
     ReviewError,
     build_qc,
@@ -33,7 +34,7 @@ from pipeline.testing.qc_cohorts import (
     write_stats,
 )
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED_DATA = shared_data_dir()
 SIZES = {"BRCA": 100, "LUAD": 250, "GBM": 30}  # k = 2, 5 and 0 at 2 %
 
 
@@ -366,7 +367,7 @@ def test_missing_slide_file_is_skipped_with_a_note(tmp_path: Path) -> None:
     assert read_csv(qc / "slides.csv").set_index("WSI-ID").loc["SYN-01", "QCResult"] == "No regions"
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "wsi_fixtures").is_dir(), reason="../shared/data absent")
+@pytest.mark.skipif(not (SHARED_DATA / "wsi_fixtures").is_dir(), reason=f"no wsi_fixtures in {SHARED_DATA}")
 def test_real_20x_slide_patches_in_tissue(tmp_path: Path) -> None:
     from pipeline.io.readers import low_resolution_view, open_slide
     from pipeline.kernels.tissue import tissue_mask

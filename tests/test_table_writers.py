@@ -1,6 +1,6 @@
 """The column-wise nucleus-table writers against row-by-row definitions: ``nuclei.csv`` against
 the previous row-by-row writer (kept verbatim in ``tests/reference``), byte for byte;
-``nuclei.geojson`` (UUID ids and the nucleus id as a measurement since issue 15) against
+``nuclei.geojson`` (UUID ids, the nucleus id as a measurement) against
 ``json.dumps`` of :func:`pipeline.io.outputs.geojson.nucleus_feature` for every row."""
 
 from __future__ import annotations

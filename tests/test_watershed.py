@@ -11,8 +11,8 @@ from skimage.segmentation import watershed
 from pipeline.kernels.nuclei import NucleusThresholds, seeds_from_centres, watershed_from_seeds
 from pipeline.kernels.watershed import flood_components, flood_watershed
 
-MATCH_IOU = 0.9  # the parity criterion
-MATCH_SHARE = 0.99
+MATCH_IOU = 0.9  # a nucleus matches scikit-image's at IoU ≥ 0.9 ...
+MATCH_SHARE = 0.99  # ... and at least 99 % of nuclei must match
 
 BACKENDS = ["numpy", pytest.param("cupy", marks=pytest.mark.gpu)]
 

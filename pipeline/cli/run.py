@@ -1,8 +1,8 @@
 """Command line: ``python -m pipeline.run manifest.csv --out DIR``.
 
 Segments every nucleus in every slide of the manifest on a Dask cluster (a local one by
-default, or an existing ``dask-scheduler`` with ``--scheduler``), writes the outputs of
-DESIGN §5, builds the QC tables, prints a summary, and exits 0 only when every slide
+default, or an existing ``dask-scheduler`` with ``--scheduler``), writes the outputs
+(docs/outputs.md), builds the QC tables, prints a summary, and exits 0 only when every slide
 succeeded. Rerunning the same command skips slides that are already complete.
 """
 

@@ -1,4 +1,4 @@
-"""Segmentation metrics of the paper (DESIGN §7) as pure numpy functions on instance labels.
+"""Segmentation metrics of the paper (defined in docs/model.md) as pure numpy functions on instance labels.
 
 All take ``truth`` and ``pred``: integer H×W label images (0 = background, any positive ids).
 

@@ -1,4 +1,4 @@
-"""Score nucleus segmentations against ground truth (the paper's metrics, DESIGN §7).
+"""Score nucleus segmentations against ground truth (the paper's metrics, docs/model.md).
 
     python -m pipeline.evaluate --pred DIR --truth DIR_OR_FILES [--subset validation] [--out results]
 

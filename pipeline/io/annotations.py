@@ -9,6 +9,7 @@ and the classical baseline all score the same 7 held-out images.
 from __future__ import annotations
 
 import hashlib
+import os
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,9 +66,15 @@ VALIDATION_IMAGES: tuple[str, ...] = (
 TRAINING_IMAGES: tuple[str, ...] = tuple(sorted(set(MONUSEG_ORGANS) - set(VALIDATION_IMAGES)))
 
 
+# Where the project's real data lives (never committed): training, evaluation and the tests that
+# need real slides read it from here, and skip or fail naming it when it is absent.
+DATA_DIR_VARIABLE = "NUCLEI_DATA_DIR"
+
+
 def shared_data_dir() -> Path:
-    """``../shared/data`` beside the repository (where the project's data lives, never committed)."""
-    return Path(__file__).resolve().parents[3] / "shared" / "data"
+    """The project's data folder: ``$NUCLEI_DATA_DIR``, else ``../shared/data`` beside the repository."""
+    folder = os.environ.get(DATA_DIR_VARIABLE)
+    return Path(folder) if folder else Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
 @dataclass(frozen=True)

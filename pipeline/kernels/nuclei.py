@@ -16,7 +16,7 @@ from pipeline.kernels.dispatch import array_module, is_device_array, ndimage_mod
 
 @dataclass(frozen=True)
 class NucleusThresholds:
-    """Post-processing parameters. Defaults are the original system's values (DESIGN §2);
+    """Post-processing parameters. Defaults are the original system's values;
     a shipped model carries its own tuned values in its ONNX metadata."""
 
     centre_sigma: float = 1.0  # blur of the centre (detection) map, px at model resolution
@@ -324,7 +324,7 @@ def instances_from_probabilities(prob: Any, params: NucleusThresholds) -> Any:
     """Nucleus instance labels (int32, 0 = background) from a 2×H×W probability array
     (channel 0 = nucleus centre, channel 1 = nuclear material).
 
-    Steps (DESIGN §2): blur + threshold the material map → foreground; seeds from the centre
+    Steps, as in the original system: blur + threshold the material map → foreground; seeds from the centre
     map; watershed of −material from the seeds inside the foreground; holes filled; objects
     smaller than ``min_area_px`` dropped. Labels are renumbered 1..n in order of their seeds.
 

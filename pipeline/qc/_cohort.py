@@ -12,8 +12,8 @@ import pandas as pd
 
 from pipeline.io.outputs.stats import NUMERIC_FIELDS, TEXT_FIELDS
 
-# stats.json keys the QC reads (DESIGN §5, one schema); the numeric ones are null for a failed slide.
-UNKNOWN_CANCER_TYPE = "UNKNOWN"  # DESIGN §4: the manifest's default cancer type
+# stats.json keys the QC reads (one schema for every slide); the numeric ones are null for a failed slide.
+UNKNOWN_CANCER_TYPE = "UNKNOWN"  # the manifest's default cancer type
 
 # Lists and mappings of stats.json, flattened for the table: flags and warnings joined, artifact
 # areas summed over their kinds.
@@ -79,7 +79,7 @@ def read_slide_stats(folder: str | Path) -> dict[str, Any]:
 def read_cohort(out_dir: Path, left_out: list[str] | None = None) -> pd.DataFrame:
     """Every completed slide of a run, one row each, sorted by (cancer_type, slide_id).
 
-    Folders whose name starts with "." are slides still being written (DESIGN §5) and are
+    Folders whose name starts with "." are slides still being written and are
     skipped, as are folders without a stats.json yet. Works on partial cohorts: just what is
     there. A stats.json that is no slide's record is left out, and why is appended to ``left_out``.
     """

@@ -35,7 +35,7 @@ OVERLAY_ALPHA = (0.6, 0.9)  # opacity of the nucleus tint: one nucleus in a pixe
 MIN_PATCH_TISSUE = 0.5
 TRIES_PER_PATCH = 40  # rejection-sampling budget before the overlap / tissue-share rules relax
 # Nuclei whose centroid lies this far outside a patch can still reach into it (largest nuclei
-# at 40x are ~80 px across, DESIGN config max_nucleus_px = 96 px = 24 µm).
+# at 40x are ~80 px across; the config's max_nucleus_px = 96 px at 40x = 24 µm).
 NUCLEUS_REACH_UM = 24.0
 OUTLINE_RGB = (0, 255, 0)  # nucleus outlines: green stands out on H&E
 GAP_PX = 8  # white gap between the raw patch and its overlay in the review image

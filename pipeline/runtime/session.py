@@ -1,6 +1,6 @@
 """The ONNX model as the pipeline sees it: one inference session per worker process.
 
-The model contract (DESIGN §6): input ``image`` float32 N×3×H×W, RGB in [0, 1] after stain
+The model contract (docs/model.md): input ``image`` float32 N×3×H×W, RGB in [0, 1] after stain
 normalisation, H and W multiples of 16; output ``prob`` float32 N×2×H×W (sigmoid applied;
 channel 0 = nucleus centre, channel 1 = nuclear material); metadata_props carry ``mpp``,
 ``version``, ``training_data`` and the post-processing thresholds.
@@ -234,7 +234,7 @@ def model_summary(path: str | Path | None, check: bool = False) -> dict[str, Any
 
 
 def check_model(path: Path) -> None:
-    """Raise ModelError unless ``path`` is an ONNX model that meets the contract (DESIGN §6)."""
+    """Raise ModelError unless ``path`` is an ONNX model that meets the contract (docs/model.md)."""
     if not path.is_file():
         raise ModelError(f"{path}: the model is not a file")
     try:

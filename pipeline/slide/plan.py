@@ -34,7 +34,7 @@ Tile = tuple[int, int]
 ARTIFACT_MASK_FILE = "artifacts.npy"  # packed bits of the low-resolution view: pixels excluded (ink, folds)
 SCALE_TISSUE_FILE = "scale_tissue.npy"  # scratch: packed bits of the view's ink-free tissue, for the scale check
 MIN_ARTIFACT_MM2 = 0.001  # smallest artifact region (~32 µm across): specks are not ink
-ARTIFACT_NOTE_SHARE = 0.05  # artifacts over this share of the tissue get a QC note (the issue's 5 %)
+ARTIFACT_NOTE_SHARE = 0.05  # artifacts over this share of the tissue get a QC note (a judgement: 1/20 is worth a look)
 
 
 @dataclass(frozen=True)

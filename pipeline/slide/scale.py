@@ -41,7 +41,7 @@ N_WINDOWS = 6
 MIN_NUCLEI = 20  # fewer nuclei than this over all windows: no estimate
 # A later start's fixed point replaces an earlier one when the model is surer of its centres by
 # more than this. A margin of 0.015 would keep CMU-1-Small-Region (20x; 0.955 vs 0.959 for its
-# fixed points at 0.46 and 0.93 µm/px) from a false scale_disagreement, but it sent 2 of the 7
+# fixed points at 0.46 and 0.93 µm/px) from a false scale_disagreement, but it sends 2 of the 7
 # held-out images at 10x back to 40x (benchmarks/RESULTS-scale.md): a false flag asks for a look,
 # a 10x slide read as 40x is silently wrong, so there is none.
 CERTAINTY_MARGIN = 0.0

@@ -1,4 +1,4 @@
-"""A small classical model that meets the ONNX contract (DESIGN §6), for tests and benchmarks
+"""A small classical model that meets the ONNX model contract, for tests and benchmarks
 that measure the pipeline's own cost. Nothing here is used by a real run: the pipeline's default
 model is the trained one shipped in ``pipeline/runtime/weights``."""
 

@@ -136,7 +136,7 @@ def synthetic_slide_cohort(
 def glass_tiff(path: Path, width: int, height: int, tile: int = 256) -> Path:
     """A one-level tiled TIFF of white glass whatever its declared size: every tile is the same
     Deflate-compressed bytes, so a 300,000 × 1,000 px file is ~1 MB and is written in a second
-    (hostile input for the resource bounds of issue 13)."""
+    (hostile input for the reader's memory and time bounds)."""
     import math
     import zlib
 

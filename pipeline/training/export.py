@@ -1,4 +1,4 @@
-"""Export a trained U-net to ONNX per the model contract (DESIGN §6), and measure its context.
+"""Export a trained U-net to ONNX per the model contract (docs/model.md), and measure its context.
 
     python -m pipeline.training.export --checkpoint runs/x/step_003000.pt \
         --thresholds runs/x/thresholds.json --out pipeline/runtime/weights/nuclei_unet.onnx

@@ -1,4 +1,4 @@
-"""A float16 variant of a contract ONNX model, with float32 input and output (DESIGN §6 unchanged).
+"""A float16 variant of a contract ONNX model, with float32 input and output (the model contract unchanged).
 
     python -m pipeline.training.fp16 pipeline/runtime/weights/nuclei_unet.onnx nuclei_unet.fp16.onnx
 

@@ -4,7 +4,10 @@ The target is the lαβ mean and standard deviation of the tissue pixels of the 
 images (the training split only, all pixels pooled), so that stain-normalised slides look like
 the data the U-net was trained on::
 
-    python -m pipeline.training.stain_target [--data ../shared/data/monuseg2018_train]
+    python -m pipeline.training.stain_target [--data DIR]
+
+``--data`` defaults to ``monuseg2018_train`` in the project's data folder
+(:func:`pipeline.io.annotations.shared_data_dir`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Synthetic training patches, as the paper made them (DESIGN §2): random-polygon nuclei
+"""Synthetic training patches, as the paper made them: random-polygon nuclei
 (radius 8.5–13 px at 40x, 10–17 vertices) painted with nuclear texture taken from real tiles
 onto a real tile whose own nuclei have been inpainted away. The instance labels are known by
 construction: they are exactly the rasterised polygons.

@@ -1,4 +1,4 @@
-"""The nucleus U-net (torch), in the spirit of the paper's network (DESIGN §2).
+"""The nucleus U-net (torch), in the spirit of the paper's network.
 
 Four down-sampling and four up-sampling stages, ``base`` filters doubling per stage
 (16/32/64/128/256 by default, as the paper), skip connections by concatenation, a transposed

@@ -1,4 +1,4 @@
-"""One run at a time owns an output folder (DESIGN §5).
+"""One run at a time owns an output folder.
 
 A run holds an exclusive POSIX record lock (``fcntl.lockf``) on ``DIR/.run.lock`` from before it
 looks at the folder until it exits. A second run on the same folder is refused at once, naming

@@ -30,13 +30,13 @@ MAPS_DIR = "maps.zarr"
 LABELS = "labels"
 PROBABILITIES = "probabilities"
 NGFF_VERSION = "0.5"  # OME-NGFF on Zarr v3; ome-zarr-py 0.18 / napari-ome-zarr read it (0.4 is Zarr v2)
-PYRAMID_TOP_PX = 1024  # the pyramid halves until the long side fits this (issue 15: a screen-sized overview)
+PYRAMID_TOP_PX = 1024  # the pyramid halves until the long side fits this (a screen-sized overview)
 # zstd level of the label arrays: on the shipped model's 4096² generated slide (all levels,
 # 1024² chunks in 4096² shards) level 9 stores them in 1.56 MB against 1.87 at zarr's default (3),
 # for ~17 s more compression per Gpx; levels 5–7 gain 4 %, 12 no more than 9 at 3× the time.
 # It keeps a slide's default outputs under 200 MB per million nuclei (benchmarks/RESULTS-outputs.md).
 LABELS_ZSTD_LEVEL = 9
-PROBABILITY_CHANNELS = ("centre", "material")  # the model's output channels (DESIGN §6)
+PROBABILITY_CHANNELS = ("centre", "material")  # the model's output channels (the model contract)
 _UINT8_WINDOW = {"start": 0, "end": 255, "min": 0, "max": 255}
 _SPACE = [{"name": "y", "type": "space", "unit": "micrometer"}, {"name": "x", "type": "space", "unit": "micrometer"}]
 

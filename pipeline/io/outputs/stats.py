@@ -1,4 +1,4 @@
-"""``stats.json``: one schema for every slide of a run, finished or failed (DESIGN §5).
+"""``stats.json``: one schema for every slide of a run, finished or failed.
 
 The pipeline writes it (``pipeline.slide.reduce`` for a finished slide, ``pipeline.graph`` for a
 failed one), the QC reads it (``pipeline.qc``), and the generated cohorts of the tests and
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 STATS_FILE = "stats.json"
-# The paper reports nucleus areas in pixels at 40x, i.e. at 0.25 µm/px (DESIGN §2).
+# The paper reports nucleus areas in pixels at 40x, i.e. at 0.25 µm/px.
 MPP_40X = 0.25
 
 

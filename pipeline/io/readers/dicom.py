@@ -221,7 +221,7 @@ def sample_range(ds: Any, name: str) -> int | None:
     range (2^BitsStored − 1), scaled to 0..255 by :func:`rgb8`.
 
     Refused with the reason, as for TIFF: grayscale (one channel has no stain colours to
-    separate; it gave 0 nuclei), palette and other colour models, samples that are not 8- or
+    separate; segmented, it gives 0 nuclei), palette and other colour models, samples that are not 8- or
     16-bit unsigned integers."""
     photometric = str(ds.get("PhotometricInterpretation", "")).upper()
     samples = int(ds.get("SamplesPerPixel", 1))

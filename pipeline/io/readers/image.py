@@ -79,7 +79,7 @@ def decode_image(path: Path) -> tuple[np.ndarray, Resolution | None]:
     """The image as RGB uint8 and its resolution from the dpi it stores.
 
     Refused with the reason, before decoding: a grayscale image (one channel has no stain
-    colours to separate; 16-bit grayscale was turned white, 8-bit gave 0 nuclei) and an image
+    colours to separate; segmented, 16-bit grayscale reads as white, 8-bit gives 0 nuclei) and an image
     over :data:`MAX_IMAGE_PIXELS`. Transparent pixels are glass; deeper than 8 bits is scaled
     by the image's range (Pillow gives 16-bit RGB as 8-bit already)."""
     from PIL import Image

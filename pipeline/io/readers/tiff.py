@@ -128,8 +128,8 @@ def sample_layout(page: Any) -> tuple[int | None, str | None]:
     """How a TIFF's samples become RGB uint8: the range of samples deeper than 8 bits (the
     ``MaxSampleValue`` tag, else the bit depth's), and the kind of alpha its fourth sample is.
 
-    Refused with the reason: grayscale (one channel has no stain colours to separate; it gave
-    0 nuclei), palette, CMYK or Lab colour, samples that are not 8- or 16-bit unsigned integers."""
+    Refused with the reason: grayscale (one channel has no stain colours to separate; segmented,
+    it gives 0 nuclei), palette, CMYK or Lab colour, samples that are not 8- or 16-bit unsigned integers."""
     photometric = int(page.photometric)
     if photometric not in RGB_PHOTOMETRICS or page.samplesperpixel < 3:
         kind = PHOTOMETRIC_NAMES.get(photometric, f"Photometric {photometric}")
