@@ -513,7 +513,7 @@ class DeviceLoop:
         from pipeline.kernels.dispatch import to_host
         from pipeline.kernels.nuclei import instances_from_probabilities
         from pipeline.kernels.stain import haematoxylin
-        from pipeline.slide.segment import model_input, normalise_stain
+        from pipeline.slide.model_input import model_input, normalise_stain
 
         xp, sync, side = self.xp, self.sync, self.plan.grid.model_input_side
         t0 = time.perf_counter()

@@ -97,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.kernels.nuclei import instances_from_probabilities
     from pipeline.manifest import SlideEntry
     from pipeline.slide import model_for, plan_slide
-    from pipeline.slide.segment import cut_at_slide_edge, normalise_stain, read_tile, segment_window, tile_nuclei
+    from pipeline.slide.model_input import normalise_stain
+    from pipeline.slide.segment import cut_at_slide_edge, read_tile, segment_window, tile_nuclei
 
     work = Path(tempfile.mkdtemp(prefix="host-stages-"))
     model_path, model_name = gb.benchmark_model(args.model, work)

@@ -55,7 +55,8 @@ def baseline_seconds(plan, threads: int, passes: int = 1) -> float:  # type: ign
     """Bare inference on the plan's tiles, ``passes`` times (inputs prepared before timing)."""
     from pipeline.io.readers import open_slide
     from pipeline.runtime.session import NucleusModel
-    from pipeline.slide.segment import model_input, normalise_stain, read_tile
+    from pipeline.slide.model_input import model_input, normalise_stain
+    from pipeline.slide.segment import read_tile
 
     model = NucleusModel(Path(plan.model_path), intra_op_threads=threads)
     slide = open_slide(plan.slide_path, plan.reader)

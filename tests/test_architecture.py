@@ -48,3 +48,71 @@ def test_choices_are_declared_once_and_validated() -> None:
         with pytest.raises(SystemExit):  # argparse refuses it too, from the same tuple
             parse_args(["m.csv", f"--{name}", "nonsense"])
         assert getattr(parse_args(["m.csv", f"--{name}", choices[-1]]), name) == choices[-1]
+
+
+def import_cycles(package: str) -> list[list[str]]:
+    """Groups of modules of ``package`` that import one another, directly or through others,
+    counting imports inside functions too (Tarjan's strongly connected components over grimp's
+    import graph)."""
+    import grimp
+
+    graph = grimp.build_graph(package, include_external_packages=False)
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+
+    def visit(root: str) -> None:  # iterative, so that deep import chains need no recursion
+        work = [(root, iter(sorted(graph.find_modules_directly_imported_by(root))))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph.find_modules_directly_imported_by(child)))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                group = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    group.append(member)
+                    if member == node:
+                        break
+                if len(group) > 1:
+                    cycles.append(sorted(group))
+
+    for module in sorted(graph.modules):
+        if module not in index:
+            visit(module)
+    return cycles
+
+
+def test_no_import_cycles_in_the_package() -> None:
+    """No module of the package imports, even from inside a function, a module that imports it
+    back: each layer's modules form a tree a reader can follow from the bottom up."""
+    assert import_cycles("pipeline") == []
+
+
+def test_the_cycle_finder_finds_a_cycle(tmp_path, monkeypatch) -> None:
+    package = tmp_path / "cyclic"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "a.py").write_text("from cyclic import b\n")
+    (package / "b.py").write_text("def f():\n    from cyclic import c\n")
+    (package / "c.py").write_text("import cyclic.a\n")
+    (package / "d.py").write_text("import cyclic.a\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert import_cycles("cyclic") == [["cyclic.a", "cyclic.b", "cyclic.c"]]

@@ -11,7 +11,7 @@ import pytest
 from pipeline.config import Config
 from pipeline.runtime import CPU_DEVICE_ID, session
 from pipeline.runtime import onnxruntime_backend as ort_backend
-from pipeline.slide.plan import model_for
+from pipeline.slide.work import model_for
 
 
 @pytest.fixture

@@ -166,7 +166,7 @@ def test_tile_label_windows_are_16_bit_and_32_bit_ones_assemble_the_same(
     written before) assemble to the same labels."""
     import numcodecs
 
-    from pipeline.slide.plan import tile_file
+    from pipeline.slide.work import tile_file
 
     path, _ = synthetic_slide
     config = Config(model=str(blob_model), tile_px=256)

@@ -124,7 +124,7 @@ def test_fp16_onnx_variant(name, blob_model, unet_model, images, tmp_path) -> No
 def test_fp16_keeps_the_segmentation_score(blob_model) -> None:
     """AJI against the generated truth, fp16 vs fp32, on a generated slide crop."""
     from pipeline.kernels.stain import reinhard_stats
-    from pipeline.slide.segment import model_input, normalise_stain
+    from pipeline.slide.model_input import model_input, normalise_stain
     from pipeline.testing import synthetic_slide_image
 
     rgb, nuclei = synthetic_slide_image(256, 256, seed=4, tissue="full")

@@ -109,7 +109,7 @@ def slide_probabilities(blob_model) -> np.ndarray:
     model and the slide path's stain normalisation (as pipeline.slide.segment.segment_window)."""
     from pipeline.kernels.stain import reinhard_stats
     from pipeline.runtime.session import NucleusModel
-    from pipeline.slide.segment import model_input, normalise_stain
+    from pipeline.slide.model_input import model_input, normalise_stain
     from pipeline.testing import synthetic_slide_image
 
     rgb, _ = synthetic_slide_image(1000, 1000, seed=11, radius=(6.0, 9.0), spacing=18.0, tissue="full")

@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.runtime.errors import ModelError
+
 PROVIDER_ORDER = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
@@ -103,8 +105,6 @@ class OnnxRuntimeBackend:
         providers: list[str] | None = None,
     ) -> None:
         import onnxruntime as ort
-
-        from pipeline.runtime.session import ModelError
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = max(1, intra_op_threads)

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from pipeline.kernels.nuclei import NucleusThresholds
+from pipeline.runtime.errors import ModelError
 from pipeline.runtime.onnxruntime_backend import OnnxRuntimeBackend
 from pipeline.runtime.torch_backend import TorchBackend
 
@@ -31,10 +32,6 @@ INPUT_MULTIPLE = 16  # four 2× poolings
 # the paper's 100 px inference-window overlap, enough for a 4-level U-net's effective field.
 DEFAULT_CONTEXT_PX = 64
 CPU_DEVICE_ID = -1  # ``device_id`` that keeps inference on the CPU, whatever GPUs the node has
-
-
-class ModelError(Exception):
-    """The model file is missing or does not meet the contract."""
 
 
 class Backend(Protocol):

@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.runtime.errors import ModelError
+
 
 class TorchBackend:
     def __init__(
@@ -22,7 +24,6 @@ class TorchBackend:
     ) -> None:
         import torch
 
-        from pipeline.runtime.session import ModelError
         from pipeline.runtime.torch_onnx import TorchOnnxModel, UnsupportedOperator
 
         device = f"cuda:{device_id}" if device_id >= 0 and torch.cuda.is_available() else "cpu"

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.io.outputs.maps import LABELS, PROBABILITIES, level0, open_maps, shard_tiles
-from pipeline.slide.plan import SlidePlan, Tile, TileSummary, bands, tile_file
+from pipeline.slide.work import SlidePlan, Tile, TileSummary, bands, tile_file
 
 
 def label_offsets(plan: SlidePlan, summaries: list[list[TileSummary]]) -> dict[Tile, int]:

@@ -8,9 +8,10 @@ from typing import Any
 from pipeline.config import Config
 from pipeline.manifest import SlideEntry
 from pipeline.slide.assemble import assemble_labels, chunks_to_assemble
-from pipeline.slide.plan import SlidePlan, batches, check_slide_scale, plan_slide
+from pipeline.slide.plan import check_slide_scale, plan_slide
 from pipeline.slide.reduce import reduce_slide
 from pipeline.slide.segment import segment_tiles
+from pipeline.slide.work import SlidePlan, batches
 
 
 def finish_inline(plan: SlidePlan) -> dict[str, Any]:

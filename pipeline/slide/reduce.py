@@ -25,9 +25,9 @@ from pipeline.io.outputs.tables import run_formats, write_nucleus_tables
 from pipeline.io.readers import SlideError
 from pipeline.io.readers.base import MAX_TILES_NAMED
 from pipeline.slide.assemble import label_offsets
-from pipeline.slide.plan import SlidePlan, Tile, TileSummary, tile_file
 from pipeline.slide.scale import ScaleCheck
 from pipeline.slide.segment import UNREADABLE_SUFFIX
+from pipeline.slide.work import SlidePlan, Tile, TileSummary, tile_file
 
 
 def nucleus_tables(plan: SlidePlan, offsets: dict[Tile, int]) -> Iterator[pa.Table]:

@@ -31,6 +31,7 @@ from pipeline.io.readers import Slide, UnreadableRegion
 from pipeline.kernels.nuclei import instances_from_probabilities
 from pipeline.kernels.stain import MacenkoStains, StainStats
 from pipeline.runtime import NucleusModel
+from pipeline.slide.model_input import model_input, normalise_stain
 
 # Median nucleus area (px at the model's resolution) the shipped model finds on its 23 training
 # images at their true 40x scale (benchmarks/scale_estimate.py --calibrate). A model can state
@@ -109,8 +110,6 @@ def _read_at(
     """One window read as if at ``mpp``: the areas (px at model resolution) of its nuclei, and
     how sure the model is of their centres (99.5th percentile of the centre probability)."""
     import scipy.ndimage as ndi
-
-    from pipeline.slide.segment import model_input, normalise_stain
 
     window = slide.read_region(corner[0], corner[1], side0, side0, 0)
     zoom = mpp / model.mpp

@@ -33,12 +33,13 @@ from pipeline.io.readers import (
     open_slide,
     read_mirrored,
 )
-from pipeline.kernels.dispatch import array_module, gpu_available, to_host
+from pipeline.kernels.dispatch import gpu_available, to_host
 from pipeline.kernels.features import nucleus_moments, outline_arrays, outline_perimeters
 from pipeline.kernels.nuclei import NucleusThresholds, instances_from_probabilities
-from pipeline.kernels.stain import MacenkoStains, StainStats, haematoxylin, macenko_normalise, reinhard_normalise
+from pipeline.kernels.stain import MacenkoStains, StainStats, haematoxylin
 from pipeline.runtime import NucleusModel
-from pipeline.slide.plan import ARTIFACT_MASK_FILE, SlidePlan, Tile, TileSummary, model_for, tile_file
+from pipeline.slide.model_input import model_input, normalise_stain
+from pipeline.slide.work import ARTIFACT_MASK_FILE, SlidePlan, Tile, TileSummary, model_for, tile_file
 from pipeline.tiling import TileGrid
 
 
@@ -69,25 +70,6 @@ def read_tile(slide: Slide | GlassWhereUnreadable, grid: TileGrid, tile: Tile) -
     slide's edge)."""
     x, y, side = grid.read_window(*tile)
     return resample_to_model(read_mirrored(slide, x, y, side, side, 0), grid, tile)
-
-
-def normalise_stain(rgb: Any, stain: StainStats | MacenkoStains | None) -> Any:
-    """uint8 RGB → float32 RGB in [0, 1], normalised with the slide's statistics (numpy or cupy)."""
-    xp = array_module(rgb)
-    if isinstance(stain, StainStats):
-        return reinhard_normalise(rgb, stain).astype(xp.float32, copy=False)
-    if isinstance(stain, MacenkoStains):
-        return macenko_normalise(rgb, stain).astype(xp.float32, copy=False)
-    return rgb.astype(xp.float32) / 255.0
-
-
-def model_input(images: list[Any], side: int) -> Any:
-    """Stack H×W×3 float images into N×3×side×side, padding right/bottom with white."""
-    xp = array_module(images[0])
-    batch = xp.ones((len(images), 3, side, side), dtype=xp.float32)
-    for i, img in enumerate(images):
-        batch[i, :, : img.shape[0], : img.shape[1]] = img.transpose(2, 0, 1)
-    return batch
 
 
 def tile_nuclei(
