@@ -14,14 +14,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.io.outputs.publish import atomic_path, atomic_write_text
+from pipeline.io.outputs.publish import atomic_path, atomic_write_json, atomic_write_text
 from pipeline.qc._cohort import read_cohort
 from pipeline.qc._patches import (
     N_PATCHES,
     SlidePatches,
     extract_review_patches,
     load_slide_patches,
-    write_json_atomic,
 )
 from pipeline.qc._report import render_report
 from pipeline.qc._reviews import (
@@ -362,5 +361,5 @@ def build_qc(
             wsi_qc_report[QC_RESULT] = slides[QC_RESULT].to_numpy()
             html = render_report(qc_dir, wsi_qc_report, tiers, cuts, slide_patches, params)
             atomic_write_text(qc_dir / REPORT, html)
-        write_json_atomic(qc_dir / "qc.json", params)
+        atomic_write_json(qc_dir / "qc.json", params, indent=1, sort_keys=True)
     return qc_dir

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage as ndi
 
-from pipeline.io.outputs.publish import atomic_path, atomic_write_text
+from pipeline.io.outputs.publish import atomic_path, atomic_write_json
 from pipeline.io.outputs.stats import MPP_40X
 
 PATCH_PX_40X = 256  # paper: review patches are 256×256 px at 40x
@@ -289,10 +289,6 @@ def _write_image(path: Path, rgb: np.ndarray, **kwargs: Any) -> None:
         Image.fromarray(rgb).save(tmp, format=fmt, **kwargs)
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True))
-
-
 def extract_review_patches(
     qc_dir: Path,
     slide_id: str,
@@ -373,5 +369,5 @@ def extract_review_patches(
         return result
     finally:
         slide.close()
-    write_json_atomic(folder / PATCHES_FILE, result.to_json())
+    atomic_write_json(folder / PATCHES_FILE, result.to_json(), indent=1, sort_keys=True)
     return result

@@ -98,8 +98,12 @@ def atomic_write_text(path: Path, text: str, durable: bool = True) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n").encode())
+def atomic_write_json(path: Path, obj: Any, *, indent: int = 2, sort_keys: bool = False, durable: bool = True) -> None:
+    """``obj`` as JSON (numpy scalars and paths as plain values), ending in a newline, published
+    whole under ``path`` or not at all. The project's one JSON writer: slide records keep their
+    keys in the order written, the QC's files sort theirs."""
+    text = json.dumps(obj, indent=indent, sort_keys=sort_keys, default=_json_default) + "\n"
+    atomic_write_bytes(path, text.encode(), durable)
 
 
 def _json_default(obj: Any) -> Any:
