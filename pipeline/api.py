@@ -35,17 +35,17 @@ from pipeline.manifest import SAFE_ID, ManifestError, entries_from_paths, read_m
 from pipeline.qc import build_qc, read_qc_tables
 from pipeline.runtime import ModelError, model_summary
 
-__all__ = [
-    "ManifestError",
-    "ModelError",
+__all__ = [  # in the order docs/api.md shows them
+    "segment_slides",
+    "read_nuclei",
+    "read_labels",
+    "read_qc",
+    "SegmentationResults",
     "QCTables",
     "RunFolderError",
-    "SegmentationResults",
     "SetupError",
-    "read_labels",
-    "read_nuclei",
-    "read_qc",
-    "segment_slides",
+    "ManifestError",
+    "ModelError",
 ]
 
 PathLike = str | os.PathLike[str]

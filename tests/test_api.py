@@ -41,7 +41,7 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def client():
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster:
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0") as cluster:
         with Client(cluster) as c:
             yield c
 
@@ -233,3 +233,50 @@ def test_the_package_exports_the_api_without_loading_it_on_import() -> None:
     assert done.stdout.split() == ["False", "True"]
     with pytest.raises(AttributeError, match="has no attribute 'segment'"):
         pipeline.segment  # noqa: B018
+
+
+@pytest.mark.slow
+def test_the_example_notebook_runs(cohort: Path, blob_model: Path, tmp_path: Path) -> None:
+    """docs/examples/segment_and_read.ipynb, executed in a kernel as a user runs it, its slides
+    and model replaced (as papermill does: a cell after the one tagged ``parameters``)."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("ipykernel")
+    notebook = nbformat.read(ROOT / "docs" / "examples" / "segment_and_read.ipynb", as_version=4)
+    at = next(i for i, c in enumerate(notebook.cells) if "parameters" in c.metadata.get("tags", []))
+    injected = (
+        f"slides = [{str(cohort.parent / 'a1.svs')!r}]\nout = {str(tmp_path / 'out')!r}\n"
+        f"settings = {{'model': {str(blob_model)!r}, 'tile_px': 256}}"
+    )
+    notebook.cells.insert(at + 1, nbformat.v4.new_code_cell(injected))
+    nbclient.NotebookClient(
+        notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
+    outputs = {i: c.get("outputs", []) for i, c in enumerate(notebook.cells) if c.cell_type == "code"}
+    shown = "\n".join(
+        o.get("text", "") + str(o.get("data", {}).get("text/plain", "")) for out in outputs.values() for o in out
+    )
+    assert "1 of 1 slides ok" in shown and "nuclei in the region, GeoDataFrame" in shown
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["status"] == "ok"
+
+
+def test_docs_api_md_is_the_docstrings() -> None:
+    """docs/api.md is what docs/api_reference.py writes from the docstrings (rerun it after
+    changing one), documents every public name, and every function states its parameters and
+    what it returns."""
+    import importlib.util
+    import inspect
+
+    import pipeline.api as api
+
+    spec = importlib.util.spec_from_file_location("api_reference", ROOT / "docs" / "api_reference.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    page = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
+    assert page == module.reference(), "docs/api.md is out of date: run python docs/api_reference.py"
+    for name in api.__all__:
+        assert f"## `{name}`" in page
+        obj = getattr(api, name)
+        if inspect.isfunction(obj):
+            assert "Parameters\n    ----------" in obj.__doc__ and "Returns\n    -------" in obj.__doc__, name
