@@ -280,3 +280,32 @@ def test_docs_api_md_is_the_docstrings() -> None:
         obj = getattr(api, name)
         if inspect.isfunction(obj):
             assert "Parameters\n    ----------" in obj.__doc__ and "Returns\n    -------" in obj.__doc__, name
+
+
+def test_an_interrupted_run_says_so_in_run_json_from_either_entry_point(
+    cohort: Path, blob_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture
+) -> None:
+    """Ctrl-C in a notebook reaches the caller (the cell stops); the command line exits 1 with
+    its line; run.json ends ``interrupted`` both ways."""
+    import pipeline.cli.run as cli
+
+    class Client:
+        status = "running"
+        dashboard_link = None
+
+        def close(self) -> None:
+            pass
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "connect", lambda config: Client())
+    monkeypatch.setattr(cli, "run_slides", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        segment_slides([cohort.parent / "a0.svs"], tmp_path / "api", Client(), model=str(blob_model), **SETTINGS)
+    assert json.loads((tmp_path / "api" / "run.json").read_text())["status"] == "interrupted"
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"slide_path\n{cohort.parent / 'a0.svs'}\n")
+    code = cli.main([str(manifest), "--out", str(tmp_path / "cli"), "--model", str(blob_model), "--no-progress"])
+    assert code == 1 and "interrupted: rerun the same command to resume" in capfd.readouterr().err
+    assert json.loads((tmp_path / "cli" / "run.json").read_text())["status"] == "interrupted"
