@@ -72,6 +72,7 @@ def read_manifest(path: str | Path) -> list[SlideEntry]:
         records.append((f"row {number}", {c: v.strip() for c, v in zip(columns, values, strict=True)}))
     entries = _entries(records, path.parent, problems)
     if problems:
+        problems.sort(key=lambda p: int(p.split(":")[0].removeprefix("row ")))  # in row order
         raise ManifestError(f"{path}: {len(problems)} bad row(s):\n  " + "\n  ".join(problems))
     if not entries:
         raise ManifestError(f"{path}: no slides listed")
