@@ -130,12 +130,19 @@ def _coerce(name: str, value: Any, source: str = "") -> Any:
 
 
 def load_config(
-    yaml_path: str | Path | None = None, overrides: dict[str, Any] | None = None, environ: dict[str, str] | None = None
+    yaml_path: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
+    source: str = "the command line",
 ) -> Config:
-    """Resolve the config: defaults, then a YAML file, then NUCLEI_* variables, then overrides.
+    """Resolve the config: defaults, then a YAML file, then NUCLEI_* variables, then overrides
+    (``source`` says where the overrides come from in messages).
 
     Raises ValueError with one message naming the key and where it came from."""
     names = {f.name for f in fields(Config)}
+    unknown = sorted(set(overrides or {}) - names)
+    if unknown:
+        raise ValueError(f"{source}: {unknown_settings(unknown, names)}")
     values: dict[str, tuple[Any, str]] = {}
     if yaml_path:
         for name, value in read_config_file(Path(yaml_path)).items():
@@ -147,10 +154,26 @@ def load_config(
             values[name] = (env[key], key)
     for name, value in (overrides or {}).items():
         if value is not None:
-            values[name] = (value, "the command line")
+            values[name] = (value, source)
     config = Config(**{k: _coerce(k, v, source) for k, (v, source) in values.items()})
     validate_config(config)
     return config
+
+
+def unknown_settings(unknown: list[str], names: set[str]) -> str:
+    """The message for settings that are no field of :class:`Config`, with the nearest names.
+
+    >>> unknown_settings(["tile_size"], {"tile_px", "halo_px", "stain"})
+    "unknown setting 'tile_size' (did you mean 'tile_px'?); the settings are the fields of pipeline.config.Config"
+    """
+    import difflib
+
+    said = []
+    for name in unknown:
+        near = difflib.get_close_matches(name, sorted(names), n=1)
+        said.append(f"{name!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
+    plural = "s" if len(unknown) > 1 else ""
+    return f"unknown setting{plural} {', '.join(said)}; the settings are the fields of pipeline.config.Config"
 
 
 def read_config_file(path: Path) -> dict[str, Any]:

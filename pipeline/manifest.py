@@ -61,39 +61,67 @@ def read_manifest(path: str | Path) -> list[SlideEntry]:
         if "slide_path" not in columns:
             raise ManifestError(f"{path}: header {header} has no slide_path column")
         rows = list(reader)
+    records: list[tuple[str, dict[str, str]]] = []
     problems: list[str] = []
-    entries: list[SlideEntry] = []
-    seen: dict[str, int] = {}
     for number, values in enumerate(rows, start=2):
         if not any(v.strip() for v in values):
             continue
         if len(values) != len(columns):
             problems.append(f"row {number}: {len(values)} fields, header has {len(columns)}")
             continue
-        rec = {c: v.strip() for c, v in zip(columns, values, strict=True)}
+        records.append((f"row {number}", {c: v.strip() for c, v in zip(columns, values, strict=True)}))
+    entries = _entries(records, path.parent, problems)
+    if problems:
+        problems.sort(key=lambda p: int(p.split(":")[0].removeprefix("row ")))  # in row order
+        raise ManifestError(f"{path}: {len(problems)} bad row(s):\n  " + "\n  ".join(problems))
+    if not entries:
+        raise ManifestError(f"{path}: no slides listed")
+    return entries
+
+
+def entries_from_paths(paths: list[str | Path]) -> list[SlideEntry]:
+    """Slides given as a list of paths (each: id = its file or folder name's stem, cancer type
+    UNKNOWN), checked as manifest rows are; raises ManifestError naming each bad one (path 1 =
+    the first)."""
+    records = [(f"path {i}", {"slide_path": str(p).strip()}) for i, p in enumerate(paths, start=1)]
+    problems: list[str] = []
+    entries = _entries(records, Path.cwd(), problems)
+    if problems:
+        raise ManifestError(f"{len(problems)} bad slide path(s):\n  " + "\n  ".join(problems))
+    if not entries:
+        raise ManifestError("no slide paths given")
+    return entries
+
+
+def _entries(records: list[tuple[str, dict[str, str]]], base: Path, problems: list[str]) -> list[SlideEntry]:
+    """The slides of manifest records (where, column → value), relative paths resolved against
+    ``base``; each bad record appends its problem to ``problems`` and is left out."""
+    entries: list[SlideEntry] = []
+    seen: dict[str, str] = {}
+    for where, rec in records:
         raw_path = rec.get("slide_path", "")
         if not raw_path:
-            problems.append(f"row {number}: empty slide_path")
+            problems.append(f"{where}: empty slide_path")
             continue
         slide_path = Path(raw_path).expanduser()
         if not slide_path.is_absolute():
-            slide_path = _absolute(path.parent / slide_path)
+            slide_path = _absolute(base / slide_path)
         slide_id = rec.get("slide_id") or slide_path.stem
         if not SAFE_ID.match(slide_id):
             problems.append(
-                f"row {number}: slide_id {slide_id!r} must be letters, digits, '.', '_' or '-' (it names a folder)"
+                f"{where}: slide_id {slide_id!r} must be letters, digits, '.', '_' or '-' (it names a folder)"
             )
             continue
         if len(slide_id) > MAX_ID_LENGTH:
             problems.append(
-                f"row {number}: slide_id {slide_id[:40]!r}… is {len(slide_id)} characters, at most "
+                f"{where}: slide_id {slide_id[:40]!r}… is {len(slide_id)} characters, at most "
                 f"{MAX_ID_LENGTH} (it names a folder); give the row a shorter slide_id"
             )
             continue
         if slide_id in seen:
-            problems.append(f"row {number}: slide_id {slide_id!r} repeats row {seen[slide_id]}")
+            problems.append(f"{where}: slide_id {slide_id!r} repeats {seen[slide_id]}")
             continue
-        seen[slide_id] = number
+        seen[slide_id] = where
         mpp: float | None = None
         if rec.get("mpp"):
             try:
@@ -101,13 +129,9 @@ def read_manifest(path: str | Path) -> list[SlideEntry]:
                 if not 0.01 < mpp < 100:
                     raise ValueError
             except ValueError:
-                problems.append(f"row {number}: mpp {rec['mpp']!r} is not a positive number of microns per pixel")
+                problems.append(f"{where}: mpp {rec['mpp']!r} is not a positive number of microns per pixel")
                 continue
         entries.append(SlideEntry(slide_id, slide_path, rec.get("cancer_type") or "UNKNOWN", mpp))
-    if problems:
-        raise ManifestError(f"{path}: {len(problems)} bad row(s):\n  " + "\n  ".join(problems))
-    if not entries:
-        raise ManifestError(f"{path}: no slides listed")
     return entries
 
 

@@ -23,7 +23,9 @@ def test_import_layers_hold() -> None:
     assert "0 broken" in done.stdout
 
 
-@pytest.mark.parametrize("module", ["pipeline.run", "pipeline.predict", "pipeline.qc", "pipeline.graph"])
+@pytest.mark.parametrize(
+    "module", ["pipeline.run", "pipeline.predict", "pipeline.qc", "pipeline.graph", "pipeline.api"]
+)
 def test_the_runtime_path_loads_no_torch_and_no_training_code(module: str) -> None:
     code = (
         f"import json, sys; import {module}; "

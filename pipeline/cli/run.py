@@ -14,11 +14,12 @@ import os
 import platform
 import sys
 import time
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from pipeline import __version__
+from pipeline._version import __version__
 from pipeline.cli._parser import CommandLineParser
 from pipeline.cluster import connect, dashboard_link, dashboard_message
 from pipeline.config import CHOICES, Config, load_config
@@ -61,7 +62,8 @@ PACKAGES = [
 
 
 class SetupError(RuntimeError):
-    """The run cannot start its work (a scheduler that cannot be reached, ...): exit 2."""
+    """The run cannot start its work (an output folder in use or not writable, a scheduler that
+    cannot be reached, ...): exit 2."""
 
 
 def package_versions() -> dict[str, str]:
@@ -77,11 +79,11 @@ def package_versions() -> dict[str, str]:
 class RunRecord:
     """run.json: config, versions, model, timings and per-slide status, rewritten atomically."""
 
-    def __init__(self, out_dir: Path, config: Config, manifest: Path, model: dict[str, Any]) -> None:
+    def __init__(self, out_dir: Path, config: Config, manifest: str, model: dict[str, Any]) -> None:
         self.path = out_dir / "run.json"
         self.started = time.time()
         self.data: dict[str, Any] = {
-            "manifest": str(manifest),
+            "manifest": manifest,
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started)),
             "finished": None,
             "status": "running",
@@ -121,14 +123,17 @@ class RunRecord:
 
 
 class ConsoleProgress:
-    """Progress bars over slides and tiles (tqdm, to stderr)."""
+    """Progress bars over slides and tiles: ``bar`` is a tqdm class (default: tqdm, to stderr;
+    ``tqdm.auto.tqdm`` draws them as notebook widgets where it can)."""
 
-    def __init__(self, n_slides: int, enabled: bool, record: RunRecord) -> None:
-        from tqdm import tqdm
+    def __init__(self, n_slides: int, enabled: bool, record: RunRecord, bar: Any = None) -> None:
+        if bar is None:
+            from tqdm import tqdm
 
+            bar = tqdm
         self.record = record
-        self.slides = tqdm(total=n_slides, desc="slides", unit="slide", disable=not enabled, position=0)
-        self.tiles = tqdm(total=0, desc="tiles ", unit="tile", disable=not enabled, position=1)
+        self.slides = bar(total=n_slides, desc="slides", unit="slide", disable=not enabled, position=0)
+        self.tiles = bar(total=0, desc="tiles ", unit="tile", disable=not enabled, position=1)
 
     def tiles_planned(self, n: int) -> None:
         self.tiles.total = (self.tiles.total or 0) + n
@@ -295,29 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         manifest = args.manifest
         out_dir = args.out or Path("nuclei_out")
-    overrides = {
-        k: getattr(args, k, None)
-        for k in (
-            "model",
-            "scheduler",
-            "dashboard",
-            "n_workers",
-            "threads_per_worker",
-            "stain",
-            "save_probabilities",
-            "write_csv",
-            "write_geojson",
-            "reader",
-            "max_attempts",
-            "progress",
-            "device",
-            "runtime",
-            "half",
-            "max_mpp",
-            "prefer_estimate",
-        )
-    }
-    overrides["tile_px"], overrides["halo_px"] = args.tile_px, args.halo_px
+    overrides = {k: getattr(args, k, None) for k in OPTION_SETTINGS}
     try:
         config = load_config(args.config, overrides)
         entries = read_manifest(manifest)
@@ -326,79 +309,178 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     try:
+        result = run_cohort(
+            entries,
+            str(manifest),
+            out_dir,
+            config,
+            model,
+            retry_failed=args.retry_failed,
+            verify_checksums=args.verify_checksums,
+            qc=not args.no_qc,
+        )
+    except SetupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume (finished slides are kept)", file=sys.stderr)
+        return EXIT_SLIDES_FAILED
+    print(summary_table(result.slides, result.seconds))
+    return result.exit_code
+
+
+# The settings the command line sets through its own options (the rest come from --config or NUCLEI_*).
+OPTION_SETTINGS = (
+    "model",
+    "scheduler",
+    "dashboard",
+    "n_workers",
+    "threads_per_worker",
+    "tile_px",
+    "halo_px",
+    "stain",
+    "save_probabilities",
+    "write_csv",
+    "write_geojson",
+    "reader",
+    "max_attempts",
+    "progress",
+    "device",
+    "runtime",
+    "half",
+    "max_mpp",
+    "prefer_estimate",
+)
+
+
+@dataclass
+class CohortResult:
+    """How a run ended: its exit status, run.json's final state, and each slide's stats.json
+    (in manifest order; ``skipped``: the ids of those already complete before the run)."""
+
+    exit_code: int
+    status: str
+    slides: list[dict[str, Any]]
+    skipped: frozenset[str]
+    seconds: float
+
+
+def run_cohort(
+    entries: list[SlideEntry],
+    source: str,
+    out_dir: Path,
+    config: Config,
+    model: dict[str, Any],
+    *,
+    retry_failed: bool = False,
+    verify_checksums: bool = False,
+    qc: bool = True,
+    client: Any = None,
+    bar: Any = None,
+) -> CohortResult:
+    """The run of ``python -m pipeline.run`` once its settings, slides and model are known: take
+    ``out_dir`` (one run at a time), skip the slides already complete, segment the others on
+    ``client`` (None: a cluster started for the run and closed after it; a client given is left
+    open), record everything in run.json, build the QC tables.
+
+    ``source`` names where the slides came from (the manifest) in run.json and the first line;
+    ``bar`` is the tqdm class of the progress bars (default: tqdm on stderr).
+
+    Raises :class:`SetupError` (exit 2) when the folder cannot be used or the cluster cannot be
+    reached; a KeyboardInterrupt goes on up, run.json saying ``interrupted``."""
+    try:
         out_dir.mkdir(parents=True, exist_ok=True)
         lock = lock_output(out_dir)
         slides_dir(out_dir).mkdir(exist_ok=True)
     except OutputInUse as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        raise SetupError(str(exc)) from None
     except OSError as exc:
-        print(f"error: --out {out_dir} cannot be used as the output folder: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        raise SetupError(f"{out_dir} cannot be used as the output folder: {exc}") from None
     with lock:
-        return run_locked(args, manifest, out_dir, config, entries, model)
+        return run_locked(entries, source, out_dir, config, model, retry_failed, verify_checksums, qc, client, bar)
 
 
 def run_locked(
-    args: argparse.Namespace,
-    manifest: Path,
+    entries: list[SlideEntry],
+    source: str,
     out_dir: Path,
     config: Config,
-    entries: list[SlideEntry],
     model: dict[str, Any],
-) -> int:
+    retry_failed: bool,
+    verify_checksums: bool,
+    qc: bool,
+    client: Any,
+    bar: Any,
+) -> CohortResult:
     """The run, once this process owns ``out_dir``."""
-    todo, done = split_done(entries, out_dir, args.retry_failed, model["sha256"], config, args.verify_checksums)
-    record = RunRecord(out_dir, config, manifest, model)
+    todo, done = split_done(entries, out_dir, retry_failed, model["sha256"], config, verify_checksums)
+    record = RunRecord(out_dir, config, source, model)
     for stats in done:
         record.slide(stats["slide_id"], stats.get("status", "ok"), stats, stats.get("error"), skipped=True)
     print(
-        f"{len(entries)} slides in {manifest}: {len(done)} already complete, {len(todo)} to process "
+        f"{len(entries)} slides in {source}: {len(done)} already complete, {len(todo)} to process "
         f"→ {out_dir.resolve()}",
         file=sys.stderr,
     )
     record.write(force=True)
     started = time.time()
     try:
-        outcomes = process(todo, out_dir, config, record)
+        outcomes = process(todo, out_dir, config, record, client, bar)
     except SetupError as exc:
         record.finish("error", str(exc))
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        raise
     except KeyboardInterrupt:
         record.finish("interrupted")
-        print("interrupted: rerun the same command to resume (finished slides are kept)", file=sys.stderr)
-        return EXIT_SLIDES_FAILED
+        raise
     except BaseException as exc:  # run.json never stays at "running"; the traceback still shows
         record.finish("error", f"{type(exc).__name__}: {exc}")
         raise
     rows = done + [o.stats for o in outcomes]
     any_failed = any(r.get("status") != "ok" for r in rows)
-    record.finish("failed slides" if any_failed else "ok")
-    if not args.no_qc:
+    status = "failed slides" if any_failed else "ok"
+    record.finish(status)
+    if qc:
         build_qc_tables(out_dir)
     order = {e.slide_id: i for i, e in enumerate(entries)}
     rows.sort(key=lambda r: order.get(r["slide_id"], 0))
-    print(summary_table(rows, time.time() - started))
-    return EXIT_SLIDES_FAILED if any_failed else EXIT_OK
+    return CohortResult(
+        EXIT_SLIDES_FAILED if any_failed else EXIT_OK,
+        status,
+        rows,
+        frozenset(s["slide_id"] for s in done),
+        time.time() - started,
+    )
 
 
-def process(todo: list[SlideEntry], out_dir: Path, config: Config, record: RunRecord) -> list[SlideOutcome]:
-    """Run the slides still to do on the cluster (none started when there are none)."""
+def process(
+    todo: list[SlideEntry],
+    out_dir: Path,
+    config: Config,
+    record: RunRecord,
+    client: Any = None,
+    bar: Any = None,
+) -> list[SlideOutcome]:
+    """Run the slides still to do on ``client``, or on a cluster started here and closed after
+    (none started when there are none)."""
     if not todo:
         return []
-    try:
-        client = connect(config)
-    except (OSError, ValueError) as exc:  # TimeoutError is an OSError
-        where = f"the scheduler {config.scheduler}" if config.scheduler else "a local cluster"
-        raise SetupError(f"{where} cannot be used: {type(exc).__name__}: {' '.join(str(exc).split())}") from None
-    print(dashboard_message(dashboard_link(client), config), file=sys.stderr, flush=True)
-    progress = ConsoleProgress(len(todo), config.progress, record)
+    own_client = client is None
+    if own_client:
+        try:
+            client = connect(config)
+        except (OSError, ValueError) as exc:  # TimeoutError is an OSError
+            where = f"the scheduler {config.scheduler}" if config.scheduler else "a local cluster"
+            raise SetupError(f"{where} cannot be used: {type(exc).__name__}: {' '.join(str(exc).split())}") from None
+    link = dashboard_link(client)
+    if own_client or link:  # a client given without a dashboard: its owner knows
+        print(dashboard_message(link, config), file=sys.stderr, flush=True)
+    progress = ConsoleProgress(len(todo), config.progress, record, bar)
     try:
         return run_slides(client, todo, out_dir, config, progress)
     finally:
         progress.close()
-        client.close()
+        if own_client:
+            client.close()
 
 
 def build_qc_tables(out_dir: Path) -> None:

@@ -18,7 +18,7 @@ The rules (selection, tiers, QCResult) are pure functions in ``pipeline.qc._rule
 file work lives in the other private modules.
 """
 
-from pipeline.qc._build import build_qc, tier_table
+from pipeline.qc._build import QC_TABLES, build_qc, read_qc_tables, tier_table
 from pipeline.qc._patches import Patch, patch_side_level0, render_review_image, sample_patches, slide_rng
 from pipeline.qc._reviews import ReviewError, ReviewStoreError, parse_reviews
 from pipeline.qc._rules import (
@@ -35,6 +35,7 @@ from pipeline.qc._rules import (
 )
 
 __all__ = [
+    "QC_TABLES",
     "STATISTICS",
     "TIERS",
     "TIER_UPPER_BOUNDS",
@@ -47,6 +48,7 @@ __all__ = [
     "parse_reviews",
     "patch_side_level0",
     "qc_result",
+    "read_qc_tables",
     "render_review_image",
     "sample_patches",
     "select_for_review",

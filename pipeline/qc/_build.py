@@ -95,6 +95,16 @@ REGION_COLUMNS = (
     NOTE,
 )
 TIER_COLUMNS = (CANCER_TYPE, *TIERS, RESULT_PENDING, RESULT_NO_REGIONS, RESULT_FAILED, "Total")
+# Every table a build writes, by name: what ``read_qc_tables`` returns.
+QC_TABLES = {
+    "slides": SLIDES_TABLE,
+    "wsi_qc": WSI_QC_TABLE,
+    "random_region_check": REGION_TABLE,
+    "tiers": TIER_TABLE,
+    "thresholds": THRESHOLD_TABLE,
+    "review_sheet": REVIEW_SHEET,
+    "wsi_review_sheet": WSI_REVIEW_SHEET,
+}
 
 
 @contextlib.contextmanager
@@ -363,3 +373,16 @@ def build_qc(
             atomic_write_text(qc_dir / REPORT, html)
         atomic_write_json(qc_dir / "qc.json", params, indent=1, sort_keys=True)
     return qc_dir
+
+
+def read_qc_tables(qc_dir: Path) -> dict[str, pd.DataFrame]:
+    """The tables of a built qc folder (``QC_TABLES``: name → DataFrame). Slide ids and cancer
+    types stay text (an id ``NA`` is not a missing value); an empty cell is a missing value."""
+    qc_dir = Path(qc_dir)
+    if not (qc_dir / "qc.json").is_file():  # written last: the build is complete
+        raise FileNotFoundError(f"{qc_dir} holds no complete QC build (no qc.json)")
+    text = {WSI_ID: str, CANCER_TYPE: str}
+    return {
+        name: pd.read_csv(qc_dir / file, dtype=text, keep_default_na=False, na_values=[""])
+        for name, file in QC_TABLES.items()
+    }
