@@ -15,6 +15,7 @@ import pytest
 
 from pipeline.io.readers import (
     SlideError,
+    UnreadableRegion,
     choose_reader,
     file_signature,
     low_resolution_view,
@@ -151,6 +152,23 @@ def test_generated_vms_reads_back_as_its_jpegs(vms_slide: tuple[Path, np.ndarray
             np.testing.assert_array_equal(read_mirrored(slide, x, y, w, h), mirrored[window])
         view, factor = low_resolution_view(slide, 200)
         assert max(view.shape[:2]) <= 200 and np.abs(view.astype(float).mean() - level0.mean()) < 2
+
+
+@needs_openslide
+def test_a_truncated_vms_jpeg_is_named_by_its_strips(vms_slide: tuple[Path, np.ndarray]) -> None:
+    """The bottom-right JPEG cut at 60 %: its lost strips (384×8 px between restart markers) are
+    named, the rest of the slide still reads (OpenSlide's handle is opened again after the error)."""
+    path, level0 = vms_slide
+    damaged = path.parent / "image_1_1.jpg"
+    damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size * 6 // 10])
+    with open_slide(path) as slide:
+        with pytest.raises(UnreadableRegion) as unreadable:
+            slide.read_region(0, 0, 768, 640)
+        tiles = unreadable.value.tiles
+        assert {(t.level, t.x, t.width, t.height) for t in tiles} == {(0, 384, 384, 8)}
+        assert 320 < min(t.y for t in tiles) and max(t.y for t in tiles) == 632
+        assert "OpenSlideError" in tiles[0].error
+        np.testing.assert_array_equal(slide.read_region(0, 0, 768, 320), level0[:320])
 
 
 def test_without_openslide_a_vms_slide_fails_naming_the_extra(

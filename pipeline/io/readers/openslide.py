@@ -211,12 +211,14 @@ class OpenSlideSlide(ClosesOnExit):
         return bad or [UnreadableTile(level, x0, y0, x1 - x0, y1 - y0, decoder_message(exc))]
 
     def _reopen(self) -> None:
+        """A fresh handle in place of one that met an error; the old one is not closed here, as
+        another thread may be reading through it (it closes once no read holds it)."""
         import openslide
 
         with self._reopening:
-            self._slide.close()
-            self._slide = openslide.OpenSlide(str(self.path))
-            self._slide.set_cache(openslide.OpenSlideCache(TILE_CACHE_BYTES))
+            slide = openslide.OpenSlide(str(self.path))
+            slide.set_cache(openslide.OpenSlideCache(TILE_CACHE_BYTES))
+            self._slide = slide
 
     def close(self) -> None:
         self._slide.close()
