@@ -203,6 +203,40 @@ def test_openslide_refuses_what_it_cannot_read(tmp_path: Path) -> None:
         open_slide(vms)
 
 
+@pytest.mark.parametrize(
+    "scanner, tags",
+    [
+        ("Hamamatsu NDPI", {"extratags": [(65420, "I", 1, 1, True), (271, "s", 0, "Hamamatsu", True)]}),
+        (
+            "Leica SCN",
+            {
+                "description": '<?xml version="1.0"?><scn xmlns="http://www.leica-microsystems.com/scn/2010/10/01"></scn>'
+            },
+        ),
+        ("Ventana BIF", {"software": "ScanOutputManager 1.1.0.15854", "extratags": [(700, "B", 7, b"<iScan>", True)]}),
+        ("Trestle TIFF", {"software": "MedScan", "description": "Background Color=FFFFFF;Objective Power=20"}),
+    ],
+)
+def test_scanner_tiffs_are_routed_by_their_tags(
+    scanner: str, tags: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A TIFF carrying a scanner's tags (written here on a plain image, no real slide) is OpenSlide's;
+    without OpenSlide it fails naming the extra, but NDPI, which tifffile then reads."""
+    import tifffile
+
+    path = tmp_path / "scan.tif"
+    tifffile.imwrite(path, np.full((64, 64, 3), 200, np.uint8), photometric="rgb", metadata=None, **tags)
+    assert file_signature(path).scanner == scanner
+    if openslide_available():
+        assert choose_reader(path) == "openslide"
+    monkeypatch.setitem(sys.modules, "openslide", None)
+    if scanner == "Hamamatsu NDPI":
+        assert choose_reader(path) == "tifffile"
+    else:
+        with pytest.raises(SlideError, match=f"^{scanner} is read through OpenSlide, which is not installed"):
+            open_slide(path)
+
+
 def test_plain_files_are_not_scanner_formats(tmp_path: Path) -> None:
     image, _ = synthetic_slide_image(300, 200, seed=2)
     tiff = write_pyramidal_tiff(tmp_path / "a.svs", image, mpp=0.5, tile=128)

@@ -89,6 +89,8 @@ def write_hamamatsu_vms(folder: Path, image: np.ndarray, mpp: float, columns: in
             name = f"image_{col}_{row}.jpg"
             piece = image[row * piece_h : (row + 1) * piece_h, col * piece_w : (col + 1) * piece_w]
             Image.fromarray(np.ascontiguousarray(piece)).save(folder / name, **jpeg)
+            if b"\xff\xdd" not in (folder / name).read_bytes()[:4096]:  # DRI: the restart interval
+                raise RuntimeError("this Pillow writes no JPEG restart markers (restart_marker_rows needs Pillow 10.2)")
             index.append(f"ImageFile={name}" if (col, row) == (0, 0) else f"ImageFile({col},{row})={name}")
     f = VMS_MAP_DOWNSAMPLE
     mh, mw = h // f // VMS_MCU_PX * VMS_MCU_PX, w // f // VMS_MCU_PX * VMS_MCU_PX
