@@ -31,6 +31,16 @@ def test_generated_pyramid_reads_back(tmp_path: Path) -> None:
         np.testing.assert_array_equal(slide.read_region(10, 20, 50, 40), img[20:60, 10:60])
 
 
+def test_tiff_resolution_tags_give_the_scale(tmp_path: Path) -> None:
+    """A TIFF without vendor text is scaled by its X/YResolution and ResolutionUnit tags (as
+    Hamamatsu NDPI and generic pyramids write them), read through the tifffile reader."""
+    img = np.full((300, 400, 3), 200, dtype=np.uint8)
+    path = write_pyramidal_tiff(tmp_path / "cm.tiff", img, mpp=0.25, compression="zlib", tile=128, aperio=False)
+    with open_slide(path) as slide:
+        assert slide.reader == "tifffile"
+        assert slide.resolution == Resolution(0.25, "TIFF XResolution (cm)", 0.25)
+
+
 def test_regions_outside_the_image_are_glass() -> None:
     img = np.zeros((10, 10, 3), dtype=np.uint8)
     region = ArraySlide(img, mpp=0.25).read_region(-2, 8, 5, 5)

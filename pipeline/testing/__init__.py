@@ -10,6 +10,7 @@ from pipeline.testing.slides import (
     synthetic_slide_cohort,
     synthetic_slide_image,
     tiny_cohort,
+    write_hamamatsu_vms,
     write_pyramidal_tiff,
 )
 
@@ -21,5 +22,6 @@ __all__ = [
     "synthetic_slide_cohort",
     "synthetic_slide_image",
     "tiny_cohort",
+    "write_hamamatsu_vms",
     "write_pyramidal_tiff",
 ]

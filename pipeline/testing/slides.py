@@ -55,6 +55,52 @@ def synthetic_slide_image(
     return np.clip(img + noise, 0, 255).astype(np.uint8), nuclei
 
 
+# A Hamamatsu VMS slide's JPEGs are read in strips between restart markers: one per MCU row here
+# (8 px with 4:4:4 sampling), and each file's height a multiple of it, as OpenSlide requires.
+VMS_MCU_PX = 8
+VMS_MAP_DOWNSAMPLE = 4  # the map file: a smaller copy of the whole slide, OpenSlide's level 1
+
+
+def write_hamamatsu_vms(folder: Path, image: np.ndarray, mpp: float, columns: int = 2, rows: int = 2) -> Path:
+    """Write ``image`` as a Hamamatsu VMS slide in ``folder``: an index (``slide.vms``) naming a
+    ``columns`` × ``rows`` grid of JPEG files with restart markers and a map JPEG, with the
+    physical size (nm) that gives ``mpp``, following the format as OpenSlide documents it. The
+    JPEGs use 4:4:4 sampling, so any decoder returns the same pixels. Returns the index's path."""
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    piece_w, piece_h = w // columns, h // rows
+    if piece_w * columns != w or piece_h * rows != h or piece_w % VMS_MCU_PX or piece_h % VMS_MCU_PX:
+        raise ValueError(f"a {w}×{h} image does not split into {columns}×{rows} JPEGs of whole 8 px blocks")
+    folder.mkdir(parents=True, exist_ok=True)
+    jpeg: dict[str, Any] = {"quality": 90, "subsampling": 0, "restart_marker_rows": 1}
+    index = [
+        "[Virtual Microscope Specimen]",
+        "NoLayers=1",
+        f"NoJpegColumns={columns}",
+        f"NoJpegRows={rows}",
+        f"PhysicalWidth={round(w * mpp * 1000)}",
+        f"PhysicalHeight={round(h * mpp * 1000)}",
+        f"SourceLens={10 / mpp:g}",
+        "MapFile=map.jpg",
+    ]
+    for row in range(rows):
+        for col in range(columns):
+            name = f"image_{col}_{row}.jpg"
+            piece = image[row * piece_h : (row + 1) * piece_h, col * piece_w : (col + 1) * piece_w]
+            Image.fromarray(np.ascontiguousarray(piece)).save(folder / name, **jpeg)
+            if b"\xff\xdd" not in (folder / name).read_bytes()[:4096]:  # DRI: the restart interval
+                raise RuntimeError("this Pillow writes no JPEG restart markers (restart_marker_rows needs Pillow 10.2)")
+            index.append(f"ImageFile={name}" if (col, row) == (0, 0) else f"ImageFile({col},{row})={name}")
+    f = VMS_MAP_DOWNSAMPLE
+    mh, mw = h // f // VMS_MCU_PX * VMS_MCU_PX, w // f // VMS_MCU_PX * VMS_MCU_PX
+    small = image[: mh * f, : mw * f].reshape(mh, f, mw, f, 3).mean(axis=(1, 3)).round().astype(np.uint8)
+    Image.fromarray(small).save(folder / "map.jpg", **jpeg)
+    path = folder / "slide.vms"
+    path.write_text("\r\n".join(index) + "\r\n")
+    return path
+
+
 def write_pyramidal_tiff(
     path: Path,
     image: np.ndarray,

@@ -4,6 +4,8 @@
 header) *before* any decoder touches it, and opens it with the first registered reader that
 claims it:
 
+* ``openslide``: OpenSlide for the scanners' own formats (MIRAX, Leica SCN, Ventana BIF,
+  Hamamatsu VMS/VMU/NDPI, Sakura SVSlide, Trestle), an optional extra;
 * ``cucim``: cuCIM's ``CuImage`` for tiled TIFF/SVS whose compression it decodes safely;
 * ``tifffile``: every other TIFF (Deflate/LZW/uncompressed tiles, plain TIFFs);
 * ``wsidicom``: DICOM VL Whole Slide Microscopy series that state their tiling;
@@ -26,7 +28,7 @@ import os
 import stat
 from pathlib import Path
 
-from pipeline.io.readers import cucim, dicom, image, tiff, wsidicom
+from pipeline.io.readers import cucim, dicom, image, openslide, tiff, wsidicom
 from pipeline.io.readers.base import (
     GLASS,
     FileSignature,
@@ -44,6 +46,7 @@ from pipeline.io.readers.image import ArraySlide
 
 # Name → reader, in order of preference: the first that claims a file opens it.
 READERS: dict[str, Reader] = {
+    "openslide": openslide.READER,
     "cucim": cucim.READER,
     "tifffile": tiff.READER,
     "wsidicom": wsidicom.READER,
@@ -75,24 +78,25 @@ __all__ = [
 def file_signature(path: Path) -> FileSignature:
     """The file's container from its first bytes (tiff, dicom, png, jpeg or unknown) and, for a
     TIFF, its levels' compression codes, for DICOM how its frames are laid out and its samples
-    stored; a TIFF whose tags cannot be read is a SlideError. A folder is a DICOM series or a
-    SlideError."""
+    stored, and the scanner format OpenSlide reads it as, if any; a TIFF whose tags cannot be
+    read is a SlideError. A folder is a DICOM series or a SlideError."""
     if path.is_dir():
         return _dicom_signature(path)
     with open(path, "rb") as f:
         head = f.read(132)
-    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+    if head[:4] in openslide.TIFF_MAGIC:
         try:
-            return FileSignature("tiff", tiff.tiff_compressions(path))
+            return FileSignature("tiff", tiff.tiff_compressions(path), scanner=openslide.scanner_format(path, head))
         except Exception as exc:
             raise SlideError(f"truncated or corrupt TIFF (its tags cannot be read: {exc})") from exc
     if head[128:132] == b"DICM":
         return _dicom_signature(path)
+    scanner = openslide.scanner_format(path, head)
     if head[:8] == b"\x89PNG\r\n\x1a\n":
-        return FileSignature("png")
+        return FileSignature("png", scanner=scanner)
     if head[:3] == b"\xff\xd8\xff":
-        return FileSignature("jpeg")
-    return FileSignature("unknown")
+        return FileSignature("jpeg", scanner=scanner)
+    return FileSignature("unknown", scanner=scanner)
 
 
 def _dicom_signature(path: Path) -> FileSignature:
@@ -123,7 +127,7 @@ def choose_reader(path: Path, preference: str = "auto") -> str:
     if stat.S_ISDIR(st.st_mode):
         if not any(dicom.is_dicom_file(p) for p in path.iterdir()):
             raise SlideError(f"a folder that holds no DICOM files is not a slide: {path}")
-    elif st.st_size == 0:
+    elif st.st_size == 0 and not openslide.scanner_format(path, b""):  # a MIRAX slide's data is in its folder
         raise SlideError(f"empty file: {path}")
     if preference != "auto":
         return preference
@@ -131,7 +135,10 @@ def choose_reader(path: Path, preference: str = "auto") -> str:
     for name, reader in READERS.items():
         if reader.claims(signature):
             return name
-    raise SlideError("unsupported file format (not TIFF/SVS, DICOM, PNG or JPEG)")
+    raise SlideError(
+        "unsupported file format (not TIFF/SVS, DICOM, PNG or JPEG, nor a scanner format OpenSlide reads: "
+        "MIRAX, Leica SCN, Ventana BIF, Hamamatsu VMS/VMU/NDPI, Sakura SVSlide)"
+    )
 
 
 def open_slide(path: str | Path, reader: str = "auto") -> Slide:

@@ -116,6 +116,7 @@ class FileSignature:
     dicom_photometric: str = ""  # DICOM: PhotometricInterpretation
     dicom_compressed: bool = False  # DICOM: frames encapsulated (JPEG, JPEG 2000, ...), not raw samples
     dicom_ycbcr_frames_called_rgb: bool = False  # DICOM: the header says RGB, its JPEG frames say YCbCr (JFIF)
+    scanner: str = ""  # a scanner's own format read through OpenSlide (e.g. "Hamamatsu NDPI"), '' for none
 
 
 @dataclass(frozen=True)

@@ -81,7 +81,9 @@ def cucim_available() -> bool:
 
 
 def claims(sig: FileSignature) -> bool:
-    return sig.kind == "tiff" and sig.compressions <= CUCIM_SAFE_COMPRESSIONS and cucim_available()
+    """Tiled TIFF/SVS, not a scanner's own TIFF format (cuCIM 26.10 cannot open NDPI: "Cannot find
+    a plugin"; OpenSlide or tifffile reads those)."""
+    return sig.kind == "tiff" and not sig.scanner and sig.compressions <= CUCIM_SAFE_COMPRESSIONS and cucim_available()
 
 
 READER = Reader(open=CuCIMSlide.open, claims=claims)

@@ -186,6 +186,53 @@ def mpp_from_tiff(description: str, x_resolution: Any, unit: Any, y_resolution: 
     )
 
 
+# --------------------------------------------------------------------------- OpenSlide ----
+
+# tiff.ResolutionUnit as OpenSlide writes it → the TIFF code.
+OPENSLIDE_TIFF_UNITS = {"inch": 2, "centimeter": 3}
+NM_PER_UM = 1000.0
+
+
+def mpp_from_openslide(properties: Mapping[str, str], width: int, height: int) -> Resolution | None:
+    """A slide's resolution from OpenSlide's properties.
+
+    ``openslide.mpp-x/y``, which OpenSlide derives per format (Aperio MPP, NDPI and generic TIFF
+    resolution tags, MIRAX, Leica, Ventana and Philips metadata, VMS physical size); else the
+    vendor properties it passes through: Aperio fields, the TIFF resolution tags, a Hamamatsu
+    VMS/VMU index's ``PhysicalWidth``/``PhysicalHeight`` (nm) over the image's pixels; last the
+    objective power (10 / power, as Aperio's AppMag).
+
+    >>> mpp_from_openslide({"openslide.mpp-x": "0.499", "openslide.mpp-y": "0.499",
+    ...                     "openslide.vendor": "aperio"}, 2220, 2967).describe()
+    '0.499 µm/px from OpenSlide mpp-x (aperio)'
+    >>> mpp_from_openslide({"hamamatsu.PhysicalWidth": "128000", "hamamatsu.PhysicalHeight": "96000"},
+    ...                    512, 384).describe()
+    '0.25 µm/px from Hamamatsu PhysicalWidth (nm)'
+    >>> mpp_from_openslide({"tiff.XResolution": "43826", "tiff.ResolutionUnit": "centimeter"}, 10, 10).describe()
+    '0.228 µm/px from TIFF XResolution (cm)'
+    """
+    vendor = properties.get("openslide.vendor", "unknown format")
+    mpp_x, mpp_y = (_positive(properties.get(f"openslide.mpp-{axis}")) for axis in ("x", "y"))
+    physical_w, physical_h = (_positive(properties.get(f"hamamatsu.Physical{side}")) for side in ("Width", "Height"))
+    power = _positive(properties.get("openslide.objective-power"))
+    aperio = {key: properties[f"aperio.{key}"] for key in ("MPP", "AppMag") if f"aperio.{key}" in properties}
+    return first(
+        _resolution(mpp_x, f"OpenSlide mpp-x ({vendor})", mpp_y),
+        mpp_from_aperio(aperio),
+        mpp_from_resolution_tags(
+            properties.get("tiff.XResolution"),
+            OPENSLIDE_TIFF_UNITS.get(properties.get("tiff.ResolutionUnit", "")),
+            properties.get("tiff.YResolution"),
+        ),
+        _resolution(
+            physical_w / NM_PER_UM / width if physical_w and width else None,
+            "Hamamatsu PhysicalWidth (nm)",
+            physical_h / NM_PER_UM / height if physical_h and height else None,
+        ),
+        _resolution(10.0 / power, "OpenSlide objective-power") if power else None,
+    )
+
+
 # ------------------------------------------------------------------------------- cuCIM ----
 
 

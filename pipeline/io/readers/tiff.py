@@ -66,8 +66,8 @@ class TiffSlide(ClosesOnExit):
                 check_chunk_size(i, level.pages[0])
                 levels.append(zarr.open(series.aszarr(level=i), mode="r"))
             description = str(page.description or "")
-            tags = {name: page.tags.get(name) for name in ("XResolution", "YResolution", "ResolutionUnit")}
-            resolution = mpp_from_tiff(description, *(t.value if t is not None else None for t in tags.values()))
+            x_res, unit, y_res = (tag_value(page, name) for name in ("XResolution", "ResolutionUnit", "YResolution"))
+            resolution = mpp_from_tiff(description, x_res, unit, y_res)
         except BaseException:  # a refused file is closed here: a worker opens thousands
             tif.close()
             raise
@@ -116,6 +116,12 @@ class TiffSlide(ClosesOnExit):
 
     def close(self) -> None:
         self._tif.close()
+
+
+def tag_value(page: Any, name: str) -> Any:
+    """A TIFF tag's value, None when the page lacks it."""
+    tag = page.tags.get(name)
+    return tag.value if tag is not None else None
 
 
 # TIFF Photometric values that hold colour as RGB once decoded (JPEG's YCbCr is decoded to RGB).
