@@ -37,7 +37,10 @@ class Config:
     default_mpp: float = 0.25  # µm/px assumed (with a warning) when no metadata says and no estimate is possible
     estimate_scale: bool = True  # estimate the resolution from the nuclei: used without metadata, else a cross-check
     prefer_estimate: bool = False  # when metadata and estimate disagree beyond scale_tolerance, run at the estimate
-    scale_tolerance: float = 1.5  # metadata and estimate further apart than this factor: flagged scale_disagreement
+    # metadata and estimate further apart than this factor: flagged scale_disagreement. A gross-error check: on
+    # correctly labelled images the estimate/metadata ratio spans 0.61-2.26 (tissue; benchmarks/scale_check.py),
+    # so a 2x mislabel is left to the cohort QC's comparison within a cancer type
+    scale_tolerance: float = 2.5
     max_mpp: float = 2.0  # coarser than this (µm/px) a slide is refused: nuclei are a few pixels wide
     low_resolution_mpp: float = 0.6  # coarser than this (up to max_mpp) a slide runs, flagged low_resolution
     # --- tiling (pixels at the model's resolution) ---

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.config import FINEST_SCANNER_MPP
+from pipeline.config import FINEST_SCANNER_MPP, Config
 from pipeline.io.readers import Slide, UnreadableRegion
 from pipeline.kernels.nuclei import instances_from_probabilities
 from pipeline.kernels.stain import MacenkoStains, StainStats
@@ -198,7 +198,7 @@ def estimate_mpp(
 
 # ------------------------------------------------------------------------- the decision ----
 
-DISAGREEMENT = 1.5  # default tolerance: metadata and estimate further apart: a warning and a QC note
+DISAGREEMENT = Config.scale_tolerance  # metadata and estimate further apart: a warning and a QC note
 # The longest side of a glass slide (mm): a standard 3 × 1 inch slide is 76.2 mm long, and whole-mount
 # slides (75 × 50 mm) are no longer. A resolution that makes the scanned image longer than this is
 # wrong, and would plan a tile grid over that much imagined tissue.
