@@ -14,6 +14,7 @@ import pytest
 
 from pipeline.cli.qc import main as qc_main
 from pipeline.io.annotations import shared_data_dir
+from pipeline.io.outputs.stats import SlideStats
 from pipeline.qc import (
     ReviewError,
     build_qc,
@@ -21,6 +22,7 @@ from pipeline.qc import (
     patch_side_level0,
     qc_result,
     sample_patches,
+    scale_outliers,
     select_for_review,
     slide_rng,
     tail_size,
@@ -243,6 +245,65 @@ def test_partial_cohort_ignores_unfinished_folders(tmp_path: Path) -> None:
     qc = build_qc(tmp_path, patches="none")
     assert len(read_csv(qc / "slides.csv")) == 10
     assert (qc / "report.html").exists()
+
+
+# --------------------------------------------------------------------- scale within a type ----
+
+# Estimate/metadata ratios of correctly labelled tiles of two organs (MoNuSeg training images, liver
+# at 40x, kidney at 20x; benchmarks/scale_check.py): each organ's nuclei read their own way.
+LIVER_RATIOS = (0.72, 1.01, 0.79, 0.80, 0.93, 0.69)
+KIDNEY_RATIOS = (1.26, 1.22, 1.07, 2.07, 1.70, 1.41)
+
+
+def test_scale_outliers_compare_each_slide_with_its_cancer_types_median() -> None:
+    types = ["LIHC"] * 6 + ["KIRC"] * 6 + ["GBM"] * 2
+    ratios = np.array([*LIVER_RATIOS, *KIDNEY_RATIOS, 3.0, 0.3])
+    assert scale_outliers(types, ratios) == [""] * 14  # kidney's 2.26 is its type's; two GBM slides: no median
+    for i, k in [(0, 2.0), (3, 0.5), (9, 2.0), (8, 0.5)]:  # one slide labelled 2x wrong
+        wrong = ratios.copy()
+        wrong[i] *= k
+        notes = scale_outliers(types, wrong)
+        assert [j for j, n in enumerate(notes) if n] == [i], (i, k)
+        assert notes[i].startswith("scale_outlier: MPPEstimate/MPP ") and "median" in notes[i]
+    assert scale_outliers(["A"] * 4, np.array([1.0, np.nan, np.nan, 5.0])) == ["", "", "", ""]  # 2 stated: no median
+    assert scale_outliers(["A"] * 4, np.array([1.0, np.nan, 1.1, 5.0]))[3]  # 3: one mislabelled is outvoted
+
+
+def _scale_stats(sid: str, ctype: str, mpp: float, estimate: float, source: str = "slide") -> dict[str, object]:
+    return SlideStats(
+        slide_id=sid,
+        cancer_type=ctype,
+        slide_path="/nonexistent/slide.svs",
+        status="ok",
+        mpp=mpp,
+        mpp_source=source,
+        mpp_field="Aperio MPP" if source == "slide" else None,
+        mpp_estimate=estimate,
+        flags=[],
+        n_nuclei=500_000,
+        area_mean_px40x=220.0,
+        area_std_px40x=80.0,
+    ).as_dict()
+
+
+def test_a_slide_labelled_2x_wrong_is_flagged_against_its_cancer_type(tmp_path: Path) -> None:
+    """20x liver and kidney slides, correctly labelled but for one liver slide whose metadata says
+    40x: only that one is flagged, with its reason; kidney's large ratios are its tissue's."""
+    for i, r in enumerate(LIVER_RATIOS):
+        mpp = 0.25 if i == 2 else 0.5  # LIHC-2 is a 20x slide labelled 40x
+        write_stats(tmp_path, _scale_stats(f"LIHC-{i}", "LIHC", mpp, 0.5 * r))
+    for i, r in enumerate(KIDNEY_RATIOS):
+        write_stats(tmp_path, _scale_stats(f"KIRC-{i}", "KIRC", 0.5, 0.5 * r))
+    write_stats(tmp_path, _scale_stats("KIRC-est", "KIRC", 1.3, 1.3, source="estimate"))  # no stated scale
+    qc = build_qc(tmp_path, patches="none", report=False)
+    wsi = read_csv(qc / "wsi_qc.csv").set_index("WSI-ID")
+    flagged = wsi.index[wsi["Flags"].str.contains("scale_outlier")].tolist()
+    assert flagged == ["LIHC-2"]
+    assert wsi.loc["LIHC-2", "SelectedForReview"] == "yes"
+    median = np.median([0.5 * r / (0.25 if i == 2 else 0.5) for i, r in enumerate(LIVER_RATIOS)])
+    assert f"MPPEstimate/MPP 1.58 is {1.58 / median:.2f}× the LIHC median {median:.2f}" in wsi.loc["LIHC-2", "Note"]
+    assert (wsi.drop(index="LIHC-2")["SelectedForReview"] == "no").all()
+    assert (wsi.drop(index="LIHC-2")["Note"] == "").all()
 
 
 # ---------------------------------------------------------------------- review patches ----

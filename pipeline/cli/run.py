@@ -221,7 +221,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--prefer-estimate",
         action="store_true",
         default=None,
-        help="where metadata and the estimate from the nuclei disagree beyond 1.5×, run at the estimate",
+        help="where metadata and the nuclei's estimate disagree beyond scale_tolerance (3×), run at the estimate",
     )
     p.add_argument("--retry-failed", action="store_true", help="reprocess slides whose earlier attempt failed")
     p.add_argument(

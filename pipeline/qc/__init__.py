@@ -14,7 +14,10 @@
 * ``reviews/``: every review folded in so far (never removed by a rebuild);
 * ``report.html``: one self-contained page for the pathologist.
 
-The rules (selection, tiers, QCResult) are pure functions in ``pipeline.qc._rules``; the
+Beyond the paper's statistics, a slide whose stated resolution disagrees with what its nuclei say
+by much more than its cancer type's other slides do is flagged ``scale_outlier`` (``scale_outliers``).
+
+The rules (selection, scale outliers, tiers, QCResult) are pure functions in ``pipeline.qc._rules``; the
 file work lives in the other private modules.
 """
 
@@ -28,6 +31,7 @@ from pipeline.qc._rules import (
     TailCut,
     outer_cut,
     qc_result,
+    scale_outliers,
     select_for_review,
     selection_note,
     tail_size,
@@ -51,6 +55,7 @@ __all__ = [
     "read_qc_tables",
     "render_review_image",
     "sample_patches",
+    "scale_outliers",
     "select_for_review",
     "selection_note",
     "slide_rng",

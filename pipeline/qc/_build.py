@@ -42,6 +42,7 @@ from pipeline.qc._rules import (
     RESULT_FAILED,
     RESULT_NO_REGIONS,
     RESULT_PENDING,
+    SCALE_OUTLIER,
     SIZE_MEAN,
     SIZE_STD,
     STATISTICS,
@@ -50,11 +51,13 @@ from pipeline.qc._rules import (
     WSI_ID,
     WSI_UNACCEPTABLE,
     qc_result,
+    scale_outliers,
     select_for_review,
     tier_for,
 )
 
 PATCH_MODES = ("all", "flagged", "none")
+STATED_SOURCES = ("slide", "manifest")  # mpp_source values of a resolution the estimate only cross-checks
 QC_FORMAT_VERSION = 1
 
 SLIDES_TABLE = "slides.csv"
@@ -81,7 +84,7 @@ WSI_QC_COLUMNS = (
     "MPP",  # the resolution the slide was segmented at (µm/px) ...
     "MPPSource",  # ... and where it came from: manifest, slide (metadata field), estimate, default
     "MPPEstimate",  # what the nuclei say (a cross-check when metadata gave the resolution)
-    "Flags",  # low_resolution, scale_disagreement, mpp_default, artifacts, non_square_pixels
+    "Flags",  # the run's (low_resolution, scale_disagreement, mpp_default, artifacts, ...) and scale_outlier
     "ArtifactMM2",  # tissue excluded from segmentation as pen ink or folds
 )
 REGION_COLUMNS = (
@@ -230,6 +233,17 @@ def build_qc(
         values = {s.column: ok_rows[s.field].to_numpy(dtype=np.float64) for s in STATISTICS}
         notes_ok, cuts = select_for_review(ok_rows["cancer_type"].tolist(), values, outer_percent)
         notes: dict[str, list[str]] = {sid: n for sid, n in zip(ok_rows["slide_id"], notes_ok, strict=True)}
+        # ... and each stated resolution against what its cancer type's nuclei say of theirs.
+        stated = ok_rows["mpp_source"].isin(STATED_SOURCES).to_numpy()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratios = ok_rows["mpp_estimate"].to_numpy(np.float64) / ok_rows["mpp"].to_numpy(np.float64)
+        ratios = np.where(stated, ratios, np.nan)
+        scale_notes = dict(
+            zip(ok_rows["slide_id"], scale_outliers(ok_rows["cancer_type"].tolist(), ratios), strict=True)
+        )
+        for sid, note in scale_notes.items():
+            if note:
+                notes[sid].append(note)
 
         # 3. Review patches.
         slide_patches: dict[str, SlidePatches] = dict(cached)
@@ -286,6 +300,7 @@ def build_qc(
                 note = f"failed: {r.error}"
                 selected = False
             tier = tier_for(n_bad, n_reviewed) if n_regions and n_reviewed == n_regions else ""
+            cohort_flags = [SCALE_OUTLIER] if r.status == "ok" and scale_notes[sid] else []
             region_note = sp.note if sp is not None else ("" if r.status == "ok" else "failed slide")
             if r.status == "ok" and sp is None:
                 region_note = "no review patches extracted yet"
@@ -304,7 +319,7 @@ def build_qc(
                     r.mpp,
                     ": ".join(v for v in (r.mpp_source, r.mpp_field) if isinstance(v, str) and v),
                     r.mpp_estimate,
-                    r.flags,
+                    ",".join([*([r.flags] if isinstance(r.flags, str) and r.flags else []), *cohort_flags]),
                     r.artifact_mm2_total,
                 )
             )

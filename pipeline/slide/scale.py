@@ -11,9 +11,12 @@ estimates give the confidence (the share that agree with the result within 1.25�
 independent of the metadata, so it can check it.
 
 Nucleus size varies between tissues (the 30 MoNuSeg images' median nucleus areas span 0.5–1.5×
-their geometric mean), so the estimate tells 10x from 20x from 40x, and catches metadata that is
-wrong by more than 1.5×, but it is not a substitute for a scanner's own calibration; figures in
-benchmarks/RESULTS-scale.md.
+their geometric mean), and a few sample windows see one tissue compartment: on correctly labelled
+images the estimate/metadata ratio spans 0.61–2.44. So the per-slide cross-check catches gross
+errors only (``DISAGREEMENT``, e.g. 10x read as 40x); a slide labelled 2x wrong is caught by the
+cohort QC, against its cancer type's median ratio (``pipeline.qc.scale_outliers``). The estimate
+tells 10x from 20x from 40x, but it is not a substitute for a scanner's own calibration; figures
+in benchmarks/RESULTS-scale.md.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.config import FINEST_SCANNER_MPP
+from pipeline.config import FINEST_SCANNER_MPP, Config
 from pipeline.io.readers import Slide, UnreadableRegion
 from pipeline.kernels.nuclei import instances_from_probabilities
 from pipeline.kernels.stain import MacenkoStains, StainStats
@@ -198,7 +201,7 @@ def estimate_mpp(
 
 # ------------------------------------------------------------------------- the decision ----
 
-DISAGREEMENT = 1.5  # default tolerance: metadata and estimate further apart: a warning and a QC note
+DISAGREEMENT = Config.scale_tolerance  # metadata and estimate further apart: a warning and a QC note
 # The longest side of a glass slide (mm): a standard 3 × 1 inch slide is 76.2 mm long, and whole-mount
 # slides (75 × 50 mm) are no longer. A resolution that makes the scanned image longer than this is
 # wrong, and would plan a tile grid over that much imagined tissue.
