@@ -18,6 +18,15 @@ import pytest
 
 from pipeline.cli.export import main as export_main
 from pipeline.io.outputs.geojson import NUCLEUS_ID_MEASUREMENT, NUCLEUS_UUID_NAMESPACE
+from pipeline.io.outputs.numbers import list_parts
+from pipeline.io.outputs.parquet import (
+    GEOPARQUET_SCHEMA,
+    geo_metadata,
+    nucleus_row_group,
+    polygon_bbox,
+    polygon_wkb,
+    wkb_polygons,
+)
 from pipeline.io.outputs.schema import NUCLEI_SCHEMA
 from pipeline.io.outputs.tables import write_nucleus_tables
 from pipeline.qc._patches import Patch, read_polygons
@@ -83,7 +92,8 @@ def test_geoparquet_reads_in_geopandas_with_its_columns_kept(tmp_path: Path, sca
 
     gdf = gpd.read_parquet(path)
     written = pa.concat_tables(tables)
-    assert list(gdf.columns[: len(NUCLEI_SCHEMA)]) == NUCLEI_SCHEMA.names  # the existing columns, first
+    assert list(gdf.columns) == GEOPARQUET_SCHEMA.names[:-1]  # the outline stored once; geopandas hides bbox
+    assert "polygon" not in GEOPARQUET_SCHEMA.names
     assert gdf.geometry.name == "geometry" and gdf.crs is None  # level-0 pixels: no CRS
     assert set(gdf.geom_type) == {"Polygon"}
     expected = outlines(written)
@@ -169,6 +179,53 @@ def test_qc_patches_draw_every_nucleus_that_reaches_into_them(tmp_path: Path) ->
     pq.write_table(written, tmp_path / "old.parquet")
     old = read_polygons(tmp_path / "old.parquet", patches, reach_px=96.0)
     assert all(len(o) >= len(n) for o, n in zip(old, drawn, strict=True))
+    # a table written with the outline twice (polygon and geometry): the same outlines
+    write_previous_layout(tables, tmp_path / "twice.parquet")
+    twice = read_polygons(tmp_path / "twice.parquet", patches, reach_px=96.0)
+    for a, b in zip(twice, drawn, strict=True):
+        assert len(a) == len(b) and all(np.array_equal(u, v) for u, v in zip(a, b, strict=True))
+
+
+def write_previous_layout(tables: list[pa.Table], path: Path) -> None:
+    """nuclei.parquet as the previous version wrote it: every column of the tables (``polygon``
+    included), then ``geometry`` and ``bbox``, one row group per tile."""
+    writer = None
+    for table in tables:
+        values, offsets = list_parts(table.column("polygon"))
+        cx, cy = table.column("centroid_x").to_numpy(), table.column("centroid_y").to_numpy()
+        full = table.append_column("geometry", polygon_wkb(values, offsets))
+        full = full.append_column("bbox", polygon_bbox(values, offsets, cx, cy))
+        schema = full.schema.with_metadata({b"geo": json.dumps(geo_metadata()).encode()})
+        writer = writer or pq.ParquetWriter(path, schema, compression="zstd")
+        writer.write_table(full, row_group_size=max(table.num_rows, 1))
+    assert writer is not None
+    writer.close()
+
+
+def test_wkb_outlines_read_back_as_written(tmp_path: Path) -> None:
+    """The outline column read back from ``geometry`` equals the one written, value for value,
+    for awkward numbers and for outlines too short to be a polygon (read back empty)."""
+    table = random_table(np.random.default_rng(8), 40, 1, 1.996)
+    values, offsets = list_parts(table.column("polygon"))
+    assert wkb_polygons(polygon_wkb(values, offsets)).equals(table.column("polygon").combine_chunks())
+    short = pa.ListArray.from_arrays(pa.array([0, 8, 12, 12, 14], pa.int32()), pa.array(np.arange(14.0)))
+    wkb = polygon_wkb(np.arange(14.0), np.array([0, 8, 12, 12, 14]))
+    assert wkb_polygons(wkb).to_pylist() == [short.to_pylist()[0], [], [], []]
+    assert wkb_polygons(wkb.slice(1)).to_pylist() == [[], [], []]
+    with pytest.raises(ValueError, match="x.parquet: the geometry of row 1 is not"):
+        wkb_polygons(pa.array([wkb[0].as_py(), b"\x01\x01\x00\x00\x00" + bytes(16)], pa.binary()), "x.parquet")
+
+
+def test_tables_of_either_layout_read_as_the_nucleus_schema(tmp_path: Path) -> None:
+    tables = tile_tables(np.random.default_rng(9), grid=2)
+    write_nucleus_tables(iter(tables), tmp_path, SLIDE, ["parquet"])
+    write_previous_layout(tables, tmp_path / "previous.parquet")
+    for name in ("nuclei.parquet", "previous.parquet"):
+        file = pq.ParquetFile(tmp_path / name)
+        assert file.num_row_groups == len(tables)
+        for i, table in enumerate(tables):
+            assert nucleus_row_group(file, i).equals(table), (name, i)
+    assert pq.ParquetFile(tmp_path / "nuclei.parquet").metadata.num_columns < file.metadata.num_columns
 
 
 def check_qupath_feature(feature: dict[str, Any]) -> None:
@@ -261,3 +318,13 @@ def test_export_writes_what_a_run_writes_on_request(tmp_path: Path, capsys: pyte
     assert export_main(["geojson", str(out), "--slides", "nope"]) == 2
     assert "holds no slide nope" in capsys.readouterr().err
     assert export_main(["csv", str(tmp_path / "missing")]) == 2
+
+    # a slide published by the previous version (the outline twice): the same files
+    old = out / "slides" / "previous"
+    old.mkdir()
+    write_previous_layout(tables, old / "nuclei.parquet")
+    (old / "stats.json").write_text(json.dumps({"slide_id": SLIDE, "status": "ok", "error": None}))
+    assert export_main(["csv", str(out), "--slides", "previous"]) == 0
+    assert export_main(["geojson", str(out), "--slides", "previous"]) == 0
+    for name in ("nuclei.geojson", "nuclei.csv"):
+        assert (old / name).read_bytes() == (tmp_path / "run" / name).read_bytes(), name

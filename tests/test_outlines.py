@@ -11,11 +11,14 @@ as a symmetric Hausdorff distance between old and new rings of at most 0.5 px.
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import scipy.ndimage as ndi
 from scipy.spatial.distance import directed_hausdorff
 
 import tests.reference.features_loop as reference
+from pipeline.io.outputs.numbers import list_parts
+from pipeline.io.outputs.schema import OUTLINE_STEP_PX, OUTLINE_TOLERANCE_PX
 from pipeline.kernels.features import (
     nucleus_moments,
     nucleus_outlines,
@@ -23,11 +26,23 @@ from pipeline.kernels.features import (
     outline_perimeters,
     polygon_perimeter,
 )
+from pipeline.kernels.outlines import on_grid, simplify_keeping_pixels, stored_rings
 
 reference_outlines = reference.nucleus_outlines
 reference_perimeter = reference.polygon_perimeter
 reference_moments = reference.nucleus_moments
-reference_tile_table = reference.tile_table
+
+
+def reference_tile_table(labels: np.ndarray, h_map: np.ndarray, grid: object, tile: object, mpp: float) -> pa.Table:
+    """The previous tile table with its centroids and outlines as they are stored now."""
+    table = reference.tile_table(labels, h_map, grid, tile, mpp)
+    values, offsets = list_parts(table.column("polygon"))
+    x, y, kept = stored_rings(values[0::2], values[1::2], offsets // 2, OUTLINE_STEP_PX, OUTLINE_TOLERANCE_PX)
+    flat = np.stack([x, y], axis=1).ravel()
+    table = table.set_column(8, "polygon", pa.ListArray.from_arrays(pa.array(2 * kept, pa.int32()), pa.array(flat)))
+    for i, name in ((1, "centroid_x"), (2, "centroid_y")):
+        table = table.set_column(i, name, pa.array(on_grid(table.column(name).to_numpy(), OUTLINE_STEP_PX)))
+    return table
 
 
 def hausdorff(a: np.ndarray, b: np.ndarray) -> float:
@@ -155,7 +170,8 @@ def test_moments_as_before(seed: int) -> None:
 
 @pytest.mark.parametrize("slide_mpp", [0.25, 0.5])
 def test_tile_table_identical(slide_mpp: float) -> None:
-    """A tile's nucleus table (what every output is written from) equals the previous one."""
+    """A tile's nucleus table (what every output is written from) equals the previous one, its
+    centroids and outlines as they are stored."""
     from pipeline.slide.segment import tile_nuclei
     from pipeline.tiling import TileGrid
 
@@ -194,3 +210,68 @@ def test_tiles_cut_at_the_slide_edge_as_before(slide_mpp: float) -> None:
         _, old_local = tile_nuclei(old_cut, h_map, grid, tile, slide_mpp)
         np.testing.assert_array_equal(new_local[new_cut], old_local[old_cut])
     assert edge_tiles >= 3
+
+
+def test_on_grid_keeps_every_value_on_its_side_of_every_pixel_centre() -> None:
+    rng = np.random.default_rng(0)
+    values = np.r_[rng.uniform(-3, 4000, 100_000), np.arange(-2, 40) / 8, np.arange(40) + 0.97, np.arange(40) + 0.03]
+    stored = on_grid(values, 1 / 8)
+    assert np.array_equal(stored * 8, np.rint(stored * 8))  # multiples of 1/8
+    near_whole = np.abs(values - np.rint(values)) < 1 / 16
+    assert np.abs(stored - values)[~near_whole].max() <= 1 / 16  # half a step
+    assert np.abs(stored - values)[near_whole].max() <= 3 / 16  # or a step further, off a whole pixel
+    np.testing.assert_array_equal(np.floor(stored), np.floor(values))
+    np.testing.assert_array_equal(stored == np.rint(stored), values == np.rint(values))
+
+
+def filled(x: np.ndarray, y: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """The pixels whose centres lie inside a ring (as labels are drawn from polygons)."""
+    from skimage.draw import polygon as fill
+
+    mask = np.zeros(shape, dtype=bool)
+    rr, cc = fill(y, x, shape=shape)
+    mask[rr, cc] = True
+    return mask
+
+
+# level-0 px per model px: a 40x slide at the model's 0.25 µm, a 20x slide, a 40x scan at 0.2527 µm
+@pytest.mark.parametrize("scale", [1.0, 0.25 / 0.499, 0.25 / 0.2527])
+def test_stored_outlines_cover_the_same_pixels_within_the_tolerance(scale: float) -> None:
+    """Outlines traced on the model's grid, in a slide's level-0 px: once stored (1/8 px, simplified)
+    each covers exactly the pixels its traced outline on the 1/8 px grid covers, stays within the
+    tolerance of it, is a valid polygon, and has far fewer vertices at 20x."""
+    shapely = pytest.importorskip("shapely")
+    labels = touching_nuclei(7, side=200)
+    ids = np.unique(labels)[1:]
+    rows, cols, offsets = outline_arrays(labels, ids)
+    x, y = (cols + 0.5) * scale - 0.5 + 3.3, (rows + 0.5) * scale - 0.5 + 1.1
+    gx, gy = on_grid(x, OUTLINE_STEP_PX), on_grid(y, OUTLINE_STEP_PX)
+    sx, sy, kept = stored_rings(x, y, offsets, OUTLINE_STEP_PX, OUTLINE_TOLERANCE_PX)
+    shape = (int(labels.shape[0] * scale) + 8, int(labels.shape[1] * scale) + 8)
+    assert np.abs(np.r_[gx - x, gy - y]).max() <= 3 / 16
+    for k in range(len(ids)):
+        a, b = slice(offsets[k], offsets[k + 1]), slice(kept[k], kept[k + 1])
+        assert np.array_equal(filled(sx[b], sy[b], shape), filled(gx[a], gy[a], shape)), ids[k]
+        ring = shapely.Polygon(np.stack([sx[b], sy[b]], axis=1))
+        assert ring.is_valid, ids[k]
+        off = shapely.distance(shapely.points(np.stack([gx[a], gy[a]], axis=1)), ring.exterior)
+        assert off.max() <= OUTLINE_TOLERANCE_PX + 1e-9, ids[k]
+    assert set(np.flatnonzero(np.isin(np.r_[sx], gx))) == set(range(len(sx)))  # kept vertices: gridded ones
+    fewer = np.diff(kept).sum() / np.diff(offsets).sum()
+    assert fewer < (0.6 if scale < 0.9 else 0.9), fewer
+
+
+def test_simplify_keeps_short_rings_and_drops_what_carries_no_pixel() -> None:
+    square = (np.array([0.5, 1.5, 1.5, 0.5]), np.array([0.5, 0.5, 1.5, 1.5]))  # around pixel (1, 1)
+    assert simplify_keeping_pixels(*square, np.array([0, 4]), 5.0).tolist() == [True] * 4
+    triangle = (np.array([0.0, 4, 4]), np.array([0.0, 0, 3]))
+    assert simplify_keeping_pixels(*triangle, np.array([0, 3]), 5.0).all()
+    # a 10 px long rectangle with a vertex in the middle of each long side: those go
+    x = np.array([-0.5, 4.5, 9.5, 9.5, 4.5, -0.5])
+    y = np.array([-0.5, -0.5, -0.5, 0.5, 0.5, 0.5])
+    assert simplify_keeping_pixels(x, y, np.array([0, 6]), 0.5).tolist() == [True, False, True, True, False, True]
+    # … but not when the tolerance is zero and the vertex sticks out, nor over a pixel centre
+    y_bump = y + np.array([0, -0.25, 0, 0, 0, 0])
+    assert simplify_keeping_pixels(x, y_bump, np.array([0, 6]), 0.2).tolist()[1] is True
+    x_empty, offsets = np.zeros(0), np.array([0, 0])
+    assert simplify_keeping_pixels(x_empty, x_empty, offsets, 0.5).tolist() == []

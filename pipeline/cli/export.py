@@ -22,17 +22,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.io.outputs.lock import OutputInUse, lock_output
+from pipeline.io.outputs.parquet import nucleus_row_group
 from pipeline.io.outputs.publish import atomic_file_from, slides_dir
-from pipeline.io.outputs.schema import NUCLEI_SCHEMA
 from pipeline.io.outputs.stats import STATS_FILE
 from pipeline.io.outputs.tables import NUCLEUS_TABLE_FORMATS, PRIMARY, TABLE_FILES, write_nucleus_tables
 
 
 def tile_tables(parquet: Path) -> Iterator[pa.Table]:
-    """The nucleus table of a published slide, one row group (one tile) at a time."""
+    """The nucleus table of a published slide, one row group (one tile) at a time, in either
+    layout (the outline as ``geometry`` only, or also as ``polygon``: tables written before)."""
     file = pq.ParquetFile(parquet)
     for i in range(file.num_row_groups):
-        yield file.read_row_group(i, columns=NUCLEI_SCHEMA.names)
+        yield nucleus_row_group(file, i, str(parquet))
 
 
 def export_slide(slide_dir: Path, fmt: str) -> int:

@@ -208,20 +208,25 @@ def read_polygons(nuclei_path: str | Path, patches: list[Patch], reach_px: float
 
     The filter is on the GeoParquet ``bbox`` covering: only the row groups (tiles) whose boxes
     overlap a patch are read, and a nucleus is drawn on every patch its box overlaps. A table
-    written before it had ``bbox`` is filtered on the centroids, widened by ``reach_px``."""
+    written before it had ``bbox`` is filtered on the centroids, widened by ``reach_px``. The
+    outlines are read from ``geometry``, or from ``polygon`` where a table written before has it."""
     import pyarrow.compute as pc
     import pyarrow.dataset as pads
     import pyarrow.parquet as pq
 
+    from pipeline.io.outputs.parquet import BBOX, BBOX_FIELDS, GEOMETRY, wkb_polygons
+
     if not patches:
         return []
-    if "bbox" in pq.read_schema(str(nuclei_path)).names:
-        x0, y0, x1, y1 = (pc.field("bbox", n) for n in ("xmin", "ymin", "xmax", "ymax"))
-        columns: dict[str, Any] = {"x0": x0, "y0": y0, "x1": x1, "y1": y1, "polygon": pc.field("polygon")}
+    names = pq.read_schema(str(nuclei_path)).names
+    outline = "polygon" if "polygon" in names else GEOMETRY  # tables written before hold both
+    if BBOX in names:
+        x0, y0, x1, y1 = (pc.field(BBOX, n) for n in BBOX_FIELDS)
+        columns: dict[str, Any] = {"x0": x0, "y0": y0, "x1": x1, "y1": y1, "outline": pc.field(outline)}
         reach = 0.0
     else:
         cx, cy = pc.field("centroid_x"), pc.field("centroid_y")
-        columns = {"x0": cx, "y0": cy, "x1": cx, "y1": cy, "polygon": pc.field("polygon")}
+        columns = {"x0": cx, "y0": cy, "x1": cx, "y1": cy, "outline": pc.field(outline)}
         reach = reach_px
     expr = None
     for p in patches:
@@ -234,7 +239,9 @@ def read_polygons(nuclei_path: str | Path, patches: list[Patch], reach_px: float
         expr = box if expr is None else expr | box
     table = pads.dataset(str(nuclei_path), format="parquet").to_table(columns=columns, filter=expr)
     x0, y0, x1, y1 = (table.column(k).to_numpy() for k in ("x0", "y0", "x1", "y1"))
-    flat = table.column("polygon").combine_chunks()
+    flat = table.column("outline").combine_chunks()
+    if outline == GEOMETRY:
+        flat = wkb_polygons(flat, str(nuclei_path))
     offsets = flat.offsets.to_numpy()
     coords = flat.values.to_numpy(zero_copy_only=False)
     out: list[list[np.ndarray]] = []

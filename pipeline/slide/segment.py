@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from pipeline.config import Config
 from pipeline.io.outputs.publish import atomic_write_bytes
-from pipeline.io.outputs.schema import NUCLEI_SCHEMA
+from pipeline.io.outputs.schema import NUCLEI_SCHEMA, OUTLINE_STEP_PX, OUTLINE_TOLERANCE_PX
 from pipeline.io.readers import (
     GlassWhereUnreadable,
     Slide,
@@ -36,6 +36,7 @@ from pipeline.io.readers import (
 from pipeline.kernels.dispatch import gpu_available, to_host
 from pipeline.kernels.features import nucleus_moments, outline_arrays, outline_perimeters
 from pipeline.kernels.nuclei import NucleusThresholds, instances_from_probabilities
+from pipeline.kernels.outlines import on_grid, stored_rings
 from pipeline.kernels.stain import MacenkoStains, StainStats, haematoxylin
 from pipeline.runtime import NucleusModel
 from pipeline.slide.model_input import model_input, normalise_stain
@@ -81,7 +82,9 @@ def tile_nuclei(
     excluded: ExcludedPixels | None = None,
 ) -> tuple[pa.Table, np.ndarray]:
     """The nuclei a tile owns (centroid inside its core, not on an artifact) as a table with
-    local ids 1..k, and the map old label → local id (0 = not owned)."""
+    local ids 1..k, and the map old label → local id (0 = not owned). Centroids and outlines are
+    in level-0 px as they are stored (``schema.OUTLINE_STEP_PX``, ``OUTLINE_TOLERANCE_PX``); the
+    perimeter is the traced outline's."""
     model_mpp = grid.scale * mpp
     moments = nucleus_moments(labels, h_map)
     x, y = grid.to_level0(tile[0], tile[1], moments["row"], moments["col"])
@@ -94,17 +97,18 @@ def tile_nuclei(
     local[ids] = np.arange(1, len(ids) + 1, dtype=np.uint32)
     rows, cols, offsets = outline_arrays(labels, ids)
     px, py = grid.to_level0(tile[0], tile[1], rows, cols)
-    flat = np.empty(2 * len(rows))
+    px, py, kept = stored_rings(px, py, offsets, OUTLINE_STEP_PX, OUTLINE_TOLERANCE_PX)
+    flat = np.empty(2 * len(px))
     flat[0::2], flat[1::2] = px, py
-    polygon = pa.ListArray.from_arrays(pa.array(2 * offsets, type=pa.int32()), pa.array(flat, type=pa.float64()))
-    perimeters = outline_perimeters(rows, cols, offsets) * grid.scale
+    polygon = pa.ListArray.from_arrays(pa.array(2 * kept, type=pa.int32()), pa.array(flat, type=pa.float64()))
+    perimeters = outline_perimeters(rows, cols, offsets) * grid.scale  # of the traced outline
     sel = ids - 1
     area_um2 = moments["area"][sel] * model_mpp**2
     table = pa.table(
         {
             "id": pa.array(np.arange(1, len(ids) + 1, dtype=np.uint32)),
-            "centroid_x": x[sel],
-            "centroid_y": y[sel],
+            "centroid_x": on_grid(x[sel], OUTLINE_STEP_PX),
+            "centroid_y": on_grid(y[sel], OUTLINE_STEP_PX),
             "area_px": area_um2 / mpp**2,
             "area_um2": area_um2,
             "perimeter_px": perimeters,
