@@ -18,6 +18,16 @@ asked for (``write_csv``, ``write_geojson``); then, outside the run:
   against shapely 2 (``polygons`` + ``to_wkb``), best of ``--repeats``, µs per nucleus.
 
 Results: ``<out>/output_footprint.json`` and ``.md``.
+
+Real slides (a manifest; ``--mpp`` in it where a file has none):
+
+    python benchmarks/output_footprint.py --slides MANIFEST [--baseline RUN_DIR] --out DIR
+
+runs ``python -m pipeline.run`` of this checkout on the manifest's slides (defaults only) and
+reports each slide's default outputs in bytes per nucleus, ``nuclei.parquet`` by column (the
+compressed column chunks, and the footer); with ``--baseline``, the output folder of a run of the
+same manifest by another version, the same figures for it side by side (before / after). Each
+table is also read back as other tools read it: geopandas, and DuckDB where it is installed.
 """
 
 from __future__ import annotations
@@ -67,6 +77,132 @@ def previous_parquet(table: Any, path: Path) -> int:
     return path.stat().st_size
 
 
+def parquet_bytes_by_column(path: Path) -> dict[str, int]:
+    """The compressed bytes of each top-level column of a Parquet file over its row groups, and
+    ``(footer)`` (the file metadata: schema, row groups, statistics)."""
+    import pyarrow.parquet as pq
+
+    meta = pq.ParquetFile(path).metadata
+    sizes: dict[str, int] = {}
+    for g in range(meta.num_row_groups):
+        group = meta.row_group(g)
+        for c in range(group.num_columns):
+            column = group.column(c)
+            name = column.path_in_schema.split(".")[0]
+            sizes[name] = sizes.get(name, 0) + column.total_compressed_size
+    sizes["(footer)"] = meta.serialized_size
+    return sizes
+
+
+def slide_footprint(folder: Path) -> dict[str, Any]:
+    """Bytes per nucleus of a published slide's default outputs, nuclei.parquet by column."""
+    import pyarrow.parquet as pq
+
+    parquet = folder / "nuclei.parquet"
+    n = pq.ParquetFile(parquet).metadata.num_rows
+    files = {name: tree_bytes(folder / name) / n for name in ("nuclei.parquet", "maps.zarr", "stats.json")}
+    columns = {k: v / n for k, v in parquet_bytes_by_column(parquet).items()}
+    return {
+        "n_nuclei": n,
+        "row_groups": pq.ParquetFile(parquet).metadata.num_row_groups,
+        "files": files,
+        "defaults": sum(files.values()),
+        "columns": columns,
+    }
+
+
+def read_back(parquet: Path) -> dict[str, Any]:
+    """How other tools read a nuclei.parquet: geopandas (geometry type, rows), DuckDB (the type it
+    gives ``geometry``, rows, and a bbox query's count against pyarrow's) where installed."""
+    import geopandas
+    import pyarrow.compute as pc
+    import pyarrow.dataset as pads
+    import pyarrow.parquet as pq
+
+    frame = geopandas.read_parquet(parquet)
+    meta = pq.ParquetFile(parquet).metadata
+    out: dict[str, Any] = {
+        "geopandas": f"{len(frame)} rows, {sorted(set(frame.geom_type))}, valid {int(frame.is_valid.sum())}",
+    }
+    box = pq.read_table(parquet, columns=["bbox"]).column("bbox").combine_chunks()
+    xmax = float(np.median(box.field("xmax").to_numpy()))
+    ymax = float(np.median(box.field("ymax").to_numpy()))
+    expr = (pc.field("bbox", "xmin") < xmax) & (pc.field("bbox", "ymin") < ymax)
+    out["bbox_query_pyarrow"] = pads.dataset(str(parquet)).to_table(columns=["id"], filter=expr).num_rows
+    try:
+        import duckdb
+    except ImportError:
+        out["duckdb"] = "not installed"
+        return out
+    con = duckdb.connect()
+    kind = con.sql(f"SELECT typeof(geometry) FROM '{parquet}' LIMIT 1").fetchone()
+    rows = con.sql(f"SELECT count(*) FROM '{parquet}'").fetchone()
+    query = f"SELECT count(*) FROM '{parquet}' WHERE bbox.xmin < {xmax} AND bbox.ymin < {ymax}"
+    out["duckdb"] = (
+        f"duckdb {duckdb.__version__}: geometry as {kind[0] if kind else None}, {rows[0] if rows else 0} rows"
+    )
+    out["bbox_query_duckdb"] = (con.sql(query).fetchone() or [None])[0]
+    out["row_groups"] = meta.num_row_groups
+    return out
+
+
+def real_slides(manifest: Path, baseline: Path | None, out: Path | None) -> int:
+    """The default outputs of real slides, by column, against a baseline run's where given."""
+    import subprocess
+
+    work = Path(tempfile.mkdtemp(prefix="output-footprint-real-"))
+    command = [sys.executable, "-m", "pipeline.run", str(manifest), "--out", str(work / "run")]
+    command += ["--no-qc", "--no-progress", "--dashboard", "off"]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    if done.returncode:
+        print(f"pipeline.run failed ({done.returncode}): {done.stderr[-2000:]}", file=sys.stderr)
+        return 1
+    slides = sorted(p.name for p in (work / "run" / "slides").iterdir() if p.is_dir())
+    data: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}",
+        "command": "python benchmarks/output_footprint.py --slides "
+        + str(manifest)
+        + (f" --baseline {baseline}" if baseline else ""),
+        "slides": {},
+    }
+    lines = [f"date: {data['date']}  ", f"machine: {data['machine']}  ", f"command: `{data['command']}`", ""]
+    for slide in slides:
+        now = slide_footprint(work / "run" / "slides" / slide)
+        then = slide_footprint(baseline / "slides" / slide) if baseline else None
+        record = {
+            "after": now,
+            "before": then,
+            "read_back": read_back(work / "run" / "slides" / slide / "nuclei.parquet"),
+        }
+        data["slides"][slide] = record
+        stats = json.loads((work / "run" / "slides" / slide / "stats.json").read_text())
+        lines += [
+            f"### {slide}: {now['n_nuclei']} nuclei, {stats.get('mpp')} µm/px ({stats.get('mpp_source')}), "
+            f"{now['row_groups']} row groups",
+            "",
+            "| bytes per nucleus | " + ("before | after |" if then else "now |"),
+            "|---|---|" + ("---|" if then else ""),
+        ]
+        names = list(dict.fromkeys([*(then["columns"] if then else {}), *now["columns"]]))
+        rows = [(f"nuclei.parquet: {k}", k, "columns") for k in names]
+        rows += [(k, k, "files") for k in now["files"]] + [("**default outputs**", None, "defaults")]
+        for label, key, part in rows:
+            cells = []
+            for record_ in ([then] if then else []) + [now]:
+                value = record_[part] if key is None else record_[part].get(key)
+                cells.append("–" if value is None else f"{value:.1f}")
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines += ["", "read back: " + "; ".join(f"{k}: {v}" for k, v in record["read_back"].items()), ""]
+    text = "\n".join(lines) + "\n"
+    print(text, flush=True)
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "output_footprint_real.json").write_text(json.dumps(data, indent=2))
+        (out / "output_footprint_real.md").write_text(text)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--side", type=int, default=2048)
@@ -75,7 +211,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="", help="'' for the shipped model, 'blob', or an ONNX file")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--slides", type=Path, default=None, help="a manifest of real slides (instead of a generated one)")
+    p.add_argument("--baseline", type=Path, default=None, help="with --slides: a run of them by another version")
     args = p.parse_args(argv)
+    if args.slides:
+        return real_slides(args.slides, args.baseline, args.out)
 
     import gpu_benchmark as gb
     import pyarrow as pa
@@ -83,8 +223,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from pipeline.config import Config
     from pipeline.io.outputs.numbers import list_parts
-    from pipeline.io.outputs.parquet import polygon_wkb
-    from pipeline.io.outputs.schema import NUCLEI_SCHEMA
+    from pipeline.io.outputs.parquet import nucleus_row_group, polygon_wkb
     from pipeline.io.outputs.tables import write_nucleus_tables
     from pipeline.manifest import SlideEntry
     from pipeline.slide.inline import process_slide_inline
@@ -104,12 +243,12 @@ def main(argv: list[str] | None = None) -> int:
     centroids = work / "centroids"
     centroids.mkdir()
     tables = pq.ParquetFile(folder / "nuclei.parquet")
-    batches = (tables.read_row_group(i, columns=NUCLEI_SCHEMA.names) for i in range(tables.num_row_groups))
+    batches = (nucleus_row_group(tables, i) for i in range(tables.num_row_groups))
     write_nucleus_tables(batches, centroids, slide.stem, ["geojson-centroids"])
     per_nucleus["nuclei_centroids.geojson (export)"] = tree_bytes(centroids / "nuclei_centroids.geojson") / n
     per_nucleus["nuclei.csv.gz (gzip -6)"] = gzip_bytes(folder / "nuclei.csv") / n
     per_nucleus["nuclei.geojson.gz (gzip -6)"] = gzip_bytes(folder / "nuclei.geojson") / n
-    table = pq.read_table(folder / "nuclei.parquet", columns=NUCLEI_SCHEMA.names)
+    table = pa.concat_tables(nucleus_row_group(tables, i) for i in range(tables.num_row_groups))
     per_nucleus["previous nuclei.parquet"] = previous_parquet(table, work / "previous.parquet") / n
     geo = pq.read_table(folder / "nuclei.parquet")
     per_nucleus["nuclei.parquet, default encodings"] = previous_parquet(geo, work / "default.parquet") / n

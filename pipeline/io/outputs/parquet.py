@@ -15,10 +15,9 @@ footer's min/max statistics of each ``bbox`` field prune the others.
 Encodings, measured on a generated slide and on real 20x and 40x slides
 (``benchmarks/output_footprint.py``): zstd; BYTE_STREAM_SPLIT for float columns of arbitrary
 values (centroids, eccentricity, haematoxylin, the µm² areas: it groups the bytes of equal
-significance, which zstd then compresses well), dictionary for the few-valued pixel areas and
-perimeters, DELTA_BINARY_PACKED for the consecutive ids; ``geometry`` at a higher zstd level and
-without min/max statistics (whole WKB values, hundreds of bytes per row group, that no reader
-prunes on).
+significance, which zstd then compresses well), DELTA_BINARY_PACKED for the consecutive ids,
+plain for the rest; ``geometry`` at a higher zstd level; min/max statistics only on ``bbox``
+and ``id``.
 """
 
 from __future__ import annotations
@@ -195,13 +194,14 @@ def nucleus_row_group(file: pq.ParquetFile, i: int, source: str = "nuclei.parque
     return table.drop_columns([GEOMETRY]).append_column(OUTLINE, polygons).select(NUCLEI_SCHEMA.names)
 
 
-# Column encodings (see the module docstring): the leaf columns by their Parquet paths.
+# Column encodings (see the module docstring): the leaf columns by their Parquet paths; the others
+# (the areas in px and the perimeters: few-valued at the model's resolution, not on a resampled
+# slide) plain, without a dictionary, which on real 20x and 40x slides stores them smaller.
 _SPLIT_FLOATS = ["centroid_x", "centroid_y", "area_um2", "eccentricity", "mean_haematoxylin"]
 _ENCODINGS = {
     "id": "DELTA_BINARY_PACKED",
     **{name: "BYTE_STREAM_SPLIT" for name in _SPLIT_FLOATS + [f"{BBOX}.{f}" for f in BBOX_FIELDS]},
 }
-_DICTIONARY = ["area_px", "perimeter_px"]
 # zstd level: 3 writes the shipped model's 4096² generated slide's table 3.5 % smaller than
 # pyarrow's default (1) for ~15 % more write time; 6 gains 3 % more at 3× the time
 # (benchmarks/RESULTS-outputs.md).
@@ -209,10 +209,9 @@ PARQUET_ZSTD_LEVEL = 3
 # The outlines, most of the table's bytes: on CMU-1-Small-Region (20x) 6 stores them in 10 % less
 # than 3 for ~6 µs more per nucleus; 9 no smaller at 3× that; 19 another 12 % at ~300 µs per nucleus.
 GEOMETRY_ZSTD_LEVEL = 6
-# Min/max statistics: every column but the WKB outlines.
-_STATISTICS = [name for name in GEOPARQUET_SCHEMA.names if name not in (GEOMETRY, BBOX)] + [
-    f"{BBOX}.{f}" for f in BBOX_FIELDS
-]
+# Min/max statistics where readers prune on them: the bbox covering (region queries) and the ids.
+# On every column they took 4 % of CMU-1-Small-Region's table (a row group per tile of ~150 nuclei).
+_STATISTICS = ["id", *(f"{BBOX}.{f}" for f in BBOX_FIELDS)]
 
 
 class ParquetWriter:
@@ -225,7 +224,7 @@ class ParquetWriter:
             compression_level={
                 name: GEOMETRY_ZSTD_LEVEL if name == GEOMETRY else PARQUET_ZSTD_LEVEL for name in schema.names
             },
-            use_dictionary=_DICTIONARY,
+            use_dictionary=False,
             column_encoding=_ENCODINGS,
             write_statistics=_STATISTICS,
         )
