@@ -135,13 +135,13 @@ def read_back(parquet: Path) -> dict[str, Any]:
         out["duckdb"] = "not installed"
         return out
     con = duckdb.connect()
-    kind = con.sql(f"SELECT typeof(geometry) FROM '{parquet}' LIMIT 1").fetchone()
-    rows = con.sql(f"SELECT count(*) FROM '{parquet}'").fetchone()
+    kind = con.execute(f"SELECT typeof(geometry) FROM '{parquet}' LIMIT 1").fetchone()
+    rows = con.execute(f"SELECT count(*) FROM '{parquet}'").fetchone()
     query = f"SELECT count(*) FROM '{parquet}' WHERE bbox.xmin < {xmax} AND bbox.ymin < {ymax}"
     out["duckdb"] = (
         f"duckdb {duckdb.__version__}: geometry as {kind[0] if kind else None}, {rows[0] if rows else 0} rows"
     )
-    out["bbox_query_duckdb"] = (con.sql(query).fetchone() or [None])[0]
+    out["bbox_query_duckdb"] = (con.execute(query).fetchone() or [None])[0]
     out["row_groups"] = meta.num_row_groups
     return out
 

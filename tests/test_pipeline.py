@@ -7,12 +7,14 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import zarr
 from scipy.spatial import cKDTree
 
 from pipeline.config import Config
+from pipeline.io.outputs.parquet import wkb_polygons
 from pipeline.manifest import SlideEntry
 from pipeline.slide import process_slide_inline
 from pipeline.testing import synthetic_slide_image, write_pyramidal_tiff
@@ -122,7 +124,6 @@ def test_outputs_follow_the_contract(runs) -> None:
         "perimeter_px",
         "eccentricity",
         "mean_haematoxylin",
-        "polygon",
         "geometry",
         "bbox",
     ]
@@ -162,7 +163,7 @@ def test_20x_slide_is_resampled_and_reported_in_level0_pixels(tmp_path: Path, bl
     assert match_rate(true, found, 1.5) >= 0.97
     _, nearest = cKDTree(found).query(true)
     assert np.abs(np.median(found[nearest] - true, axis=0)).max() < 0.25  # no half-pixel shift
-    polygon = np.array(table["polygon"].iloc[0]).reshape(-1, 2)
+    polygon = np.array(wkb_polygons(pa.array(table["geometry"].iloc[:1], pa.binary()))[0].as_py()).reshape(-1, 2)
     assert np.abs(polygon.mean(axis=0) - found[0]).max() < 2.0
 
 

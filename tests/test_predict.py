@@ -9,7 +9,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
+
+from pipeline.io.outputs.parquet import wkb_polygons
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -110,7 +113,7 @@ def test_nuclei_cut_by_the_image_edge_end_at_the_edge(tmp_path: Path, blob_model
     for i in at_edge:
         assert table.loc[i, "area_px"] == pytest.approx(counts[i], rel=0.01)
         assert counts[i] >= min_area
-        xy = np.asarray(table.loc[i, "polygon"]).reshape(-1, 2)
+        xy = np.asarray(wkb_polygons(pa.array([table.loc[i, "geometry"]], pa.binary()))[0].as_py()).reshape(-1, 2)
         assert xy[:, 0].min() >= -0.5 and xy[:, 0].max() <= width - 0.5
         assert xy[:, 1].min() >= -0.5 and xy[:, 1].max() <= height - 0.5
 
