@@ -90,6 +90,35 @@ def _holds_pixel_centre(
     return holds
 
 
+def _drop_cost(
+    x: np.ndarray,
+    y: np.ndarray,
+    p: np.ndarray,
+    v: np.ndarray,
+    q: np.ndarray,
+    start: np.ndarray,
+    length: np.ndarray,
+    tolerance: float,
+) -> np.ndarray:
+    """The cost of dropping each vertex ``v`` between its neighbours ``p`` and ``q`` (indices into
+    its ring, which starts at ``start`` and has ``length`` vertices): twice the area of the
+    triangle (p, v, q), or inf where the triangle holds a pixel centre or a vertex of the ring's
+    original course between p and q lies farther than ``tolerance`` from the edge p–q."""
+    ax, ay, bx, by, cx, cy = x[p], y[p], x[v], y[v], x[q], y[q]
+    ok = (np.hypot(cx - ax, cy - ay) > 0) & ~_holds_pixel_centre(ax, ay, bx, by, cx, cy)
+    k = np.flatnonzero(ok)
+    gap = (q[k] - p[k]) % length[k] - 1  # the original vertices strictly between p and q (v among them)
+    first = np.cumsum(gap) - gap
+    owner = np.repeat(np.arange(len(k)), gap)
+    step = np.arange(int(gap.sum())) - first[owner] + 1
+    j = start[k][owner] + (p[k][owner] - start[k][owner] + step) % length[k][owner]
+    o = k[owner]
+    off = _segment_distance(ax[o], ay[o], cx[o], cy[o], x[j], y[j])
+    if len(k):
+        ok[k] = np.maximum.reduceat(off, first) <= tolerance
+    return np.where(ok, np.abs(_side(ax, ay, bx, by, cx, cy)), np.inf)
+
+
 def simplify_keeping_pixels(x: np.ndarray, y: np.ndarray, offsets: np.ndarray, tolerance: float) -> np.ndarray:
     """Which vertices of flat rings to keep (a boolean mask): vertices are dropped one at a time
     while (1) the triangle a drop cuts off or adds (the vertex and its two neighbours) holds no
@@ -113,38 +142,20 @@ def simplify_keeping_pixels(x: np.ndarray, y: np.ndarray, offsets: np.ndarray, t
     keep = np.ones(len(x), dtype=bool)
     left = counts.copy()  # vertices each ring still has
     start, length = offsets[:-1][ring], counts[ring]
-    dirty = length >= 4
-    cost = np.full(len(x), np.inf)
+    cost = np.full(len(x), np.inf)  # of dropping each vertex now; inf where it must stay
+    dirty = length >= 4  # vertices whose neighbours changed: their cost is recomputed
     while True:
         cand = np.flatnonzero(dirty)
-        if len(cand) == 0:
-            break
-        p, q = prv[cand], nxt[cand]
-        ax, ay, bx, by, cx, cy = x[p], y[p], x[cand], y[cand], x[q], y[q]
-        chord = np.hypot(cx - ax, cy - ay)
-        ok = (left[ring[cand]] > 3) & (chord > 0)
-        ok &= ~_holds_pixel_centre(ax, ay, bx, by, cx, cy)
-        # the original vertices strictly between p and q, each within the tolerance of p→q
-        c = cand[ok]
-        gap = (q[ok] - p[ok]) % length[c] - 1
-        owner = np.repeat(np.arange(len(c)), gap)
-        step = np.arange(int(gap.sum())) - np.repeat(np.cumsum(gap) - gap, gap) + 1
-        j = start[c][owner] + (p[ok][owner] - start[c][owner] + step) % length[c][owner]
-        o = np.flatnonzero(ok)[owner]
-        off = _segment_distance(ax[o], ay[o], cx[o], cy[o], x[j], y[j])
-        worst = np.zeros(len(c))
-        np.maximum.at(worst, owner, off)
-        ok[np.flatnonzero(ok)] = worst <= tolerance
-        cost[cand] = np.where(ok, np.abs(_side(ax, ay, bx, by, cx, cy)), np.inf)
+        if len(cand):
+            cost[cand] = _drop_cost(x, y, prv[cand], cand, nxt[cand], start[cand], length[cand], tolerance)
         # drop an independent set: each vertex cheaper than both neighbours (ties to the lower index)
-        cp, cq = cost[p], cost[q]
-        mine = cost[cand]
-        pick = ok & ((mine < cp) | ((mine == cp) & (cand < p))) & ((mine < cq) | ((mine == cq) & (cand < q)))
-        picked = cand[pick]
+        live = np.flatnonzero(cost < np.inf)
+        p, q = prv[live], nxt[live]
+        mine, cp, cq = cost[live], cost[p], cost[q]
+        picked = live[((mine < cp) | ((mine == cp) & (live < p))) & ((mine < cq) | ((mine == cq) & (live < q)))]
         # never below three vertices: in each ring, the first ``left - 3`` picks only
         r = ring[picked]
-        first = np.searchsorted(r, r)
-        picked = picked[np.arange(len(picked)) - first < left[r] - 3]
+        picked = picked[np.arange(len(picked)) - np.searchsorted(r, r) < left[r] - 3]
         if len(picked) == 0:
             break
         keep[picked] = False
@@ -153,9 +164,7 @@ def simplify_keeping_pixels(x: np.ndarray, y: np.ndarray, offsets: np.ndarray, t
         before, after = prv[picked], nxt[picked]
         nxt[before], prv[after] = after, before
         dirty = np.zeros(len(x), dtype=bool)
-        dirty[cand[ok]] = True
         dirty[before] = dirty[after] = True
-        dirty &= keep & (length >= 4)
     return keep
 
 
