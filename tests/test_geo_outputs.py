@@ -328,3 +328,18 @@ def test_export_writes_what_a_run_writes_on_request(tmp_path: Path, capsys: pyte
     assert export_main(["geojson", str(out), "--slides", "previous"]) == 0
     for name in ("nuclei.geojson", "nuclei.csv"):
         assert (old / name).read_bytes() == (tmp_path / "run" / name).read_bytes(), name
+
+
+def test_duckdb_reads_the_outlines_as_geometry(tmp_path: Path) -> None:
+    """Where DuckDB is installed (not a project dependency): ``geometry`` typed GEOMETRY, every row,
+    and a one-row-group region query on the bbox covering answering as pyarrow does."""
+    duckdb = pytest.importorskip("duckdb")
+    tables = tile_tables(np.random.default_rng(10), grid=2)
+    write_nucleus_tables(iter([pa.concat_tables(tables)]), tmp_path, SLIDE, ["parquet"])
+    path = tmp_path / "nuclei.parquet"
+    con = duckdb.connect()
+    assert con.execute(f"SELECT typeof(geometry) FROM '{path}' LIMIT 1").fetchone() == ("GEOMETRY",)
+    assert con.execute(f"SELECT count(*) FROM '{path}'").fetchone() == (sum(t.num_rows for t in tables),)
+    query = f"SELECT count(*) FROM '{path}' WHERE bbox.xmax >= 100 AND bbox.xmin < 300"
+    expected = pads.dataset(str(path)).to_table(filter=region_filter(100, -1e9, 200, 2e9)).num_rows
+    assert con.execute(query).fetchone() == (expected,)
