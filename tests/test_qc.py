@@ -25,6 +25,7 @@ from pipeline.qc import (
     tail_size,
     tier_for,
 )
+from pipeline.qc._reviews import load_verdict_store
 from pipeline.testing.qc_cohorts import (
     synthetic_png_slide,
     synthetic_stats_cohort,
@@ -555,3 +556,86 @@ def test_filled_wsi_review_sheet_round_trip(stats_cohort: tuple[Path, dict[str, 
         assert wsi.loc[sid, "SegmentationUnacceptableOrNot"] == ("Unacceptable" if i % 2 else "Acceptable")
         assert slides.loc[sid, "QCResult"] == ("Unacceptable" if i % 2 else "No regions")
     assert wsi.loc[sheet["WSI-ID"][0], "VisualAssessmentComment"] == "stain too pale, nuclei missed"
+
+
+# ------------------------------------------------------------- spreadsheet formula injection ----
+
+FORMULAS = ('=HYPERLINK("http://evil.example/","click")', "+1+1", "-2+3", "@SUM(A1:A2)", "\t=1+1", "\r=1+1")
+
+
+def _cells(path: Path) -> list[str]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return [cell for row in csv.reader(f) for cell in row]
+
+
+def test_no_cell_of_the_qc_tables_starts_a_formula(tmp_path: Path) -> None:
+    """Cancer types and review comments that start like a spreadsheet formula are written as text
+    (a quote in front) in every table; a rebuild reads its own store back unchanged."""
+    import itertools
+
+    synthetic_stats_cohort(tmp_path, {f"T{i}": 3 for i in range(len(FORMULAS))}, n_failed=1)
+    sids = sorted(p.name for p in (tmp_path / "slides").iterdir())
+    for sid in sids:  # cancer types come from the manifest as they are
+        record = tmp_path / "slides" / sid / "stats.json"
+        stats = json.loads(record.read_text())
+        record.write_text(json.dumps({**stats, "cancer_type": FORMULAS[int(stats["cancer_type"][1:])]}))
+    ok = [s for s in sids if "-F" not in s]
+    texts = itertools.cycle(["-merged nuclei", "=1+1", "'=already quoted", "'plain quote"])
+    comments = dict(zip(ok, texts, strict=False))
+    verdicts = tmp_path / "verdicts.csv"
+    with open(verdicts, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["WSI-ID", "SegmentationUnacceptableOrNot", "VisualAssessmentComment"])
+        w.writerows([sid, "yes", comment] for sid, comment in comments.items())
+    for _ in range(2):  # the second build reads the store the first one wrote
+        qc = build_qc(tmp_path, reviews=[verdicts], patches="none", report=False)
+        tables = [*qc.glob("*.csv"), *(qc / "reviews").glob("*.csv")]
+        assert {p.name for p in tables} >= {
+            "slides.csv",
+            "wsi_qc.csv",
+            "tiers.csv",
+            "thresholds.csv",
+            "random_region_check.csv",
+            "review_sheet.csv",
+            "wsi_review_sheet.csv",
+            "wsi_verdicts.csv",
+        }
+        for table in tables:
+            bad = [c for c in _cells(table) if c[:1] in ("=", "+", "-", "@", "\t", "\r")]
+            assert not bad, (table.name, bad)
+        wsi = {r["WSI-ID"]: r for r in csv.DictReader(open(qc / "wsi_qc.csv", newline="", encoding="utf-8"))}
+        shown = {
+            "-merged nuclei": "'-merged nuclei",
+            "=1+1": "'=1+1",
+            "'=already quoted": "'=already quoted",  # a sheet that kept the table's guard: read as =...
+            "'plain quote": "'plain quote",
+        }
+        assert {sid: wsi[sid]["VisualAssessmentComment"] for sid in comments} == {
+            sid: shown[c] for sid, c in comments.items()
+        }
+        assert {r["CancerType"] for r in wsi.values()} == {"'" + t.replace("\r", "\n") for t in FORMULAS}
+        # the store gives back what the reviewer wrote, build after build
+        recorded = {sid: c.removeprefix("'") if c.startswith("'=") else c for sid, c in comments.items()}
+        assert {sid: v.comment for sid, v in load_verdict_store(qc / "reviews").items()} == recorded
+    # numbers stay numbers: a negative cut is not guarded
+    thresholds = _cells(qc / "thresholds.csv")
+    assert not any(c.startswith("'") and c[1:].replace(".", "").lstrip("-").isdigit() for c in thresholds)
+
+
+def test_guarded_review_sheet_reads_back_unchanged(
+    stats_cohort: tuple[Path, dict[str, list[str]]], tmp_path: Path
+) -> None:
+    """The WSI review sheet as the QC wrote it (guarded cells), filled in and given back: the
+    comment recorded is the reviewer's text, not the guard."""
+    src, _ = stats_cohort
+    out = tmp_path / "run"
+    shutil.copytree(src / "slides", out / "slides")
+    qc = build_qc(out, patches="none", report=False)
+    with open(qc / "wsi_review_sheet.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    rows[1][4], rows[1][5] = "yes", "'-nuclei missed at the edge"  # as a spreadsheet keeps the quote
+    filled = tmp_path / "filled.csv"
+    with open(filled, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows(rows)
+    build_qc(out, reviews=[filled], patches="none", report=False)
+    assert load_verdict_store(qc / "reviews")[rows[1][0]].comment == "-nuclei missed at the edge"

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.io.outputs.publish import atomic_path
+from pipeline.io.outputs.spreadsheet import unguard_cell, write_csv_atomic
 from pipeline.qc._rules import VERDICT_ACCEPTABLE, VERDICT_UNACCEPTABLE, WSI_COMMENT, WSI_ID, WSI_UNACCEPTABLE
 
 PATCH_INDEX = "PatchIndex"
@@ -263,7 +263,7 @@ def parse_reviews(
                     if None in row:
                         problems.append(f"{where}: more fields than the header has")
                         continue
-                    clean = {k: (v or "").strip() for k, v in row.items()}
+                    clean = {k: unguard_cell(v or "").strip() for k, v in row.items()}
                     if kind == "patch":
                         review = _check_patch_row(clean, where, reader.line_num, known_slides, patches, seen, problems)
                         if review is not None:
@@ -311,17 +311,10 @@ def _read_store(path: Path, columns: Sequence[str]) -> list[tuple[int, dict[str,
                 raise ReviewStoreError(
                     f"{damaged} (line {reader.line_num}: not as many fields as its header); {advice}"
                 )
-            rows.append((reader.line_num, row))
+            rows.append((reader.line_num, {k: unguard_cell(v) for k, v in row.items()}))
     except csv.Error as exc:
         raise ReviewStoreError(f"{damaged} ({exc}); {advice}") from None
     return rows
-
-
-def write_csv_atomic(path: Path, columns: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(columns)
-        w.writerows(rows)
 
 
 def load_patch_store(reviews_dir: Path) -> dict[PatchKey, PatchReview]:
