@@ -167,3 +167,48 @@ def test_real_fixture_slides(tmp_path: Path, blob_model: Path) -> None:
     )
     for sid in ("missing", "cut"):
         assert run["slides"][sid]["status"] == "failed" and run["slides"][sid]["error"], sid
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "whole_group"), [("SIGTERM", True), ("SIGHUP", False)])
+def test_sigterm_and_sighup_end_the_run_as_interrupted(
+    name: str, whole_group: bool, cohort: Path, blob_model: Path, tmp_path: Path
+) -> None:
+    """SIGTERM (``kill``, ``timeout``, a batch system at its time limit, sent to the whole process
+    group) and SIGHUP (a closed terminal, to the driver alone) end a run as SIGINT does: run.json
+    ``interrupted`` with the reason, exit 1; the same command then resumes."""
+    out = tmp_path / "out"
+    args = [str(cohort / "manifest.csv"), "--out", str(out), "--model", str(blob_model), "--tile-px", "256"]
+    err = tmp_path / "stderr.txt"
+    with open(err, "w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.run", *args, "--no-progress", "--workers", "1", "--threads", "2"],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.time() + 300
+        while "dask dashboard" not in err.read_text() and proc.poll() is None:  # the slides are under way
+            assert time.time() < deadline, err.read_text()
+            time.sleep(0.05)
+        sig = getattr(signal, name)
+        if whole_group:
+            os.killpg(proc.pid, sig)
+        else:
+            os.kill(proc.pid, sig)
+        code = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    run = json.loads((out / "run.json").read_text())
+    assert code == 1, err.read_text()[-3000:]
+    assert run["status"] == "interrupted" and name in run["error"] and "rerun" in run["error"], run.get("error")
+    lines = [line for line in err.read_text().splitlines() if line.startswith("interrupted")]
+    assert len(lines) == 1 and name in lines[0], err.read_text()[-3000:]
+    resumed = run_cli(*args)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((out / "run.json").read_text())["status"] == "ok"
+    assert not [p for p in (out / "slides").iterdir() if p.name.startswith(".")]

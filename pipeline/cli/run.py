@@ -12,6 +12,7 @@ import argparse
 import faulthandler
 import os
 import platform
+import signal
 import sys
 import time
 from importlib import metadata
@@ -62,6 +63,33 @@ PACKAGES = [
 
 class SetupError(RuntimeError):
     """The run cannot start its work (a scheduler that cannot be reached, ...): exit 2."""
+
+
+class StopSignal(KeyboardInterrupt):
+    """SIGTERM or SIGHUP reached the driver: the run stops as it does on Ctrl-C (SIGINT)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+# What ``kill``, ``timeout`` and a batch system at its time limit send (SIGTERM), and what a closed
+# terminal sends (SIGHUP): both end the run as Ctrl-C does, with run.json final and a rerun resuming.
+STOP_SIGNALS = ("SIGTERM", "SIGHUP")
+
+
+def stop_on_signals() -> None:
+    """Make SIGTERM and SIGHUP raise :class:`StopSignal` in the main thread. A second one while the
+    run winds down is ignored, so that run.json is still written (SIGKILL stops it at once)."""
+
+    def stop(signum: int, frame: object) -> None:
+        for name in STOP_SIGNALS:
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
+        raise StopSignal(signal.Signals(signum).name)
+
+    for name in STOP_SIGNALS:
+        if hasattr(signal, name):  # POSIX
+            signal.signal(getattr(signal, name), stop)
 
 
 def package_versions() -> dict[str, str]:
@@ -279,6 +307,7 @@ def split_done(
 def main(argv: list[str] | None = None) -> int:
     # A crash inside a native library (a reader, ONNX Runtime) then says where it happened.
     faulthandler.enable()
+    stop_on_signals()
     args = parse_args(argv)
     if args.example:
         from pipeline.cli.example import ExampleUnavailable, example_manifest
@@ -365,9 +394,11 @@ def run_locked(
         record.finish("error", str(exc))
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        record.finish("interrupted")
-        print("interrupted: rerun the same command to resume (finished slides are kept)", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        name = exc.name if isinstance(exc, StopSignal) else "SIGINT"
+        message = f"interrupted by {name}: rerun the same command to resume (finished slides are kept)"
+        record.finish("interrupted", message)
+        print(message, file=sys.stderr)
         return EXIT_SLIDES_FAILED
     except BaseException as exc:  # run.json never stays at "running"; the traceback still shows
         record.finish("error", f"{type(exc).__name__}: {exc}")
