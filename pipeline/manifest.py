@@ -10,10 +10,13 @@ before any work starts, naming every bad row.
 from __future__ import annotations
 
 import csv
+import io
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from pipeline.io.input_files import InputFileError, read_input_file
 
 ALIASES = {
     "slide_path": "slide_path",
@@ -29,6 +32,9 @@ SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 # A slide id names folders (``slides/<id>/``, ``slides/.<id>.<token>.partial/``); file systems
 # allow 255 bytes per name, and the working names add up to 22 characters to the id.
 MAX_ID_LENGTH = 200
+# A row is a path, an id, a type and an mpp (100-250 bytes): 64 MiB holds some 300,000 slides,
+# and is read whole without strain. A manifest is read no further than this.
+MAX_MANIFEST_BYTES = 64 * 2**20
 
 
 class ManifestError(ValueError):
@@ -46,9 +52,7 @@ class SlideEntry:
 def read_manifest(path: str | Path) -> list[SlideEntry]:
     """Parse and validate a manifest; raises ManifestError naming each bad row (row 2 = first data row)."""
     path = Path(path)
-    if not path.exists():
-        raise ManifestError(f"manifest not found: {path}")
-    with open(path, newline="", encoding="utf-8-sig") as f:
+    with io.StringIO(_manifest_text(path), newline="") as f:
         reader = csv.reader(f)
         try:
             header = next(reader)
@@ -109,6 +113,23 @@ def read_manifest(path: str | Path) -> list[SlideEntry]:
     if not entries:
         raise ManifestError(f"{path}: no slides listed")
     return entries
+
+
+def _manifest_text(path: Path) -> str:
+    """The manifest's text (UTF-8, with or without a byte-order mark); ManifestError naming the
+    file, and the row of the first byte that is not UTF-8, otherwise."""
+    try:
+        data = read_input_file(path, MAX_MANIFEST_BYTES, "manifest")
+    except InputFileError as exc:
+        raise ManifestError(str(exc)) from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        row = data[: exc.start].count(b"\n") + 1
+        raise ManifestError(
+            f"{path}: row {row} is not UTF-8 text (byte {exc.start}: {data[exc.start]:#04x}); the manifest "
+            "is read as UTF-8: save it as 'CSV UTF-8' (or convert it, e.g. iconv -f latin1 -t utf-8)"
+        ) from None
 
 
 def _repeated_columns(header: list[str], columns: list[str]) -> str | None:

@@ -3,6 +3,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.manifest import ManifestError, read_manifest
+from tests.conftest import SPECIAL_FILES, bounded_cli, special_file
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -48,3 +49,24 @@ def test_missing_and_empty_manifest(tmp_path: Path) -> None:
         read_manifest(tmp_path / "nope.csv")
     with pytest.raises(ManifestError, match="no slides"):
         read_manifest(write(tmp_path, "slide_path\n"))
+
+
+@pytest.mark.parametrize("kind", SPECIAL_FILES)
+def test_manifest_that_is_no_regular_file_is_refused(kind: str, tmp_path: Path, blob_model: Path) -> None:
+    """A FIFO, a device or a folder given as the manifest: exit 2 and one line, at once (no hang,
+    no read without end)."""
+    path = special_file(kind, tmp_path)
+    result = bounded_cli("pipeline.run", str(path), "--out", str(tmp_path / "out"), "--model", str(blob_model))
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: "), result.stderr[-2000:]
+    assert str(path) in result.stderr and "not a regular file" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_manifest_over_the_byte_limit_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pipeline.manifest
+
+    p = write(tmp_path, "slide_path\n" + "a.svs\n" * 100)
+    monkeypatch.setattr(pipeline.manifest, "MAX_MANIFEST_BYTES", 500)
+    with pytest.raises(ManifestError, match=r"manifest\.csv: more than 500 bytes"):
+        read_manifest(p)

@@ -33,6 +33,7 @@ from pipeline.testing.qc_cohorts import (
     write_nuclei_parquet,
     write_stats,
 )
+from tests.conftest import SPECIAL_FILES, bounded_cli, special_file
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SIZES = {"BRCA": 100, "LUAD": 250, "GBM": 30}  # k = 2, 5 and 0 at 2 %
@@ -639,3 +640,32 @@ def test_guarded_review_sheet_reads_back_unchanged(
         csv.writer(f).writerows(rows)
     build_qc(out, reviews=[filled], patches="none", report=False)
     assert load_verdict_store(qc / "reviews")[rows[1][0]].comment == "-nuclei missed at the edge"
+
+
+# ------------------------------------------------------------------------ bounded inputs ----
+
+
+@pytest.mark.parametrize("kind", SPECIAL_FILES)
+def test_review_file_that_is_no_regular_file_is_refused(kind: str, tmp_path: Path) -> None:
+    """``--reviews`` a FIFO (no hang), /dev/zero or /dev/urandom (no read without end) or a folder:
+    exit 2, one ``error:`` line and the file named under it, nothing recorded."""
+    synthetic_stats_cohort(tmp_path / "run", {"BRCA": 3}, n_failed=0)
+    path = special_file(kind, tmp_path)
+    result = bounded_cli("pipeline.qc", str(tmp_path / "run"), "--reviews", str(path), "--patches", "none")
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.splitlines()
+    assert [line for line in lines if line.startswith("error:")] == lines[:1], result.stderr[-2000:]
+    assert len(lines) == 2 and str(path) in lines[1] and "not a regular file" in lines[1], result.stderr[-2000:]
+    assert not (tmp_path / "run" / "qc" / "reviews").exists()
+
+
+def test_review_file_over_the_byte_limit_is_refused(
+    slide_cohort: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pipeline.qc._reviews
+
+    verdicts = tmp_path / "v.csv"
+    verdicts.write_text("WSI-ID,SegmentationUnacceptableOrNot,VisualAssessmentComment\n" + "SYN-00,yes,\n" * 50)
+    monkeypatch.setattr(pipeline.qc._reviews, "MAX_REVIEW_BYTES", 500)
+    with pytest.raises(ReviewError, match=r"v\.csv: more than 500 bytes"):
+        build_qc(slide_cohort, reviews=[verdicts], patches="none", report=False)

@@ -22,6 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.io.input_files import read_input_file
 from pipeline.io.outputs.spreadsheet import unguard_cell, write_csv_atomic
 from pipeline.qc._rules import VERDICT_ACCEPTABLE, VERDICT_UNACCEPTABLE, WSI_COMMENT, WSI_ID, WSI_UNACCEPTABLE
 
@@ -42,6 +43,9 @@ UNACCEPTABLE_WORDS = frozenset({"yes", "y", "true", "1", "unacceptable"})
 ACCEPTABLE_WORDS = frozenset({"no", "n", "false", "0", "acceptable"})
 
 PatchKey = tuple[str, int, int, int]  # (WSI-ID, PatchIndex, X, Y)
+# A review sheet has 15 rows of ~150 bytes per slide (twice that saved as UTF-16): 64 MiB holds
+# the patches of some 15,000 slides. A review file is read no further than this.
+MAX_REVIEW_BYTES = 64 * 2**20
 
 
 class ReviewError(ValueError):
@@ -88,7 +92,7 @@ def review_text(path: Path) -> str:
     ...     review_text(f)
     'WSI-ID\tAdequate\r\n'
     """
-    data = path.read_bytes()
+    data = read_input_file(path, MAX_REVIEW_BYTES, "review file")
     if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         encoding = "utf-16"
     elif len(data) >= 4 and data[1:4:2] == b"\0\0" and data[0:4:2].isascii() and 0 not in data[0:4:2]:
