@@ -152,9 +152,12 @@ def _repeated_columns(header: list[str], columns: list[str]) -> str | None:
 
 
 def _absolute(path: Path) -> Path:
-    """``path`` made absolute and normalised; symlinks resolved where they can be (a symlink loop
-    or an unreadable folder is left for reading the slide to report, so that slide fails alone)."""
+    """``path`` made absolute and normalised; symlinks resolved where they can be (a symlink loop,
+    an unreadable folder or a name the locale cannot encode is left for reading the slide to
+    report, so that slide fails alone)."""
     try:
         return path.resolve()
-    except (OSError, RuntimeError):  # RuntimeError: a symlink loop (Python < 3.13)
+    # RuntimeError: a symlink loop (Python < 3.13); UnicodeEncodeError: a name the locale's file
+    # name encoding cannot hold (reading the slide says so)
+    except (OSError, RuntimeError, UnicodeEncodeError):
         return Path(os.path.abspath(path))

@@ -212,3 +212,34 @@ def test_sigterm_and_sighup_end_the_run_as_interrupted(
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert json.loads((out / "run.json").read_text())["status"] == "ok"
     assert not [p for p in (out / "slides").iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.slow
+def test_non_ascii_slide_path_in_the_c_locale(cohort: Path, blob_model: Path, tmp_path: Path) -> None:
+    """Under ``LC_ALL=C`` without UTF-8 mode (file names and the console are ASCII), a slide path
+    that is not ASCII fails that slide alone, with the reason and what to do; printing it never
+    fails the run."""
+    import shutil
+
+    shutil.copy(cohort / "s0.svs", tmp_path / "lame-é.svs")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"slide_path,slide_id,cancer_type\nlame-é.svs,accent,LUAD\n{cohort / 's1.svs'},s1,LUAD\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LC_") and k != "LANG"}
+    env.update(LC_ALL="C", PYTHONUTF8="0", PYTHONCOERCECLOCALE="0")
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.run", str(manifest), "--out", str(out), "--model", str(blob_model)]
+        + ["--tile-px", "256", "--workers", "1", "--threads", "2"],
+        cwd=ROOT,
+        capture_output=True,
+        env=env,
+        timeout=600,
+    )
+    stderr = result.stderr.decode("ascii", "replace")
+    assert result.returncode == 1, stderr[-3000:]
+    assert b"Traceback (most recent call last)" not in result.stderr + result.stdout
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "failed slides" and run["slides"]["s1"]["status"] == "ok"
+    assert "LC_ALL=C.UTF-8" in run["slides"]["accent"]["error"], run["slides"]["accent"]["error"]
+    assert b"FAILED accent" in result.stdout + result.stderr
+    assert (out / "qc" / "wsi_qc.csv").exists()

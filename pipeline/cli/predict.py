@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.cli._console import safe_console
 from pipeline.cli._parser import EXIT_BAD_INPUT, CommandLineParser
 from pipeline.config import FINEST_SCANNER_MPP, Config, load_config
 from pipeline.io.outputs.maps import open_labels
@@ -73,6 +74,7 @@ def output_names(paths: list[Path]) -> dict[Path, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    safe_console()
     p = CommandLineParser(
         prog="python -m pipeline.predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -15,6 +15,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from pipeline.cli._console import safe_console
 from pipeline.cli._parser import EXIT_BAD_INPUT, CommandLineParser, number_in
 from pipeline.qc._build import PATCH_MODES, REPORT, build_qc
 from pipeline.qc._patches import N_PATCHES
@@ -25,6 +26,7 @@ EXIT_OK, EXIT_SOME_LEFT_OUT = 0, 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    safe_console()
     parser = CommandLineParser(
         prog="python -m pipeline.qc",
         description="Build DIR/qc/ (QC tables, outlier flags, review sheets, report.html) from a run's slides.",

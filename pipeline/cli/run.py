@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import __version__
+from pipeline.cli._console import safe_console
 from pipeline.cli._parser import CommandLineParser
 from pipeline.cluster import connect, dashboard_link, dashboard_message
 from pipeline.config import CHOICES, Config, load_config
@@ -307,6 +308,7 @@ def split_done(
 def main(argv: list[str] | None = None) -> int:
     # A crash inside a native library (a reader, ONNX Runtime) then says where it happened.
     faulthandler.enable()
+    safe_console()
     stop_on_signals()
     args = parse_args(argv)
     if args.example:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import sys
 from pathlib import Path
 
 from pipeline.io.readers import cucim, dicom, image, tiff, wsidicom
@@ -112,6 +113,12 @@ def choose_reader(path: Path, preference: str = "auto") -> str:
     """
     try:
         st = path.stat()
+    except UnicodeEncodeError:
+        raise SlideError(
+            f"the file name {str(path)!r} cannot be encoded in this process's file name encoding "
+            f"({sys.getfilesystemencoding()}, from the locale): run with a UTF-8 locale (LC_ALL=C.UTF-8) "
+            "or PYTHONUTF8=1"
+        ) from None
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise SlideError(f"a symbolic link loop, no file: {path}") from None
