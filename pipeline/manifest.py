@@ -13,6 +13,7 @@ import csv
 import io
 import os
 import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,6 +64,11 @@ def read_manifest(path: str | Path) -> list[SlideEntry]:
         if repeated:
             raise ManifestError(f"{path}: {repeated}")
         if "slide_path" not in columns:
+            if len(header) == 1 and "\t" in header[0]:
+                raise ManifestError(
+                    f"{path}: row 1: the header is separated by tabs; a manifest is comma-separated CSV: "
+                    "save it as CSV (comma delimited)"
+                )
             raise ManifestError(f"{path}: header {header} has no slide_path column")
         rows = list(reader)
     problems: list[str] = []
@@ -72,7 +78,8 @@ def read_manifest(path: str | Path) -> list[SlideEntry]:
         if not any(v.strip() for v in values):
             continue
         if len(values) != len(columns):
-            problems.append(f"row {number}: {len(values)} fields, header has {len(columns)}")
+            tabs = " (separated by tabs? a manifest is comma-separated)" if any("\t" in v for v in values) else ""
+            problems.append(f"row {number}: {len(values)} fields, header has {len(columns)}{tabs}")
             continue
         rec = {c: v.strip() for c, v in zip(columns, values, strict=True)}
         raw_path = rec.get("slide_path", "")
@@ -107,12 +114,37 @@ def read_manifest(path: str | Path) -> list[SlideEntry]:
             except ValueError:
                 problems.append(f"row {number}: mpp {rec['mpp']!r} is not a positive number of microns per pixel")
                 continue
-        entries.append(SlideEntry(slide_id, slide_path, rec.get("cancer_type") or "UNKNOWN", mpp))
+        cancer_type = unicodedata.normalize("NFC", rec.get("cancer_type") or "UNKNOWN")
+        controls = bidi_controls(cancer_type)
+        if controls:
+            problems.append(
+                f"row {number}: cancer_type {cancer_type!r} holds {', '.join(controls)} (a bidirectional control "
+                "character: the text shows in another order than it is written); remove it"
+            )
+            continue
+        entries.append(SlideEntry(slide_id, slide_path, cancer_type, mpp))
     if problems:
         raise ManifestError(f"{path}: {len(problems)} bad row(s):\n  " + "\n  ".join(problems))
     if not entries:
         raise ManifestError(f"{path}: no slides listed")
     return entries
+
+
+def bidi_controls(text: str) -> list[str]:
+    """The bidirectional formatting characters in ``text`` (Unicode category Cf, bidi classes LRE,
+    RLE, LRO, RLO, PDF, LRI, RLI, FSI, PDI and the marks LRM, RLM, ALM), as ``U+XXXX``: they make a
+    text show in another order than it is, so two names that differ look alike.
+
+    >>> bidi_controls("\u202eDAUL"), bidi_controls("LUAD")
+    (['U+202E'], [])
+    """
+    return [
+        f"U+{ord(c):04X}" for c in text if c in _BIDI_MARKS or unicodedata.bidirectional(c) in _BIDI_CONTROL_CLASSES
+    ]
+
+
+_BIDI_CONTROL_CLASSES = frozenset({"LRE", "RLE", "LRO", "RLO", "PDF", "LRI", "RLI", "FSI", "PDI"})
+_BIDI_MARKS = frozenset({"\u200e", "\u200f", "\u061c"})  # LRM, RLM, ALM
 
 
 def _manifest_text(path: Path) -> str:

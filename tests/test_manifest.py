@@ -70,3 +70,34 @@ def test_manifest_over_the_byte_limit_is_refused(tmp_path: Path, monkeypatch: py
     monkeypatch.setattr(pipeline.manifest, "MAX_MANIFEST_BYTES", 500)
     with pytest.raises(ManifestError, match=r"manifest\.csv: more than 500 bytes"):
         read_manifest(p)
+
+
+def test_latin1_manifest_names_file_row_and_what_to_do(tmp_path: Path) -> None:
+    p = tmp_path / "manifest.csv"
+    p.write_bytes("slide_path,slide_id,cancer_type\na.svs,a,LUAD\nb.svs,b,Sélection\n".encode("latin-1"))
+    with pytest.raises(ManifestError) as err:
+        read_manifest(p)
+    message = str(err.value)
+    assert str(p) in message and "row 3" in message and "UTF-8" in message and "\n" not in message
+
+
+def test_tab_separated_manifest_names_file_row_and_what_to_do(tmp_path: Path) -> None:
+    p = write(tmp_path, "slide_path\tslide_id\tcancer_type\na.svs\ta\tLUAD\n")
+    with pytest.raises(ManifestError, match=r"manifest\.csv: row 1: .*tabs.*comma") as err:
+        read_manifest(p)
+    assert "\n" not in str(err.value)
+    p = write(tmp_path, "slide_path,slide_id\na.svs\ta\n")
+    with pytest.raises(ManifestError, match=r"row 2: 1 fields, header has 2 \(separated by tabs\? .*comma"):
+        read_manifest(p)
+
+
+def test_cancer_types_are_one_text_each(tmp_path: Path) -> None:
+    """Cancer types that look the same are the same group: NFC and NFD spellings of one name are
+    one type; a bidirectional control character (which makes text show in another order than it
+    is) is refused, naming the row."""
+    p = write(tmp_path, "slide_path,cancer_type\na.svs,Caf\u00e9\nb.svs,Cafe\u0301\n")
+    a, b = read_manifest(p)
+    assert a.cancer_type == b.cancer_type == "Caf\u00e9"
+    p = write(tmp_path, "slide_path,cancer_type\na.svs,LUAD\nb.svs,\u202eDAUL\n")
+    with pytest.raises(ManifestError, match=r"row 3: cancer_type .*U\+202E"):
+        read_manifest(p)

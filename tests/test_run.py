@@ -243,3 +243,14 @@ def test_non_ascii_slide_path_in_the_c_locale(cohort: Path, blob_model: Path, tm
     assert "LC_ALL=C.UTF-8" in run["slides"]["accent"]["error"], run["slides"]["accent"]["error"]
     assert b"FAILED accent" in result.stdout + result.stderr
     assert (out / "qc" / "wsi_qc.csv").exists()
+
+
+def test_out_that_is_a_file_is_refused_in_words(tmp_path: Path, blob_model: Path) -> None:
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("slide_path\na.svs\n")
+    (tmp_path / "taken").write_text("a file")
+    for out in (tmp_path / "taken", tmp_path / "taken" / "below"):
+        result = run_cli(str(manifest), "--out", str(out), "--model", str(blob_model))
+        assert result.returncode == 2
+        assert result.stderr.count("\n") == 1 and "Errno" not in result.stderr, result.stderr
+        assert f"--out {out}" in result.stderr and f"{tmp_path / 'taken'} is a file" in result.stderr

@@ -356,6 +356,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ManifestError, ModelError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    in_the_way = next((p for p in (out_dir, *out_dir.parents) if p.exists() and not p.is_dir()), None)
+    if in_the_way is not None:
+        print(f"error: --out {out_dir} cannot be the output folder: {in_the_way} is a file", file=sys.stderr)
+        return EXIT_BAD_INPUT
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         lock = lock_output(out_dir)

@@ -105,6 +105,16 @@ def _dicom_signature(path: Path) -> FileSignature:
         raise SlideError(f"corrupt DICOM header ({type(exc).__name__}: {exc})") from exc
 
 
+def _not_a_file(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    return "a socket" if stat.S_ISSOCK(mode) else "not a regular file"
+
+
 def choose_reader(path: Path, preference: str = "auto") -> str:
     """Name of the reader for ``path`` (a key of :data:`READERS`).
 
@@ -130,6 +140,8 @@ def choose_reader(path: Path, preference: str = "auto") -> str:
     if stat.S_ISDIR(st.st_mode):
         if not any(dicom.is_dicom_file(p) for p in path.iterdir()):
             raise SlideError(f"a folder that holds no DICOM files is not a slide: {path}")
+    elif not stat.S_ISREG(st.st_mode):  # opening a FIFO would wait for a writer; a device never ends
+        raise SlideError(f"{_not_a_file(st.st_mode)}, not a slide file: {path}")
     elif st.st_size == 0:
         raise SlideError(f"empty file: {path}")
     if preference != "auto":
