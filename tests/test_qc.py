@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -31,6 +33,7 @@ from pipeline.testing.qc_cohorts import (
     synthetic_stats_cohort,
     tissue_box,
     write_nuclei_parquet,
+    write_run_record,
     write_stats,
 )
 from tests.conftest import SPECIAL_FILES, bounded_cli, special_file
@@ -310,6 +313,7 @@ def _slide_cohort(out: Path, n: int = 3, mpp: float = 0.25) -> dict[str, Path]:
         folder = write_stats(out, stats)
         write_nuclei_parquet(folder / "nuclei.parquet", polys, mpp)
         paths[sid] = png
+    write_run_record(out)
     return paths
 
 
@@ -543,6 +547,7 @@ def test_filled_wsi_review_sheet_round_trip(stats_cohort: tuple[Path, dict[str, 
     src, expected = stats_cohort
     out = tmp_path / "run"
     shutil.copytree(src / "slides", out / "slides")
+    shutil.copy(src / "run.json", out / "run.json")
     qc = build_qc(out, patches="none", report=False)
     sheet = read_csv(qc / "wsi_review_sheet.csv")
     assert sorted(sheet["WSI-ID"]) == sorted(sid for sid, notes in expected.items() if notes)
@@ -669,3 +674,47 @@ def test_review_file_over_the_byte_limit_is_refused(
     monkeypatch.setattr(pipeline.qc._reviews, "MAX_REVIEW_BYTES", 500)
     with pytest.raises(ReviewError, match=r"v\.csv: more than 500 bytes"):
         build_qc(slide_cohort, reviews=[verdicts], patches="none", report=False)
+
+
+# ------------------------------------------------------------------ which folders are a run's ----
+
+
+def test_qc_refuses_a_folder_that_is_no_runs_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A folder with a slides/ but no run.json is not a run's output: nothing is built there."""
+    (tmp_path / "slides" / "x").mkdir(parents=True)
+    assert qc_main([str(tmp_path), "--patches", "none"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {tmp_path} is not the output folder of a run"), err
+    assert "run.json" in err
+    assert not (tmp_path / "qc").exists()
+
+
+def test_qc_says_when_the_run_is_still_being_written(tmp_path: Path) -> None:
+    """The QC of a folder a live run holds covers the slides finished so far, and says so; that of a
+    run that stopped before it finished says that too."""
+    synthetic_stats_cohort(tmp_path, {"BRCA": 3}, n_failed=0)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from pathlib import Path; from pipeline.io.outputs.lock import lock_output; "
+            f"lock = lock_output(Path({str(tmp_path)!r})); print('held', flush=True); sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        result = bounded_cli("pipeline.qc", str(tmp_path), "--patches", "none", "--no-report")
+    finally:
+        holder.communicate("")
+    assert result.returncode == 0, result.stderr
+    warning = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warning) == 1 and "still being written" in warning[0] and f"pid {holder.pid}" in warning[0], warning
+    run = json.loads((tmp_path / "run.json").read_text())
+    (tmp_path / "run.json").write_text(json.dumps({**run, "status": "running"}))  # a run killed outright
+    result = bounded_cli("pipeline.qc", str(tmp_path), "--patches", "none", "--no-report")
+    assert result.returncode == 0, result.stderr
+    warning = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warning) == 1 and "did not finish" in warning[0] and "rerun" in warning[0], warning
