@@ -254,3 +254,26 @@ def test_out_that_is_a_file_is_refused_in_words(tmp_path: Path, blob_model: Path
         assert result.returncode == 2
         assert result.stderr.count("\n") == 1 and "Errno" not in result.stderr, result.stderr
         assert f"--out {out}" in result.stderr and f"{tmp_path / 'taken'} is a file" in result.stderr
+
+
+@pytest.mark.slow
+def test_many_failing_slides_are_summarised(tmp_path: Path, blob_model: Path) -> None:
+    """Each failing slide is one row of the summary; its reason is printed for the first few only,
+    the rest counted by kind (every reason is in run.json), and the workers do not log a traceback
+    for a slide's own fault."""
+    import re
+
+    n = 60
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("slide_path,slide_id\n" + "".join(f"{tmp_path}/none/m{i}.svs,m{i}\n" for i in range(n)))
+    result = run_cli(str(manifest), "--out", str(tmp_path / "out"), "--model", str(blob_model), "--no-qc")
+    assert result.returncode == 1, result.stderr[-3000:]
+    lines = (result.stdout + result.stderr).splitlines()
+    assert "Compute Failed" not in result.stderr
+    mentions = [sum(1 for line in lines if re.search(rf"\bm{i}\b", line)) for i in range(n)]
+    assert all(m >= 1 for m in mentions)  # every slide has its row
+    assert sum(m - 1 for m in mentions) <= 2 * 20  # reasons of 20 at most as they fail, 20 in the summary
+    assert len(lines) <= n + 2 * 20 + 15, "\n".join(lines)
+    assert any(f"{n - 20} more failed" in line and "file not found" in line for line in lines), "\n".join(lines[-30:])
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert all("file not found" in s["error"] for s in run["slides"].values())

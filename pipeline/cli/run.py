@@ -15,6 +15,7 @@ import platform
 import signal
 import sys
 import time
+from collections import Counter
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,10 @@ from pipeline.runtime import ModelError, model_summary
 from pipeline.slide.inputs import changed_inputs, slide_inputs
 
 EXIT_OK, EXIT_SLIDES_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+# Failing slides whose reasons are printed as they fail and again under the summary; those beyond
+# are counted by kind (a manifest of 2,000 missing files is a screenful, not 20,000 lines).
+FAILURES_SHOWN = 20
+FAILURE_KINDS_SHOWN = 5
 PACKAGES = [
     "numpy",
     "scipy",
@@ -156,6 +161,7 @@ class ConsoleProgress:
         from tqdm import tqdm
 
         self.record = record
+        self.failed = 0
         self.slides = tqdm(total=n_slides, desc="slides", unit="slide", disable=not enabled, position=0)
         self.tiles = tqdm(total=0, desc="tiles ", unit="tile", disable=not enabled, position=1)
 
@@ -169,7 +175,14 @@ class ConsoleProgress:
     def slide_done(self, outcome: SlideOutcome) -> None:
         self.slides.update(1)
         if outcome.status != "ok":
-            self.slides.write(f"FAILED {outcome.entry.slide_id}: {outcome.error}")
+            self.failed += 1
+            if self.failed <= FAILURES_SHOWN:
+                self.slides.write(f"FAILED {outcome.entry.slide_id}: {one_line(outcome.error)}")
+            elif self.failed == FAILURES_SHOWN + 1:
+                self.slides.write(
+                    "... more slides failed: their reasons are not printed as they fail (the summary counts "
+                    "them; run.json and each slide's stats.json hold every reason)"
+                )
         self.record.slide(outcome.entry.slide_id, outcome.status, outcome.stats, outcome.error)
         self.record.write()
 
@@ -197,9 +210,39 @@ def summary_table(rows: list[dict[str, Any]], elapsed: float) -> str:
         f"{len(ok)} ok, {len(failed)} failed; {total_nuclei:,} nuclei over {total_tissue:.2f} mm² of tissue "
         f"in {elapsed:.1f} s"
     )
-    for r in failed:
-        lines.append(f"  failed {r['slide_id']}: {r.get('error')}")
+    for r in failed[:FAILURES_SHOWN]:
+        lines.append(f"  failed {r['slide_id']}: {one_line(r.get('error'))}")
+    if len(failed) > FAILURES_SHOWN:
+        kinds = Counter(failure_kind(r.get("error")) for r in failed[FAILURES_SHOWN:])
+        listed = "; ".join(f"{n:,} {kind}" for kind, n in kinds.most_common(FAILURE_KINDS_SHOWN))
+        others = sum(kinds.values()) - sum(n for _, n in kinds.most_common(FAILURE_KINDS_SHOWN))
+        lines.append(
+            f"  ... and {len(failed) - FAILURES_SHOWN:,} more failed: {listed}"
+            + (f"; {others:,} other" if others else "")
+            + " (each slide's reason is in run.json and its stats.json)"
+        )
     return "\n".join(lines)
+
+
+def one_line(text: str | None, limit: int = 400) -> str:
+    """A reason on one line of at most ``limit`` characters."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def failure_kind(error: str | None) -> str:
+    """What a failure reason says, without the slide's own name and path: the reason with its
+    leading file name taken off, up to the next colon ("file not found", "SlideError: truncated ...").
+
+    >>> failure_kind("m7.svs: SlideError: file not found: /data/m7.svs")
+    'file not found'
+    """
+    parts = [p.strip() for p in (error or "").split(":")]
+    if len(parts) > 1 and "." in parts[0] and " " not in parts[0]:  # the file name describe_failure puts first
+        parts = parts[1:]
+    if len(parts) > 1 and parts[0].endswith(("Error", "Exception", "Worker")) and " " not in parts[0]:
+        parts = parts[1:]  # the exception's class
+    return parts[0][:80] or "unknown"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
