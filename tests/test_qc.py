@@ -718,3 +718,17 @@ def test_qc_says_when_the_run_is_still_being_written(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     warning = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
     assert len(warning) == 1 and "did not finish" in warning[0] and "rerun" in warning[0], warning
+
+
+def test_cancer_types_of_earlier_records_are_one_group_each(tmp_path: Path) -> None:
+    """stats.json written from a manifest before cancer types were checked: the NFC and NFD
+    spellings of one name are one group, and a bidirectional control is shown as its code."""
+    synthetic_stats_cohort(tmp_path, {"T0": 2, "T1": 2, "T2": 2}, n_failed=0)
+    names = {"T0": "Caf\u00e9", "T1": "Cafe\u0301", "T2": "\u202eDAUL"}
+    for folder in (tmp_path / "slides").iterdir():
+        stats = json.loads((folder / "stats.json").read_text())
+        (folder / "stats.json").write_text(json.dumps({**stats, "cancer_type": names[stats["cancer_type"]]}))
+    qc = build_qc(tmp_path, patches="none", report=False)
+    tiers = read_csv(qc / "tiers.csv")
+    assert sorted(tiers["CancerType"]) == sorted(["All", "Caf\u00e9", "<U+202E>DAUL"])
+    assert not any("\u202e" in c for table in qc.glob("*.csv") for c in _cells(table))
