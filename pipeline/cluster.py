@@ -304,7 +304,12 @@ def connect(config: Config) -> Any:
     cores = os.cpu_count() or 1
     workers = config.n_workers or max(1, cores // 4)
     threads = config.threads_per_worker or max(1, cores // workers)
-    cluster = LocalCluster(
+    cluster_class: type[LocalCluster] = LocalCluster
+    if config.dashboard == "off":  # not even the HTTP server the dashboard would be mounted on
+        from pipeline.cluster_without_http import LocalClusterWithoutHttp
+
+        cluster_class = LocalClusterWithoutHttp
+    cluster = cluster_class(
         n_workers=workers,
         threads_per_worker=threads,
         processes=True,

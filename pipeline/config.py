@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from pipeline.io.input_files import read_input_file
 from pipeline.io.readers import READER_CHOICES
 from pipeline.runtime import RUNTIME_CHOICES
 
@@ -183,12 +184,8 @@ def read_config_file(path: Path) -> dict[str, Any]:
     """The mapping in a YAML config file (safe loading: no Python objects)."""
     import yaml
 
-    if path.stat().st_size > MAX_CONFIG_BYTES:
-        raise ValueError(
-            f"{path}: {path.stat().st_size} bytes is too large for a config file (at most {MAX_CONFIG_BYTES})"
-        )
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_input_file(path, MAX_CONFIG_BYTES, "config file").decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ValueError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     try:

@@ -19,6 +19,7 @@ is recorded as failed with its reason; the others go on.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import time
 import uuid
@@ -77,6 +78,33 @@ class ModelPreload(WorkerPlugin):
 
     def teardown(self, worker: Any) -> None:
         pass
+
+
+class QuietSlideFailures(WorkerPlugin):
+    """Worker plugin: a task that fails with a ``SlideError`` (a slide's own fault: missing,
+    truncated, unsupported) is not logged by the worker ("Compute Failed" with its traceback, seven
+    lines): the driver reports it in one line and records it in run.json and the slide's stats.json.
+    Any other exception is logged as before, its traceback included."""
+
+    name = "nuclei-quiet-slide-failures"
+
+    def setup(self, worker: Any) -> None:
+        logging.getLogger("distributed.worker").addFilter(_not_a_slide_failure)
+
+    def teardown(self, worker: Any) -> None:
+        logging.getLogger("distributed.worker").removeFilter(_not_a_slide_failure)
+
+
+def _not_a_slide_failure(record: logging.LogRecord) -> bool:
+    """False for the worker's "Compute Failed" record of a task that raised ``SlideError`` (its
+    arguments: key, state, task, exception text, traceback text)."""
+    args = record.args if isinstance(record.args, tuple) else ()
+    return not (
+        isinstance(record.msg, str)
+        and record.msg.startswith("Compute Failed")
+        and len(args) > 3
+        and str(args[3]).startswith("SlideError(")
+    )
 
 
 @dataclass
@@ -165,6 +193,7 @@ def run_slides(
     tile_resources = tile_task_resources(workers)
     try:
         client.register_plugin(ModelPreload(config), name=ModelPreload.name)
+        client.register_plugin(QuietSlideFailures(), name=QuietSlideFailures.name)
     except OSError as exc:  # a worker lost during the broadcast (CommClosedError): tasks load the model themselves
         warnings.warn(f"the model preload could not be registered on every worker ({exc}); going on", stacklevel=2)
     threads = sum(int(w.get("nthreads", 1)) for w in workers.values()) or 1

@@ -10,10 +10,14 @@ before any work starts, naming every bad row.
 from __future__ import annotations
 
 import csv
+import io
 import os
 import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
+
+from pipeline.io.input_files import InputFileError, read_input_file
 
 ALIASES = {
     "slide_path": "slide_path",
@@ -29,6 +33,9 @@ SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 # A slide id names folders (``slides/<id>/``, ``slides/.<id>.<token>.partial/``); file systems
 # allow 255 bytes per name, and the working names add up to 22 characters to the id.
 MAX_ID_LENGTH = 200
+# A row is a path, an id, a type and an mpp (100-250 bytes): 64 MiB holds some 300,000 slides,
+# and is read whole without strain. A manifest is read no further than this.
+MAX_MANIFEST_BYTES = 64 * 2**20
 
 
 class ManifestError(ValueError):
@@ -46,9 +53,7 @@ class SlideEntry:
 def read_manifest(path: str | Path) -> list[SlideEntry]:
     """Parse and validate a manifest; raises ManifestError naming each bad row (row 2 = first data row)."""
     path = Path(path)
-    if not path.exists():
-        raise ManifestError(f"manifest not found: {path}")
-    with open(path, newline="", encoding="utf-8-sig") as f:
+    with io.StringIO(_manifest_text(path), newline="") as f:
         reader = csv.reader(f)
         try:
             header = next(reader)
@@ -59,6 +64,11 @@ def read_manifest(path: str | Path) -> list[SlideEntry]:
         if repeated:
             raise ManifestError(f"{path}: {repeated}")
         if "slide_path" not in columns:
+            if len(header) == 1 and "\t" in header[0]:
+                raise ManifestError(
+                    f"{path}: row 1: the header is separated by tabs; a manifest is comma-separated CSV: "
+                    "save it as CSV (comma delimited)"
+                )
             raise ManifestError(f"{path}: header {header} has no slide_path column")
         rows = list(reader)
     records: list[tuple[str, dict[str, str]]] = []
@@ -67,7 +77,8 @@ def read_manifest(path: str | Path) -> list[SlideEntry]:
         if not any(v.strip() for v in values):
             continue
         if len(values) != len(columns):
-            problems.append(f"row {number}: {len(values)} fields, header has {len(columns)}")
+            tabs = " (separated by tabs? a manifest is comma-separated)" if any("\t" in v for v in values) else ""
+            problems.append(f"row {number}: {len(values)} fields, header has {len(columns)}{tabs}")
             continue
         records.append((f"row {number}", {c: v.strip() for c, v in zip(columns, values, strict=True)}))
     entries = _entries(records, path.parent, problems)
@@ -131,8 +142,50 @@ def _entries(records: list[tuple[str, dict[str, str]]], base: Path, problems: li
             except ValueError:
                 problems.append(f"{where}: mpp {rec['mpp']!r} is not a positive number of microns per pixel")
                 continue
-        entries.append(SlideEntry(slide_id, slide_path, rec.get("cancer_type") or "UNKNOWN", mpp))
+        cancer_type = unicodedata.normalize("NFC", rec.get("cancer_type") or "UNKNOWN")
+        controls = bidi_controls(cancer_type)
+        if controls:
+            problems.append(
+                f"{where}: cancer_type {cancer_type!r} holds {', '.join(controls)} (a bidirectional control "
+                "character: the text shows in another order than it is written); remove it"
+            )
+            continue
+        entries.append(SlideEntry(slide_id, slide_path, cancer_type, mpp))
     return entries
+
+
+def bidi_controls(text: str) -> list[str]:
+    """The bidirectional formatting characters in ``text`` (Unicode category Cf, bidi classes LRE,
+    RLE, LRO, RLO, PDF, LRI, RLI, FSI, PDI and the marks LRM, RLM, ALM), as ``U+XXXX``: they make a
+    text show in another order than it is, so two names that differ look alike.
+
+    >>> bidi_controls("\u202eDAUL"), bidi_controls("LUAD")
+    (['U+202E'], [])
+    """
+    return [
+        f"U+{ord(c):04X}" for c in text if c in _BIDI_MARKS or unicodedata.bidirectional(c) in _BIDI_CONTROL_CLASSES
+    ]
+
+
+_BIDI_CONTROL_CLASSES = frozenset({"LRE", "RLE", "LRO", "RLO", "PDF", "LRI", "RLI", "FSI", "PDI"})
+_BIDI_MARKS = frozenset({"\u200e", "\u200f", "\u061c"})  # LRM, RLM, ALM
+
+
+def _manifest_text(path: Path) -> str:
+    """The manifest's text (UTF-8, with or without a byte-order mark); ManifestError naming the
+    file, and the row of the first byte that is not UTF-8, otherwise."""
+    try:
+        data = read_input_file(path, MAX_MANIFEST_BYTES, "manifest")
+    except InputFileError as exc:
+        raise ManifestError(str(exc)) from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        row = data[: exc.start].count(b"\n") + 1
+        raise ManifestError(
+            f"{path}: row {row} is not UTF-8 text (byte {exc.start}: {data[exc.start]:#04x}); the manifest "
+            "is read as UTF-8: save it as 'CSV UTF-8' (or convert it, e.g. iconv -f latin1 -t utf-8)"
+        ) from None
 
 
 def _repeated_columns(header: list[str], columns: list[str]) -> str | None:
@@ -155,9 +208,12 @@ def _repeated_columns(header: list[str], columns: list[str]) -> str | None:
 
 
 def _absolute(path: Path) -> Path:
-    """``path`` made absolute and normalised; symlinks resolved where they can be (a symlink loop
-    or an unreadable folder is left for reading the slide to report, so that slide fails alone)."""
+    """``path`` made absolute and normalised; symlinks resolved where they can be (a symlink loop,
+    an unreadable folder or a name the locale cannot encode is left for reading the slide to
+    report, so that slide fails alone)."""
     try:
         return path.resolve()
-    except (OSError, RuntimeError):  # RuntimeError: a symlink loop (Python < 3.13)
+    # RuntimeError: a symlink loop (Python < 3.13); UnicodeEncodeError: a name the locale's file
+    # name encoding cannot hold (reading the slide says so)
+    except (OSError, RuntimeError, UnicodeEncodeError):
         return Path(os.path.abspath(path))

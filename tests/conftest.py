@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -105,3 +107,40 @@ def need_shared(*names: str) -> Path:
         if not (WSI_FIXTURES / name).exists() and not (SHARED_DATA / name).exists():
             pytest.skip(f"{name} is not in the data folder {SHARED_DATA} (set {DATA_DIR_VARIABLE})")
     return SHARED_DATA
+
+
+def bounded_cli(module: str, *args: str, timeout: float = 120, memory_gb: float = 3) -> subprocess.CompletedProcess:
+    """``python -m module args`` in a process of bounded memory and time: an unbounded read (of
+    /dev/zero, a FIFO without a writer) fails the test instead of the machine. Raises
+    ``subprocess.TimeoutExpired`` for a command that hangs."""
+    import resource
+
+    limit = int(memory_gb * 2**30)
+
+    def bound() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        preexec_fn=bound,
+    )
+
+
+def special_file(kind: str, tmp_path: Path) -> Path:
+    """A path that is no regular file: a FIFO without a writer, /dev/zero, /dev/urandom, a folder."""
+    if kind == "fifo":
+        path = tmp_path / "fifo.csv"
+        os.mkfifo(path)
+        return path
+    if kind == "folder":
+        path = tmp_path / "folder.csv"
+        path.mkdir()
+        return path
+    return Path(kind)
+
+
+SPECIAL_FILES = ("fifo", "/dev/zero", "/dev/urandom", "folder")

@@ -307,5 +307,5 @@ def test_an_interrupted_run_says_so_in_run_json_from_either_entry_point(
     manifest = tmp_path / "m.csv"
     manifest.write_text(f"slide_path\n{cohort.parent / 'a0.svs'}\n")
     code = cli.main([str(manifest), "--out", str(tmp_path / "cli"), "--model", str(blob_model), "--no-progress"])
-    assert code == 1 and "interrupted: rerun the same command to resume" in capfd.readouterr().err
+    assert code == 1 and "interrupted by SIGINT: rerun the same command to resume" in capfd.readouterr().err
     assert json.loads((tmp_path / "cli" / "run.json").read_text())["status"] == "interrupted"

@@ -203,3 +203,40 @@ def test_dashboard_renders_the_task_stream_while_a_run_works(blob_model: Path, t
 
     image = Image.open(shot)
     assert image.size[0] >= 800 and len(np.unique(np.asarray(image.convert("L")))) > 16  # a rendered page, not blank
+
+
+def _answers_http(port: int) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=3) as s:
+            s.sendall(b"GET /health HTTP/1.0\r\n\r\n")
+            return s.recv(16).startswith(b"HTTP/")
+    except OSError:  # refused, reset or silent: no HTTP server there
+        return False
+
+
+def test_dashboard_off_starts_no_http_server() -> None:
+    """``--dashboard off``: the local cluster's scheduler and workers listen on their Dask ports
+    only; none of them answers HTTP (no dashboard, no /health, no /metrics)."""
+    import psutil
+
+    from pipeline.cluster import connect
+    from pipeline.config import load_config
+
+    config = load_config(None, {"dashboard": "off", "n_workers": 1, "threads_per_worker": 1}, environ={})
+    client = connect(config)
+    try:
+        client.wait_for_workers(1, timeout=120)
+        pids = {os.getpid(), *(c.pid for c in psutil.Process().children(recursive=True))}
+        ports = {
+            c.laddr.port
+            for c in psutil.net_connections(kind="inet")
+            if c.status == psutil.CONN_LISTEN and c.pid in pids
+        }
+        assert len(ports) >= 3  # scheduler, nanny, worker
+        assert [p for p in sorted(ports) if _answers_http(p)] == []
+        assert dashboard_link(client) is None
+    finally:
+        client.close()
+        client.cluster.close()

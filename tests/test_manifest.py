@@ -3,6 +3,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.manifest import ManifestError, read_manifest
+from tests.conftest import SPECIAL_FILES, bounded_cli, special_file
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -48,3 +49,55 @@ def test_missing_and_empty_manifest(tmp_path: Path) -> None:
         read_manifest(tmp_path / "nope.csv")
     with pytest.raises(ManifestError, match="no slides"):
         read_manifest(write(tmp_path, "slide_path\n"))
+
+
+@pytest.mark.parametrize("kind", SPECIAL_FILES)
+def test_manifest_that_is_no_regular_file_is_refused(kind: str, tmp_path: Path, blob_model: Path) -> None:
+    """A FIFO, a device or a folder given as the manifest: exit 2 and one line, at once (no hang,
+    no read without end)."""
+    path = special_file(kind, tmp_path)
+    result = bounded_cli("pipeline.run", str(path), "--out", str(tmp_path / "out"), "--model", str(blob_model))
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: "), result.stderr[-2000:]
+    assert str(path) in result.stderr and "not a regular file" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_manifest_over_the_byte_limit_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pipeline.manifest
+
+    p = write(tmp_path, "slide_path\n" + "a.svs\n" * 100)
+    monkeypatch.setattr(pipeline.manifest, "MAX_MANIFEST_BYTES", 500)
+    with pytest.raises(ManifestError, match=r"manifest\.csv: more than 500 bytes"):
+        read_manifest(p)
+
+
+def test_latin1_manifest_names_file_row_and_what_to_do(tmp_path: Path) -> None:
+    p = tmp_path / "manifest.csv"
+    p.write_bytes("slide_path,slide_id,cancer_type\na.svs,a,LUAD\nb.svs,b,Sélection\n".encode("latin-1"))
+    with pytest.raises(ManifestError) as err:
+        read_manifest(p)
+    message = str(err.value)
+    assert str(p) in message and "row 3" in message and "UTF-8" in message and "\n" not in message
+
+
+def test_tab_separated_manifest_names_file_row_and_what_to_do(tmp_path: Path) -> None:
+    p = write(tmp_path, "slide_path\tslide_id\tcancer_type\na.svs\ta\tLUAD\n")
+    with pytest.raises(ManifestError, match=r"manifest\.csv: row 1: .*tabs.*comma") as err:
+        read_manifest(p)
+    assert "\n" not in str(err.value)
+    p = write(tmp_path, "slide_path,slide_id\na.svs\ta\n")
+    with pytest.raises(ManifestError, match=r"row 2: 1 fields, header has 2 \(separated by tabs\? .*comma"):
+        read_manifest(p)
+
+
+def test_cancer_types_are_one_text_each(tmp_path: Path) -> None:
+    """Cancer types that look the same are the same group: NFC and NFD spellings of one name are
+    one type; a bidirectional control character (which makes text show in another order than it
+    is) is refused, naming the row."""
+    p = write(tmp_path, "slide_path,cancer_type\na.svs,Caf\u00e9\nb.svs,Cafe\u0301\n")
+    a, b = read_manifest(p)
+    assert a.cancer_type == b.cancer_type == "Caf\u00e9"
+    p = write(tmp_path, "slide_path,cancer_type\na.svs,LUAD\nb.svs,\u202eDAUL\n")
+    with pytest.raises(ManifestError, match=r"row 3: cancer_type .*U\+202E"):
+        read_manifest(p)

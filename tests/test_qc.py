@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -28,13 +30,16 @@ from pipeline.qc import (
     tail_size,
     tier_for,
 )
+from pipeline.qc._reviews import load_verdict_store
 from pipeline.testing.qc_cohorts import (
     synthetic_png_slide,
     synthetic_stats_cohort,
     tissue_box,
     write_nuclei_parquet,
+    write_run_record,
     write_stats,
 )
+from tests.conftest import SPECIAL_FILES, bounded_cli, special_file
 
 SHARED_DATA = shared_data_dir()
 SIZES = {"BRCA": 100, "LUAD": 250, "GBM": 30}  # k = 2, 5 and 0 at 2 %
@@ -370,6 +375,7 @@ def _slide_cohort(out: Path, n: int = 3, mpp: float = 0.25) -> dict[str, Path]:
         folder = write_stats(out, stats)
         write_nuclei_parquet(folder / "nuclei.parquet", polys, mpp)
         paths[sid] = png
+    write_run_record(out)
     return paths
 
 
@@ -603,6 +609,7 @@ def test_filled_wsi_review_sheet_round_trip(stats_cohort: tuple[Path, dict[str, 
     src, expected = stats_cohort
     out = tmp_path / "run"
     shutil.copytree(src / "slides", out / "slides")
+    shutil.copy(src / "run.json", out / "run.json")
     qc = build_qc(out, patches="none", report=False)
     sheet = read_csv(qc / "wsi_review_sheet.csv")
     assert sorted(sheet["WSI-ID"]) == sorted(sid for sid, notes in expected.items() if notes)
@@ -617,3 +624,173 @@ def test_filled_wsi_review_sheet_round_trip(stats_cohort: tuple[Path, dict[str, 
         assert wsi.loc[sid, "SegmentationUnacceptableOrNot"] == ("Unacceptable" if i % 2 else "Acceptable")
         assert slides.loc[sid, "QCResult"] == ("Unacceptable" if i % 2 else "No regions")
     assert wsi.loc[sheet["WSI-ID"][0], "VisualAssessmentComment"] == "stain too pale, nuclei missed"
+
+
+# ------------------------------------------------------------- spreadsheet formula injection ----
+
+FORMULAS = ('=HYPERLINK("http://evil.example/","click")', "+1+1", "-2+3", "@SUM(A1:A2)", "\t=1+1", "\r=1+1")
+
+
+def _cells(path: Path) -> list[str]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return [cell for row in csv.reader(f) for cell in row]
+
+
+def test_no_cell_of_the_qc_tables_starts_a_formula(tmp_path: Path) -> None:
+    """Cancer types and review comments that start like a spreadsheet formula are written as text
+    (a quote in front) in every table; a rebuild reads its own store back unchanged."""
+    import itertools
+
+    synthetic_stats_cohort(tmp_path, {f"T{i}": 3 for i in range(len(FORMULAS))}, n_failed=1)
+    sids = sorted(p.name for p in (tmp_path / "slides").iterdir())
+    for sid in sids:  # cancer types come from the manifest as they are
+        record = tmp_path / "slides" / sid / "stats.json"
+        stats = json.loads(record.read_text())
+        record.write_text(json.dumps({**stats, "cancer_type": FORMULAS[int(stats["cancer_type"][1:])]}))
+    ok = [s for s in sids if "-F" not in s]
+    texts = itertools.cycle(["-merged nuclei", "=1+1", "'=already quoted", "'plain quote"])
+    comments = dict(zip(ok, texts, strict=False))
+    verdicts = tmp_path / "verdicts.csv"
+    with open(verdicts, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["WSI-ID", "SegmentationUnacceptableOrNot", "VisualAssessmentComment"])
+        w.writerows([sid, "yes", comment] for sid, comment in comments.items())
+    for _ in range(2):  # the second build reads the store the first one wrote
+        qc = build_qc(tmp_path, reviews=[verdicts], patches="none", report=False)
+        tables = [*qc.glob("*.csv"), *(qc / "reviews").glob("*.csv")]
+        assert {p.name for p in tables} >= {
+            "slides.csv",
+            "wsi_qc.csv",
+            "tiers.csv",
+            "thresholds.csv",
+            "random_region_check.csv",
+            "review_sheet.csv",
+            "wsi_review_sheet.csv",
+            "wsi_verdicts.csv",
+        }
+        for table in tables:
+            bad = [c for c in _cells(table) if c[:1] in ("=", "+", "-", "@", "\t", "\r")]
+            assert not bad, (table.name, bad)
+        wsi = {r["WSI-ID"]: r for r in csv.DictReader(open(qc / "wsi_qc.csv", newline="", encoding="utf-8"))}
+        shown = {
+            "-merged nuclei": "'-merged nuclei",
+            "=1+1": "'=1+1",
+            "'=already quoted": "'=already quoted",  # a sheet that kept the table's guard: read as =...
+            "'plain quote": "'plain quote",
+        }
+        assert {sid: wsi[sid]["VisualAssessmentComment"] for sid in comments} == {
+            sid: shown[c] for sid, c in comments.items()
+        }
+        assert {r["CancerType"] for r in wsi.values()} == {"'" + t.replace("\r", "\n") for t in FORMULAS}
+        # the store gives back what the reviewer wrote, build after build
+        recorded = {sid: c.removeprefix("'") if c.startswith("'=") else c for sid, c in comments.items()}
+        assert {sid: v.comment for sid, v in load_verdict_store(qc / "reviews").items()} == recorded
+    # numbers stay numbers: a negative cut is not guarded
+    thresholds = _cells(qc / "thresholds.csv")
+    assert not any(c.startswith("'") and c[1:].replace(".", "").lstrip("-").isdigit() for c in thresholds)
+
+
+def test_guarded_review_sheet_reads_back_unchanged(
+    stats_cohort: tuple[Path, dict[str, list[str]]], tmp_path: Path
+) -> None:
+    """The WSI review sheet as the QC wrote it (guarded cells), filled in and given back: the
+    comment recorded is the reviewer's text, not the guard."""
+    src, _ = stats_cohort
+    out = tmp_path / "run"
+    shutil.copytree(src / "slides", out / "slides")
+    qc = build_qc(out, patches="none", report=False)
+    with open(qc / "wsi_review_sheet.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    rows[1][4], rows[1][5] = "yes", "'-nuclei missed at the edge"  # as a spreadsheet keeps the quote
+    filled = tmp_path / "filled.csv"
+    with open(filled, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows(rows)
+    build_qc(out, reviews=[filled], patches="none", report=False)
+    assert load_verdict_store(qc / "reviews")[rows[1][0]].comment == "-nuclei missed at the edge"
+
+
+# ------------------------------------------------------------------------ bounded inputs ----
+
+
+@pytest.mark.parametrize("kind", SPECIAL_FILES)
+def test_review_file_that_is_no_regular_file_is_refused(kind: str, tmp_path: Path) -> None:
+    """``--reviews`` a FIFO (no hang), /dev/zero or /dev/urandom (no read without end) or a folder:
+    exit 2, one ``error:`` line and the file named under it, nothing recorded."""
+    synthetic_stats_cohort(tmp_path / "run", {"BRCA": 3}, n_failed=0)
+    path = special_file(kind, tmp_path)
+    result = bounded_cli("pipeline.qc", str(tmp_path / "run"), "--reviews", str(path), "--patches", "none")
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.splitlines()
+    assert [line for line in lines if line.startswith("error:")] == lines[:1], result.stderr[-2000:]
+    assert len(lines) == 2 and str(path) in lines[1] and "not a regular file" in lines[1], result.stderr[-2000:]
+    assert not (tmp_path / "run" / "qc" / "reviews").exists()
+
+
+def test_review_file_over_the_byte_limit_is_refused(
+    slide_cohort: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pipeline.qc._reviews
+
+    verdicts = tmp_path / "v.csv"
+    verdicts.write_text("WSI-ID,SegmentationUnacceptableOrNot,VisualAssessmentComment\n" + "SYN-00,yes,\n" * 50)
+    monkeypatch.setattr(pipeline.qc._reviews, "MAX_REVIEW_BYTES", 500)
+    with pytest.raises(ReviewError, match=r"v\.csv: more than 500 bytes"):
+        build_qc(slide_cohort, reviews=[verdicts], patches="none", report=False)
+
+
+# ------------------------------------------------------------------ which folders are a run's ----
+
+
+def test_qc_refuses_a_folder_that_is_no_runs_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A folder with a slides/ but no run.json is not a run's output: nothing is built there."""
+    (tmp_path / "slides" / "x").mkdir(parents=True)
+    assert qc_main([str(tmp_path), "--patches", "none"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {tmp_path} is not the output folder of a run"), err
+    assert "run.json" in err
+    assert not (tmp_path / "qc").exists()
+
+
+def test_qc_says_when_the_run_is_still_being_written(tmp_path: Path) -> None:
+    """The QC of a folder a live run holds covers the slides finished so far, and says so; that of a
+    run that stopped before it finished says that too."""
+    synthetic_stats_cohort(tmp_path, {"BRCA": 3}, n_failed=0)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from pathlib import Path; from pipeline.io.outputs.lock import lock_output; "
+            f"lock = lock_output(Path({str(tmp_path)!r})); print('held', flush=True); sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        result = bounded_cli("pipeline.qc", str(tmp_path), "--patches", "none", "--no-report")
+    finally:
+        holder.communicate("")
+    assert result.returncode == 0, result.stderr
+    warning = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warning) == 1 and "still being written" in warning[0] and f"pid {holder.pid}" in warning[0], warning
+    run = json.loads((tmp_path / "run.json").read_text())
+    (tmp_path / "run.json").write_text(json.dumps({**run, "status": "running"}))  # a run killed outright
+    result = bounded_cli("pipeline.qc", str(tmp_path), "--patches", "none", "--no-report")
+    assert result.returncode == 0, result.stderr
+    warning = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warning) == 1 and "did not finish" in warning[0] and "rerun" in warning[0], warning
+
+
+def test_cancer_types_of_earlier_records_are_one_group_each(tmp_path: Path) -> None:
+    """stats.json written from a manifest before cancer types were checked: the NFC and NFD
+    spellings of one name are one group, and a bidirectional control is shown as its code."""
+    synthetic_stats_cohort(tmp_path, {"T0": 2, "T1": 2, "T2": 2}, n_failed=0)
+    names = {"T0": "Caf\u00e9", "T1": "Cafe\u0301", "T2": "\u202eDAUL"}
+    for folder in (tmp_path / "slides").iterdir():
+        stats = json.loads((folder / "stats.json").read_text())
+        (folder / "stats.json").write_text(json.dumps({**stats, "cancer_type": names[stats["cancer_type"]]}))
+    qc = build_qc(tmp_path, patches="none", report=False)
+    tiers = read_csv(qc / "tiers.csv")
+    assert sorted(tiers["CancerType"]) == sorted(["All", "Caf\u00e9", "<U+202E>DAUL"])
+    assert not any("\u202e" in c for table in qc.glob("*.csv") for c in _cells(table))

@@ -167,3 +167,113 @@ def test_real_fixture_slides(tmp_path: Path, blob_model: Path) -> None:
     )
     for sid in ("missing", "cut"):
         assert run["slides"][sid]["status"] == "failed" and run["slides"][sid]["error"], sid
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "whole_group"), [("SIGTERM", True), ("SIGHUP", False)])
+def test_sigterm_and_sighup_end_the_run_as_interrupted(
+    name: str, whole_group: bool, cohort: Path, blob_model: Path, tmp_path: Path
+) -> None:
+    """SIGTERM (``kill``, ``timeout``, a batch system at its time limit, sent to the whole process
+    group) and SIGHUP (a closed terminal, to the driver alone) end a run as SIGINT does: run.json
+    ``interrupted`` with the reason, exit 1; the same command then resumes."""
+    out = tmp_path / "out"
+    args = [str(cohort / "manifest.csv"), "--out", str(out), "--model", str(blob_model), "--tile-px", "256"]
+    err = tmp_path / "stderr.txt"
+    with open(err, "w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.run", *args, "--no-progress", "--workers", "1", "--threads", "2"],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.time() + 300
+        while "dask dashboard" not in err.read_text() and proc.poll() is None:  # the slides are under way
+            assert time.time() < deadline, err.read_text()
+            time.sleep(0.05)
+        sig = getattr(signal, name)
+        if whole_group:
+            os.killpg(proc.pid, sig)
+        else:
+            os.kill(proc.pid, sig)
+        code = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    run = json.loads((out / "run.json").read_text())
+    assert code == 1, err.read_text()[-3000:]
+    assert run["status"] == "interrupted" and name in run["error"] and "rerun" in run["error"], run.get("error")
+    lines = [line for line in err.read_text().splitlines() if line.startswith("interrupted")]
+    assert len(lines) == 1 and name in lines[0], err.read_text()[-3000:]
+    resumed = run_cli(*args)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((out / "run.json").read_text())["status"] == "ok"
+    assert not [p for p in (out / "slides").iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.slow
+def test_non_ascii_slide_path_in_the_c_locale(cohort: Path, blob_model: Path, tmp_path: Path) -> None:
+    """Under ``LC_ALL=C`` without UTF-8 mode (file names and the console are ASCII), a slide path
+    that is not ASCII fails that slide alone, with the reason and what to do; printing it never
+    fails the run."""
+    import shutil
+
+    shutil.copy(cohort / "s0.svs", tmp_path / "lame-é.svs")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"slide_path,slide_id,cancer_type\nlame-é.svs,accent,LUAD\n{cohort / 's1.svs'},s1,LUAD\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LC_") and k != "LANG"}
+    env.update(LC_ALL="C", PYTHONUTF8="0", PYTHONCOERCECLOCALE="0")
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.run", str(manifest), "--out", str(out), "--model", str(blob_model)]
+        + ["--tile-px", "256", "--workers", "1", "--threads", "2"],
+        cwd=ROOT,
+        capture_output=True,
+        env=env,
+        timeout=600,
+    )
+    stderr = result.stderr.decode("ascii", "replace")
+    assert result.returncode == 1, stderr[-3000:]
+    assert b"Traceback (most recent call last)" not in result.stderr + result.stdout
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "failed slides" and run["slides"]["s1"]["status"] == "ok"
+    assert "LC_ALL=C.UTF-8" in run["slides"]["accent"]["error"], run["slides"]["accent"]["error"]
+    assert b"FAILED accent" in result.stdout + result.stderr
+    assert (out / "qc" / "wsi_qc.csv").exists()
+
+
+def test_out_that_is_a_file_is_refused_in_words(tmp_path: Path, blob_model: Path) -> None:
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("slide_path\na.svs\n")
+    (tmp_path / "taken").write_text("a file")
+    for out in (tmp_path / "taken", tmp_path / "taken" / "below"):
+        result = run_cli(str(manifest), "--out", str(out), "--model", str(blob_model))
+        assert result.returncode == 2
+        assert result.stderr.count("\n") == 1 and "Errno" not in result.stderr, result.stderr
+        assert f"--out {out}" in result.stderr and f"{tmp_path / 'taken'} is a file" in result.stderr
+
+
+@pytest.mark.slow
+def test_many_failing_slides_are_summarised(tmp_path: Path, blob_model: Path) -> None:
+    """Each failing slide is one row of the summary; its reason is printed for the first few only,
+    the rest counted by kind (every reason is in run.json), and the workers do not log a traceback
+    for a slide's own fault."""
+    import re
+
+    n = 60
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("slide_path,slide_id\n" + "".join(f"{tmp_path}/none/m{i}.svs,m{i}\n" for i in range(n)))
+    result = run_cli(str(manifest), "--out", str(tmp_path / "out"), "--model", str(blob_model), "--no-qc")
+    assert result.returncode == 1, result.stderr[-3000:]
+    lines = (result.stdout + result.stderr).splitlines()
+    assert "Compute Failed" not in result.stderr
+    mentions = [sum(1 for line in lines if re.search(rf"\bm{i}\b", line)) for i in range(n)]
+    assert all(m >= 1 for m in mentions)  # every slide has its row
+    assert sum(m - 1 for m in mentions) <= 2 * 20  # reasons of 20 at most as they fail, 20 in the summary
+    assert len(lines) <= n + 2 * 20 + 15, "\n".join(lines)
+    assert any(f"{n - 20} more failed" in line and "file not found" in line for line in lines), "\n".join(lines[-30:])
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert all("file not found" in s["error"] for s in run["slides"].values())

@@ -1,6 +1,7 @@
 """Slide readers: the reader is chosen from the file's own tags; every real fixture either
 yields pixels or fails with a clear reason."""
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -223,3 +224,13 @@ def test_cucim_slides_open_one_at_a_time(synthetic_slide, monkeypatch: pytest.Mo
     for t in threads:
         t.join()
     assert len(regions) == 4 and most == 1
+
+
+@pytest.mark.parametrize(("kind", "says"), [("fifo", "a named pipe (FIFO)"), ("/dev/zero", "a character device")])
+def test_a_fifo_or_a_device_as_a_slide_says_what_it_is(kind: str, says: str, tmp_path: Path) -> None:
+    """Not "empty file": a FIFO or a device has no size to read, and opening a FIFO would wait."""
+    from tests.conftest import special_file
+
+    path = special_file(kind, tmp_path)
+    with pytest.raises(SlideError, match=re.escape(f"{says}, not a slide file: {path}")):
+        choose_reader(path)

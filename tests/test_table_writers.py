@@ -108,3 +108,30 @@ def test_centroid_geojson_is_the_definition_row_by_row(tmp_path: Path) -> None:
     features = [json.dumps(nucleus_feature(row, SLIDE, centroids=True), separators=(",", ":")) for row in rows]
     expected = '{"type": "FeatureCollection", "features": [\n' + ",\n".join(features) + "\n]}\n"
     assert (tmp_path / "nuclei_centroids.geojson").read_text() == expected
+
+
+def test_spreadsheet_tables_guard_text_not_numbers(tmp_path: Path) -> None:
+    """A text cell that a spreadsheet would run as a formula gets a quote in front; numbers, negative
+    ones included, are written as numbers; every text reads back as it was given."""
+    import csv
+
+    import pandas as pd
+
+    from pipeline.io.outputs.spreadsheet import unguard_cell, write_csv_atomic, write_frame_atomic
+
+    texts = ["=1+1", "+1", "-0.5", "@A1", "\t=1", "'=1", "''", "'x", "'", "x=1", "", "-"]
+    frame = pd.DataFrame({"Text": texts, "Value": [-0.5 * i for i in range(len(texts))]})
+    write_frame_atomic(tmp_path / "frame.csv", frame)
+    write_csv_atomic(tmp_path / "rows.csv", ["Text", "Value"], frame.itertuples(index=False))
+    for name in ("frame.csv", "rows.csv"):
+        with open(tmp_path / name, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))[1:]
+        assert [r[1] for r in rows] == [str(-0.5 * i) for i in range(len(texts))], name
+        assert [r[0] for r in rows][:6] == ["'=1+1", "'+1", "'-0.5", "'@A1", "'\t=1", "''=1"], name
+        assert [unguard_cell(r[0]) for r in rows] == texts, name
+    # pandas formats everything else as before
+    frame.to_csv(tmp_path / "plain.csv", index=False)
+    plain = (tmp_path / "plain.csv").read_text().splitlines()
+    guarded = (tmp_path / "frame.csv").read_text().splitlines()
+    changed = [i for i, (a, b) in enumerate(zip(plain, guarded, strict=True)) if a != b]
+    assert changed == [1, 2, 3, 4, 5, 6, 7, 12]  # the rows of the texts guarded, "''" and "-" included

@@ -21,6 +21,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.cli._console import safe_console
 from pipeline.io.outputs.lock import OutputInUse, lock_output
 from pipeline.io.outputs.parquet import nucleus_row_group
 from pipeline.io.outputs.publish import atomic_file_from, slides_dir
@@ -54,6 +55,7 @@ def export_slide(slide_dir: Path, fmt: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    safe_console()
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.export",
         description="Write nuclei.csv or nuclei.geojson of published slides from their nuclei.parquet.",

@@ -10,7 +10,6 @@ halos, normalised with its own statistics, segmented and assembled exactly as a 
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import tempfile
 import time
@@ -20,10 +19,12 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.cli._console import safe_console
 from pipeline.cli._parser import EXIT_BAD_INPUT, CommandLineParser
 from pipeline.config import FINEST_SCANNER_MPP, Config, load_config
 from pipeline.io.outputs.maps import open_labels
 from pipeline.io.outputs.publish import atomic_path, final_slide_dir
+from pipeline.io.outputs.spreadsheet import write_csv_atomic
 from pipeline.manifest import SlideEntry
 from pipeline.slide import process_slide_inline
 
@@ -73,6 +74,7 @@ def output_names(paths: list[Path]) -> dict[Path, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    safe_console()
     p = CommandLineParser(
         prog="python -m pipeline.predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -132,10 +134,9 @@ def main(argv: list[str] | None = None) -> int:
         for w in caught:
             print(f"  {w.message}", file=sys.stderr)
     if scales:
-        with atomic_path(args.out / "scales.csv") as tmp, open(tmp, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["image", "mpp", "mpp_source", "mpp_field", "mpp_estimate", "flags"])
-            writer.writerows(scales)
+        write_csv_atomic(
+            args.out / "scales.csv", ["image", "mpp", "mpp_source", "mpp_field", "mpp_estimate", "flags"], scales
+        )
     return 1 if failed else 0
 
 

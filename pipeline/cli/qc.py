@@ -15,16 +15,41 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from pipeline.cli._console import safe_console
 from pipeline.cli._parser import EXIT_BAD_INPUT, CommandLineParser, number_in
+from pipeline.io.outputs.lock import describe_holder, output_holder
 from pipeline.qc._build import PATCH_MODES, REPORT, build_qc
 from pipeline.qc._patches import N_PATCHES
 from pipeline.qc._reviews import ReviewError, ReviewStoreError
 from pipeline.qc._rules import DEFAULT_OUTER_PERCENT
 
 EXIT_OK, EXIT_SOME_LEFT_OUT = 0, 1
+RUN_RECORD = "run.json"
+
+
+def unfinished_run(out_dir: Path) -> str | None:
+    """Why the QC of ``out_dir`` covers only part of its run (a run still writing it, or one that
+    stopped before it finished), or None."""
+    holder = output_holder(out_dir)
+    if holder is not None:
+        return (
+            f"{out_dir} is still being written by a run ({describe_holder(holder)}): the QC covers the slides "
+            "finished so far; build it again when the run has ended"
+        )
+    try:
+        status = json.loads((out_dir / RUN_RECORD).read_text(encoding="utf-8")).get("status")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if status == "running":
+        return (
+            f"the run that wrote {out_dir} did not finish (run.json says running, and no run holds the folder): "
+            "the QC covers the slides finished; rerun the same pipeline.run command to finish the others"
+        )
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    safe_console()
     parser = CommandLineParser(
         prog="python -m pipeline.qc",
         description="Build DIR/qc/ (QC tables, outlier flags, review sheets, report.html) from a run's slides.",
@@ -58,9 +83,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--no-report", action="store_true", help="skip report.html")
     args = parser.parse_args(argv)
-    if not (args.dir / "slides").is_dir():
-        print(f"error: {args.dir} has no slides/ folder: not the output folder of a run", file=sys.stderr)
+    missing = [
+        name
+        for name, there in (
+            ("slides/", (args.dir / "slides").is_dir()),
+            ("run.json", (args.dir / RUN_RECORD).is_file()),
+        )
+        if not there
+    ]
+    if missing:
+        print(
+            f"error: {args.dir} is not the output folder of a run (it has no {' and no '.join(missing)}): give "
+            "the --out folder of python -m pipeline.run",
+            file=sys.stderr,
+        )
         return EXIT_BAD_INPUT
+    unfinished = unfinished_run(args.dir)
+    if unfinished:
+        print(f"warning: {unfinished}", file=sys.stderr)
     t0 = time.perf_counter()
     try:
         with warnings.catch_warnings(record=True) as caught:  # said once below, not as a traceback

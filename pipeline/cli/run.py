@@ -12,14 +12,17 @@ import argparse
 import faulthandler
 import os
 import platform
+import signal
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from pipeline._version import __version__
+from pipeline.cli._console import safe_console
 from pipeline.cli._parser import CommandLineParser
 from pipeline.cluster import connect, dashboard_link, dashboard_message
 from pipeline.config import CHOICES, Config, load_config
@@ -39,6 +42,10 @@ from pipeline.runtime import ModelError, model_summary
 from pipeline.slide.inputs import changed_inputs, slide_inputs
 
 EXIT_OK, EXIT_SLIDES_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+# Failing slides whose reasons are printed as they fail and again under the summary; those beyond
+# are counted by kind (a manifest of 2,000 missing files is a screenful, not 20,000 lines).
+FAILURES_SHOWN = 20
+FAILURE_KINDS_SHOWN = 5
 PACKAGES = [
     "numpy",
     "scipy",
@@ -64,6 +71,39 @@ PACKAGES = [
 class SetupError(RuntimeError):
     """The run cannot start its work (an output folder in use or not writable, a scheduler that
     cannot be reached, ...): exit 2."""
+
+
+class StopSignal(KeyboardInterrupt):
+    """SIGTERM or SIGHUP reached the driver: the run stops as it does on Ctrl-C (SIGINT)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+# What ``kill``, ``timeout`` and a batch system at its time limit send (SIGTERM), and what a closed
+# terminal sends (SIGHUP): both end the run as Ctrl-C does, with run.json final and a rerun resuming.
+STOP_SIGNALS = ("SIGTERM", "SIGHUP")
+
+
+def stop_on_signals() -> None:
+    """Make SIGTERM and SIGHUP raise :class:`StopSignal` in the main thread. A second one while the
+    run winds down is ignored, so that run.json is still written (SIGKILL stops it at once)."""
+
+    def stop(signum: int, frame: object) -> None:
+        for name in STOP_SIGNALS:
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
+        raise StopSignal(signal.Signals(signum).name)
+
+    for name in STOP_SIGNALS:
+        if hasattr(signal, name):  # POSIX
+            signal.signal(getattr(signal, name), stop)
+
+
+def interrupted_message(exc: KeyboardInterrupt) -> str:
+    """What run.json and the console say of a run stopped by a signal (Ctrl-C is SIGINT)."""
+    name = exc.name if isinstance(exc, StopSignal) else "SIGINT"
+    return f"interrupted by {name}: rerun the same command to resume (finished slides are kept)"
 
 
 def package_versions() -> dict[str, str]:
@@ -132,6 +172,7 @@ class ConsoleProgress:
 
             bar = tqdm
         self.record = record
+        self.failed = 0
         self.slides = bar(total=n_slides, desc="slides", unit="slide", disable=not enabled, position=0)
         self.tiles = bar(total=0, desc="tiles ", unit="tile", disable=not enabled, position=1)
 
@@ -145,7 +186,14 @@ class ConsoleProgress:
     def slide_done(self, outcome: SlideOutcome) -> None:
         self.slides.update(1)
         if outcome.status != "ok":
-            self.slides.write(f"FAILED {outcome.entry.slide_id}: {outcome.error}")
+            self.failed += 1
+            if self.failed <= FAILURES_SHOWN:
+                self.slides.write(f"FAILED {outcome.entry.slide_id}: {one_line(outcome.error)}")
+            elif self.failed == FAILURES_SHOWN + 1:
+                self.slides.write(
+                    "... more slides failed: their reasons are not printed as they fail (the summary counts "
+                    "them; run.json and each slide's stats.json hold every reason)"
+                )
         self.record.slide(outcome.entry.slide_id, outcome.status, outcome.stats, outcome.error)
         self.record.write()
 
@@ -173,9 +221,39 @@ def summary_table(rows: list[dict[str, Any]], elapsed: float) -> str:
         f"{len(ok)} ok, {len(failed)} failed; {total_nuclei:,} nuclei over {total_tissue:.2f} mm² of tissue "
         f"in {elapsed:.1f} s"
     )
-    for r in failed:
-        lines.append(f"  failed {r['slide_id']}: {r.get('error')}")
+    for r in failed[:FAILURES_SHOWN]:
+        lines.append(f"  failed {r['slide_id']}: {one_line(r.get('error'))}")
+    if len(failed) > FAILURES_SHOWN:
+        kinds = Counter(failure_kind(r.get("error")) for r in failed[FAILURES_SHOWN:])
+        listed = "; ".join(f"{n:,} {kind}" for kind, n in kinds.most_common(FAILURE_KINDS_SHOWN))
+        others = sum(kinds.values()) - sum(n for _, n in kinds.most_common(FAILURE_KINDS_SHOWN))
+        lines.append(
+            f"  ... and {len(failed) - FAILURES_SHOWN:,} more failed: {listed}"
+            + (f"; {others:,} other" if others else "")
+            + " (each slide's reason is in run.json and its stats.json)"
+        )
     return "\n".join(lines)
+
+
+def one_line(text: str | None, limit: int = 400) -> str:
+    """A reason on one line of at most ``limit`` characters."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def failure_kind(error: str | None) -> str:
+    """What a failure reason says, without the slide's own name and path: the reason with its
+    leading file name taken off, up to the next colon ("file not found", "SlideError: truncated ...").
+
+    >>> failure_kind("m7.svs: SlideError: file not found: /data/m7.svs")
+    'file not found'
+    """
+    parts = [p.strip() for p in (error or "").split(":")]
+    if len(parts) > 1 and "." in parts[0] and " " not in parts[0]:  # the file name describe_failure puts first
+        parts = parts[1:]
+    if len(parts) > 1 and parts[0].endswith(("Error", "Exception", "Worker")) and " " not in parts[0]:
+        parts = parts[1:]  # the exception's class
+    return parts[0][:80] or "unknown"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -284,6 +362,8 @@ def split_done(
 def main(argv: list[str] | None = None) -> int:
     # A crash inside a native library (a reader, ONNX Runtime) then says where it happened.
     faulthandler.enable()
+    safe_console()
+    stop_on_signals()
     args = parse_args(argv)
     if args.example:
         from pipeline.cli.example import ExampleUnavailable, example_manifest
@@ -308,6 +388,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ManifestError, ModelError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    in_the_way = next((p for p in (out_dir, *out_dir.parents) if p.exists() and not p.is_dir()), None)
+    if in_the_way is not None:
+        print(f"error: --out {out_dir} cannot be the output folder: {in_the_way} is a file", file=sys.stderr)
+        return EXIT_BAD_INPUT
     try:
         result = run_cohort(
             entries,
@@ -322,8 +406,8 @@ def main(argv: list[str] | None = None) -> int:
     except SetupError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("interrupted: rerun the same command to resume (finished slides are kept)", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(interrupted_message(exc), file=sys.stderr)
         return EXIT_SLIDES_FAILED
     print(summary_table(result.slides, result.seconds))
     return result.exit_code
@@ -429,8 +513,8 @@ def run_locked(
     except SetupError as exc:
         record.finish("error", str(exc))
         raise
-    except KeyboardInterrupt:
-        record.finish("interrupted")
+    except KeyboardInterrupt as exc:
+        record.finish("interrupted", interrupted_message(exc))
         raise
     except BaseException as exc:  # run.json never stays at "running"; the traceback still shows
         record.finish("error", f"{type(exc).__name__}: {exc}")

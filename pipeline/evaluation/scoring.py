@@ -19,7 +19,6 @@ image, so no nucleus is cut by a patch border before it is scored. Writes ``OUT.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 from collections.abc import Iterable
@@ -38,6 +37,7 @@ from pipeline.evaluation.metrics import (
     image_metrics,
     weighted_dice,
 )
+from pipeline.io.outputs.spreadsheet import write_csv_atomic
 
 LABEL_SUFFIXES = (".tif", ".tiff", ".png")
 PATCH_PX = 250  # the paper scored 256-px patches on their central 226 px; 250 tiles 1000 exactly
@@ -164,12 +164,12 @@ def format_table(scores: list[ImageScore], overall: dict[str, float]) -> str:
 
 def write_results(out: Path, scores: list[ImageScore], overall: dict[str, float], extra: dict[str, Any]) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    with out.with_suffix(".csv").open("w", newline="") as f:
-        w = csv.writer(f)
-        fields = [fl.name for fl in dataclasses.fields(ImageMetrics)]
-        w.writerow(["image", *fields])
-        for s in scores:
-            w.writerow([s.image, *(getattr(s.metrics, k) for k in fields)])
+    fields = [fl.name for fl in dataclasses.fields(ImageMetrics)]
+    write_csv_atomic(
+        out.with_suffix(".csv"),
+        ["image", *fields],
+        ([s.image, *(getattr(s.metrics, k) for k in fields)] for s in scores),
+    )
     doc = {
         **extra,
         "overall": overall,

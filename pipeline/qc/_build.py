@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.io.outputs.publish import atomic_path, atomic_write_json, atomic_write_text
+from pipeline.io.outputs.publish import atomic_write_json, atomic_write_text
+from pipeline.io.outputs.spreadsheet import write_csv_atomic, write_frame_atomic
 from pipeline.qc._cohort import read_cohort
 from pipeline.qc._patches import (
     N_PATCHES,
@@ -29,7 +30,6 @@ from pipeline.qc._reviews import (
     load_verdict_store,
     parse_reviews,
     record_reviews,
-    write_csv_atomic,
 )
 from pipeline.qc._rules import (
     CANCER_TYPE,
@@ -125,11 +125,6 @@ def _exclusive(qc_dir: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def _write_table(path: Path, df: pd.DataFrame) -> None:
-    with atomic_path(path) as tmp:
-        df.to_csv(tmp, index=False)
 
 
 def _objects(column: pd.Series) -> list[Any]:
@@ -357,11 +352,11 @@ def build_qc(
             ],
         )
         thresholds[["LowCut", "HighCut"]] = thresholds[["LowCut", "HighCut"]].astype(np.float64).round(4)
-        _write_table(qc_dir / SLIDES_TABLE, slides)
-        _write_table(qc_dir / WSI_QC_TABLE, wsi_qc)
-        _write_table(qc_dir / REGION_TABLE, region)
-        _write_table(qc_dir / TIER_TABLE, tiers)
-        _write_table(qc_dir / THRESHOLD_TABLE, thresholds)
+        write_frame_atomic(qc_dir / SLIDES_TABLE, slides)
+        write_frame_atomic(qc_dir / WSI_QC_TABLE, wsi_qc)
+        write_frame_atomic(qc_dir / REGION_TABLE, region)
+        write_frame_atomic(qc_dir / TIER_TABLE, tiers)
+        write_frame_atomic(qc_dir / THRESHOLD_TABLE, thresholds)
         write_csv_atomic(qc_dir / REVIEW_SHEET, REVIEW_SHEET_COLUMNS, sheet_rows)
         write_csv_atomic(
             qc_dir / WSI_REVIEW_SHEET,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.io.outputs.stats import NUMERIC_FIELDS, TEXT_FIELDS
+from pipeline.manifest import bidi_controls
 
 # stats.json keys the QC reads (one schema for every slide); the numeric ones are null for a failed slide.
 UNKNOWN_CANCER_TYPE = "UNKNOWN"  # the manifest's default cancer type
@@ -30,6 +32,20 @@ def _as_float(value: Any) -> float:
 
 class NotASlideRecord(ValueError):
     """A stats.json that names no slide (no ``slide_id``): not a record of this pipeline's schema."""
+
+
+def shown_cancer_type(text: str) -> str:
+    """A cancer type as the QC groups and shows it: Unicode NFC (two spellings of one name are one
+    group), each bidirectional control character written as its code (it would show the text in
+    another order than it is). The manifest refuses such types; records made before may hold them.
+
+    >>> shown_cancer_type("Cafe\u0301") == "Caf\u00e9", shown_cancer_type("\u202eDAUL")
+    (True, '<U+202E>DAUL')
+    """
+    text = unicodedata.normalize("NFC", text)
+    for code in bidi_controls(text):
+        text = text.replace(chr(int(code[2:], 16)), f"<{code}>")
+    return text
 
 
 def read_slide_stats(folder: str | Path) -> dict[str, Any]:
@@ -65,7 +81,7 @@ def read_slide_stats(folder: str | Path) -> dict[str, Any]:
     artifacts = data.get("artifact_mm2")
     if isinstance(artifacts, dict):
         record["artifact_mm2_total"] = sum(_as_float(v) for v in artifacts.values())
-    record["cancer_type"] = record["cancer_type"] or UNKNOWN_CANCER_TYPE
+    record["cancer_type"] = shown_cancer_type(record["cancer_type"] or UNKNOWN_CANCER_TYPE)
     status = (record["status"] or "").lower()
     if status not in ("ok", "failed"):
         record["error"] = f"unknown status {record['status']!r} in stats.json"

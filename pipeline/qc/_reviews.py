@@ -22,7 +22,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.io.outputs.publish import atomic_path
+from pipeline.io.input_files import read_input_file
+from pipeline.io.outputs.spreadsheet import unguard_cell, write_csv_atomic
 from pipeline.qc._rules import VERDICT_ACCEPTABLE, VERDICT_UNACCEPTABLE, WSI_COMMENT, WSI_ID, WSI_UNACCEPTABLE
 
 PATCH_INDEX = "PatchIndex"
@@ -42,6 +43,9 @@ UNACCEPTABLE_WORDS = frozenset({"yes", "y", "true", "1", "unacceptable"})
 ACCEPTABLE_WORDS = frozenset({"no", "n", "false", "0", "acceptable"})
 
 PatchKey = tuple[str, int, int, int]  # (WSI-ID, PatchIndex, X, Y)
+# A review sheet has 15 rows of ~150 bytes per slide (twice that saved as UTF-16): 64 MiB holds
+# the patches of some 15,000 slides. A review file is read no further than this.
+MAX_REVIEW_BYTES = 64 * 2**20
 
 
 class ReviewError(ValueError):
@@ -88,7 +92,7 @@ def review_text(path: Path) -> str:
     ...     review_text(f)
     'WSI-ID\tAdequate\r\n'
     """
-    data = path.read_bytes()
+    data = read_input_file(path, MAX_REVIEW_BYTES, "review file")
     if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         encoding = "utf-16"
     elif len(data) >= 4 and data[1:4:2] == b"\0\0" and data[0:4:2].isascii() and 0 not in data[0:4:2]:
@@ -263,7 +267,7 @@ def parse_reviews(
                     if None in row:
                         problems.append(f"{where}: more fields than the header has")
                         continue
-                    clean = {k: (v or "").strip() for k, v in row.items()}
+                    clean = {k: unguard_cell(v or "").strip() for k, v in row.items()}
                     if kind == "patch":
                         review = _check_patch_row(clean, where, reader.line_num, known_slides, patches, seen, problems)
                         if review is not None:
@@ -311,17 +315,10 @@ def _read_store(path: Path, columns: Sequence[str]) -> list[tuple[int, dict[str,
                 raise ReviewStoreError(
                     f"{damaged} (line {reader.line_num}: not as many fields as its header); {advice}"
                 )
-            rows.append((reader.line_num, row))
+            rows.append((reader.line_num, {k: unguard_cell(v) for k, v in row.items()}))
     except csv.Error as exc:
         raise ReviewStoreError(f"{damaged} ({exc}); {advice}") from None
     return rows
-
-
-def write_csv_atomic(path: Path, columns: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(columns)
-        w.writerows(rows)
 
 
 def load_patch_store(reviews_dir: Path) -> dict[PatchKey, PatchReview]:

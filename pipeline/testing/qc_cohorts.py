@@ -68,6 +68,13 @@ def write_stats(out_dir: Path, stats: dict[str, Any]) -> Path:
     return final
 
 
+def write_run_record(out_dir: Path, status: str = "ok") -> None:
+    """The ``run.json`` a finished run leaves beside ``slides/`` (what ``python -m pipeline.qc``
+    looks for to know a run's output folder)."""
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    (Path(out_dir) / "run.json").write_text(json.dumps({"status": status, "slides": {}}), encoding="utf-8")
+
+
 def synthetic_stats_cohort(
     out_dir: Path,
     sizes: dict[str, int],
@@ -77,7 +84,7 @@ def synthetic_stats_cohort(
     slide_path: str = "/nonexistent/slide.svs",
     mpp: float = 0.25,
 ) -> dict[str, list[str]]:
-    """Write a cohort's stats.json files with planted outliers.
+    """Write a cohort's stats.json files with planted outliers, and a finished run's run.json.
 
     Parameters
     ----------
@@ -118,6 +125,7 @@ def synthetic_stats_cohort(
             sid = f"{ctype}-F{j:03d}"
             write_stats(out_dir, failure_stats(sid, ctype, slide_path, f"unreadable slide {t}.{j}: truncated JPEG"))
             expected[sid] = []
+    write_run_record(out_dir)
     return expected
 
 

@@ -85,3 +85,21 @@ def lock_output(out_dir: Path) -> OutputLock:
     os.ftruncate(fd, 0)
     os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
     return OutputLock(out_dir, fd, holder)
+
+
+def output_holder(out_dir: Path) -> dict[str, Any] | None:
+    """The live run that holds ``out_dir`` (its host, pid and start, possibly empty while it
+    starts), or None when no run does. Takes nothing and writes nothing: a reader's look."""
+    try:
+        fd = os.open(out_dir / LOCK_FILE, os.O_RDONLY)
+    except OSError:  # no lock file: no run has held the folder
+        return None
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # refused while a run holds its exclusive lock
+    except OSError as exc:
+        if exc.errno not in (errno.EACCES, errno.EAGAIN):
+            raise
+        return _read_holder(fd) or {}
+    finally:
+        os.close(fd)  # closing drops the shared lock, if taken
+    return None

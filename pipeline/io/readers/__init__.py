@@ -26,6 +26,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import sys
 from pathlib import Path
 
 from pipeline.io.readers import cucim, dicom, image, openslide, tiff, wsidicom
@@ -108,6 +109,16 @@ def _dicom_signature(path: Path) -> FileSignature:
         raise SlideError(f"corrupt DICOM header ({type(exc).__name__}: {exc})") from exc
 
 
+def _not_a_file(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    return "a socket" if stat.S_ISSOCK(mode) else "not a regular file"
+
+
 def choose_reader(path: Path, preference: str = "auto") -> str:
     """Name of the reader for ``path`` (a key of :data:`READERS`).
 
@@ -116,6 +127,12 @@ def choose_reader(path: Path, preference: str = "auto") -> str:
     """
     try:
         st = path.stat()
+    except UnicodeEncodeError:
+        raise SlideError(
+            f"the file name {str(path)!r} cannot be encoded in this process's file name encoding "
+            f"({sys.getfilesystemencoding()}, from the locale): run with a UTF-8 locale (LC_ALL=C.UTF-8) "
+            "or PYTHONUTF8=1"
+        ) from None
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise SlideError(f"a symbolic link loop, no file: {path}") from None
@@ -127,6 +144,8 @@ def choose_reader(path: Path, preference: str = "auto") -> str:
     if stat.S_ISDIR(st.st_mode):
         if not any(dicom.is_dicom_file(p) for p in path.iterdir()):
             raise SlideError(f"a folder that holds no DICOM files is not a slide: {path}")
+    elif not stat.S_ISREG(st.st_mode):  # opening a FIFO would wait for a writer; a device never ends
+        raise SlideError(f"{_not_a_file(st.st_mode)}, not a slide file: {path}")
     elif st.st_size == 0 and not openslide.scanner_format(path, b""):  # a MIRAX slide's data is in its folder
         raise SlideError(f"empty file: {path}")
     if preference != "auto":
