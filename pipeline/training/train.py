@@ -47,6 +47,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     warmup_steps: int = 100
     synthetic_fraction: float = 0.25  # share of each batch that is synthetic (0 = real only)
+    elastic: float = 0.0  # probability of an elastic deformation of a real patch
     centre_weight: float = 1.0  # loss weight of the centre channel relative to the material
     touching_gap: bool = False  # material target without the pixels where two nuclei touch
     seed: int = 0
@@ -119,7 +120,7 @@ class PatchSampler:
             img, lab = synthetic_patch(self.images[k], self.labels[k], rng, self.synth)
             img, lab = augment_patch(img, lab, self.cfg.patch, rng, scale_range=(1.0, 1.0))
         else:
-            img, lab = augment_patch(self.images[k], self.labels[k], self.cfg.patch, rng)
+            img, lab = augment_patch(self.images[k], self.labels[k], self.cfg.patch, rng, p_elastic=self.cfg.elastic)
         return img.transpose(2, 0, 1), training_targets(lab, self.cfg.touching_gap)
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -184,7 +185,7 @@ def train(cfg: TrainConfig) -> Path:
         opt.load_state_dict(state["optimizer"])
         step, elapsed_before = int(state["step"]), float(state["train_seconds"])
         print(f"resumed from {ckpt_path} at step {step}", flush=True)
-    elif cfg.init_from:
+    elif cfg.init_from and not cfg.init_from.endswith(".onnx"):
         init = torch.load(cfg.init_from, map_location=device, weights_only=True)
         if init["config"]["unet"] != cfg.unet().as_dict():
             raise SystemExit(f"{cfg.init_from} has another network: {init['config']['unet']}")
@@ -202,6 +203,19 @@ def train(cfg: TrainConfig) -> Path:
     vx, vy = fixed_validation_patches(
         val_imgs, [a.labels for a in val_set], cfg.val_patches, cfg.patch, cfg.touching_gap
     )
+    if step == 0 and cfg.init_from.endswith(".onnx"):
+        from pipeline.training.from_onnx import unet_from_onnx
+
+        # The exported model of record: its batch-norm statistics measured on training batches of
+        # a seed no training step uses.
+        measure = PatchSampler(
+            train_imgs, [a.labels for a in train_set], dataclasses.replace(cfg, seed=cfg.seed + 1000)
+        )
+        net.load_state_dict(
+            unet_from_onnx(Path(cfg.init_from), (measure.batch(k)[0] for k in range(20)), cfg.unet()).state_dict()
+        )
+        net.to(device)
+        print(f"initialised from {cfg.init_from} (batch norm measured on 20×{cfg.batch} patches)", flush=True)
     print(
         f"data: {len(train_set)} training / {len(val_set)} validation images "
         f"({time.time() - t_load:.0f} s); device {device}; {cfg.steps} steps of {cfg.batch}×{cfg.patch}²",
