@@ -396,3 +396,30 @@ def test_unlikely_nuclei_are_dropped_by_their_score() -> None:
     assert kept.max() == 1 and kept[30, 30] == 1 and kept[30, 90] == 0
     np.testing.assert_array_equal(kept == 1, both == both[30, 30])
     assert ndi.label(both > 0)[1] == 2
+
+
+def test_centre_surface_weight_puts_the_border_in_the_centre_valley() -> None:
+    """Two touching nuclei whose material map dips inside the larger one (pale chromatin, at
+    column 45) rather than where they meet (column 52, the valley between the two centres):
+    flooding the material alone puts the border in the dip; with the centre map in the surface it
+    follows the centres' valley. Weight 0 is the material flood exactly."""
+    yy, xx = np.mgrid[:60, :100]
+    prob = np.zeros((2, 60, 100), dtype=np.float32)
+    nuclei = (np.hypot(yy - 30, xx - 30) <= 22) | (np.hypot(yy - 30, xx - 64) <= 12)
+    prob[1][nuclei] = (0.95 - 0.3 * np.exp(-((xx - 45) ** 2) / 8.0))[nuclei]
+    prob[0] = np.maximum(
+        np.clip(1 - np.hypot(yy - 30, xx - 30) / 22, 0, 1), np.clip(1 - np.hypot(yy - 30, xx - 64) / 12, 0, 1)
+    )
+    params = NucleusThresholds(centre_threshold=0.6, material_threshold=0.5, min_area_px=20)
+
+    def border(labels: np.ndarray) -> int:
+        row = labels[30]
+        return int(np.nonzero((row[:-1] != row[1:]) & (row[:-1] > 0) & (row[1:] > 0))[0][0])
+
+    flat = instances_from_probabilities(prob, params)
+    weighted = instances_from_probabilities(prob, dataclasses.replace(params, centre_surface_weight=2.0))
+    assert flat.max() == weighted.max() == 2
+    assert abs(border(flat) - 45) <= 1 and abs(border(weighted) - 52) <= 1
+    np.testing.assert_array_equal(
+        instances_from_probabilities(prob, dataclasses.replace(params, centre_surface_weight=0.0)), flat
+    )

@@ -31,6 +31,9 @@ class NucleusThresholds:
     # unblurred) is below this are dropped: fragments and cytoplasm the network half believes in;
     # 0 = none dropped (models without the key)
     min_nucleus_score: float = 0.0
+    # the watershed floods −(material + w · centre), both blurred: with w > 0 the centre map's
+    # valleys between two cores become the border of touching nuclei; 0 = material only
+    centre_surface_weight: float = 0.0
 
     @classmethod
     def from_metadata(cls, meta: dict[str, str]) -> NucleusThresholds:
@@ -354,11 +357,15 @@ def instances_in_box(prob: Any, params: NucleusThresholds) -> Any:
     centre = prob[0].astype(xp.float32, copy=False)
     material = ndi.gaussian_filter(prob[1].astype(xp.float32, copy=False), params.material_sigma)
     foreground = material > params.material_threshold
+    surface = -material
+    if params.centre_surface_weight > 0:
+        blurred_centre = ndi.gaussian_filter(centre, params.centre_sigma)
+        surface = -(material + xp.float32(params.centre_surface_weight) * blurred_centre)
     if is_device_array(prob):
-        labels = watershed_from_seeds(-material, seeds_from_centres(centre, foreground, params), foreground)
+        labels = watershed_from_seeds(surface, seeds_from_centres(centre, foreground, params), foreground)
     else:  # components without a core are numbered by the watershed's basins, not labelled apart
         markers, n, _ = core_seeds(centre, foreground, params)
-        labels = watershed_from_seeds(-material, markers, foreground, lone_after=n)
+        labels = watershed_from_seeds(surface, markers, foreground, lone_after=n)
     labels = fill_label_holes(labels)
     labels = remove_small_labels(labels, params.min_area_px)
     if params.min_nucleus_score > 0:

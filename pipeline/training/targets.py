@@ -40,21 +40,30 @@ def instance_boundaries(labels: np.ndarray, touching_only: bool = False) -> np.n
     return edge & (labels > 0)
 
 
-def training_targets(labels: np.ndarray, touching_gap: bool = False) -> np.ndarray:
-    """2×H×W float32 targets (centre core, material) from int instance labels."""
+def training_targets(labels: np.ndarray, touching_gap: bool = False, centre: str = "core") -> np.ndarray:
+    """2×H×W float32 targets (centre, material) from int instance labels. The centre target is
+    each nucleus' inner core (``"core"``: 1 where the distance to its boundary is at least
+    :data:`CORE_FRACTION` of its largest, else 0) or that distance itself (``"distance"``: the
+    distance over the nucleus' largest, 1 at its innermost pixels, falling to 0 at its boundary),
+    whose valleys between touching nuclei the watershed can follow."""
     material = labels > 0
     inner = material & ~instance_boundaries(labels)
     dist = ndi.distance_transform_edt(inner) + inner  # boundary pixels 0, the next ring ≥ 1 …
     n = int(labels.max())
-    centre = np.zeros(labels.shape, dtype=bool)
+    if centre not in ("core", "distance"):
+        raise ValueError(f"centre target must be 'core' or 'distance', not {centre!r}")
+    target = np.zeros(labels.shape, dtype=np.float32)
     if n > 0:
         peak = np.zeros(n + 1)
         peak[1:] = ndi.maximum(dist, labels, np.arange(1, n + 1))
-        need = np.maximum(CORE_FRACTION * peak, CORE_MIN_DISTANCE)
-        centre = material & (dist >= need[labels]) & (dist > 0)
+        if centre == "distance":
+            target = np.where(material, dist / np.maximum(peak, 1.0)[labels], 0.0).astype(np.float32)
+        else:
+            need = np.maximum(CORE_FRACTION * peak, CORE_MIN_DISTANCE)
+            target = (material & (dist >= need[labels]) & (dist > 0)).astype(np.float32)
     if touching_gap:
         material = material & ~instance_boundaries(labels, touching_only=True)
-    return np.stack([centre, material]).astype(np.float32)
+    return np.stack([target, material.astype(np.float32)])
 
 
 _HED_RGB = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])  # Ruifrok & Johnston

@@ -50,6 +50,7 @@ class TrainConfig:
     elastic: float = 0.0  # probability of an elastic deformation of a real patch
     centre_weight: float = 1.0  # loss weight of the centre channel relative to the material
     touching_gap: bool = False  # material target without the pixels where two nuclei touch
+    centre_target: str = "core"  # core | distance (pipeline.training.targets.training_targets)
     seed: int = 0
     threads: int = 2  # torch CPU threads
     device: str = "auto"  # auto | cpu | cuda
@@ -121,7 +122,7 @@ class PatchSampler:
             img, lab = augment_patch(img, lab, self.cfg.patch, rng, scale_range=(1.0, 1.0))
         else:
             img, lab = augment_patch(self.images[k], self.labels[k], self.cfg.patch, rng, p_elastic=self.cfg.elastic)
-        return img.transpose(2, 0, 1), training_targets(lab, self.cfg.touching_gap)
+        return img.transpose(2, 0, 1), training_targets(lab, self.cfg.touching_gap, self.cfg.centre_target)
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng([self.cfg.seed, step])
@@ -130,7 +131,12 @@ class PatchSampler:
 
 
 def fixed_validation_patches(
-    images: list[np.ndarray], labels: list[np.ndarray], n: int, size: int, touching_gap: bool = False
+    images: list[np.ndarray],
+    labels: list[np.ndarray],
+    n: int,
+    size: int,
+    touching_gap: bool = False,
+    centre_target: str = "core",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` fixed crops of the validation images (no augmentation) for the loss curve."""
     rng = np.random.default_rng(12345)
@@ -140,7 +146,7 @@ def fixed_validation_patches(
         r = int(rng.integers(0, img.shape[0] - size + 1))
         c = int(rng.integers(0, img.shape[1] - size + 1))
         xs.append(img[r : r + size, c : c + size].transpose(2, 0, 1))
-        ys.append(training_targets(lab[r : r + size, c : c + size], touching_gap))
+        ys.append(training_targets(lab[r : r + size, c : c + size], touching_gap, centre_target))
     return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
 
 
@@ -201,7 +207,7 @@ def train(cfg: TrainConfig) -> Path:
     val_imgs = [normalised_rgb(a.rgb) for a in val_set]
     sampler = PatchSampler(train_imgs, [a.labels for a in train_set], cfg)
     vx, vy = fixed_validation_patches(
-        val_imgs, [a.labels for a in val_set], cfg.val_patches, cfg.patch, cfg.touching_gap
+        val_imgs, [a.labels for a in val_set], cfg.val_patches, cfg.patch, cfg.touching_gap, cfg.centre_target
     )
     if step == 0 and cfg.init_from.endswith(".onnx"):
         from pipeline.training.from_onnx import unet_from_onnx
