@@ -373,3 +373,53 @@ def test_tissue_mask_channelwise_equals_axis_reductions() -> None:
     chroma = rgb_i.max(axis=-1) - rgb_i.min(axis=-1)
     before = (od.sum(axis=-1) > TISSUE_MIN_OD) & (chroma >= TISSUE_MIN_CHROMA) & ~(od.min(axis=-1) > TISSUE_MAX_OD)
     np.testing.assert_array_equal(tissue_mask(img, closing_px=1, min_size_px=1), before)
+
+
+def test_unlikely_nuclei_are_dropped_by_their_score() -> None:
+    """Two equally shaped blobs above every threshold: the one the network half believes in
+    (material 0.6, centre peak 0.75: score 0.45) goes at a minimum score of 0.5, the confident one
+    (0.95 × 0.99) stays; at 0 both stay, labelled as without the score."""
+    import scipy.ndimage as ndi
+
+    from pipeline.kernels.nuclei import NucleusThresholds, instances_from_probabilities
+
+    yy, xx = np.mgrid[:60, :120]
+    prob = np.zeros((2, 60, 120), dtype=np.float32)
+    for cx, material, centre in ((30, 0.95, 0.99), (90, 0.6, 0.75)):
+        disc = (yy - 30) ** 2 + (xx - cx) ** 2 <= 12**2
+        prob[1][disc] = material
+        prob[0][disc] = centre * np.exp(-((yy - 30) ** 2 + (xx - cx) ** 2) / 40.0)[disc]
+    params = NucleusThresholds(centre_threshold=0.5, material_threshold=0.3, min_area_px=20)
+    both = instances_from_probabilities(prob, params)
+    assert both.max() == 2
+    kept = instances_from_probabilities(prob, dataclasses.replace(params, min_nucleus_score=0.5))
+    assert kept.max() == 1 and kept[30, 30] == 1 and kept[30, 90] == 0
+    np.testing.assert_array_equal(kept == 1, both == both[30, 30])
+    assert ndi.label(both > 0)[1] == 2
+
+
+def test_centre_surface_weight_puts_the_border_in_the_centre_valley() -> None:
+    """Two touching nuclei whose material map dips inside the larger one (pale chromatin, at
+    column 45) rather than where they meet (column 52, the valley between the two centres):
+    flooding the material alone puts the border in the dip; with the centre map in the surface it
+    follows the centres' valley. Weight 0 is the material flood exactly."""
+    yy, xx = np.mgrid[:60, :100]
+    prob = np.zeros((2, 60, 100), dtype=np.float32)
+    nuclei = (np.hypot(yy - 30, xx - 30) <= 22) | (np.hypot(yy - 30, xx - 64) <= 12)
+    prob[1][nuclei] = (0.95 - 0.3 * np.exp(-((xx - 45) ** 2) / 8.0))[nuclei]
+    prob[0] = np.maximum(
+        np.clip(1 - np.hypot(yy - 30, xx - 30) / 22, 0, 1), np.clip(1 - np.hypot(yy - 30, xx - 64) / 12, 0, 1)
+    )
+    params = NucleusThresholds(centre_threshold=0.6, material_threshold=0.5, min_area_px=20)
+
+    def border(labels: np.ndarray) -> int:
+        row = labels[30]
+        return int(np.nonzero((row[:-1] != row[1:]) & (row[:-1] > 0) & (row[1:] > 0))[0][0])
+
+    flat = instances_from_probabilities(prob, params)
+    weighted = instances_from_probabilities(prob, dataclasses.replace(params, centre_surface_weight=2.0))
+    assert flat.max() == weighted.max() == 2
+    assert abs(border(flat) - 45) <= 1 and abs(border(weighted) - 52) <= 1
+    np.testing.assert_array_equal(
+        instances_from_probabilities(prob, dataclasses.replace(params, centre_surface_weight=0.0)), flat
+    )

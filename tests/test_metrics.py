@@ -125,3 +125,69 @@ def test_score_image_patches_and_summary():
     assert overall["dice"] == pytest.approx(2 / 3)
     assert overall["mae_percent"] == pytest.approx((1 / 4) / (2 / 4) * 100)
     assert overall["aji"] == pytest.approx(100 / 200)
+
+
+def test_error_classes_on_hand_made_labels() -> None:
+    """Each object lands in exactly one class: a match, a merge of two nuclei, a nucleus split in
+    two, a fragment (false positive) and a nucleus nobody found (miss)."""
+    from pipeline.evaluation.errors import error_counts
+
+    truth = np.zeros((40, 40), dtype=np.int32)
+    truth[2:8, 2:8] = 1  # matched exactly
+    truth[2:8, 12:16], truth[2:8, 16:20] = 2, 3  # two touching nuclei, found as one
+    truth[12:20, 2:12] = 4  # one nucleus, found as two halves
+    truth[30:36, 30:36] = 5  # not found
+    pred = np.zeros_like(truth)
+    pred[2:8, 2:8] = 10
+    pred[2:8, 12:20] = 11
+    pred[12:20, 2:7], pred[12:20, 7:12] = 12, 13
+    pred[25:27, 2:4] = 14  # a 4-px fragment over nothing
+    e = error_counts(truth, pred)
+    assert (e.matched, e.merged, e.split, e.false_positive, e.missed) == (1, 1, 1, 1, 1)
+    assert (e.n_true, e.n_pred) == (5, 5)
+    assert e.precision == 0.2 and e.recall == 0.2
+    assert e.areas == {"false_positive": [4], "missed": [36], "merged": [48], "split": [80]}
+    both = e + e
+    assert (both.false_positive, both.n_pred, both.areas["missed"]) == (2, 10, [36, 36])
+
+
+def test_errors_are_empty_for_a_perfect_segmentation_and_all_misses_for_none() -> None:
+    from pipeline.evaluation.errors import error_counts
+
+    lab = two_nuclei()
+    perfect = error_counts(lab, lab)
+    assert (perfect.matched, perfect.false_positive, perfect.missed, perfect.precision, perfect.recall) == (
+        2,
+        0,
+        0,
+        1.0,
+        1.0,
+    )
+    none = error_counts(lab, np.zeros_like(lab))
+    assert (none.matched, none.missed, none.recall, none.areas["missed"]) == (0, 2, 0.0, [20, 20])
+
+
+def test_evaluate_errors_flag_prints_and_writes_the_error_table(tmp_path, capsys) -> None:
+    import json
+
+    import tifffile
+
+    from pipeline.cli.evaluate import main
+
+    truth = two_nuclei()
+    pred = truth.copy()
+    pred[16:19, 16:19] = 7  # a false positive of 9 px
+    (tmp_path / "pred").mkdir()
+    (tmp_path / "truth").mkdir()
+    tifffile.imwrite(tmp_path / "pred" / "img_labels.tif", pred)
+    tifffile.imwrite(tmp_path / "truth" / "img_labels.tif", truth)
+    out = tmp_path / "scores" / "val"
+    assert (
+        main(["--pred", str(tmp_path / "pred"), "--truth", str(tmp_path / "truth"), "--errors", "--out", str(out)]) == 0
+    )
+    printed = capsys.readouterr().out
+    assert "errors at IoU 0.5" in printed and "false_positive" in printed
+    doc = json.loads((tmp_path / "scores" / "val_errors.json").read_text())
+    assert doc["overall"]["false_positive"] == 1 and doc["overall"]["matched"] == 2
+    assert doc["overall"]["sizes"]["false_positive"] == [1, 0, 0, 0, 0]  # under 100 px
+    assert doc["images"]["img"]["precision"] == 2 / 3

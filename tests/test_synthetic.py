@@ -148,3 +148,23 @@ def test_hed_jitter_identity_and_range():
     assert np.allclose(hed_jitter(rgb, Midpoint()), np.clip(rgb, 1 / 255, 1), atol=1e-5)
     out = hed_jitter(rgb, np.random.default_rng(0))
     assert out.min() >= 0 and out.max() <= 1
+
+
+def test_distance_centre_target_peaks_inside_each_nucleus_and_falls_to_zero_between():
+    """The distance target: 1 at each nucleus' innermost pixels, 0 on its boundary and outside, so
+    two touching nuclei meet in a valley; its cores (≥ 0.5) are the core target's."""
+    labels = np.zeros((40, 60), dtype=np.int32)
+    yy, xx = np.mgrid[:40, :60]
+    labels[np.hypot(yy - 20, xx - 15) <= 9] = 1
+    labels[(np.hypot(yy - 20, xx - 32) <= 9) & (labels == 0)] = 2  # touches nucleus 1
+    dist = training_targets(labels, centre="distance")[0]
+    core = training_targets(labels)[0]
+    assert dist.min() == 0.0 and dist.max() == 1.0
+    assert (dist[labels == 0] == 0).all()
+    for k in (1, 2):
+        assert dist[labels == k].max() == 1.0
+    contact = labels[20, 23:26]  # the row through both centres crosses from 1 to 2 here
+    assert set(contact) == {1, 2} and dist[20, 23:26].max() <= 0.25
+    np.testing.assert_array_equal(dist >= 0.5, core > 0)
+    with pytest.raises(ValueError, match="centre target"):
+        training_targets(labels, centre="ring")

@@ -40,21 +40,30 @@ def instance_boundaries(labels: np.ndarray, touching_only: bool = False) -> np.n
     return edge & (labels > 0)
 
 
-def training_targets(labels: np.ndarray, touching_gap: bool = False) -> np.ndarray:
-    """2×H×W float32 targets (centre core, material) from int instance labels."""
+def training_targets(labels: np.ndarray, touching_gap: bool = False, centre: str = "core") -> np.ndarray:
+    """2×H×W float32 targets (centre, material) from int instance labels. The centre target is
+    each nucleus' inner core (``"core"``: 1 where the distance to its boundary is at least
+    :data:`CORE_FRACTION` of its largest, else 0) or that distance itself (``"distance"``: the
+    distance over the nucleus' largest, 1 at its innermost pixels, falling to 0 at its boundary),
+    whose valleys between touching nuclei the watershed can follow."""
     material = labels > 0
     inner = material & ~instance_boundaries(labels)
     dist = ndi.distance_transform_edt(inner) + inner  # boundary pixels 0, the next ring ≥ 1 …
     n = int(labels.max())
-    centre = np.zeros(labels.shape, dtype=bool)
+    if centre not in ("core", "distance"):
+        raise ValueError(f"centre target must be 'core' or 'distance', not {centre!r}")
+    target = np.zeros(labels.shape, dtype=np.float32)
     if n > 0:
         peak = np.zeros(n + 1)
         peak[1:] = ndi.maximum(dist, labels, np.arange(1, n + 1))
-        need = np.maximum(CORE_FRACTION * peak, CORE_MIN_DISTANCE)
-        centre = material & (dist >= need[labels]) & (dist > 0)
+        if centre == "distance":
+            target = np.where(material, dist / np.maximum(peak, 1.0)[labels], 0.0).astype(np.float32)
+        else:
+            need = np.maximum(CORE_FRACTION * peak, CORE_MIN_DISTANCE)
+            target = (material & (dist >= need[labels]) & (dist > 0)).astype(np.float32)
     if touching_gap:
         material = material & ~instance_boundaries(labels, touching_only=True)
-    return np.stack([centre, material]).astype(np.float32)
+    return np.stack([target, material.astype(np.float32)])
 
 
 _HED_RGB = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])  # Ruifrok & Johnston
@@ -79,9 +88,11 @@ def augment_patch(
     scale_range: tuple[float, float] = (0.8, 1.25),
     p_blur: float = 0.25,
     p_stain: float = 0.8,
+    p_elastic: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A random ``size``×``size`` training patch from a normalised float image and its labels:
-    random scale (bilinear image, nearest labels), rotation by 90°, flip, HED jitter, blur."""
+    random scale (bilinear image, nearest labels), rotation by 90°, flip, elastic deformation,
+    HED jitter, blur."""
     s = rng.uniform(*scale_range)
     src = min(int(round(size / s)), rgb.shape[0], rgb.shape[1])
     r = int(rng.integers(0, rgb.shape[0] - src + 1))
@@ -97,9 +108,27 @@ def augment_patch(
     if rng.random() < 0.5:
         img, lab = img[:, ::-1], lab[:, ::-1]
     img = np.ascontiguousarray(img, dtype=np.float32)
+    if p_elastic > 0 and rng.random() < p_elastic:
+        img, lab = elastic_deform(img, np.ascontiguousarray(lab), rng)
     if rng.random() < p_stain:
         img = hed_jitter(img, rng)
     if rng.random() < p_blur:
         sigma = rng.uniform(0.3, 1.2)
         img = ndi.gaussian_filter(img, (sigma, sigma, 0))
     return img, np.ascontiguousarray(lab, dtype=np.int32)
+
+
+def elastic_deform(
+    rgb: np.ndarray, labels: np.ndarray, rng: np.random.Generator, alpha_px: float = 6.0, sigma_px: float = 12.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """A smooth random displacement field (Simard et al. 2003): white noise blurred by ``sigma_px``,
+    scaled to a typical displacement of ``alpha_px``; bilinear image, nearest labels, edges
+    mirrored. Nuclei bend and stretch a little, as tissue does under the coverslip."""
+    h, w = labels.shape
+    field = ndi.gaussian_filter(rng.standard_normal((2, h, w)), (0, sigma_px, sigma_px), mode="reflect")
+    field *= alpha_px / max(float(field.std()), 1e-6)
+    rows, cols = np.meshgrid(np.arange(h, dtype=np.float32), np.arange(w, dtype=np.float32), indexing="ij")
+    coords = np.stack([rows + field[0], cols + field[1]])
+    img = np.stack([ndi.map_coordinates(rgb[..., c], coords, order=1, mode="mirror") for c in range(3)], axis=-1)
+    lab = ndi.map_coordinates(labels, coords, order=0, mode="mirror")
+    return img.astype(np.float32), lab.astype(labels.dtype)

@@ -47,8 +47,10 @@ class TrainConfig:
     weight_decay: float = 1e-4
     warmup_steps: int = 100
     synthetic_fraction: float = 0.25  # share of each batch that is synthetic (0 = real only)
+    elastic: float = 0.0  # probability of an elastic deformation of a real patch
     centre_weight: float = 1.0  # loss weight of the centre channel relative to the material
     touching_gap: bool = False  # material target without the pixels where two nuclei touch
+    centre_target: str = "core"  # core | distance (pipeline.training.targets.training_targets)
     seed: int = 0
     threads: int = 2  # torch CPU threads
     device: str = "auto"  # auto | cpu | cuda
@@ -119,8 +121,8 @@ class PatchSampler:
             img, lab = synthetic_patch(self.images[k], self.labels[k], rng, self.synth)
             img, lab = augment_patch(img, lab, self.cfg.patch, rng, scale_range=(1.0, 1.0))
         else:
-            img, lab = augment_patch(self.images[k], self.labels[k], self.cfg.patch, rng)
-        return img.transpose(2, 0, 1), training_targets(lab, self.cfg.touching_gap)
+            img, lab = augment_patch(self.images[k], self.labels[k], self.cfg.patch, rng, p_elastic=self.cfg.elastic)
+        return img.transpose(2, 0, 1), training_targets(lab, self.cfg.touching_gap, self.cfg.centre_target)
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng([self.cfg.seed, step])
@@ -129,7 +131,12 @@ class PatchSampler:
 
 
 def fixed_validation_patches(
-    images: list[np.ndarray], labels: list[np.ndarray], n: int, size: int, touching_gap: bool = False
+    images: list[np.ndarray],
+    labels: list[np.ndarray],
+    n: int,
+    size: int,
+    touching_gap: bool = False,
+    centre_target: str = "core",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` fixed crops of the validation images (no augmentation) for the loss curve."""
     rng = np.random.default_rng(12345)
@@ -139,7 +146,7 @@ def fixed_validation_patches(
         r = int(rng.integers(0, img.shape[0] - size + 1))
         c = int(rng.integers(0, img.shape[1] - size + 1))
         xs.append(img[r : r + size, c : c + size].transpose(2, 0, 1))
-        ys.append(training_targets(lab[r : r + size, c : c + size], touching_gap))
+        ys.append(training_targets(lab[r : r + size, c : c + size], touching_gap, centre_target))
     return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
 
 
@@ -165,6 +172,73 @@ def save_atomic(obj: Any, path: Path) -> None:
         torch.save(obj, tmp)
 
 
+def _start_weights(
+    net: NucleusUNet, opt: torch.optim.Optimizer, cfg: TrainConfig, device: torch.device
+) -> tuple[int, float]:
+    """Resume from ``OUT/checkpoint.pt`` (weights, optimizer, step, seconds spent), else start from
+    ``init_from`` when it is a checkpoint or snapshot; returns (step, seconds already spent)."""
+    ckpt_path = Path(cfg.out) / "checkpoint.pt"
+    if ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location=device, weights_only=True)
+        if state["config"]["unet"] != cfg.unet().as_dict():
+            raise SystemExit(f"{ckpt_path} was trained with another network: {state['config']['unet']}")
+        net.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        print(f"resumed from {ckpt_path} at step {int(state['step'])}", flush=True)
+        return int(state["step"]), float(state["train_seconds"])
+    if cfg.init_from and not cfg.init_from.endswith(".onnx"):
+        init = torch.load(cfg.init_from, map_location=device, weights_only=True)
+        if init["config"]["unet"] != cfg.unet().as_dict():
+            raise SystemExit(f"{cfg.init_from} has another network: {init['config']['unet']}")
+        net.load_state_dict(init["model"])
+        print(f"initialised from {cfg.init_from} (its step {init['step']})", flush=True)
+    return 0, 0.0
+
+
+def _weights_from_onnx(net: NucleusUNet, cfg: TrainConfig, sampler: PatchSampler, device: torch.device) -> None:
+    """Start from an exported model (the model of record), its batch-norm statistics measured on
+    training batches of a seed no training step uses."""
+    from pipeline.training.from_onnx import unet_from_onnx
+
+    measure = PatchSampler(sampler.images, sampler.labels, dataclasses.replace(cfg, seed=cfg.seed + 1000))
+    batches = (measure.batch(k)[0] for k in range(20))
+    net.load_state_dict(unet_from_onnx(Path(cfg.init_from), batches, cfg.unet()).state_dict())
+    net.to(device)
+    print(f"initialised from {cfg.init_from} (batch norm measured on 20×{cfg.batch} patches)", flush=True)
+
+
+def _training_data(cfg: TrainConfig) -> tuple[PatchSampler, torch.Tensor, torch.Tensor]:
+    """The training batches' sampler and the fixed validation patches (inputs, targets)."""
+    t_load = time.time()
+    cache = Path(cfg.cache) if cfg.cache else None
+    train_set = load_monuseg(Path(cfg.data), TRAINING_IMAGES, cache)
+    val_set = load_monuseg(Path(cfg.data), VALIDATION_IMAGES, cache)
+    sampler = PatchSampler([normalised_rgb(a.rgb) for a in train_set], [a.labels for a in train_set], cfg)
+    vx, vy = fixed_validation_patches(
+        [normalised_rgb(a.rgb) for a in val_set],
+        [a.labels for a in val_set],
+        cfg.val_patches,
+        cfg.patch,
+        cfg.touching_gap,
+        cfg.centre_target,
+    )
+    print(
+        f"data: {len(train_set)} training / {len(val_set)} validation images ({time.time() - t_load:.0f} s); "
+        f"{cfg.steps} steps of {cfg.batch}×{cfg.patch}²",
+        flush=True,
+    )
+    return sampler, vx, vy
+
+
+def _validation_loss(net: NucleusUNet, vx: torch.Tensor, vy: torch.Tensor, cfg: TrainConfig) -> float:
+    device = next(net.parameters()).device
+    net.eval()
+    with torch.no_grad():
+        value = float(loss_fn(net(vx.to(device)), vy.to(device), cfg.centre_weight))
+    net.train()
+    return value
+
+
 def train(cfg: TrainConfig) -> Path:
     """Run (or resume) training; returns the path of the final checkpoint."""
     torch.set_num_threads(cfg.threads)
@@ -175,38 +249,12 @@ def train(cfg: TrainConfig) -> Path:
     torch.manual_seed(cfg.seed)
     net = NucleusUNet(cfg.unet()).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    step, elapsed_before = 0, 0.0
-    if ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=device, weights_only=True)
-        if state["config"]["unet"] != cfg.unet().as_dict():
-            raise SystemExit(f"{ckpt_path} was trained with another network: {state['config']['unet']}")
-        net.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        step, elapsed_before = int(state["step"]), float(state["train_seconds"])
-        print(f"resumed from {ckpt_path} at step {step}", flush=True)
-    elif cfg.init_from:
-        init = torch.load(cfg.init_from, map_location=device, weights_only=True)
-        if init["config"]["unet"] != cfg.unet().as_dict():
-            raise SystemExit(f"{cfg.init_from} has another network: {init['config']['unet']}")
-        net.load_state_dict(init["model"])
-        print(f"initialised from {cfg.init_from} (its step {init['step']})", flush=True)
+    step, elapsed_before = _start_weights(net, opt, cfg, device)
     (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
-
-    t_load = time.time()
-    cache = Path(cfg.cache) if cfg.cache else None
-    train_set = load_monuseg(Path(cfg.data), TRAINING_IMAGES, cache)
-    val_set = load_monuseg(Path(cfg.data), VALIDATION_IMAGES, cache)
-    train_imgs = [normalised_rgb(a.rgb) for a in train_set]
-    val_imgs = [normalised_rgb(a.rgb) for a in val_set]
-    sampler = PatchSampler(train_imgs, [a.labels for a in train_set], cfg)
-    vx, vy = fixed_validation_patches(
-        val_imgs, [a.labels for a in val_set], cfg.val_patches, cfg.patch, cfg.touching_gap
-    )
-    print(
-        f"data: {len(train_set)} training / {len(val_set)} validation images "
-        f"({time.time() - t_load:.0f} s); device {device}; {cfg.steps} steps of {cfg.batch}×{cfg.patch}²",
-        flush=True,
-    )
+    sampler, vx, vy = _training_data(cfg)
+    if step == 0 and cfg.init_from.endswith(".onnx"):
+        _weights_from_onnx(net, cfg, sampler, device)
+    print(f"device {device}", flush=True)
 
     def state_dict() -> dict[str, Any]:
         return {
@@ -218,11 +266,7 @@ def train(cfg: TrainConfig) -> Path:
         }
 
     stop_requested: list[int] = []
-
-    def request_stop(signum: int, _frame: Any) -> None:
-        stop_requested.append(signum)
-
-    signal.signal(signal.SIGTERM, request_stop)  # `kill PID`: finish the step, checkpoint, exit
+    signal.signal(signal.SIGTERM, lambda signum, _frame: stop_requested.append(signum))  # `kill PID`: checkpoint, exit
     t0 = time.time()
     start_step = step
     last_ckpt = time.time()
@@ -233,33 +277,27 @@ def train(cfg: TrainConfig) -> Path:
         for g in opt.param_groups:
             g["lr"] = learning_rate(cfg, step)
         x, y = sampler.batch(step)
-        x, y = x.to(device), y.to(device)
-        loss = loss_fn(net(x), y, cfg.centre_weight)
+        loss = loss_fn(net(x.to(device)), y.to(device), cfg.centre_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         step += 1
-        value = loss.item()
-        running = 0.9 * running + 0.1 * value if step > start_step + 1 else value
+        running = 0.9 * running + 0.1 * loss.item() if step > start_step + 1 else loss.item()
         record: dict[str, Any] = {}
         if step % cfg.log_every == 0:
             spent = elapsed_before + time.time() - t0
             record = {"step": step, "loss": round(running, 4), "lr": learning_rate(cfg, step), "seconds": round(spent)}
             record["s_per_step"] = round((time.time() - t0) / max(step - start_step, 1), 2)
         if step % cfg.val_every == 0 or step == cfg.steps:
-            net.eval()
-            with torch.no_grad():
-                vl = float(loss_fn(net(vx.to(device)), vy.to(device), cfg.centre_weight))
-            net.train()
+            vl = _validation_loss(net, vx, vy, cfg)
             record.update({"step": step, "val_loss": round(vl, 4), "seconds": round(elapsed_before + time.time() - t0)})
         if record:
             print(json.dumps(record), flush=True)
             log.write(json.dumps(record) + "\n")
             log.flush()
         if step % cfg.snapshot_every == 0 or step == cfg.steps:
-            save_atomic(
-                {"model": net.state_dict(), "step": step, "config": state_dict()["config"]}, out / f"step_{step:06d}.pt"
-            )
+            snapshot = {"model": net.state_dict(), "step": step, "config": state_dict()["config"]}
+            save_atomic(snapshot, out / f"step_{step:06d}.pt")
         timed_out = (
             (cfg.max_minutes > 0 and time.time() - t0 > cfg.max_minutes * 60)
             or step == cfg.stop_at

@@ -42,6 +42,8 @@ GRID: dict[str, tuple[float, ...]] = {
     "centre_weak_threshold": (0.1, 0.2, 0.3, 0.4, 1.0),
     "centre_sigma": (0.5, 1.0, 2.0, 3.0),
     "min_area_px": (20, 30, 45, 60, 80, 100, 130),
+    "min_nucleus_score": (0.0, 0.4, 0.5, 0.55, 0.6, 0.65, 0.7),
+    "centre_surface_weight": (0.0, 0.5, 1.0, 2.0),
 }
 START = NucleusThresholds(
     centre_sigma=1.0, centre_threshold=0.25, material_sigma=0.5, material_threshold=0.5, min_area_px=20
