@@ -212,6 +212,51 @@ def _check_verdict_row(
     return wsi, verdict, comment
 
 
+def _sheet_kind(path: Path, header: list[str], problems: list[str]) -> str | None:
+    """ "patch" for a patch review sheet, "wsi" for WSI verdicts, else None (with the problem)."""
+    if WSI_ID not in header:
+        problems.append(f"{path}: no {WSI_ID} column (header: {', '.join(header) or 'empty'})")
+        return None
+    if ADEQUATE in header and PATCH_INDEX in header:
+        return "patch"
+    if WSI_UNACCEPTABLE in header:
+        return "wsi"
+    problems.append(
+        f"{path}: neither a patch review sheet ({WSI_ID}, {PATCH_INDEX}, {ADEQUATE}) "
+        f"nor WSI verdicts ({WSI_ID}, {WSI_UNACCEPTABLE}, {WSI_COMMENT})"
+    )
+    return None
+
+
+def _read_sheet_rows(
+    path: Path,
+    reader: csv.DictReader,
+    kind: str,
+    known_slides: set[str],
+    patches: Mapping[str, Mapping[int, tuple[int, int]]],
+    patch_reviews: list[PatchReview],
+    verdicts: list[WsiVerdict],
+    problems: list[str],
+) -> None:
+    """Check one sheet's rows, appending each answered one to ``patch_reviews`` or ``verdicts``
+    and each bad one's problem to ``problems``."""
+    seen: dict[tuple[str, int] | str, tuple[str, int]] = {}
+    for row in reader:
+        where = f"{path.name} line {reader.line_num}"
+        if None in row:
+            problems.append(f"{where}: more fields than the header has")
+            continue
+        clean = {k: unguard_cell(v or "").strip() for k, v in row.items()}
+        if kind == "patch":
+            review = _check_patch_row(clean, where, reader.line_num, known_slides, patches, seen, problems)
+            if review is not None:
+                patch_reviews.append(PatchReview(*review, source=path.name))
+        else:
+            verdict = _check_verdict_row(clean, where, reader.line_num, known_slides, seen, problems)
+            if verdict is not None:
+                verdicts.append(WsiVerdict(*verdict, source=path.name))
+
+
 def parse_reviews(
     paths: Iterable[Path],
     patches: Mapping[str, Mapping[int, tuple[int, int]]],
@@ -233,8 +278,7 @@ def parse_reviews(
     problems: list[str] = []
     patch_reviews: list[PatchReview] = []
     verdicts: list[WsiVerdict] = []
-    for path in paths:
-        path = Path(path)
+    for path in map(Path, paths):
         try:
             text = review_text(path)
         except OSError as exc:
@@ -247,35 +291,11 @@ def parse_reviews(
             reader = csv.DictReader(f, delimiter=sheet_delimiter(text))
             header = [h.strip() for h in (reader.fieldnames or [])]
             reader.fieldnames = header
-            if WSI_ID not in header:
-                problems.append(f"{path}: no {WSI_ID} column (header: {', '.join(header) or 'empty'})")
+            kind = _sheet_kind(path, header, problems)
+            if kind is None:
                 continue
-            if ADEQUATE in header and PATCH_INDEX in header:
-                kind = "patch"
-            elif WSI_UNACCEPTABLE in header:
-                kind = "wsi"
-            else:
-                problems.append(
-                    f"{path}: neither a patch review sheet ({WSI_ID}, {PATCH_INDEX}, {ADEQUATE}) "
-                    f"nor WSI verdicts ({WSI_ID}, {WSI_UNACCEPTABLE}, {WSI_COMMENT})"
-                )
-                continue
-            seen: dict[tuple[str, int] | str, tuple[str, int]] = {}
             try:
-                for row in reader:
-                    where = f"{path.name} line {reader.line_num}"
-                    if None in row:
-                        problems.append(f"{where}: more fields than the header has")
-                        continue
-                    clean = {k: unguard_cell(v or "").strip() for k, v in row.items()}
-                    if kind == "patch":
-                        review = _check_patch_row(clean, where, reader.line_num, known_slides, patches, seen, problems)
-                        if review is not None:
-                            patch_reviews.append(PatchReview(*review, source=path.name))
-                    else:
-                        verdict = _check_verdict_row(clean, where, reader.line_num, known_slides, seen, problems)
-                        if verdict is not None:
-                            verdicts.append(WsiVerdict(*verdict, source=path.name))
+                _read_sheet_rows(path, reader, kind, known_slides, patches, patch_reviews, verdicts, problems)
             except csv.Error as exc:
                 problems.append(f"{path}: not a readable CSV ({exc})")
     if problems:

@@ -252,16 +252,7 @@ def decide_scale(
     its source, when the slide is too coarse to segment nuclei."""
     flags: list[str] = []
     notes: list[str] = []
-    res = slide.resolution
-    if manifest_mpp:
-        mpp, source, field = float(manifest_mpp), "manifest", "manifest mpp column"
-    elif res is not None:
-        mpp, source, field = res.mpp, "slide", res.field
-        if not res.square:
-            flags.append("non_square_pixels")
-            notes.append(f"non-square pixels ({res.describe()}); segmented at the x spacing")
-    else:
-        mpp, source, field = float("nan"), "", None
+    mpp, source, field = _stated_scale(manifest_mpp, slide, flags, notes)
     stated = source in ("manifest", "slide")
     pending = stated and estimate and check_later and not prefer_estimate
     found = None
@@ -288,19 +279,7 @@ def decide_scale(
         if prefer_estimate:
             mpp, source, field = found.mpp, "estimate", None
     scale = SlideScale(mpp, source, field, found, tuple(flags), tuple(notes), pending)
-    if mpp > max_mpp:
-        raise ValueError(f"{scale.describe()} is too coarse to segment nuclei (limit {max_mpp})")
-    length_mm = max(slide.level_dimensions[0]) * mpp / 1000
-    if length_mm > MAX_SLIDE_MM:
-        raise ValueError(
-            f"{scale.describe()} makes the slide {length_mm:,.0f} mm long ({max(slide.level_dimensions[0]):,} px), "
-            f"longer than any glass slide ({MAX_SLIDE_MM:.0f} mm): is the resolution right?"
-        )
-    if mpp < FINEST_SCANNER_MPP:  # an estimate this fine was dropped above: a stated value
-        raise ValueError(
-            f"{scale.describe()} is finer than any slide scanner's (limit {FINEST_SCANNER_MPP}): a mistake? "
-            f"(segmenting at it would read {model.mpp / mpp:.0f}× each tile's side); give the right mpp in the manifest"
-        )
+    _refuse_impossible(scale, max(slide.level_dimensions[0]), model.mpp, max_mpp)
     if mpp > low_resolution_mpp:
         flags.append("low_resolution")
         notes.append(
@@ -310,6 +289,41 @@ def decide_scale(
     for note in notes:
         warnings.warn(f"{slide_id}: {note}", stacklevel=2)
     return scale
+
+
+def _stated_scale(
+    manifest_mpp: float | None, slide: Slide, flags: list[str], notes: list[str]
+) -> tuple[float, str, str | None]:
+    """(mpp, source, field) stated by the manifest, else by the slide's metadata (flagging
+    non-square pixels), else (nan, "", None)."""
+    res = slide.resolution
+    if manifest_mpp:
+        return float(manifest_mpp), "manifest", "manifest mpp column"
+    if res is None:
+        return float("nan"), "", None
+    if not res.square:
+        flags.append("non_square_pixels")
+        notes.append(f"non-square pixels ({res.describe()}); segmented at the x spacing")
+    return res.mpp, "slide", res.field
+
+
+def _refuse_impossible(scale: SlideScale, long_side_px: int, model_mpp: float, max_mpp: float) -> None:
+    """Raise ValueError, naming the value and its source, for a resolution no slide can be
+    segmented at: too coarse, making the slide longer than a glass slide, or finer than any scanner."""
+    mpp = scale.mpp
+    if mpp > max_mpp:
+        raise ValueError(f"{scale.describe()} is too coarse to segment nuclei (limit {max_mpp})")
+    length_mm = long_side_px * mpp / 1000
+    if length_mm > MAX_SLIDE_MM:
+        raise ValueError(
+            f"{scale.describe()} makes the slide {length_mm:,.0f} mm long ({long_side_px:,} px), "
+            f"longer than any glass slide ({MAX_SLIDE_MM:.0f} mm): is the resolution right?"
+        )
+    if mpp < FINEST_SCANNER_MPP:  # an estimate this fine was dropped before: a stated value
+        raise ValueError(
+            f"{scale.describe()} is finer than any slide scanner's (limit {FINEST_SCANNER_MPP}): a mistake? "
+            f"(segmenting at it would read {model_mpp / mpp:.0f}× each tile's side); give the right mpp in the manifest"
+        )
 
 
 def plausible_estimate(found: ScaleEstimate | None, notes: list[str]) -> ScaleEstimate | None:

@@ -119,14 +119,10 @@ def _not_a_file(mode: int) -> str:
     return "a socket" if stat.S_ISSOCK(mode) else "not a regular file"
 
 
-def choose_reader(path: Path, preference: str = "auto") -> str:
-    """Name of the reader for ``path`` (a key of :data:`READERS`).
-
-    ``preference`` 'auto' picks the first reader that claims the file; any other value forces
-    that reader (for experts and tests).
-    """
+def _stat_slide(path: Path) -> os.stat_result:
+    """``path``'s status, or a SlideError saying why there is no slide file there."""
     try:
-        st = path.stat()
+        return path.stat()
     except UnicodeEncodeError:
         raise SlideError(
             f"the file name {str(path)!r} cannot be encoded in this process's file name encoding "
@@ -141,13 +137,27 @@ def choose_reader(path: Path, preference: str = "auto") -> str:
         if exc.errno in (errno.ENOENT, errno.ENOTDIR):
             raise SlideError(f"file not found: {path}") from None
         raise SlideError(f"cannot be read: {path} ({exc.strerror})") from None
+
+
+def _check_slide_file(path: Path, st: os.stat_result) -> None:
+    """Refuse what cannot be a slide before any reader opens it: a folder without DICOM files, a
+    FIFO or device (opening a FIFO would wait for a writer; a device never ends), an empty file."""
     if stat.S_ISDIR(st.st_mode):
         if not any(dicom.is_dicom_file(p) for p in path.iterdir()):
             raise SlideError(f"a folder that holds no DICOM files is not a slide: {path}")
-    elif not stat.S_ISREG(st.st_mode):  # opening a FIFO would wait for a writer; a device never ends
+    elif not stat.S_ISREG(st.st_mode):
         raise SlideError(f"{_not_a_file(st.st_mode)}, not a slide file: {path}")
     elif st.st_size == 0 and not openslide.scanner_format(path, b""):  # a MIRAX slide's data is in its folder
         raise SlideError(f"empty file: {path}")
+
+
+def choose_reader(path: Path, preference: str = "auto") -> str:
+    """Name of the reader for ``path`` (a key of :data:`READERS`).
+
+    ``preference`` 'auto' picks the first reader that claims the file; any other value forces
+    that reader (for experts and tests).
+    """
+    _check_slide_file(path, _stat_slide(path))
     if preference != "auto":
         return preference
     signature = file_signature(path)
