@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import sys
 import time
 import uuid
 import warnings
@@ -80,19 +81,45 @@ class ModelPreload(WorkerPlugin):
         pass
 
 
-class QuietSlideFailures(WorkerPlugin):
-    """Worker plugin: a task that fails with a ``SlideError`` (a slide's own fault: missing,
-    truncated, unsupported) is not logged by the worker ("Compute Failed" with its traceback, seven
-    lines): the driver reports it in one line and records it in run.json and the slide's stats.json.
-    Any other exception is logged as before, its traceback included."""
+class WorkerConsole(WorkerPlugin):
+    """Worker plugin: what workers print is for a person reading the run's console.
 
-    name = "nuclei-quiet-slide-failures"
+    - A warning is one line, ``warning: <message>`` (the package's messages start with the
+      slide's id), without the Python source line that the default format echoes under it.
+    - A task that fails with a ``SlideError`` (a slide's own fault: missing, truncated,
+      unsupported) is not logged by the worker ("Compute Failed" with its traceback, seven lines):
+      the driver reports it in one line and records it in run.json and the slide's stats.json. Any
+      other exception is logged as before, its traceback included."""
+
+    name = "nuclei-worker-console"
 
     def setup(self, worker: Any) -> None:
+        self._showwarning = warnings.showwarning
+        warnings.showwarning = one_line_warning
         logging.getLogger("distributed.worker").addFilter(_not_a_slide_failure)
 
     def teardown(self, worker: Any) -> None:
+        warnings.showwarning = getattr(self, "_showwarning", warnings.showwarning)
         logging.getLogger("distributed.worker").removeFilter(_not_a_slide_failure)
+
+
+def one_line_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
+    """``warnings.showwarning`` as one line: ``warning: <message>`` for the package's own
+    warnings, ``warning: <category>: <message> (<file>:<line>)`` for another package's."""
+    own = Path(filename).resolve().is_relative_to(Path(__file__).resolve().parent)
+    text = f"warning: {message}" if own else f"warning: {category.__name__}: {message} ({filename}:{lineno})"
+    stream = file if file is not None else sys.stderr
+    try:
+        stream.write(text + "\n")
+    except (OSError, ValueError):  # a closed or broken stream: a warning never fails the run
+        pass
 
 
 def _not_a_slide_failure(record: logging.LogRecord) -> bool:
@@ -193,7 +220,7 @@ def run_slides(
     tile_resources = tile_task_resources(workers)
     try:
         client.register_plugin(ModelPreload(config), name=ModelPreload.name)
-        client.register_plugin(QuietSlideFailures(), name=QuietSlideFailures.name)
+        client.register_plugin(WorkerConsole(), name=WorkerConsole.name)
     except OSError as exc:  # a worker lost during the broadcast (CommClosedError): tasks load the model themselves
         warnings.warn(f"the model preload could not be registered on every worker ({exc}); going on", stacklevel=2)
     threads = sum(int(w.get("nthreads", 1)) for w in workers.values()) or 1

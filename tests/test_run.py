@@ -277,3 +277,22 @@ def test_many_failing_slides_are_summarised(tmp_path: Path, blob_model: Path) ->
     assert any(f"{n - 20} more failed" in line and "file not found" in line for line in lines), "\n".join(lines[-30:])
     run = json.loads((tmp_path / "out" / "run.json").read_text())
     assert all("file not found" in s["error"] for s in run["slides"].values())
+
+
+@pytest.mark.slow
+def test_the_console_gives_warnings_and_expected_failures_one_line_each(
+    cohort: Path, blob_model: Path, tmp_path: Path
+) -> None:
+    """A person reads the console: a warning about a slide is one `warning: <slide>: <message>`
+    line (no Python source echoed under it), a slide that is not there one FAILED line (no
+    "Compute Failed" block, no traceback)."""
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"slide_path,slide_id,mpp\n{cohort / 's0.svs'},coarse,0.7\n{tmp_path / 'nope.svs'},gone,\n")
+    result = run_cli(str(manifest), "--out", str(tmp_path / "out"), "--model", str(blob_model), "--no-qc")
+    console = result.stdout + result.stderr
+    assert result.returncode == 1, console
+    warning_lines = [line for line in console.splitlines() if "coarser than 0.6" in line]
+    assert warning_lines and all(line.startswith("warning: coarse: ") for line in warning_lines), console
+    assert "UserWarning: coarse" not in console and "decide_scale(" not in console, console
+    assert "Traceback" not in console and "Compute Failed" not in console, console
+    assert sum("gone" in line and "file not found" in line for line in console.splitlines()) >= 1, console

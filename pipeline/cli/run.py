@@ -15,6 +15,7 @@ import platform
 import signal
 import sys
 import time
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 from importlib import metadata
@@ -26,7 +27,7 @@ from pipeline.cli._console import safe_console
 from pipeline.cli._parser import CommandLineParser
 from pipeline.cluster import connect, dashboard_link, dashboard_message
 from pipeline.config import CHOICES, Config, load_config
-from pipeline.graph import SlideOutcome, run_slides
+from pipeline.graph import SlideOutcome, one_line_warning, run_slides
 from pipeline.io.outputs.contents import check_contents
 from pipeline.io.outputs.lock import OutputInUse, lock_output
 from pipeline.io.outputs.publish import (
@@ -364,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     faulthandler.enable()
     safe_console()
     stop_on_signals()
+    warnings.showwarning = one_line_warning  # the driver's own warnings, as the workers' (WorkerConsole)
     args = parse_args(argv)
     if args.example:
         from pipeline.cli.example import ExampleUnavailable, example_manifest
