@@ -118,3 +118,22 @@ def test_the_cycle_finder_finds_a_cycle(tmp_path, monkeypatch) -> None:
     (package / "d.py").write_text("import cyclic.a\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     assert import_cycles("cyclic") == [["cyclic.a", "cyclic.b", "cyclic.c"]]
+
+
+def test_every_package_names_its_public_api() -> None:
+    """Each package's __init__ says what is public (``__all__``), and every name there exists: an
+    attribute of the package or one of its modules."""
+    import importlib
+    import pkgutil
+
+    import pipeline
+
+    packages = ["pipeline"] + [
+        m.name for m in pkgutil.walk_packages(pipeline.__path__, "pipeline.") if m.ispkg and "weights" not in m.name
+    ]
+    for name in packages:
+        package = importlib.import_module(name)
+        assert hasattr(package, "__all__"), f"{name} has no __all__"
+        for public in package.__all__:
+            if not hasattr(package, public):
+                importlib.import_module(f"{name}.{public}")  # a public submodule

@@ -1,0 +1,2 @@
+# Public modules and subpackages.
+__all__ = ["annotations", "input_files", "outputs", "readers"]
