@@ -1,2 +1,2 @@
 # Public modules: pure array functions (numpy or cupy), one domain each.
-__all__ = ["artifacts", "dispatch", "features", "nuclei", "outlines", "stain", "tissue", "watershed"]
+__all__ = ["artifacts", "dispatch", "features", "nuclei", "outlines", "stain", "level_flood", "tissue"]

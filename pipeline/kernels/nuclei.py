@@ -127,11 +127,11 @@ def watershed_from_seeds(surface: Any, markers: Any, mask: Any, lone_after: int 
     in an order that depends on everything else it holds, and a pixel between two nuclei may go the
     other way (``tests/test_kernels.py``). Each basin's flood depends on that basin alone, so tiles
     of any size agree.
-    Device arrays: the level-bucketed flood of :mod:`pipeline.kernels.watershed`, per mask
+    Device arrays: the level-bucketed flood of :mod:`pipeline.kernels.level_flood`, per mask
     component, on the device.
     """
     if is_device_array(surface):
-        from pipeline.kernels.watershed import flood_components
+        from pipeline.kernels.level_flood import flood_components
 
         return flood_components(surface, markers, mask)
     seeds = np.where(mask, markers, 0).astype(np.int32, copy=False)
