@@ -8,8 +8,8 @@ import pytest
 import scipy.ndimage as ndi
 from skimage.segmentation import watershed
 
-from pipeline.kernels.nuclei import NucleusThresholds, seeds_from_centres, watershed_from_seeds
 from pipeline.kernels.level_flood import flood_components, flood_watershed
+from pipeline.kernels.nuclei import NucleusThresholds, seeds_from_centres, watershed_from_seeds
 
 MATCH_IOU = 0.9  # a nucleus matches scikit-image's at IoU ≥ 0.9 ...
 MATCH_SHARE = 0.99  # ... and at least 99 % of nuclei must match
