@@ -31,7 +31,7 @@ from distributed import WorkerPlugin
 
 from pipeline.cluster import GPU_RESOURCE, release_freed_heap, tune_allocator
 from pipeline.config import Config
-from pipeline.io.outputs.contents import check_contents
+from pipeline.io.outputs.contents import check_published
 from pipeline.io.outputs.publish import final_slide_dir, publish_failure, read_published_stats
 from pipeline.io.outputs.stats import failure_stats
 from pipeline.manifest import SlideEntry
@@ -114,8 +114,8 @@ class _InFlight:
 
 def published_as_planned(out_dir: Path, plan: SlidePlan) -> dict[str, Any] | None:
     """The stats of the slide's published folder when it is a complete result of ``plan``: ok,
-    this slide's, every file present with its recorded size and checksum, made from the plan's
-    inputs. None otherwise.
+    this slide's, every file it must hold present with its recorded size and checksum and its
+    nuclei counted right, made from the plan's inputs. None otherwise.
 
     A reduction's result can be lost after it published the slide (its worker dies before the
     driver fetches it); the scheduler then recomputes it, and the recomputation fails, its working
@@ -123,7 +123,7 @@ def published_as_planned(out_dir: Path, plan: SlidePlan) -> dict[str, Any] | Non
     stats = read_published_stats(out_dir, plan.slide_id)
     if stats is None or stats.get("status") != "ok" or stats.get("slide_id") != plan.slide_id:
         return None
-    if check_contents(final_slide_dir(out_dir, plan.slide_id), stats.get("outputs"), checksums=True):
+    if check_published(final_slide_dir(out_dir, plan.slide_id), stats, plan.config, checksums=True):
         return None
     if changed_inputs(stats.get("inputs"), plan.inputs):
         return None

@@ -201,3 +201,51 @@ def test_settings_without_bound_refuse_the_run_with_one_line(
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert code == 2 and len(lines) == 1 and named in lines[0], err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_a_tampered_record_is_not_trusted(tmp_path: Path, blob_model: Path) -> None:
+    """What a finished slide holds is the pipeline's to know, its counts the table's: a stats.json
+    that leaves out its nucleus table, or counts other nuclei than it holds, gets the slide redone
+    (before: "already complete" and 999,999 nuclei in the summary, with --verify-checksums too)."""
+    synthetic_slide_cohort(tmp_path, 2, 300, 300, seed=41, prefix="t")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"slide_path,slide_id\n{tmp_path}/t0.svs,t0\n{tmp_path}/t1.svs,t1\n")
+    args = [str(manifest), "--out", str(tmp_path / "out"), "--model", str(blob_model), "--tile-px", "256", "--no-qc"]
+    assert run_cli(*args).returncode == 0
+    slides = tmp_path / "out" / "slides"
+    reference = {s: output_digest(slides / s) for s in ("t0", "t1")}
+    counts = {s: json.loads((slides / s / "stats.json").read_text())["n_nuclei"] for s in ("t0", "t1")}
+
+    def tamper(slide: str, drop_table: bool) -> None:
+        path = slides / slide / "stats.json"
+        stats = json.loads(path.read_text())
+        if drop_table:
+            (slides / slide / "nuclei.parquet").unlink()
+            del stats["outputs"]["nuclei.parquet"]
+        stats["n_nuclei"] = 999999
+        path.write_text(json.dumps(stats, indent=2))
+
+    tamper("t0", drop_table=True)
+    tamper("t1", drop_table=False)
+    for extra in (["--verify-checksums"], []):
+        rerun = run_cli(*args, *extra)
+        assert rerun.returncode == 0, rerun.stderr[-3000:]
+        assert "0 already complete, 2 to process" in rerun.stderr, rerun.stderr[-3000:]
+        assert "redoing t0: nuclei.parquet is missing" in rerun.stderr
+        assert (
+            f"redoing t1: its stats.json counts 999,999 nuclei, nuclei.parquet holds {counts['t1']:,}" in rerun.stderr
+        )
+        assert "999,999" not in rerun.stdout and f"{counts['t0'] + counts['t1']:,} nuclei" in rerun.stdout
+        assert {s: output_digest(slides / s) for s in reference} == reference
+        tamper("t0", drop_table=False)  # the table kept, only its entry under outputs gone
+        stats = json.loads((slides / "t0" / "stats.json").read_text())
+        del stats["outputs"]["nuclei.parquet"]
+        stats["n_nuclei"] = counts["t0"]
+        (slides / "t0" / "stats.json").write_text(json.dumps(stats))
+        tamper("t1", drop_table=True)
+        final = run_cli(*args, *extra)
+        assert "redoing t0: its stats.json does not record nuclei.parquet" in final.stderr, final.stderr[-3000:]
+        assert "redoing t1: nuclei.parquet is missing" in final.stderr
+        tamper("t0", drop_table=True)
+        tamper("t1", drop_table=False)

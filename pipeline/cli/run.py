@@ -24,7 +24,7 @@ from pipeline.cli._parser import CommandLineParser
 from pipeline.cluster import connect, dashboard_link, dashboard_message
 from pipeline.config import CHOICES, Config, load_config
 from pipeline.graph import SlideOutcome, run_slides
-from pipeline.io.outputs.contents import check_contents
+from pipeline.io.outputs.contents import check_published
 from pipeline.io.outputs.lock import OutputInUse, lock_output
 from pipeline.io.outputs.publish import (
     atomic_write_json,
@@ -245,9 +245,10 @@ def split_done(
 ) -> tuple[list[SlideEntry], list[dict[str, Any]]]:
     """Slides still to do, and the stats of those already published (skipped).
 
-    A finished slide is skipped only while its folder still holds what its stats.json says was
-    published and the inputs it was made from are still those of its manifest row; otherwise it
-    is redone, with a line saying why. A slide whose file has gone since keeps its results.
+    A finished slide is skipped only while its folder still holds what every finished slide holds
+    (``required_outputs``) and what its stats.json says was published, its nucleus table as many
+    nuclei as its stats.json counts, and the inputs it was made from are still those of its
+    manifest row; otherwise it is redone, with a line saying why. A slide whose file has gone since keeps its results.
     """
     config = config or Config()
     todo, done = [], []
@@ -266,7 +267,7 @@ def split_done(
             continue
         reason = None
         if stats.get("status") == "ok":
-            reason = check_contents(final_slide_dir(out_dir, e.slide_id), stats.get("outputs"), checksums)
+            reason = check_published(final_slide_dir(out_dir, e.slide_id), stats, config, checksums)
             try:
                 current = slide_inputs(e.slide_path, e.mpp, model_sha256, config)
             except OSError:
