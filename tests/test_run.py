@@ -249,3 +249,133 @@ def test_a_tampered_record_is_not_trusted(tmp_path: Path, blob_model: Path) -> N
         assert "redoing t1: nuclei.parquet is missing" in final.stderr
         tamper("t0", drop_table=True)
         tamper("t1", drop_table=False)
+
+
+def error_lines(result: subprocess.CompletedProcess) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.startswith("error:")]
+
+
+def hidden_work(out: Path) -> list[str]:
+    """Working folders, scratch files and reserves left in a run's folder (its lock files aside)."""
+    return sorted(str(p.relative_to(out)) for p in out.rglob(".*") if p.name not in (".run.lock", ".lock"))
+
+
+@pytest.fixture(scope="module")
+def disk_cohort(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, dict[str, str]]]:
+    """Three slides whose outputs take ~0.6 MB each and whose QC ~11 MB, and their outputs made on
+    a disk with room (the reference a run on a full disk must end with)."""
+    folder = tmp_path_factory.mktemp("disk_cohort")
+    synthetic_slide_cohort(folder, 3, 1500, 1300, seed=7, prefix="d")
+    from pipeline.testing import build_blob_model
+
+    build_blob_model(folder / "blob.onnx")
+    result = run_cli(
+        str(folder / "manifest.csv"), "--out", str(folder / "ref"), "--model", str(folder / "blob.onnx"),
+        "--tile-px", "256",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return folder, {s: output_digest(folder / "ref" / "slides" / s) for s in ("d0", "d1", "d2")}
+
+
+@pytest.mark.slow
+def test_full_disk_ends_the_run_with_one_error_and_a_rerun_finishes(
+    disk_cohort: tuple[Path, dict[str, dict[str, str]]], tmp_path: Path
+) -> None:
+    """A real full disk (a small tmpfs): while slides are written, then while the QC is, the run
+    stops with one ``error:`` line, exit 2, a final run.json and no working folder left; once
+    space is freed the same command finishes with the outputs a roomy disk gives (before: a raw
+    traceback, run.json at "running" and hidden folders left; the QC's exit 0 with "QC tables and
+    report" printed and review sheets without patches)."""
+    folder, reference = disk_cohort
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1500k", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"a tmpfs cannot be mounted here: {mounted.stderr.decode().strip()}")
+    try:
+        out = disk / "out"
+        args = [
+            str(folder / "manifest.csv"),
+            "--out",
+            str(out),
+            "--model",
+            str(folder / "blob.onnx"),
+            "--tile-px",
+            "256",
+        ]
+        for size, stage in (("1500k", "slides"), ("4m", "qc")):
+            subprocess.run(["mount", "-o", f"remount,size={size}", str(disk)], check=True)
+            full = run_cli(*args)
+            assert full.returncode == 2, full.stderr[-3000:]
+            assert "Traceback (most recent call last)" not in full.stderr, full.stderr[-3000:]
+            errors = error_lines(full)
+            assert len(errors) == 1 and "the disk is full" in errors[0] and "rerun the same command" in errors[0]
+            assert "No space left on device" in errors[0]
+            run = json.loads((out / "run.json").read_text())
+            assert run["status"] == "error" and run["finished"] and "disk is full" in run["error"]
+            assert hidden_work(out) == []
+            assert "QC tables and report" not in full.stderr
+            if stage == "slides":
+                assert "FAILED" not in full.stderr  # no slide is blamed for the disk
+                assert not any((out / "slides" / s / "stats.json").exists() for s in ("d1", "d2"))
+            else:
+                assert "the QC tables could not be written" in errors[0]
+                assert all(run["slides"][s]["status"] == "ok" for s in ("d0", "d1", "d2"))
+        subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
+        rerun = run_cli(*args)
+        assert rerun.returncode == 0 and not error_lines(rerun), rerun.stderr[-3000:]
+        assert "QC tables and report" in rerun.stderr
+        assert json.loads((out / "run.json").read_text())["status"] == "ok"
+        assert {s: output_digest(out / "slides" / s) for s in reference} == reference
+        assert hidden_work(out) == []
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+ENOSPC_AFTER = """
+import errno, os
+import pipeline.slide.segment as segment
+
+_write, _calls = segment.write_tile_outputs, [0]
+
+
+def write_tile_outputs(*args, **kwargs):
+    _calls[0] += 1
+    if _calls[0] > int(os.environ["FILL_DISK_AFTER_TILES"]):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "scratch")
+    return _write(*args, **kwargs)
+
+
+segment.write_tile_outputs = write_tile_outputs
+"""
+
+
+@pytest.mark.slow
+def test_disk_filling_while_tiles_are_written_stops_the_run(
+    disk_cohort: tuple[Path, dict[str, dict[str, str]]], tmp_path: Path
+) -> None:
+    """As above where no tmpfs can be mounted: the worker's tile writes fail with ENOSPC after
+    its first 20 tiles (injected in the worker process through sitecustomize)."""
+    folder, reference = disk_cohort
+    (tmp_path / "inject").mkdir()
+    (tmp_path / "inject" / "sitecustomize.py").write_text(ENOSPC_AFTER)
+    out = tmp_path / "out"
+    args = [str(folder / "manifest.csv"), "--out", str(out), "--model", str(folder / "blob.onnx"), "--tile-px", "256"]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(tmp_path / "inject"), str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        "FILL_DISK_AFTER_TILES": "20",
+    }
+    full = subprocess.run(
+        [sys.executable, "-m", "pipeline.run", *args, "--no-progress", "--workers", "1", "--threads", "2"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, env=env,
+    )  # fmt: skip
+    assert full.returncode == 2, full.stderr[-3000:]
+    errors = error_lines(full)
+    assert len(errors) == 1 and "the disk is full" in errors[0] and "writing slide d" in errors[0], full.stderr[-3000:]
+    assert "FAILED" not in full.stderr and "QC tables and report" not in full.stderr
+    assert json.loads((out / "run.json").read_text())["status"] == "error"
+    assert hidden_work(out) == []
+    rerun = run_cli(*args)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert {s: output_digest(out / "slides" / s) for s in reference} == reference

@@ -27,7 +27,10 @@ from pipeline.graph import SlideOutcome, run_slides
 from pipeline.io.outputs.contents import check_published
 from pipeline.io.outputs.lock import OutputInUse, lock_output
 from pipeline.io.outputs.publish import (
+    DiskFull,
+    SpaceReserve,
     atomic_write_json,
+    disk_full,
     final_slide_dir,
     read_published_stats,
     remove_stale_partials,
@@ -76,11 +79,28 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-class RunRecord:
-    """run.json: config, versions, model, timings and per-slide status, rewritten atomically."""
+# Space held back for run.json's last writes (SpaceReserve), given back when the disk fills: its
+# size with every slide recorded (~300 bytes a slide, indented JSON) and room for the config.
+RECORD_RESERVE_BYTES = 64 * 1024
+RECORD_RESERVE_BYTES_PER_SLIDE = 512
 
-    def __init__(self, out_dir: Path, config: Config, manifest: str, model: dict[str, Any]) -> None:
+
+class RunRecord:
+    """run.json: config, versions, model, timings and per-slide status, rewritten atomically.
+
+    It holds space for its own last writes (a hidden reserve file beside it): a run that fills
+    the disk still ends with a final run.json."""
+
+    def __init__(self, out_dir: Path, config: Config, manifest: str, model: dict[str, Any], n_slides: int = 0) -> None:
         self.path = out_dir / "run.json"
+        try:
+            self.reserve: SpaceReserve | None = SpaceReserve(
+                out_dir, RECORD_RESERVE_BYTES + RECORD_RESERVE_BYTES_PER_SLIDE * n_slides
+            )
+        except OSError as exc:
+            if disk_full(exc):
+                raise DiskFull(f"{out_dir}: {exc} (before any slide was started)") from None
+            self.reserve = None  # a file system that cannot hold it: the run goes on without
         self.started = time.time()
         self.data: dict[str, Any] = {
             "manifest": manifest,
@@ -111,15 +131,30 @@ class RunRecord:
     def write(self, force: bool = False) -> None:
         if force or time.time() - self._last_write > 2.0:
             self.data["elapsed_seconds"] = round(time.time() - self.started, 2)
-            atomic_write_json(self.path, self.data)
+            try:
+                atomic_write_json(self.path, self.data)
+            except OSError as exc:
+                if disk_full(exc):
+                    raise DiskFull(f"{self.path}: {exc}") from None
+                raise
             self._last_write = time.time()
 
     def finish(self, status: str, error: str | None = None) -> None:
+        """The final record; on a full disk, written into the space held back for it."""
         self.data["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         self.data["status"] = status
         if error is not None:
             self.data["error"] = error
-        self.write(force=True)
+        try:
+            self.write(force=True)
+        except DiskFull:
+            if self.reserve is None:
+                raise
+            self.reserve.release()
+            self.reserve = None
+            self.write(force=True)
+        if self.reserve is not None:
+            self.reserve.release()
 
 
 class ConsoleProgress:
@@ -327,6 +362,8 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: rerun the same command to resume (finished slides are kept)", file=sys.stderr)
         return EXIT_SLIDES_FAILED
     print(summary_table(result.slides, result.seconds))
+    if result.error is not None:
+        print(f"error: {result.error}", file=sys.stderr)
     return result.exit_code
 
 
@@ -364,6 +401,7 @@ class CohortResult:
     slides: list[dict[str, Any]]
     skipped: frozenset[str]
     seconds: float
+    error: str | None = None  # why the run ended in error after its slides (its QC could not be written)
 
 
 def run_cohort(
@@ -415,7 +453,10 @@ def run_locked(
 ) -> CohortResult:
     """The run, once this process owns ``out_dir``."""
     todo, done = split_done(entries, out_dir, retry_failed, model["sha256"], config, verify_checksums)
-    record = RunRecord(out_dir, config, source, model)
+    try:
+        record = RunRecord(out_dir, config, source, model, len(entries))
+    except DiskFull as exc:
+        raise SetupError(disk_full_message(exc)) from None
     for stats in done:
         record.slide(stats["slide_id"], stats.get("status", "ok"), stats, stats.get("error"), skipped=True)
     print(
@@ -423,10 +464,15 @@ def run_locked(
         f"→ {out_dir.resolve()}",
         file=sys.stderr,
     )
-    record.write(force=True)
     started = time.time()
     try:
+        record.write(force=True)
         outcomes = process(todo, out_dir, config, record, client, bar)
+    except DiskFull as exc:
+        for e in todo:  # their working folders hold space, and show nothing finished
+            remove_stale_partials(out_dir, e.slide_id)
+        record.finish("error", disk_full_message(exc))
+        raise SetupError(disk_full_message(exc)) from None
     except SetupError as exc:
         record.finish("error", str(exc))
         raise
@@ -440,16 +486,30 @@ def run_locked(
     any_failed = any(r.get("status") != "ok" for r in rows)
     status = "failed slides" if any_failed else "ok"
     record.finish(status)
+    qc_error = None
     if qc:
-        build_qc_tables(out_dir)
+        try:
+            build_qc_tables(out_dir)
+        except DiskFull as exc:
+            qc_error = f"the QC tables could not be written: {disk_full_message(exc)}"
+            status = "error"
+            record.finish(status, qc_error)
     order = {e.slide_id: i for i, e in enumerate(entries)}
     rows.sort(key=lambda r: order.get(r["slide_id"], 0))
     return CohortResult(
-        EXIT_SLIDES_FAILED if any_failed else EXIT_OK,
+        EXIT_BAD_INPUT if qc_error else EXIT_SLIDES_FAILED if any_failed else EXIT_OK,
         status,
         rows,
         frozenset(s["slide_id"] for s in done),
         time.time() - started,
+        qc_error,
+    )
+
+
+def disk_full_message(exc: DiskFull) -> str:
+    return (
+        f"the disk is full: {exc}; free space there and rerun the same command (finished slides are kept, "
+        "the others are done then)"
     )
 
 
@@ -478,6 +538,12 @@ def process(
     progress = ConsoleProgress(len(todo), config.progress, record, bar)
     try:
         return run_slides(client, todo, out_dir, config, progress)
+    except DiskFull:
+        # the workers of a cluster started here stop before the slides' working folders are removed
+        cluster = getattr(client, "cluster", None) if own_client else None
+        if cluster is not None:
+            cluster.close()
+        raise
     finally:
         progress.close()
         if own_client:
@@ -496,6 +562,8 @@ def build_qc_tables(out_dir: Path) -> None:
             print(f"warning: {w.message}", file=sys.stderr)
         print(f"QC tables and report: {qc_dir}", file=sys.stderr)
     except Exception as exc:  # QC must never cost the run its results
+        if disk_full(exc):  # nor be reported built when its files could not be written
+            raise DiskFull(f"{out_dir / 'qc'}: {exc}") from None
         print(f"warning: QC tables could not be built: {type(exc).__name__}: {exc}", file=sys.stderr)
 
 
