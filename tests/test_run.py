@@ -379,3 +379,28 @@ def test_disk_filling_while_tiles_are_written_stops_the_run(
     rerun = run_cli(*args)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert {s: output_digest(out / "slides" / s) for s in reference} == reference
+
+
+@pytest.mark.slow
+def test_a_model_returning_garbage_is_never_a_clean_ok(tmp_path: Path) -> None:
+    """A model with the contract's names and metadata whose output is NaN fails every slide naming
+    it (exit 1); one whose output is 1.0 everywhere gives slides flagged implausible, said so in the
+    summary (before: both "ok", exit 0)."""
+    from pipeline.testing import build_constant_model
+
+    synthetic_slide_cohort(tmp_path, 1, 700, 600, seed=42, prefix="g")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"slide_path,slide_id\n{tmp_path}/g0.svs,g0\n")
+    for value, name in ((float("nan"), "nan"), (1.0, "one")):
+        model = build_constant_model(tmp_path / f"{name}.onnx", value)
+        result = run_cli(str(manifest), "--out", str(tmp_path / name), "--model", str(model), "--tile-px", "256")
+        stats = json.loads((tmp_path / name / "slides" / "g0" / "stats.json").read_text())
+        if name == "nan":
+            assert result.returncode == 1, result.stderr[-3000:]
+            assert stats["status"] == "failed" and "nan.onnx: the model's output 'prob' holds NaN" in stats["error"]
+            assert "0 ok, 1 failed" in result.stdout
+        else:
+            assert result.returncode == 0, result.stderr[-3000:]
+            assert stats["status"] == "ok" and "implausible_nuclei" in stats["flags"]
+            assert "1 ok (1 with implausible nuclei), 0 failed" in result.stdout
+            assert "implausible g0: mean nucleus area" in result.stdout

@@ -40,6 +40,7 @@ from pipeline.manifest import ManifestError, SlideEntry, read_manifest
 from pipeline.qc import build_qc
 from pipeline.runtime import ModelError, model_summary
 from pipeline.slide.inputs import changed_inputs, slide_inputs
+from pipeline.slide.plausibility import IMPLAUSIBLE_FLAG
 
 EXIT_OK, EXIT_SLIDES_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 PACKAGES = [
@@ -204,12 +205,18 @@ def summary_table(rows: list[dict[str, Any]], elapsed: float) -> str:
     lines.append("-" * 74)
     total_nuclei = sum(r.get("n_nuclei") or 0 for r in ok)
     total_tissue = sum(r.get("tissue_mm2") or 0 for r in ok)
+    implausible = [r for r in ok if IMPLAUSIBLE_FLAG in (r.get("flags") or [])]
     lines.append(
-        f"{len(ok)} ok, {len(failed)} failed; {total_nuclei:,} nuclei over {total_tissue:.2f} mm² of tissue "
-        f"in {elapsed:.1f} s"
+        f"{len(ok)} ok ({len(implausible)} with implausible nuclei), {len(failed)} failed; "
+        if implausible
+        else f"{len(ok)} ok, {len(failed)} failed; "
     )
+    lines[-1] += f"{total_nuclei:,} nuclei over {total_tissue:.2f} mm² of tissue in {elapsed:.1f} s"
     for r in failed:
         lines.append(f"  failed {r['slide_id']}: {r.get('error')}")
+    for r in implausible:
+        reason = next((w for w in r.get("warnings") or [] if "no H&E tissue yields this" in w), IMPLAUSIBLE_FLAG)
+        lines.append(f"  implausible {r['slide_id']}: {reason}")
     return "\n".join(lines)
 
 
