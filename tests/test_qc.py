@@ -617,3 +617,25 @@ def test_filled_wsi_review_sheet_round_trip(stats_cohort: tuple[Path, dict[str, 
         assert wsi.loc[sid, "SegmentationUnacceptableOrNot"] == ("Unacceptable" if i % 2 else "Acceptable")
         assert slides.loc[sid, "QCResult"] == ("Unacceptable" if i % 2 else "No regions")
     assert wsi.loc[sheet["WSI-ID"][0], "VisualAssessmentComment"] == "stain too pale, nuclei missed"
+
+
+def test_a_run_record_whose_count_is_not_its_tables_is_not_reported(tmp_path: Path) -> None:
+    """The QC reports a run's counts only where its nucleus table holds them: a stats.json whose
+    n_nuclei was edited, or whose nuclei.parquet is gone, is a failed row saying so (before: 999,999
+    nuclei in the QC tables). Records without a run's inputs (generated cohorts) are read as they are."""
+    from pipeline.qc._cohort import read_cohort
+
+    paths = _slide_cohort(tmp_path)
+    slides = tmp_path / "slides"
+    for sid in ("SYN-00", "SYN-01", "SYN-02"):
+        stats = json.loads((slides / sid / "stats.json").read_text())
+        stats["inputs"] = {"slide_bytes": paths[sid].stat().st_size}  # as a run records it
+        if sid == "SYN-00":
+            stats["n_nuclei"] = 999999
+        (slides / sid / "stats.json").write_text(json.dumps(stats))
+    (slides / "SYN-01" / "nuclei.parquet").unlink()
+    cohort = read_cohort(tmp_path).set_index("slide_id")
+    assert cohort.loc["SYN-00", "status"] == "failed"
+    assert "its stats.json counts 999,999 nuclei, nuclei.parquet holds" in cohort.loc["SYN-00", "error"]
+    assert cohort.loc["SYN-01", "status"] == "failed" and "nuclei.parquet is missing" in cohort.loc["SYN-01", "error"]
+    assert cohort.loc["SYN-02", "status"] == "ok"

@@ -134,13 +134,18 @@ def check_published(folder: Path, stats: dict[str, Any], config: object, checksu
     stats.json records (sizes, and checksums on request) and as many nuclei as its stats.json
     counts; else what differs. Counts reported from stats.json are then the table's own."""
     reason = check_contents(folder, stats.get("outputs"), checksums, required_outputs(config))
-    if reason is not None:
-        return reason
+    return reason if reason is not None else check_count(folder, stats.get("n_nuclei"))
+
+
+def check_count(folder: Path, counted: Any) -> str | None:
+    """None when a slide folder's nucleus table holds ``counted`` nuclei (its stats.json's
+    ``n_nuclei``); else what differs."""
     try:
         rows = table_rows(folder)
+    except FileNotFoundError:
+        return f"{TABLE_FILES[PRIMARY]} is missing"
     except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
         return f"{TABLE_FILES[PRIMARY]} cannot be read: {exc}"
-    counted = stats.get("n_nuclei")
     if counted != rows:
         shown = f"{counted:,}" if isinstance(counted, int) else repr(counted)
         return f"its stats.json counts {shown} nuclei, {TABLE_FILES[PRIMARY]} holds {rows:,}"
