@@ -75,7 +75,7 @@ def test_a_slide_of_plausible_nuclei_is_not_flagged(synthetic_slide, blob_model:
         (10, 0.005, 40.0, None),  # too little tissue to count on
         (0, 0.005, None, None),
         (0, 0.5, None, "no nuclei found in 0.50 mm²"),
-        (1_000, 0.05, 5.0, "mean nucleus area 5 µm² is outside"),
+        (1_000, 0.05, 3.0, "mean nucleus area 3 µm² is outside"),
         (1_000, 0.05, 500.0, "mean nucleus area 500 µm² is outside"),
         (20, 1.0, 40.0, "20 nuclei per mm² of tissue, under the 100"),
         (3_000, 0.05, 40.0, "nuclei cover 240% of the tissue"),

@@ -3,26 +3,28 @@ their mean area, against bounds measured on real tissue with room to spare. A sl
 was segmented by a model that returned nonsense (a constant map, a model made for another stain or
 resolution) or at a wrong scale: it is flagged ``IMPLAUSIBLE_FLAG`` with the reason, never a clean ok.
 
-The figures (``benchmarks/nucleus_plausibility.py``, benchmarks/RESULTS-faults.md): the 30 MoNuSeg
-2018 training images (7 organs, 40x) hold MONUSEG_TRUTH nuclei per mm² (ground truth, per mm² of
-the image) with mean areas MONUSEG_TRUTH_AREA; the shipped model finds MONUSEG_PREDICTED per mm²
-of the tissue it detects, mean MONUSEG_PREDICTED_AREA; the real fixture slides give FIXTURES.
+The figures (``benchmarks/nucleus_plausibility.py``, table in benchmarks/RESULTS-faults.md): the 30
+MoNuSeg 2018 training images (7 organs, 40x) hold 4,704-29,792 nuclei per mm² (ground truth, per mm²
+of the image; median 6,448) of mean area 6.7-55.7 µm² (median 30.5), covering 11-40 % of the image;
+the shipped model finds 4,318-22,747 per mm² of the tissue it detects, mean 9.4-56.5 µm², covering
+10-41 %; on the real fixture slide CMU-1-Small-Region (20x, 0.65 mm² of tissue) 4,767 per mm², mean
+25.9 µm². The bounds lie well outside all of them: they catch what no tissue yields, not unusual tissue.
 """
 
 from __future__ import annotations
 
-# A mean nucleus area (µm²) outside these is no tissue's. MIN: a nucleus of 3 µm across (7 µm²) is
-# smaller than any nucleated cell's; the measured means are at least MIN_MEASURED. MAX: 400 µm²
-# is a nucleus of 23 µm across on average, the size of the largest tumour giant nuclei, not a
-# slide's mean; the measured means are at most MAX_MEASURED.
-MIN_MEAN_AREA_UM2 = 7.0
+# A mean nucleus area (µm²) outside these is no tissue's. MIN: a disc 2.3 µm across, smaller than any
+# nucleated cell's nucleus; the smallest measured mean is 6.7 µm² (MoNuSeg TCGA-HE-7128's ground
+# truth, whose masks leave out the outline's pixels; 9.4 predicted). MAX: a mean nucleus 23 µm across,
+# the size of the largest tumour giant nuclei, not a slide's mean; the largest measured mean is 56.5.
+MIN_MEAN_AREA_UM2 = 4.0
 MAX_MEAN_AREA_UM2 = 400.0
-# Nuclei per mm² of tissue. MIN: fewer than one nucleus in a 100 µm square of tissue (fat's
-# adipocytes, ~100 µm across, each hold one); the measured densities are at least MIN_MEASURED.
-# MAX: more than nuclei can cover (the share below): 50,000 per mm² at a 20 µm² mean is all of it.
+# Nuclei per mm² of tissue. MIN: one nucleus in a 100 µm square of tissue (fat's adipocytes, ~100 µm
+# across, hold one each); the lowest measured density is 4,318 per mm².
 MIN_NUCLEI_PER_MM2 = 100.0
-# The share of the tissue nuclei may cover (density × mean area): 0.9 is packed wall to wall;
-# the measured shares are at most MAX_MEASURED.
+# The share of the tissue nuclei may cover (nuclei per mm² × mean area): 0.9 is nuclei packed wall
+# to wall; the highest measured share is 0.41. It bounds the density from above: 45,000 per mm² of
+# 20 µm² nuclei.
 MAX_NUCLEAR_SHARE = 0.9
 # Too little tissue to count its nuclei on: below a 100 µm square a density means little.
 MIN_TISSUE_MM2 = 0.01
@@ -36,7 +38,7 @@ def implausible_nuclei(n_nuclei: int, tissue_mm2: float, area_mean_um2: float | 
     True
     >>> for reason in implausible_nuclei(9, 0.6, 68_000.0).split("; "):  # a model whose output is 1.0 everywhere
     ...     print(reason)
-    mean nucleus area 68,000 µm² is outside the 7-400 µm² of any H&E tissue
+    mean nucleus area 68,000 µm² is outside the 4-400 µm² of any H&E tissue
     15 nuclei per mm² of tissue, under the 100 of any H&E tissue
     nuclei cover 102% of the tissue
     >>> implausible_nuclei(0, 0.5, None)
