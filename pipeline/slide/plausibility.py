@@ -7,8 +7,9 @@ The figures (``benchmarks/nucleus_plausibility.py``, table in benchmarks/RESULTS
 MoNuSeg 2018 training images (7 organs, 40x) hold 4,704-29,792 nuclei per mm² (ground truth, per mm²
 of the image; median 6,448) of mean area 6.7-55.7 µm² (median 30.5), covering 11-40 % of the image;
 the shipped model finds 4,318-22,747 per mm² of the tissue it detects, mean 9.4-56.5 µm², covering
-10-41 %; on the real fixture slide CMU-1-Small-Region (20x, 0.65 mm² of tissue) 4,767 per mm², mean
-25.9 µm². The bounds lie well outside all of them: they catch what no tissue yields, not unusual tissue.
+10-41 %; on the real fixture slides CMU-1-Small-Region (20x, 0.65 mm² of tissue) 4,767 per mm², mean
+25.9 µm², and tcga-cr-7395 (a frozen section, 10.65 mm²) 5,146 per mm², mean 30.1 µm². The bounds
+lie well outside all of them: they catch what no tissue yields, not unusual tissue.
 """
 
 from __future__ import annotations
