@@ -152,6 +152,13 @@ def load_config(
         for name, value in read_config_file(Path(yaml_path)).items():
             values[name] = (value, str(yaml_path))
     env = os.environ if environ is None else environ
+    unknown_env = sorted(k for k in env if k.startswith(ENV_PREFIX) and k not in _known_env_names(names))
+    if unknown_env:
+        raise ValueError(
+            f"unknown environment variable {unknown_env[0]}: a NUCLEI_* variable is a config key in capitals "
+            f"(NUCLEI_TILE_PX, ...; {_closest_env_name(unknown_env[0], names)}) or one of "
+            f"{', '.join(ENV_VARIABLES_ELSEWHERE)}; unset it or fix its name"
+        )
     for name in names:
         key = ENV_PREFIX + name.upper()
         if key in env:
@@ -161,6 +168,7 @@ def load_config(
             values[name] = (value, source)
     config = Config(**{k: _coerce(k, v, source) for k, (v, source) in values.items()})
     validate_config(config)
+    validate_for_machine(config, usable_cores(), total_memory_bytes())
     return config
 
 
@@ -178,6 +186,27 @@ def unknown_settings(unknown: list[str], names: set[str]) -> str:
         said.append(f"{name!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
     plural = "s" if len(unknown) > 1 else ""
     return f"unknown setting{plural} {', '.join(said)}; the settings are the fields of pipeline.config.Config"
+
+
+# NUCLEI_* variables read outside the config (each where it is used): any other is a typo, refused
+# rather than silently ignored.
+ENV_VARIABLES_ELSEWHERE = (
+    "NUCLEI_RMM_POOL",  # pipeline.cluster: the RMM pool's share of each GPU's memory
+    "NUCLEI_CACHE",  # pipeline.cli.example: where the example slide is kept
+    "NUCLEI_REQUIRE_TORCH",  # tests/conftest.py: CI fails instead of skipping the PyTorch tests
+    "NUCLEI_DATA_DIR",  # pipeline.io.annotations: where the real data of tests and benchmarks lies
+)
+
+
+def _known_env_names(names: set[str]) -> set[str]:
+    return {ENV_PREFIX + name.upper() for name in names} | set(ENV_VARIABLES_ELSEWHERE)
+
+
+def _closest_env_name(key: str, names: set[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(key, sorted(_known_env_names(names)), n=1)
+    return f"did you mean {close[0]}?" if close else "no config key is close to it"
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
@@ -215,6 +244,26 @@ MAX_TILE_PX = 8192  # a tile's core, at the model's resolution (its halo comes o
 # of under 1/16 of their side: max_mpp (the limit a run uses, default 2.0) cannot go beyond it.
 FINEST_SCANNER_MPP = 0.1
 COARSEST_MPP = 4.0
+# The largest nucleus a run may be told to expect, in px at 40x (64 µm): the largest of the 16,958
+# MoNuSeg training nuclei is 142 px across, the default 96. The halo grows with it (two thirds of it
+# on each side, pipeline.tiling), and with it every tile's window.
+MAX_NUCLEUS_PX = 256
+# An explicit halo, at the model's resolution: four times the shipped model's derived halo (176 =
+# its measured context of 100 px + the reach of a 96-px nucleus), and as wide as the CPU tile core;
+# a 1024-px core with it is read as a 3072² window (9× its area, ~4 GB of ONNX Runtime arena at the
+# measured ~430 bytes a window pixel). Wider only multiplies the pixels inferred per nucleus found.
+MAX_HALO_PX = 1024
+# Local worker processes per core. Each worker holds its own model session (an ONNX Runtime arena of
+# ~755 MB for a 1024-px tile, benchmarks/RESULTS-pipeline.md) and its tasks compete for the same
+# cores: more workers than cores adds processes, memory and context switches, not speed.
+MAX_WORKERS_PER_CORE = 1
+# Task threads per core in a local cluster (workers × threads): inference and the watershed keep a
+# core busy each; twice the cores leaves room for reads waiting on the disk.
+MAX_THREADS_PER_CORE = 2
+# The least memory a local worker may be given: one task's ONNX Runtime arena for a 1024-px tile
+# (~755 MB measured) plus the interpreter with the package, model and a tile's arrays (~0.3 GB).
+# Below it a worker passes Dask's limit on its first tile and is restarted, again and again.
+MIN_WORKER_MEMORY_BYTES = 1 << 30
 
 
 def _memory_limit_ok(value: str) -> bool:
@@ -241,6 +290,18 @@ def validate_config(config: Config) -> None:
         problems.append(f"tile_px={config.tile_px} must be 0 (derived) or a multiple of 16 and ≥ 64")
     if config.halo_px != -1 and (config.halo_px < 0 or config.halo_px % 16):
         problems.append(f"halo_px={config.halo_px} must be -1 (derived) or a multiple of 16")
+    if config.halo_px > MAX_HALO_PX:
+        problems.append(
+            f"halo_px={config.halo_px} must be at most {MAX_HALO_PX} (model px: 4× the shipped model's derived "
+            "halo of 176; wider multiplies the pixels each tile infers, not the nuclei found)"
+        )
+    if config.tile_px and config.halo_px > config.tile_px:
+        problems.append(f"halo_px={config.halo_px} must not exceed the tile core (tile_px={config.tile_px})")
+    if not 1 <= config.max_nucleus_px <= MAX_NUCLEUS_PX:
+        problems.append(
+            f"max_nucleus_px={config.max_nucleus_px} must be between 1 and {MAX_NUCLEUS_PX} (px at 40x, 64 µm; "
+            "the largest MoNuSeg training nucleus is 142 px across)"
+        )
     for name, choices in CHOICES.items():
         value = getattr(config, name)
         if value not in choices:
@@ -264,8 +325,12 @@ def validate_config(config: Config) -> None:
         problems.append(
             f"memory_limit={config.memory_limit!r} must be 'auto', a size such as '4GB', or a share of memory (0-1)"
         )
-    if config.dashboard != "off" and not re.fullmatch(r"\[?[0-9A-Za-z.:_-]*\]?:\d{1,5}", config.dashboard):
-        problems.append(f"dashboard={config.dashboard!r} must be HOST:PORT (e.g. 127.0.0.1:8787) or 'off'")
+    if config.dashboard != "off":
+        address = re.fullmatch(r"\[?[0-9A-Za-z.:_-]*\]?:(\d{1,5})", config.dashboard)
+        if not address:
+            problems.append(f"dashboard={config.dashboard!r} must be HOST:PORT (e.g. 127.0.0.1:8787) or 'off'")
+        elif not 1 <= int(address.group(1)) <= 65535:
+            problems.append(f"dashboard={config.dashboard!r}: a port is a number from 1 to 65535")
     if config.map_shard_px < 1:
         problems.append(f"map_shard_px={config.map_shard_px} must be ≥ 1 (level-0 px; rounded to whole tile cores)")
     if config.tiles_per_task < 1:
@@ -280,6 +345,58 @@ def validate_config(config: Config) -> None:
         problems.append(f"scale_tolerance={config.scale_tolerance} must be a factor > 1")
     if config.max_attempts < 1:
         problems.append("max_attempts must be ≥ 1")
+    if problems:
+        raise ValueError("invalid configuration: " + "; ".join(problems))
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, as a batch system's allocation sets it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def total_memory_bytes() -> int:
+    import psutil
+
+    return int(psutil.virtual_memory().total)
+
+
+def validate_for_machine(config: Config, cores: int, memory_bytes: int) -> None:
+    """The local cluster's size against this machine: ``cores`` usable cores, ``memory_bytes`` of
+    memory. A run on an existing scheduler (``config.scheduler``) starts no workers here."""
+    if config.scheduler:
+        return
+    from dask.utils import format_bytes, parse_bytes
+
+    problems = []
+    max_workers = MAX_WORKERS_PER_CORE * cores
+    if config.n_workers > max_workers:
+        problems.append(
+            f"n_workers={config.n_workers}: this machine has {cores} usable core(s), at most {max_workers} local "
+            "worker process(es) (each holds its own model session; more than one per core adds memory, not speed)"
+        )
+    workers = config.n_workers or 1
+    if workers * config.threads_per_worker > MAX_THREADS_PER_CORE * cores:
+        problems.append(
+            f"{workers} worker(s) × threads_per_worker={config.threads_per_worker}: this machine has {cores} usable "
+            f"core(s), at most {MAX_THREADS_PER_CORE * cores} task threads in all"
+        )
+    text = config.memory_limit.strip().lower()
+    if text != "auto" and _memory_limit_ok(text):
+        try:
+            share = float(text)
+        except ValueError:
+            limit = parse_bytes(text)
+        else:  # 0 = no limit, (0, 1] = share of this machine's memory, more = bytes
+            limit = int(share * memory_bytes) if share <= 1 else int(share)
+        if limit and limit < MIN_WORKER_MEMORY_BYTES:
+            problems.append(
+                f"memory_limit={config.memory_limit!r} gives a worker {format_bytes(limit)}, under the "
+                f"{format_bytes(MIN_WORKER_MEMORY_BYTES)} one tile's inference needs (its worker would be restarted "
+                "on every tile)"
+            )
     if problems:
         raise ValueError("invalid configuration: " + "; ".join(problems))
 

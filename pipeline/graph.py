@@ -13,7 +13,8 @@ compute, so it runs beside them instead of before them.
 
 Task keys carry these names and the slide id, so the dashboard shows what runs where.
 A slide whose tasks fail (an exception, or workers that died ``max_attempts`` times on it)
-is recorded as failed with its reason; the others go on.
+is recorded as failed with its reason; the others go on. A full disk is no slide's fault: the
+run stops (``DiskFull``) and no slide is recorded as failed by it.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ from distributed import WorkerPlugin
 
 from pipeline.cluster import GPU_RESOURCE, release_freed_heap, tune_allocator
 from pipeline.config import Config
-from pipeline.io.outputs.contents import check_contents
-from pipeline.io.outputs.publish import final_slide_dir, publish_failure, read_published_stats
+from pipeline.io.outputs.contents import check_published
+from pipeline.io.outputs.publish import DiskFull, disk_full, final_slide_dir, publish_failure, read_published_stats
 from pipeline.io.outputs.stats import failure_stats
 from pipeline.manifest import SlideEntry
 from pipeline.slide import (
@@ -169,8 +170,8 @@ class _InFlight:
 
 def published_as_planned(out_dir: Path, plan: SlidePlan) -> dict[str, Any] | None:
     """The stats of the slide's published folder when it is a complete result of ``plan``: ok,
-    this slide's, every file present with its recorded size and checksum, made from the plan's
-    inputs. None otherwise.
+    this slide's, every file it must hold present with its recorded size and checksum and its
+    nuclei counted right, made from the plan's inputs. None otherwise.
 
     A reduction's result can be lost after it published the slide (its worker dies before the
     driver fetches it); the scheduler then recomputes it, and the recomputation fails, its working
@@ -178,7 +179,7 @@ def published_as_planned(out_dir: Path, plan: SlidePlan) -> dict[str, Any] | Non
     stats = read_published_stats(out_dir, plan.slide_id)
     if stats is None or stats.get("status") != "ok" or stats.get("slide_id") != plan.slide_id:
         return None
-    if check_contents(final_slide_dir(out_dir, plan.slide_id), stats.get("outputs"), checksums=True):
+    if check_published(final_slide_dir(out_dir, plan.slide_id), stats, plan.config, checksums=True):
         return None
     if changed_inputs(stats.get("inputs"), plan.inputs):
         return None
@@ -261,6 +262,8 @@ def run_slides(
         try:
             publish_failure(out_dir, slide_id, stats)
         except OSError as publish_error:
+            if disk_full(publish_error):
+                raise DiskFull(f"{out_dir}: {publish_error} (recording the failure of slide {slide_id})") from None
             # the slide stays failed (and is retried by the next run, which finds no record of
             # it); the driver goes on with the other slides
             reason = f"{reason}; the failure could not be recorded in {out_dir}: {publish_error}"
@@ -327,6 +330,8 @@ def run_slides(
             # and be recomputed, and fail: result() raises then, as it does for a failed task
             result = fut.result()
         except Exception as exc:
+            if disk_full(exc):  # every slide after it would fail the same way: the run stops
+                raise DiskFull(f"{out_dir}: {exc} (writing slide {sid})") from None
             if kind != "tiles":  # a tile batch's error reaches the slide's reduction too
                 slide_error(sid, exc)
             start_next()

@@ -40,3 +40,49 @@ def test_config_that_is_no_regular_file_is_refused(kind: str, tmp_path: Path, bl
     assert result.returncode == 2, result.stderr[-2000:]
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: "), result.stderr[-2000:]
     assert str(path) in result.stderr and "not a regular file" in result.stderr
+
+
+# Settings a real node cannot carry are refused up front, each naming its bound and why (before: a
+# MemoryError per slide, a run without progress, 145 processes on two cores, endless worker restarts).
+@pytest.mark.parametrize(
+    ("overrides", "env", "expected"),
+    [
+        ({"halo_px": 100000}, {}, "halo_px=100000 must be at most 1024"),
+        ({"halo_px": 512, "tile_px": 256}, {}, "must not exceed the tile core"),
+        ({}, {"NUCLEI_MAX_NUCLEUS_PX": "100000"}, "max_nucleus_px=100000 must be between 1 and 256"),
+        ({"n_workers": 200}, {}, "n_workers=200: this machine has 2 usable core(s), at most 2"),
+        ({"n_workers": 2, "threads_per_worker": 64}, {}, "at most 4 task threads"),
+        ({}, {"NUCLEI_MEMORY_LIMIT": "1kB"}, "memory_limit='1kB' gives a worker 0.98 kiB, under the 1.00 GiB"),
+        ({}, {"NUCLEI_MEMORY_LIMIT": "0.001"}, "gives a worker 16.38 MiB"),
+        ({"dashboard": "127.0.0.1:99999"}, {}, "a port is a number from 1 to 65535"),
+        ({"dashboard": "127.0.0.1:0"}, {}, "a port is a number from 1 to 65535"),
+        ({}, {"NUCLEI_TILEPX": "512"}, "unknown environment variable NUCLEI_TILEPX"),
+    ],
+)
+def test_settings_beyond_what_a_node_can_carry_are_refused(
+    overrides: dict, env: dict[str, str], expected: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pipeline.config as config_module
+
+    monkeypatch.setattr(config_module, "usable_cores", lambda: 2)
+    monkeypatch.setattr(config_module, "total_memory_bytes", lambda: 16 << 30)
+    with pytest.raises(ValueError) as err:
+        load_config(None, overrides, environ=env)
+    assert expected in str(err.value)
+
+
+def test_settings_at_their_bounds_and_other_nuclei_variables_are_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pipeline.config as config_module
+
+    monkeypatch.setattr(config_module, "usable_cores", lambda: 2)
+    monkeypatch.setattr(config_module, "total_memory_bytes", lambda: 16 << 30)
+    env = {"NUCLEI_RMM_POOL": "0.8", "NUCLEI_CACHE": "/tmp/c", "NUCLEI_REQUIRE_TORCH": "1"}
+    env["NUCLEI_MEMORY_LIMIT"] = "1GiB"
+    config = load_config(
+        None, {"halo_px": 1024, "max_nucleus_px": 256, "n_workers": 2, "threads_per_worker": 2}, environ=env
+    )
+    assert (config.halo_px, config.max_nucleus_px, config.n_workers) == (1024, 256, 2)
+    for memory in ("auto", "0", "0.5", "4GB"):
+        load_config(None, {"memory_limit": memory}, environ={})
+    # an existing scheduler's workers are not this machine's
+    assert load_config(None, {"scheduler": "tcp://node:8786", "n_workers": 200}, environ={}).n_workers == 200

@@ -794,3 +794,25 @@ def test_cancer_types_of_earlier_records_are_one_group_each(tmp_path: Path) -> N
     tiers = read_csv(qc / "tiers.csv")
     assert sorted(tiers["CancerType"]) == sorted(["All", "Caf\u00e9", "<U+202E>DAUL"])
     assert not any("\u202e" in c for table in qc.glob("*.csv") for c in _cells(table))
+
+
+def test_a_run_record_whose_count_is_not_its_tables_is_not_reported(tmp_path: Path) -> None:
+    """The QC reports a run's counts only where its nucleus table holds them: a stats.json whose
+    n_nuclei was edited, or whose nuclei.parquet is gone, is a failed row saying so (before: 999,999
+    nuclei in the QC tables). Records without a run's inputs (generated cohorts) are read as they are."""
+    from pipeline.qc._cohort import read_cohort
+
+    paths = _slide_cohort(tmp_path)
+    slides = tmp_path / "slides"
+    for sid in ("SYN-00", "SYN-01", "SYN-02"):
+        stats = json.loads((slides / sid / "stats.json").read_text())
+        stats["inputs"] = {"slide_bytes": paths[sid].stat().st_size}  # as a run records it
+        if sid == "SYN-00":
+            stats["n_nuclei"] = 999999
+        (slides / sid / "stats.json").write_text(json.dumps(stats))
+    (slides / "SYN-01" / "nuclei.parquet").unlink()
+    cohort = read_cohort(tmp_path).set_index("slide_id")
+    assert cohort.loc["SYN-00", "status"] == "failed"
+    assert "its stats.json counts 999,999 nuclei, nuclei.parquet holds" in cohort.loc["SYN-00", "error"]
+    assert cohort.loc["SYN-01", "status"] == "failed" and "nuclei.parquet is missing" in cohort.loc["SYN-01", "error"]
+    assert cohort.loc["SYN-02", "status"] == "ok"

@@ -296,3 +296,240 @@ def test_the_console_gives_warnings_and_expected_failures_one_line_each(
     assert "UserWarning: coarse" not in console and "decide_scale(" not in console, console
     assert "Traceback" not in console and "Compute Failed" not in console, console
     assert sum("gone" in line and "file not found" in line for line in console.splitlines()) >= 1, console
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "named"),
+    [
+        (["--halo-px", "100000"], {}, "halo_px=100000 must be at most 1024"),
+        (["--workers", "200"], {}, "n_workers=200"),
+        (["--dashboard", "127.0.0.1:99999"], {}, "from 1 to 65535"),
+        ([], {"NUCLEI_MEMORY_LIMIT": "1kB"}, "memory_limit='1kB'"),
+        ([], {"NUCLEI_MAX_NUCLEUS_PX": "100000"}, "max_nucleus_px=100000"),
+        ([], {"NUCLEI_WORKERS": "4"}, "unknown environment variable NUCLEI_WORKERS"),
+    ],
+)
+def test_settings_without_bound_refuse_the_run_with_one_line(
+    args: list[str],
+    env: dict[str, str],
+    named: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """Exit 2 and one ``error:`` line before any cluster starts or any folder is made (in this
+    process; capfd: the run enables faulthandler, which needs stderr's file descriptor)."""
+    from pipeline.cli.run import main
+
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("slide_path,slide_id\na.svs,a\n")
+    code = main([str(manifest), "--out", str(tmp_path / "out"), "--no-progress", *args])
+    err = capfd.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(lines) == 1 and named in lines[0], err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_a_tampered_record_is_not_trusted(tmp_path: Path, blob_model: Path) -> None:
+    """What a finished slide holds is the pipeline's to know, its counts the table's: a stats.json
+    that leaves out its nucleus table, or counts other nuclei than it holds, gets the slide redone
+    (before: "already complete" and 999,999 nuclei in the summary, with --verify-checksums too)."""
+    synthetic_slide_cohort(tmp_path, 2, 300, 300, seed=41, prefix="t")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"slide_path,slide_id\n{tmp_path}/t0.svs,t0\n{tmp_path}/t1.svs,t1\n")
+    args = [str(manifest), "--out", str(tmp_path / "out"), "--model", str(blob_model), "--tile-px", "256", "--no-qc"]
+    assert run_cli(*args).returncode == 0
+    slides = tmp_path / "out" / "slides"
+    reference = {s: output_digest(slides / s) for s in ("t0", "t1")}
+    counts = {s: json.loads((slides / s / "stats.json").read_text())["n_nuclei"] for s in ("t0", "t1")}
+
+    def tamper(slide: str, drop_table: bool) -> None:
+        path = slides / slide / "stats.json"
+        stats = json.loads(path.read_text())
+        if drop_table:
+            (slides / slide / "nuclei.parquet").unlink()
+            del stats["outputs"]["nuclei.parquet"]
+        stats["n_nuclei"] = 999999
+        path.write_text(json.dumps(stats, indent=2))
+
+    tamper("t0", drop_table=True)
+    tamper("t1", drop_table=False)
+    for extra in (["--verify-checksums"], []):
+        rerun = run_cli(*args, *extra)
+        assert rerun.returncode == 0, rerun.stderr[-3000:]
+        assert "0 already complete, 2 to process" in rerun.stderr, rerun.stderr[-3000:]
+        assert "redoing t0: nuclei.parquet is missing" in rerun.stderr
+        assert (
+            f"redoing t1: its stats.json counts 999,999 nuclei, nuclei.parquet holds {counts['t1']:,}" in rerun.stderr
+        )
+        assert "999,999" not in rerun.stdout and f"{counts['t0'] + counts['t1']:,} nuclei" in rerun.stdout
+        assert {s: output_digest(slides / s) for s in reference} == reference
+        tamper("t0", drop_table=False)  # the table kept, only its entry under outputs gone
+        stats = json.loads((slides / "t0" / "stats.json").read_text())
+        del stats["outputs"]["nuclei.parquet"]
+        stats["n_nuclei"] = counts["t0"]
+        (slides / "t0" / "stats.json").write_text(json.dumps(stats))
+        tamper("t1", drop_table=True)
+        final = run_cli(*args, *extra)
+        assert "redoing t0: its stats.json does not record nuclei.parquet" in final.stderr, final.stderr[-3000:]
+        assert "redoing t1: nuclei.parquet is missing" in final.stderr
+        tamper("t0", drop_table=True)
+        tamper("t1", drop_table=False)
+
+
+def error_lines(result: subprocess.CompletedProcess) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.startswith("error:")]
+
+
+def hidden_work(out: Path) -> list[str]:
+    """Working folders, scratch files and reserves left in a run's folder (its lock files aside)."""
+    return sorted(str(p.relative_to(out)) for p in out.rglob(".*") if p.name not in (".run.lock", ".lock"))
+
+
+@pytest.fixture(scope="module")
+def disk_cohort(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, dict[str, str]]]:
+    """Three slides whose outputs take ~0.6 MB each and whose QC ~11 MB, and their outputs made on
+    a disk with room (the reference a run on a full disk must end with)."""
+    folder = tmp_path_factory.mktemp("disk_cohort")
+    synthetic_slide_cohort(folder, 3, 1500, 1300, seed=7, prefix="d")
+    from pipeline.testing import build_blob_model
+
+    build_blob_model(folder / "blob.onnx")
+    result = run_cli(
+        str(folder / "manifest.csv"), "--out", str(folder / "ref"), "--model", str(folder / "blob.onnx"),
+        "--tile-px", "256",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return folder, {s: output_digest(folder / "ref" / "slides" / s) for s in ("d0", "d1", "d2")}
+
+
+@pytest.mark.slow
+def test_full_disk_ends_the_run_with_one_error_and_a_rerun_finishes(
+    disk_cohort: tuple[Path, dict[str, dict[str, str]]], tmp_path: Path
+) -> None:
+    """A real full disk (a small tmpfs): while slides are written, then while the QC is, the run
+    stops with one ``error:`` line, exit 2, a final run.json and no working folder left; once
+    space is freed the same command finishes with the outputs a roomy disk gives (before: a raw
+    traceback, run.json at "running" and hidden folders left; the QC's exit 0 with "QC tables and
+    report" printed and review sheets without patches)."""
+    folder, reference = disk_cohort
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1500k", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"a tmpfs cannot be mounted here: {mounted.stderr.decode().strip()}")
+    try:
+        out = disk / "out"
+        args = [
+            str(folder / "manifest.csv"),
+            "--out",
+            str(out),
+            "--model",
+            str(folder / "blob.onnx"),
+            "--tile-px",
+            "256",
+        ]
+        for size, stage in (("1500k", "slides"), ("4m", "qc")):
+            subprocess.run(["mount", "-o", f"remount,size={size}", str(disk)], check=True)
+            full = run_cli(*args)
+            assert full.returncode == 2, full.stderr[-3000:]
+            assert "Traceback (most recent call last)" not in full.stderr, full.stderr[-3000:]
+            errors = error_lines(full)
+            assert len(errors) == 1 and "the disk is full" in errors[0] and "rerun the same command" in errors[0]
+            assert "No space left on device" in errors[0]
+            run = json.loads((out / "run.json").read_text())
+            assert run["status"] == "error" and run["finished"] and "disk is full" in run["error"]
+            assert hidden_work(out) == []
+            assert "QC tables and report" not in full.stderr
+            if stage == "slides":
+                assert "FAILED" not in full.stderr  # no slide is blamed for the disk
+                assert not any((out / "slides" / s / "stats.json").exists() for s in ("d1", "d2"))
+            else:
+                assert "the QC tables could not be written" in errors[0]
+                assert all(run["slides"][s]["status"] == "ok" for s in ("d0", "d1", "d2"))
+        subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
+        rerun = run_cli(*args)
+        assert rerun.returncode == 0 and not error_lines(rerun), rerun.stderr[-3000:]
+        assert "QC tables and report" in rerun.stderr
+        assert json.loads((out / "run.json").read_text())["status"] == "ok"
+        assert {s: output_digest(out / "slides" / s) for s in reference} == reference
+        assert hidden_work(out) == []
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+ENOSPC_AFTER = """
+import errno, os
+import pipeline.slide.segment as segment
+
+_write, _calls = segment.write_tile_outputs, [0]
+
+
+def write_tile_outputs(*args, **kwargs):
+    _calls[0] += 1
+    if _calls[0] > int(os.environ["FILL_DISK_AFTER_TILES"]):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "scratch")
+    return _write(*args, **kwargs)
+
+
+segment.write_tile_outputs = write_tile_outputs
+"""
+
+
+@pytest.mark.slow
+def test_disk_filling_while_tiles_are_written_stops_the_run(
+    disk_cohort: tuple[Path, dict[str, dict[str, str]]], tmp_path: Path
+) -> None:
+    """As above where no tmpfs can be mounted: the worker's tile writes fail with ENOSPC after
+    its first 20 tiles (injected in the worker process through sitecustomize)."""
+    folder, reference = disk_cohort
+    (tmp_path / "inject").mkdir()
+    (tmp_path / "inject" / "sitecustomize.py").write_text(ENOSPC_AFTER)
+    out = tmp_path / "out"
+    args = [str(folder / "manifest.csv"), "--out", str(out), "--model", str(folder / "blob.onnx"), "--tile-px", "256"]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(tmp_path / "inject"), str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        "FILL_DISK_AFTER_TILES": "20",
+    }
+    full = subprocess.run(
+        [sys.executable, "-m", "pipeline.run", *args, "--no-progress", "--workers", "1", "--threads", "2"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, env=env,
+    )  # fmt: skip
+    assert full.returncode == 2, full.stderr[-3000:]
+    errors = error_lines(full)
+    assert len(errors) == 1 and "the disk is full" in errors[0] and "writing slide d" in errors[0], full.stderr[-3000:]
+    assert "FAILED" not in full.stderr and "QC tables and report" not in full.stderr
+    assert json.loads((out / "run.json").read_text())["status"] == "error"
+    assert hidden_work(out) == []
+    rerun = run_cli(*args)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert {s: output_digest(out / "slides" / s) for s in reference} == reference
+
+
+@pytest.mark.slow
+def test_a_model_returning_garbage_is_never_a_clean_ok(tmp_path: Path) -> None:
+    """A model with the contract's names and metadata whose output is NaN fails every slide naming
+    it (exit 1); one whose output is 1.0 everywhere gives slides flagged implausible, said so in the
+    summary (before: both "ok", exit 0)."""
+    from pipeline.testing import build_constant_model
+
+    synthetic_slide_cohort(tmp_path, 1, 700, 600, seed=42, prefix="g")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"slide_path,slide_id\n{tmp_path}/g0.svs,g0\n")
+    for value, name in ((float("nan"), "nan"), (1.0, "one")):
+        model = build_constant_model(tmp_path / f"{name}.onnx", value)
+        result = run_cli(str(manifest), "--out", str(tmp_path / name), "--model", str(model), "--tile-px", "256")
+        stats = json.loads((tmp_path / name / "slides" / "g0" / "stats.json").read_text())
+        if name == "nan":
+            assert result.returncode == 1, result.stderr[-3000:]
+            assert stats["status"] == "failed" and "nan.onnx: the model's output 'prob' holds NaN" in stats["error"]
+            assert "0 ok, 1 failed" in result.stdout
+        else:
+            assert result.returncode == 0, result.stderr[-3000:]
+            assert stats["status"] == "ok" and "implausible_nuclei" in stats["flags"]
+            assert "1 ok (1 with implausible nuclei), 0 failed" in result.stdout
+            assert "implausible g0: mean nucleus area" in result.stdout

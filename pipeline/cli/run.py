@@ -28,10 +28,13 @@ from pipeline.cli._parser import CommandLineParser
 from pipeline.cluster import connect, dashboard_link, dashboard_message
 from pipeline.config import CHOICES, Config, load_config
 from pipeline.graph import SlideOutcome, one_line_warning, run_slides
-from pipeline.io.outputs.contents import check_contents
+from pipeline.io.outputs.contents import check_published
 from pipeline.io.outputs.lock import OutputInUse, lock_output
 from pipeline.io.outputs.publish import (
+    DiskFull,
+    SpaceReserve,
     atomic_write_json,
+    disk_full,
     final_slide_dir,
     read_published_stats,
     remove_stale_partials,
@@ -41,6 +44,7 @@ from pipeline.manifest import ManifestError, SlideEntry, read_manifest
 from pipeline.qc import build_qc
 from pipeline.runtime import ModelError, model_summary
 from pipeline.slide.inputs import changed_inputs, slide_inputs
+from pipeline.slide.plausibility import IMPLAUSIBLE_FLAG
 
 EXIT_OK, EXIT_SLIDES_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 # Failing slides whose reasons are printed as they fail and again under the summary; those beyond
@@ -117,11 +121,28 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-class RunRecord:
-    """run.json: config, versions, model, timings and per-slide status, rewritten atomically."""
+# Space held back for run.json's last writes (SpaceReserve), given back when the disk fills: its
+# size with every slide recorded (~300 bytes a slide, indented JSON) and room for the config.
+RECORD_RESERVE_BYTES = 64 * 1024
+RECORD_RESERVE_BYTES_PER_SLIDE = 512
 
-    def __init__(self, out_dir: Path, config: Config, manifest: str, model: dict[str, Any]) -> None:
+
+class RunRecord:
+    """run.json: config, versions, model, timings and per-slide status, rewritten atomically.
+
+    It holds space for its own last writes (a hidden reserve file beside it): a run that fills
+    the disk still ends with a final run.json."""
+
+    def __init__(self, out_dir: Path, config: Config, manifest: str, model: dict[str, Any], n_slides: int = 0) -> None:
         self.path = out_dir / "run.json"
+        try:
+            self.reserve: SpaceReserve | None = SpaceReserve(
+                out_dir, RECORD_RESERVE_BYTES + RECORD_RESERVE_BYTES_PER_SLIDE * n_slides
+            )
+        except OSError as exc:
+            if disk_full(exc):
+                raise DiskFull(f"{out_dir}: {exc} (before any slide was started)") from None
+            self.reserve = None  # a file system that cannot hold it: the run goes on without
         self.started = time.time()
         self.data: dict[str, Any] = {
             "manifest": manifest,
@@ -152,15 +173,30 @@ class RunRecord:
     def write(self, force: bool = False) -> None:
         if force or time.time() - self._last_write > 2.0:
             self.data["elapsed_seconds"] = round(time.time() - self.started, 2)
-            atomic_write_json(self.path, self.data)
+            try:
+                atomic_write_json(self.path, self.data)
+            except OSError as exc:
+                if disk_full(exc):
+                    raise DiskFull(f"{self.path}: {exc}") from None
+                raise
             self._last_write = time.time()
 
     def finish(self, status: str, error: str | None = None) -> None:
+        """The final record; on a full disk, written into the space held back for it."""
         self.data["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         self.data["status"] = status
         if error is not None:
             self.data["error"] = error
-        self.write(force=True)
+        try:
+            self.write(force=True)
+        except DiskFull:
+            if self.reserve is None:
+                raise
+            self.reserve.release()
+            self.reserve = None
+            self.write(force=True)
+        if self.reserve is not None:
+            self.reserve.release()
 
 
 class ConsoleProgress:
@@ -218,10 +254,13 @@ def summary_table(rows: list[dict[str, Any]], elapsed: float) -> str:
     lines.append("-" * 74)
     total_nuclei = sum(r.get("n_nuclei") or 0 for r in ok)
     total_tissue = sum(r.get("tissue_mm2") or 0 for r in ok)
+    implausible = [r for r in ok if IMPLAUSIBLE_FLAG in (r.get("flags") or [])]
     lines.append(
-        f"{len(ok)} ok, {len(failed)} failed; {total_nuclei:,} nuclei over {total_tissue:.2f} mm² of tissue "
-        f"in {elapsed:.1f} s"
+        f"{len(ok)} ok ({len(implausible)} with implausible nuclei), {len(failed)} failed; "
+        if implausible
+        else f"{len(ok)} ok, {len(failed)} failed; "
     )
+    lines[-1] += f"{total_nuclei:,} nuclei over {total_tissue:.2f} mm² of tissue in {elapsed:.1f} s"
     for r in failed[:FAILURES_SHOWN]:
         lines.append(f"  failed {r['slide_id']}: {one_line(r.get('error'))}")
     if len(failed) > FAILURES_SHOWN:
@@ -233,6 +272,9 @@ def summary_table(rows: list[dict[str, Any]], elapsed: float) -> str:
             + (f"; {others:,} other" if others else "")
             + " (each slide's reason is in run.json and its stats.json)"
         )
+    for r in implausible:
+        reason = next((w for w in r.get("warnings") or [] if "no H&E tissue yields this" in w), IMPLAUSIBLE_FLAG)
+        lines.append(f"  implausible {r['slide_id']}: {reason}")
     return "\n".join(lines)
 
 
@@ -324,9 +366,10 @@ def split_done(
 ) -> tuple[list[SlideEntry], list[dict[str, Any]]]:
     """Slides still to do, and the stats of those already published (skipped).
 
-    A finished slide is skipped only while its folder still holds what its stats.json says was
-    published and the inputs it was made from are still those of its manifest row; otherwise it
-    is redone, with a line saying why. A slide whose file has gone since keeps its results.
+    A finished slide is skipped only while its folder still holds what every finished slide holds
+    (``required_outputs``) and what its stats.json says was published, its nucleus table as many
+    nuclei as its stats.json counts, and the inputs it was made from are still those of its
+    manifest row; otherwise it is redone, with a line saying why. A slide whose file has gone since keeps its results.
     """
     config = config or Config()
     todo, done = [], []
@@ -345,7 +388,7 @@ def split_done(
             continue
         reason = None
         if stats.get("status") == "ok":
-            reason = check_contents(final_slide_dir(out_dir, e.slide_id), stats.get("outputs"), checksums)
+            reason = check_published(final_slide_dir(out_dir, e.slide_id), stats, config, checksums)
             try:
                 current = slide_inputs(e.slide_path, e.mpp, model_sha256, config)
             except OSError:
@@ -412,6 +455,8 @@ def main(argv: list[str] | None = None) -> int:
         print(interrupted_message(exc), file=sys.stderr)
         return EXIT_SLIDES_FAILED
     print(summary_table(result.slides, result.seconds))
+    if result.error is not None:
+        print(f"error: {result.error}", file=sys.stderr)
     return result.exit_code
 
 
@@ -449,6 +494,7 @@ class CohortResult:
     slides: list[dict[str, Any]]
     skipped: frozenset[str]
     seconds: float
+    error: str | None = None  # why the run ended in error after its slides (its QC could not be written)
 
 
 def run_cohort(
@@ -500,7 +546,10 @@ def run_locked(
 ) -> CohortResult:
     """The run, once this process owns ``out_dir``."""
     todo, done = split_done(entries, out_dir, retry_failed, model["sha256"], config, verify_checksums)
-    record = RunRecord(out_dir, config, source, model)
+    try:
+        record = RunRecord(out_dir, config, source, model, len(entries))
+    except DiskFull as exc:
+        raise SetupError(disk_full_message(exc)) from None
     for stats in done:
         record.slide(stats["slide_id"], stats.get("status", "ok"), stats, stats.get("error"), skipped=True)
     print(
@@ -508,10 +557,15 @@ def run_locked(
         f"→ {out_dir.resolve()}",
         file=sys.stderr,
     )
-    record.write(force=True)
     started = time.time()
     try:
+        record.write(force=True)
         outcomes = process(todo, out_dir, config, record, client, bar)
+    except DiskFull as exc:
+        for e in todo:  # their working folders hold space, and show nothing finished
+            remove_stale_partials(out_dir, e.slide_id)
+        record.finish("error", disk_full_message(exc))
+        raise SetupError(disk_full_message(exc)) from None
     except SetupError as exc:
         record.finish("error", str(exc))
         raise
@@ -525,16 +579,30 @@ def run_locked(
     any_failed = any(r.get("status") != "ok" for r in rows)
     status = "failed slides" if any_failed else "ok"
     record.finish(status)
+    qc_error = None
     if qc:
-        build_qc_tables(out_dir)
+        try:
+            build_qc_tables(out_dir)
+        except DiskFull as exc:
+            qc_error = f"the QC tables could not be written: {disk_full_message(exc)}"
+            status = "error"
+            record.finish(status, qc_error)
     order = {e.slide_id: i for i, e in enumerate(entries)}
     rows.sort(key=lambda r: order.get(r["slide_id"], 0))
     return CohortResult(
-        EXIT_SLIDES_FAILED if any_failed else EXIT_OK,
+        EXIT_BAD_INPUT if qc_error else EXIT_SLIDES_FAILED if any_failed else EXIT_OK,
         status,
         rows,
         frozenset(s["slide_id"] for s in done),
         time.time() - started,
+        qc_error,
+    )
+
+
+def disk_full_message(exc: DiskFull) -> str:
+    return (
+        f"the disk is full: {exc}; free space there and rerun the same command (finished slides are kept, "
+        "the others are done then)"
     )
 
 
@@ -563,6 +631,12 @@ def process(
     progress = ConsoleProgress(len(todo), config.progress, record, bar)
     try:
         return run_slides(client, todo, out_dir, config, progress)
+    except DiskFull:
+        # the workers of a cluster started here stop before the slides' working folders are removed
+        cluster = getattr(client, "cluster", None) if own_client else None
+        if cluster is not None:
+            cluster.close()
+        raise
     finally:
         progress.close()
         if own_client:
@@ -581,6 +655,8 @@ def build_qc_tables(out_dir: Path) -> None:
             print(f"warning: {w.message}", file=sys.stderr)
         print(f"QC tables and report: {qc_dir}", file=sys.stderr)
     except Exception as exc:  # QC must never cost the run its results
+        if disk_full(exc):  # nor be reported built when its files could not be written
+            raise DiskFull(f"{out_dir / 'qc'}: {exc}") from None
         print(f"warning: QC tables could not be built: {type(exc).__name__}: {exc}", file=sys.stderr)
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipeline.io.outputs.contents import check_count
 from pipeline.io.outputs.stats import NUMERIC_FIELDS, TEXT_FIELDS
 from pipeline.manifest import bidi_controls
 
@@ -86,6 +87,11 @@ def read_slide_stats(folder: str | Path) -> dict[str, Any]:
     if status not in ("ok", "failed"):
         record["error"] = f"unknown status {record['status']!r} in stats.json"
         status = "failed"
+    if status == "ok" and data.get("inputs"):  # a run's record (not a generated one): its count is its table's
+        mismatch = check_count(Path(folder), data.get("n_nuclei"))
+        if mismatch is not None:
+            status = "failed"
+            record["error"] = f"{mismatch}: the record does not match the slide's outputs (rerun the run to redo it)"
     if status == "failed" and not record["error"]:
         record["error"] = "failed (no reason recorded)"
     record["status"] = status

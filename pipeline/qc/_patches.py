@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage as ndi
 
-from pipeline.io.outputs.publish import atomic_path, atomic_write_json
+from pipeline.io.outputs.publish import atomic_path, atomic_write_json, disk_full
 from pipeline.io.outputs.stats import MPP_40X
 
 PATCH_PX_40X = 256  # paper: review patches are 256×256 px at 40x
@@ -370,7 +370,9 @@ def extract_review_patches(
             overlay = nuclei_overlay(view, slide.level_dimensions[0], xs, ys)
             _write_image(folder / "thumbnail_nuclei.jpg", overlay, quality=90, subsampling=0)  # 4:4:4 keeps dots
             result.overlay = f"patches/{slide_id}/thumbnail_nuclei.jpg"
-    except Exception as exc:  # one bad slide never stops the cohort's QC
+    except Exception as exc:  # one bad slide never stops the cohort's QC; a full disk stops it
+        if disk_full(exc):
+            raise
         result.patches, result.images = [], []
         result.note = f"patch extraction failed ({type(exc).__name__}: {exc})"
         return result

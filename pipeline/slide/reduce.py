@@ -25,6 +25,7 @@ from pipeline.io.outputs.tables import run_formats, write_nucleus_tables
 from pipeline.io.readers import SlideError
 from pipeline.io.readers.base import MAX_TILES_NAMED
 from pipeline.slide.assemble import label_offsets
+from pipeline.slide.plausibility import IMPLAUSIBLE_FLAG, implausible_nuclei
 from pipeline.slide.scale import ScaleCheck
 from pipeline.slide.segment import UNREADABLE_SUFFIX
 from pipeline.slide.work import SlidePlan, Tile, TileSummary, tile_file
@@ -116,6 +117,14 @@ def slide_stats(
     if unreadable is not None:
         flags.append(UNREADABLE_FLAG)
         warnings.append(unreadable.note())
+    sizes = nucleus_size_stats(areas_um2, plan.tissue_mm2)
+    implausible = implausible_nuclei(sizes["n_nuclei"], plan.tissue_mm2, sizes["area_mean_um2"])
+    if implausible is not None:
+        flags.append(IMPLAUSIBLE_FLAG)
+        warnings.append(
+            f"{implausible}: no H&E tissue yields this; the model's output or the slide's resolution "
+            f"({plan.mpp:.3g} µm/px from {plan.mpp_source}) is wrong"
+        )
     return SlideStats(
         slide_id=plan.slide_id,
         cancer_type=plan.cancer_type,
@@ -133,7 +142,7 @@ def slide_stats(
         tissue_mm2=round(plan.tissue_mm2, 4),
         artifact_mm2=plan.artifact_mm2,
         unreadable_tiles=unreadable.tiles if unreadable is not None else None,
-        **nucleus_size_stats(areas_um2, plan.tissue_mm2),
+        **sizes,
         n_tiles=n_tiles,
         seconds=round(seconds, 3),
         stage_seconds={k: round(v, 3) for k, v in timings.items()},

@@ -13,7 +13,6 @@ def build_blob_model(path: Path, mpp: float = 0.25) -> Path:
     """A classical nucleus detector written as an ONNX graph that meets the model contract:
     darkness (1 − mean RGB) blurred at two scales and squashed by sigmoids gives the
     nuclear-material map (small blur) and the centre map (large blur, peaks at blob centres)."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     def gaussian(sigma: float, radius: int) -> np.ndarray:
@@ -52,11 +51,13 @@ def build_blob_model(path: Path, mpp: float = 0.25) -> Path:
         [helper.make_tensor_value_info("prob", TensorProto.FLOAT, ["N", 2, "H", "W"])],
         inits,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    meta = {
+    return _save_contract_model(graph, path, _blob_metadata(mpp, "test-blob-1"))
+
+
+def _blob_metadata(mpp: float, version: str) -> dict[str, str]:
+    return {
         "mpp": str(mpp),
-        "version": "test-blob-1",
+        "version": version,
         "training_data": "none (classical detector for tests)",
         "centre_sigma": "1.0",
         "centre_threshold": "0.5",
@@ -68,9 +69,38 @@ def build_blob_model(path: Path, mpp: float = 0.25) -> Path:
         # what it finds on synthetic_slide_image's nuclei at their true scale (for the scale estimate)
         "median_nucleus_area_px": "213",
     }
-    for k, v in meta.items():
+
+
+def _save_contract_model(graph: object, path: Path, metadata: dict[str, str]) -> Path:
+    import onnx
+    from onnx import helper
+
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    for k, v in metadata.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = k, v
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return path
+
+
+def build_constant_model(path: Path, value: float, mpp: float = 0.25) -> Path:
+    """A model with the contract's input, output and metadata whose output is ``value`` at every
+    pixel of both channels, whatever the image: NaN as a model overflowing in fp16 gives, 1.0 as
+    one that calls everything a nucleus, or a value outside [0, 1] as a graph without its sigmoid.
+    For the checks on what a network returns and on what a slide yields."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = [
+        numpy_helper.from_array(np.zeros((2, 3, 1, 1), np.float32), "w_zero"),
+        numpy_helper.from_array(np.full(2, value, np.float32), "b_value"),
+    ]
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["image", "w_zero", "b_value"], ["prob"])],
+        "constant_output",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+        [helper.make_tensor_value_info("prob", TensorProto.FLOAT, ["N", 2, "H", "W"])],
+        inits,
+    )
+    return _save_contract_model(graph, path, _blob_metadata(mpp, f"test-constant-{value}"))

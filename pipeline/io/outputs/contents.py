@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from pipeline.io.outputs.maps import MAPS_DIR
 from pipeline.io.outputs.stats import STATS_FILE
+from pipeline.io.outputs.tables import PRIMARY, TABLE_FILES, run_formats
 
 _BLOCK = 1 << 20
 
@@ -74,10 +77,17 @@ def folder_contents(folder: Path) -> dict[str, dict[str, Any]]:
     }
 
 
-def check_contents(folder: Path, recorded: Any, checksums: bool = False) -> str | None:
-    """None when ``folder`` still holds what ``recorded`` says was published; else what differs."""
+def check_contents(folder: Path, recorded: Any, checksums: bool = False, required: Iterable[str] = ()) -> str | None:
+    """None when ``folder`` still holds what ``recorded`` says was published, and ``recorded``
+    names every one of ``required`` (what the pipeline knows a finished slide holds, whatever its
+    record says); else what differs."""
     if not isinstance(recorded, dict) or not recorded:
         return "its stats.json does not record what the folder holds (written by an older version)"
+    for name in required:
+        if name not in recorded:
+            if not (folder / name).exists():
+                return f"{name} is missing"
+            return f"its stats.json does not record {name}, which every finished slide holds"
     for name, expected in recorded.items():
         path = folder / name
         if not path.exists():
@@ -97,6 +107,48 @@ def check_contents(folder: Path, recorded: Any, checksums: bool = False) -> str 
             return f"{name} has {found['bytes']} bytes, {expected.get('bytes')} were published"
         if checksums and found.get("sha256") != expected.get("sha256"):
             return f"{name} does not match its published checksum (sha256)"
+    return None
+
+
+def required_outputs(config: object) -> tuple[str, ...]:
+    """What every slide finished by a run with ``config`` holds, besides stats.json: the label
+    map and each nucleus table the run writes. The pipeline's to know, not the record's: a rerun
+    checks these are present and recorded before it trusts a slide as complete.
+
+    >>> from pipeline.config import Config
+    >>> required_outputs(Config()), required_outputs(Config(write_csv=True))
+    (('maps.zarr', 'nuclei.parquet'), ('maps.zarr', 'nuclei.parquet', 'nuclei.csv'))
+    """
+    return (MAPS_DIR, *(TABLE_FILES[f] for f in run_formats(config)))
+
+
+def table_rows(folder: Path) -> int:
+    """The number of nuclei in a slide folder's primary table (from its footer: no rows read)."""
+    import pyarrow.parquet as pq
+
+    return int(pq.read_metadata(folder / TABLE_FILES[PRIMARY]).num_rows)
+
+
+def check_published(folder: Path, stats: dict[str, Any], config: object, checksums: bool = False) -> str | None:
+    """None when a finished slide's folder holds what a run with ``config`` requires, what its
+    stats.json records (sizes, and checksums on request) and as many nuclei as its stats.json
+    counts; else what differs. Counts reported from stats.json are then the table's own."""
+    reason = check_contents(folder, stats.get("outputs"), checksums, required_outputs(config))
+    return reason if reason is not None else check_count(folder, stats.get("n_nuclei"))
+
+
+def check_count(folder: Path, counted: Any) -> str | None:
+    """None when a slide folder's nucleus table holds ``counted`` nuclei (its stats.json's
+    ``n_nuclei``); else what differs."""
+    try:
+        rows = table_rows(folder)
+    except FileNotFoundError:
+        return f"{TABLE_FILES[PRIMARY]} is missing"
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        return f"{TABLE_FILES[PRIMARY]} cannot be read: {exc}"
+    if counted != rows:
+        shown = f"{counted:,}" if isinstance(counted, int) else repr(counted)
+        return f"its stats.json counts {shown} nuclei, {TABLE_FILES[PRIMARY]} holds {rows:,}"
     return None
 
 

@@ -8,6 +8,7 @@ visible under its final name; readers and reruns ignore names that start with a 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -26,6 +27,72 @@ from pipeline.io.outputs.stats import STATS_FILE
 PARTIAL_SUFFIX = ".partial"
 OLD_SUFFIX = ".old"
 SCRATCH_SUFFIX = ".tiles"  # a working folder's scratch files (per-tile tables and labels), beside it
+
+# ------------------------------------------------------------------- full disks ----
+
+_DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+# how the OS's message reads where a library wraps it in an error of its own (pyarrow, zarr)
+_DISK_FULL_WORDS = ("No space left on device", "Disk quota exceeded")
+
+
+class DiskFull(Exception):
+    """The disk of the output folder is full (or its quota spent): no slide's fault, so the run
+    stops rather than fail every slide after it; a rerun once space is freed goes on."""
+
+
+def disk_full(exc: BaseException | None) -> bool:
+    """Whether ``exc``, or an error it was raised from, says the disk is full.
+
+    >>> disk_full(OSError(errno.ENOSPC, "No space left on device")), disk_full(OSError(errno.EACCES, "x"))
+    (True, False)
+    >>> disk_full(OSError("Error writing bytes to file. Detail: [errno 28] No space left on device"))
+    True
+    """
+    for _ in range(8):  # the chain of causes is short; a cycle cannot hold the check
+        if exc is None:
+            return False
+        if isinstance(exc, OSError) and (
+            exc.errno in _DISK_FULL_ERRNOS or any(w in str(exc) for w in _DISK_FULL_WORDS)
+        ):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+class SpaceReserve:
+    """A hidden file of ``size`` bytes kept in ``folder`` while a run writes there, given back
+    when the disk fills so that the run's final record (run.json) can still be written.
+
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> reserve = SpaceReserve(folder, 4096)
+    >>> [(p.name, p.stat().st_size) for p in folder.iterdir()]
+    [('.run.json.reserve', 4096)]
+    >>> reserve.release(); list(folder.iterdir())
+    []
+    """
+
+    NAME = ".run.json.reserve"
+
+    def __init__(self, folder: Path, size: int) -> None:
+        self.path = folder / self.NAME
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            try:
+                os.posix_fallocate(fd, 0, size)
+            except (AttributeError, OSError) as exc:  # a file system without fallocate: written out
+                if disk_full(exc):
+                    raise
+                os.write(fd, bytes(size))
+        except BaseException:
+            os.close(fd)
+            self.path.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+
+    def release(self) -> None:
+        self.path.unlink(missing_ok=True)
+
 
 # ------------------------------------------------------------------ atomic files ----
 
