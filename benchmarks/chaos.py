@@ -32,7 +32,6 @@ import os
 import platform
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -40,10 +39,9 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from pipeline.testing.cluster import ExternalCluster, run_args, wait_until
 
-from tests.test_cluster import ExternalCluster, run_args, wait_until  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 # The bad inputs: (slide id, how the file is made). Every one must fail alone, with its reason.
 BAD_INPUTS = (

@@ -11,15 +11,13 @@ import argparse
 import json
 import platform
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from pipeline.testing.cluster import ExternalCluster, run_args, wait_until
 
-from tests.test_cluster import ExternalCluster, run_args, wait_until  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def timed_run(manifest: Path, out: Path, model: Path, kill_after: float | None) -> float:
