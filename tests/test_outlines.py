@@ -12,11 +12,12 @@ promises, as a symmetric Hausdorff distance of at most 0.5 px. Moments are check
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import scipy.ndimage as ndi
 from scipy.spatial.distance import directed_hausdorff
 
-from pipeline.io.outputs.schema import OUTLINE_STEP_PX, OUTLINE_TOLERANCE_PX
+from pipeline.io.outputs.schema import NUCLEI_SCHEMA, OUTLINE_STEP_PX, OUTLINE_TOLERANCE_PX
 from pipeline.kernels.features import (
     nucleus_moments,
     nucleus_outlines,
@@ -198,6 +199,57 @@ def test_moments_are_regionprops(seed: int) -> None:
     np.testing.assert_allclose(moments["eccentricity"][at], np.sqrt(1 - l2 / l1), rtol=1e-9, atol=1e-12)
     empty = nucleus_moments(np.zeros((5, 5), dtype=np.int32), np.zeros((5, 5), dtype=np.float32))
     assert all(len(v) == 0 for v in empty.values())
+
+
+def expected_tile_table(labels: np.ndarray, h_map: np.ndarray, grid, tile, mpp: float) -> pa.Table:  # type: ignore[no-untyped-def]
+    """A tile's nucleus table from its definition: the nuclei whose centroid lies in the tile's
+    core, numbered 1..n; areas from the pixel counts at the model's resolution; scikit-image's
+    outlines (``reference_outlines``) in level-0 px, stored as the outputs store them
+    (``stored_rings``), the perimeter that of the unsimplified ring; centroids on the same grid."""
+    moments = nucleus_moments(labels, h_map)  # regionprops' figures (test_moments_are_regionprops)
+    x, y = grid.to_level0(tile[0], tile[1], moments["row"], moments["col"])
+    cx0, cy0, cx1, cy1 = grid.core(*tile)
+    owned = (moments["area"] > 0) & (x >= cx0 - 0.5) & (x < cx1 - 0.5) & (y >= cy0 - 0.5) & (y < cy1 - 0.5)
+    sel = np.nonzero(owned)[0]
+    rings = reference_outlines(labels, sel + 1)
+    level0 = [np.stack(grid.to_level0(tile[0], tile[1], r[:, 0], r[:, 1]), axis=1) for r in rings]
+    flat = np.concatenate([r.ravel() for r in level0]) if level0 else np.zeros(0)
+    offsets = np.r_[0, np.cumsum([len(r) for r in level0])].astype(np.int64)
+    sx, sy, kept = stored_rings(flat[0::2], flat[1::2], offsets, OUTLINE_STEP_PX, OUTLINE_TOLERANCE_PX)
+    area_um2 = moments["area"][sel] * (grid.scale * mpp) ** 2
+    return pa.table(
+        {
+            "id": pa.array(np.arange(1, len(sel) + 1, dtype=np.uint32)),
+            "centroid_x": on_grid(x[sel], OUTLINE_STEP_PX),
+            "centroid_y": on_grid(y[sel], OUTLINE_STEP_PX),
+            "area_px": area_um2 / mpp**2,
+            "area_um2": area_um2,
+            "perimeter_px": np.array([reference_perimeter(r) * grid.scale for r in rings], dtype=np.float64),
+            "eccentricity": moments["eccentricity"][sel],
+            "mean_haematoxylin": moments["mean_intensity"][sel],
+            "polygon": pa.ListArray.from_arrays(
+                pa.array(2 * np.asarray(kept), pa.int32()), pa.array(np.stack([sx, sy], axis=1).ravel())
+            ),
+        },
+        schema=NUCLEI_SCHEMA,
+    )
+
+
+@pytest.mark.parametrize("slide_mpp", [0.25, 0.5])
+def test_tile_table_is_its_definition(slide_mpp: float) -> None:
+    """A tile's nucleus table (what every output is written from) equals ``expected_tile_table``."""
+    from pipeline.slide.segment import tile_nuclei
+    from pipeline.tiling import TileGrid
+
+    grid = TileGrid.for_slide(400, 300, slide_mpp, 0.25, 96, 32)
+    labels = touching_nuclei(1, side=grid.model_side)
+    h_map = np.random.default_rng(1).random(labels.shape).astype(np.float32)
+    for tile in [(0, 0), (1, 1)]:
+        new, local = tile_nuclei(labels, h_map, grid, tile, slide_mpp)
+        expected = expected_tile_table(labels, h_map, grid, tile, slide_mpp)
+        assert new.num_rows == expected.num_rows > 5
+        assert new.equals(expected)
+        assert int(local.max()) == new.num_rows
 
 
 @pytest.mark.parametrize("slide_mpp", [0.25, 0.5])
