@@ -29,10 +29,8 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -40,10 +38,10 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from pipeline.testing.bench import ratio, record, write_results
+from pipeline.testing.cluster import ExternalCluster, run_args, wait_until
 
-from tests.test_cluster import ExternalCluster, run_args, wait_until  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 # The bad inputs: (slide id, how the file is made). Every one must fail alone, with its reason.
 BAD_INPUTS = (
@@ -195,6 +193,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=70)
     p.add_argument("--model", default="", help="ONNX model (default: the blob contract model, built here)")
     p.add_argument("--keep", type=Path, help="work in this folder and keep it (logs, outputs), not a temporary one")
+    p.add_argument("--out", type=Path, default=None, help="also write chaos.json and chaos.md here")
     args = p.parse_args()
     # the dask workers import this checkout's pipeline, as the drivers (run from it) do
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
@@ -221,9 +220,7 @@ def main() -> None:
         leftovers = [p.name for p in (tmp / "chaos" / "slides").iterdir() if p.name.startswith(".")]
     chaos_s = float(chaos.pop("chaos_s"))  # type: ignore[arg-type]
     total_s = float(chaos.pop("total_s"))  # type: ignore[arg-type]
-    report = {
-        "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores",
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    figures = {
         "model": "blob contract model" if not args.model else args.model,
         "rows": len(good) + len(BAD_INPUTS),
         "good": len(good),
@@ -234,7 +231,7 @@ def main() -> None:
         "clean_exit": clean_exit,
         "clean_ok": sum(1 for s in clean_status.values() if s["status"] == "ok"),
         "chaos_s": round(chaos_s, 1),
-        "chaos_over_clean": round(chaos_s / clean_s, 2),
+        "chaos_over_clean": ratio(chaos_s, clean_s),
         "total_with_retry_s": round(total_s, 1),
         **chaos,
         "final_run_json_status": chaos_run_json["status"],
@@ -243,7 +240,7 @@ def main() -> None:
         "bad_reasons": bad_reasons,
         "leftover_working_folders": leftovers,
     }
-    print(json.dumps(report, indent=1))
+    write_results(record(figures), args.out, "chaos")
 
 
 if __name__ == "__main__":

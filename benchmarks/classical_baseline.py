@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -23,12 +22,10 @@ from skimage.filters import threshold_otsu
 from skimage.morphology import h_maxima
 from skimage.segmentation import watershed
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipeline.evaluation.scoring import format_table, score_image, summarise  # noqa: E402
-from pipeline.io.annotations import VALIDATION_IMAGES, load_monuseg, shared_data_dir  # noqa: E402
-from pipeline.kernels.nuclei import remove_small_labels  # noqa: E402
-from pipeline.kernels.stain import haematoxylin  # noqa: E402
+from pipeline.evaluation.scoring import format_table, score_image, summarise
+from pipeline.io.annotations import VALIDATION_IMAGES, load_monuseg, shared_data_dir
+from pipeline.kernels.nuclei import remove_small_labels
+from pipeline.kernels.stain import haematoxylin
 
 SMOOTH_SIGMA = 1.0  # px at 40x: suppresses chromatin texture before Otsu
 MIN_AREA_PX = 30  # smaller than any real nucleus at 40x (MoNuSeg median 294 px)

@@ -8,18 +8,15 @@ all) shortly after the first tiles start.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from pipeline.testing.bench import ratio, record, write_results
+from pipeline.testing.cluster import ExternalCluster, run_args, wait_until
 
-from tests.test_cluster import ExternalCluster, run_args, wait_until  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def timed_run(manifest: Path, out: Path, model: Path, kill_after: float | None) -> float:
@@ -51,6 +48,7 @@ def main() -> None:
 
     p = argparse.ArgumentParser()
     p.add_argument("--model", default="")
+    p.add_argument("--out", type=Path, default=None, help="also write fault_recovery.json and .md here")
     args = p.parse_args()
     model = resolve_model_path(args.model or None)
     with tempfile.TemporaryDirectory(prefix="fault-") as tmp:
@@ -58,20 +56,15 @@ def main() -> None:
         manifest = synthetic_slide_cohort(folder, 6, 1024, 1024, seed=60, prefix="f")
         clean = timed_run(manifest, folder / "clean", model, None)
         killed = timed_run(manifest, folder / "killed", model, kill_after=2.0)
-    print(
-        json.dumps(
-            {
-                "machine": f"{platform.node()} {platform.machine()}",
-                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                "model": str(model),
-                "slides": 6,
-                "uninterrupted_s": round(clean, 1),
-                "one_worker_killed_s": round(killed, 1),
-                "time_lost_s": round(killed - clean, 1),
-            },
-            indent=1,
-        )
-    )
+    figures = {
+        "model": str(model),
+        "slides": 6,
+        "uninterrupted_s": round(clean, 1),
+        "one_worker_killed_s": round(killed, 1),
+        "time_lost_s": round(killed - clean, 1),
+        "killed_to_uninterrupted": ratio(killed, clean),
+    }
+    write_results(record(figures), args.out, "fault_recovery")
 
 
 if __name__ == "__main__":

@@ -20,12 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipeline.config import Config  # noqa: E402
-from pipeline.io.annotations import TRAINING_IMAGES, read_rgb, shared_data_dir  # noqa: E402
-from pipeline.manifest import SlideEntry  # noqa: E402
-from pipeline.slide import process_slide_inline  # noqa: E402
+from pipeline.config import Config
+from pipeline.io.annotations import TRAINING_IMAGES, read_rgb, shared_data_dir
+from pipeline.manifest import SlideEntry
+from pipeline.slide import process_slide_inline
 
 INKS = {"green": (40, 140, 80), "blue": (40, 60, 170), "black": (25, 25, 30), "red": (200, 20, 35)}
 

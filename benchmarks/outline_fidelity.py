@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 
 def filled_outlines(parquet: Path, shape: tuple[int, int]) -> tuple[np.ndarray, float]:

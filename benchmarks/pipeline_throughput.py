@@ -22,13 +22,11 @@ import argparse
 import json
 import os
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # this checkout's pipeline, not another installed in the environment
 
 
 def generated_slide(folder: Path, side: int, seed: int) -> Path:

@@ -16,13 +16,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from scale_estimate import resample
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipeline.io.annotations import VALIDATION_IMAGES, load_monuseg, shared_data_dir  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scale_estimate import resample  # noqa: E402
+from pipeline.io.annotations import VALIDATION_IMAGES, load_monuseg, shared_data_dir
 
 
 def cli(*args: str) -> str:

@@ -30,14 +30,12 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # this checkout's pipeline, not another installed in the environment
-sys.path.insert(0, str(ROOT / "benchmarks"))
+from pipeline.config import Config
+from pipeline.io.annotations import MONUSEG_ORGANS, read_rgb, shared_data_dir
+from pipeline.qc import scale_outliers
+from pipeline.qc._rules import SCALE_COHORT_FACTOR, SCALE_COHORT_MIN_SLIDES
 
-from pipeline.config import Config  # noqa: E402
-from pipeline.io.annotations import MONUSEG_ORGANS, read_rgb, shared_data_dir  # noqa: E402
-from pipeline.qc import scale_outliers  # noqa: E402
-from pipeline.qc._rules import SCALE_COHORT_FACTOR, SCALE_COHORT_MIN_SLIDES  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 EXAMPLE_ID = "CMU-1-Small-Region"
 OTHER_IDS = ("cmu",) + tuple(f"slide-{i}" for i in range(10))

@@ -20,14 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipeline.io.annotations import TRAINING_IMAGES, VALIDATION_IMAGES, read_rgb, shared_data_dir  # noqa: E402
-from pipeline.io.readers import ArraySlide  # noqa: E402
-from pipeline.kernels.stain import reinhard_stats  # noqa: E402
-from pipeline.kernels.tissue import tissue_mask  # noqa: E402
-from pipeline.runtime import load_model  # noqa: E402
-from pipeline.slide.scale import N_WINDOWS, WINDOW_PX, _read_at, estimate_mpp, tissue_windows  # noqa: E402
+from pipeline.io.annotations import TRAINING_IMAGES, VALIDATION_IMAGES, read_rgb, shared_data_dir
+from pipeline.io.readers import ArraySlide
+from pipeline.kernels.stain import reinhard_stats
+from pipeline.kernels.tissue import tissue_mask
+from pipeline.runtime import load_model
+from pipeline.slide.scale import N_WINDOWS, WINDOW_PX, _read_at, estimate_mpp, tissue_windows
 
 
 def resample(rgb: np.ndarray, factor: float) -> np.ndarray:

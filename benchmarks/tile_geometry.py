@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # this checkout's pipeline, not another installed in the environment
 
 FIXTURES = ROOT.parent / "shared" / "data" / "wsi_fixtures"
 SLIDES = ("tcga-cr-7395-01a-01-ts1.svs", "CMU-1-Small-Region.svs")  # small_dicom: 4.64 µm/px, refused

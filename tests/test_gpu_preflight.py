@@ -3,26 +3,24 @@ exactly the pinned wheels, every carried wheel's dependencies are met, the carry
 
 from __future__ import annotations
 
-import importlib
+import re
 import subprocess
+import sys
 import zipfile
 from pathlib import Path
-from typing import Any
 
-import pytest
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "gpu_preflight.py"
+CARRY_LIMIT = 64 * 1024 * 1024  # what one device call may carry
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+def preflight(*args: object) -> subprocess.CompletedProcess:
+    """The checks' command line, as the device run calls it."""
+    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True, timeout=120)
 
 
-@pytest.fixture(scope="module")
-def preflight() -> Any:
-    import sys
-
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        return importlib.import_module("gpu_preflight")
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+def problems(done: subprocess.CompletedProcess) -> list[str]:
+    return [line.removeprefix("PROBLEM: ") for line in done.stdout.splitlines() if line.startswith("PROBLEM: ")]
 
 
 def fake_wheel(folder: Path, name: str, version: str, requires: list[str] = ()) -> Path:
@@ -35,29 +33,34 @@ def fake_wheel(folder: Path, name: str, version: str, requires: list[str] = ()) 
     return path
 
 
-def test_the_wheel_list_pins_everything_and_carries_no_cucim(preflight) -> None:
-    pins, not_carried = preflight.read_list(preflight.WHEEL_LIST)
-    assert pins and all(version for version in pins.values())
+def test_the_wheel_list_pins_everything_and_carries_no_cucim(tmp_path: Path) -> None:
+    missing = problems(preflight("wheels", "--dir", tmp_path))  # an empty folder: every pin is missing
+    pins = dict(re.fullmatch(r"missing wheel: (\S+)==(\S+)", p).groups() for p in missing)
+    assert pins and len(pins) == len(missing)  # every pin has its version
     assert "google-crc32c" in pins and "crc32c" not in pins  # zarr 3.1 imports google_crc32c
-    assert not any(name.startswith("cucim") for name in pins) and "cucim-cu13" in not_carried
-    assert "numpy==2.5.2" in preflight.dry_run_base()
+    assert not any(name.startswith("cucim") for name in pins)
+    assert re.search(r"^#\s*not-carried:\s*cucim-cu13\b", (ROOT / "benchmarks" / "gpu_wheels.txt").read_text(), re.M)
+    assert "numpy==2.5.2" in preflight("dry-run-base").stdout.split()
 
 
-def test_wheel_folder_must_hold_exactly_the_pins(preflight, tmp_path: Path) -> None:
+def test_wheel_folder_must_hold_exactly_the_pins(tmp_path: Path) -> None:
     listing = tmp_path / "wheels.txt"
     listing.write_text("zarr==3.1.6   # comment\ngoogle-crc32c==1.9.0\n")
+    check = ("wheels", "--dir", tmp_path, "--list", listing)
     fake_wheel(tmp_path, "zarr", "3.1.6")
-    assert preflight.check_wheels(tmp_path, listing) == ["missing wheel: google-crc32c==1.9.0"]
+    assert problems(preflight(*check)) == ["missing wheel: google-crc32c==1.9.0"]
     fake_wheel(tmp_path, "google_crc32c", "1.9.0")
-    assert preflight.check_wheels(tmp_path, listing) == []
+    done = preflight(*check)
+    assert done.returncode == 0 and problems(done) == []
     fake_wheel(tmp_path, "google_crc32c", "1.8.0")
     fake_wheel(tmp_path, "bokeh", "3.9.0")
-    problems = preflight.check_wheels(tmp_path, listing)
-    assert any("several versions of google-crc32c" in p for p in problems)
-    assert any("not in wheels.txt: bokeh" in p for p in problems)
+    done = preflight(*check)
+    assert done.returncode == 1
+    assert any("several versions of google-crc32c" in p for p in problems(done))
+    assert any("not in wheels.txt: bokeh" in p for p in problems(done))
 
 
-def test_closure_finds_the_missing_dependency(preflight, tmp_path: Path) -> None:
+def test_closure_finds_the_missing_dependency(tmp_path: Path) -> None:
     """The failure the first dry run found: zarr needs google-crc32c; crc32c was carried instead."""
     listing = tmp_path / "wheels.txt"
     listing.write_text("zarr==3.1.6\ncrc32c==2.7\n# not-carried: bokeh  dashboard only\n")
@@ -71,17 +74,18 @@ def test_closure_finds_the_missing_dependency(preflight, tmp_path: Path) -> None
     )
     fake_wheel(tmp_path, "crc32c", "2.7")
     fake_wheel(tmp_path, "rapids_dask_dependency", "26.10.0", ["bokeh<3.10", "numpy<2"])
-    problems, checked = preflight.check_closure(tmp_path, listing, image)
-    assert checked == 5  # the python < 3.12 marker does not apply on the device
-    assert any("needs google-crc32c>=1.5: neither carried nor on the device image" in p for p in problems)
-    assert any("needs numpy<2, the device image has 2.5.2" in p for p in problems)
-    assert len(problems) == 2  # bokeh is named as not carried
+    check = ("closure", "--dir", tmp_path, "--list", listing, "--image", image)
+    done = preflight(*check)
+    assert "closure: 5 requirements of 3 wheels checked" in done.stdout  # python < 3.12 does not apply there
+    found = problems(done)
+    assert any("needs google-crc32c>=1.5: neither carried nor on the device image" in p for p in found)
+    assert any("needs numpy<2, the device image has 2.5.2" in p for p in found)
+    assert len(found) == 2  # bokeh is named as not carried
     fake_wheel(tmp_path, "google_crc32c", "1.9.0")
-    problems, _ = preflight.check_closure(tmp_path, listing, image)
-    assert len(problems) == 1
+    assert len(problems(preflight(*check))) == 1
 
 
-def test_carry_counts_the_tree_and_the_wheels(preflight, tmp_path: Path) -> None:
+def test_carry_counts_the_tree_and_the_wheels(tmp_path: Path) -> None:
     """What a device call sends: tracked files and untracked ones git does not ignore, plus the
     carried wheels; measured on a known tree, so files a user keeps in the checkout do not count."""
     tree = tmp_path / "tree"
@@ -93,20 +97,19 @@ def test_carry_counts_the_tree_and_the_wheels(preflight, tmp_path: Path) -> None
     (tree / ".venv" / "big.bin").write_bytes(b"z" * 50_000)  # ignored: not sent
     subprocess.run(["git", "init", "-q", str(tree)], check=True)
     subprocess.run(["git", "-C", str(tree), "add", ".gitignore", "pkg/tracked.py"], check=True)
-    assert preflight.tree_bytes(tree) == (1307, 3)
-
     wheels = tmp_path / "wheels"
     wheels.mkdir()
     wheel = fake_wheel(wheels, "zarr", "3.1.6").stat().st_size
-    carry = ["carry", "--dir", str(wheels), "--root", str(tree)]
-    assert preflight.main(carry) == 0
-    assert preflight.main([*carry, "--limit", str(1307 + wheel + 1)]) == 0
-    assert preflight.main([*carry, "--limit", str(1307 + wheel)]) == 1
+    carry = ["carry", "--dir", wheels, "--root", tree]
+    done = preflight(*carry)
+    assert done.returncode == 0 and "tree_bytes=1307 (3 files)" in done.stdout
+    assert preflight(*carry, "--limit", 1307 + wheel + 1).returncode == 0
+    assert preflight(*carry, "--limit", 1307 + wheel).returncode == 1
 
 
-def test_the_repository_fits_a_device_call(preflight) -> None:
+def test_the_repository_fits_a_device_call() -> None:
     """The tracked files alone (the shipped model is most of them) leave room for the wheels."""
-    listed = subprocess.run(["git", "-C", str(preflight.ROOT), "ls-files", "-z"], check=True, capture_output=True)
-    paths = [preflight.ROOT / rel.decode() for rel in listed.stdout.split(b"\0") if rel]
+    listed = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z"], check=True, capture_output=True)
+    paths = [ROOT / rel.decode() for rel in listed.stdout.split(b"\0") if rel]
     tracked = sum(p.stat().st_size for p in paths if p.is_file() and not p.is_symlink())
-    assert 7_000_000 < tracked < preflight.CARRY_LIMIT // 2
+    assert 7_000_000 < tracked < CARRY_LIMIT // 2

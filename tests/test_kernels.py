@@ -15,6 +15,7 @@ from pipeline.kernels.nuclei import (
     fill_label_holes,
     foreground_box,
     instances_from_probabilities,
+    instances_in_box,
     remove_small_labels,
     seed_components,
     seed_lone_components,
@@ -33,8 +34,6 @@ from pipeline.kernels.stain import (
     reinhard_stats,
 )
 from pipeline.kernels.tissue import tissue_mask
-from tests.reference import basin_flood
-from tests.reference import postprocessing as previous
 
 
 def disc_probabilities(centres: list[tuple[int, int]], radius: float, shape=(96, 96)) -> np.ndarray:
@@ -125,8 +124,8 @@ def crowded_nuclei(size: int = 160, seed: int = 0, levels: int = 0) -> tuple[np.
 
 
 def test_basin_watershed_is_scikit_image_flood_where_no_seed_values_tie() -> None:
-    """Float64 surface, no two seed pixels of equal value: the basin-wise flood, the previous
-    per-component flood and one scikit-image flood of the whole mask agree pixel for pixel."""
+    """Float64 surface, no two seed pixels of equal value: the basin-wise flood and one
+    scikit-image flood of the whole mask agree pixel for pixel."""
     for seed in range(3):
         surface, markers, mask = crowded_nuclei(seed=seed)
         _, _, contested = contested_basins(np.where(mask, markers, 0), mask)
@@ -134,7 +133,20 @@ def test_basin_watershed_is_scikit_image_flood_where_no_seed_values_tie() -> Non
         assert (~contested[1:]).sum() >= 5  # and basins decided without flooding
         whole = watershed(surface, np.where(mask, markers, 0), mask=mask)
         np.testing.assert_array_equal(watershed_from_seeds(surface, markers, mask), whole)
-        np.testing.assert_array_equal(previous.watershed_from_seeds(surface, markers, mask), whole)
+
+
+def flood_each_basin_alone(surface: np.ndarray, seeds: np.ndarray, gaps: np.ndarray, labels: np.ndarray) -> None:
+    """The flood the side-by-side canvas must reproduce: basin ``k`` of ``gaps`` flooded by its own
+    scikit-image call on its box and the seed pixels one step around it."""
+    import scipy.ndimage as ndi
+
+    for k, (rows, cols) in enumerate(ndi.find_objects(gaps), start=1):
+        box = (
+            slice(max(rows.start - 1, 0), rows.stop + 1),
+            slice(max(cols.start - 1, 0), cols.stop + 1),
+        )
+        gap, box_seeds = gaps[box] == k, seeds[box]
+        labels[box][gap] = watershed(surface[box], box_seeds, mask=gap | (box_seeds > 0))[gap]
 
 
 @pytest.mark.parametrize("canvas", ["one canvas", "many canvases, large basins alone"])
@@ -142,9 +154,10 @@ def test_basins_flooded_side_by_side_get_the_labels_of_one_flood_each(
     canvas: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Small basins whose seed pixels all differ in value are flooded together on a canvas, the
-    others (tied seed values, or large) each on its own: the labels of the previous flood of every
-    basin on its own, pixel for pixel. The surface takes 12 values on the left half (ties everywhere
-    there) and is exact on the right; flooding the tied basins side by side too moves 2–22 pixels per picture here."""
+    others (tied seed values, or large) each on its own: the labels of one scikit-image flood per
+    basin on its box (``flood_each_basin_alone``), pixel for pixel. The surface takes 12 values on
+    the left half (ties everywhere there) and is exact on the right; flooding the tied basins side
+    by side too moves 2–22 pixels per picture here."""
     import pipeline.kernels.nuclei as nuclei
 
     if canvas != "one canvas":
@@ -163,8 +176,8 @@ def test_basins_flooded_side_by_side_get_the_labels_of_one_flood_each(
         at = np.flatnonzero(gaps)
         tied = seed_values_tie(surface, seeds, at, gaps.ravel()[at], int(contested.sum()))
         assert tied.sum() >= 2 and (~tied[1:]).sum() >= 2  # flooded on their own, and side by side
-        with monkeypatch.context() as previous_flood:
-            previous_flood.setattr(nuclei, "flood_gaps", basin_flood.flood_gaps)
+        with monkeypatch.context() as alone:
+            alone.setattr(nuclei, "flood_gaps", flood_each_basin_alone)
             one_by_one = watershed_from_seeds(surface, markers, mask)
         np.testing.assert_array_equal(watershed_from_seeds(surface, markers, mask), one_by_one)
 
@@ -188,9 +201,6 @@ def test_components_without_a_core_are_numbered_as_when_seeded_at_their_peak() -
         np.testing.assert_array_equal(
             watershed_from_seeds(surface, markers, fg, lone_after=n), watershed_from_seeds(surface, seeded, fg)
         )
-        np.testing.assert_array_equal(
-            instances_from_probabilities(prob, params), previous.instances_from_probabilities(prob, params)
-        )
 
 
 def test_basin_watershed_does_not_depend_on_the_rest_of_the_image() -> None:
@@ -210,7 +220,7 @@ def test_basin_watershed_does_not_depend_on_the_rest_of_the_image() -> None:
 @pytest.mark.parametrize("corner", ["inside", "at the edge"])
 def test_glass_is_skipped_with_the_same_labels(corner: str) -> None:
     """A window half glass: the steps run on the box that can hold foreground, and every label is
-    the one the whole window gives (the previous steps, which always ran on all of it)."""
+    the one the steps give run on all of the window (``instances_in_box`` of the whole window)."""
     import scipy.ndimage as ndi
 
     rng = np.random.default_rng(6)
@@ -226,13 +236,31 @@ def test_glass_is_skipped_with_the_same_labels(corner: str) -> None:
         assert box is not None and (box[0].stop - box[0].start) * (box[1].stop - box[1].start) < 0.5 * 180 * 200
         labels = instances_from_probabilities(prob, params)
         assert labels.max() >= 10
-        np.testing.assert_array_equal(labels, previous.instances_from_probabilities(prob, params))
+        np.testing.assert_array_equal(labels, instances_in_box(prob, params))
     assert not instances_from_probabilities(np.zeros_like(prob), NucleusThresholds()).any()
+
+
+def fill_by_whole_image_dilation(labels: np.ndarray) -> np.ndarray:
+    """Background components that do not touch the image's edge, filled ring by ring with the
+    largest label among each pixel's 3×3 neighbours."""
+    import scipy.ndimage as ndi
+
+    components, _ = ndi.label(labels == 0)
+    edge = np.concatenate([components[0], components[-1], components[:, 0], components[:, -1]])
+    holes = (components > 0) & ~np.isin(components, edge)
+    out = labels.copy()
+    while True:
+        grown = ndi.grey_dilation(out, size=3)
+        fill = holes & (out == 0) & (grown > 0)
+        if not fill.any():
+            return out
+        out = np.where(fill, grown, out)
 
 
 def test_hole_fill_equals_whole_image_dilation() -> None:
     """Holes of every width, some touching diagonally, some open to the image's edge: the fill that
-    visits hole pixels only gives the previous whole-image dilation's labels."""
+    visits hole pixels only gives the labels of growing every label into its enclosed background
+    one ring at a time by a 3×3 grey dilation of the whole image (``fill_by_whole_image_dilation``)."""
     import scipy.ndimage as ndi
 
     surface, markers, mask = crowded_nuclei(size=120, seed=4)
@@ -240,8 +268,9 @@ def test_hole_fill_equals_whole_image_dilation() -> None:
     rng = np.random.default_rng(5)
     punched = ndi.gaussian_filter(rng.random(labels.shape), 1.5)
     labels[punched > np.quantile(punched, 0.8)] = 0
-    assert (previous.fill_label_holes(labels) != labels).sum() > 100
-    np.testing.assert_array_equal(fill_label_holes(labels), previous.fill_label_holes(labels))
+    expected = fill_by_whole_image_dilation(labels)
+    assert (expected != labels).sum() > 100
+    np.testing.assert_array_equal(fill_label_holes(labels), expected)
 
 
 def test_holes_filled_and_small_labels_renumbered() -> None:

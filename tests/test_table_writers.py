@@ -1,5 +1,6 @@
 """The column-wise nucleus-table writers against row-by-row definitions: ``nuclei.csv`` against
-the previous row-by-row writer (kept verbatim in ``tests/reference``), byte for byte;
+the paper's format written one row at a time with Python's float formatting (``csv_row``), byte
+for byte;
 ``nuclei.geojson`` (UUID ids, the nucleus id as a measurement) against
 ``json.dumps`` of :func:`pipeline.io.outputs.geojson.nucleus_feature` for every row."""
 
@@ -15,8 +16,6 @@ import pytest
 from pipeline.io.outputs.geojson import nucleus_feature
 from pipeline.io.outputs.schema import NUCLEI_SCHEMA
 from pipeline.io.outputs.tables import write_nucleus_tables
-from tests.reference.csv_rows import PaperCsvWriter as RowCsvWriter
-from tests.reference.geojson_rows import QuPathGeoJsonWriter as RowGeoJsonWriter
 
 SLIDE = "TCGA-A1-A0SB-01Z-00-DX1"
 
@@ -46,21 +45,26 @@ def random_table(rng: np.random.Generator, n: int, first_id: int, scale: float) 
     )
 
 
+def csv_row(row: dict) -> str:
+    """One ``nuclei.csv`` line, the paper's format: ``AreaInPixels,PhysicalSize,Polygon``, the area
+    rounded half to even, µm² to 2 decimals, the polygon as ``[x0:y0:x1:y1:...]`` to 0.1 px."""
+    polygon = "[" + ":".join(f"{v:.1f}" for v in row["polygon"]) + "]"
+    return f"{int(round(row['area_px']))},{row['area_um2']:.2f},{polygon}\n"
+
+
+def test_csv_row_by_hand() -> None:
+    row = {"area_px": 20.5, "area_um2": 1.005, "polygon": [1.0, 2.25, 3.5, 4.05]}
+    assert csv_row(row) == "20,1.00,[1.0:2.2:3.5:4.0]\n"  # Python's round and format: ties to even
+
+
 def write_rows(tables: list[pa.Table], folder: Path) -> None:
-    """nuclei.csv by the previous writer; nuclei.geojson row by row from the feature's definition."""
-    writers = [RowCsvWriter(folder), RowGeoJsonWriter(folder)]  # the GeoJSON one for its empty file
-    features = []
-    for table in tables:
-        if table.num_rows == 0:
-            continue
-        columns = table.to_pydict()
-        writers[0].write(table, columns)
-        features += [json.dumps(nucleus_feature(row, SLIDE), separators=(",", ":")) for row in table.to_pylist()]
-    for w in writers:
-        w.close()
-    if features:
-        text = '{"type": "FeatureCollection", "features": [\n' + ",\n".join(features) + "\n]}\n"
-        (folder / "nuclei.geojson").write_bytes(text.encode())
+    """nuclei.csv and nuclei.geojson row by row from their definitions."""
+    rows = [row for table in tables for row in table.to_pylist()]
+    csv = "AreaInPixels,PhysicalSize,Polygon\n" + "".join(csv_row(row) for row in rows)
+    (folder / "nuclei.csv").write_text(csv, newline="")
+    features = [json.dumps(nucleus_feature(row, SLIDE), separators=(",", ":")) for row in rows]
+    text = '{"type": "FeatureCollection", "features": [\n' + ",\n".join(features) + "\n]}\n"
+    (folder / "nuclei.geojson").write_bytes(text.encode())
 
 
 @pytest.mark.parametrize("scale", [1.0, 1.996])
