@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu"
 TINY = ["--device", "cpu", "--model", "blob", "--side", "768", "--tile-px", "256", "--write-procs", "1"]
 TINY += ["--read-threads", "1", "--cpu-tiles", "1", "--device-tiles", "3"]
 

@@ -1,4 +1,4 @@
-"""The GPU run's checks that need no GPU (benchmarks/gpu_preflight.py): the wheel folder holds
+"""The GPU run's checks that need no GPU (benchmarks/gpu/gpu_preflight.py): the wheel folder holds
 exactly the pinned wheels, every carried wheel's dependencies are met, the carry is measured."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu"
 
 
 @pytest.fixture(scope="module")
