@@ -49,6 +49,18 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def sibling_script(relative: str) -> Any:
+    """Another benchmark script of this folder, imported from its file."""
+    import importlib.util
+
+    path = ROOT / "benchmarks" / relative
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module  # its functions pickle by this name
+    spec.loader.exec_module(module)
+    return module
+
+
 def tree_bytes(path: Path) -> int:
     if path.is_file():
         return path.stat().st_size
@@ -216,7 +228,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.slides:
         return real_slides(args.slides, args.baseline, args.out)
 
-    import gpu_benchmark as gb
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -227,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.manifest import SlideEntry
     from pipeline.slide.inline import process_slide_inline
 
+    gb = sibling_script("gpu/gpu_benchmark.py")  # its generated slide and models
     work = Path(tempfile.mkdtemp(prefix="output-footprint-"))
     model_path, model_name = gb.benchmark_model(args.model, work)
     slide, drawn = gb.generated_slide(work, args.side, args.spacing, tuple(args.radius))

@@ -4,7 +4,7 @@ with the cancer type's median (``pipeline.qc.scale_outliers``).
 
     python benchmarks/scale_check.py [--rows rows.json] [--threads 2]
 
-Correctly labelled images: the 30 MoNuSeg 2018 training tiles (7 organs; ../shared/data, never the
+Correctly labelled images: the 30 MoNuSeg 2018 training tiles (7 organs; the project data folder, never the
 test set) at their 40x (0.25 µm/px) and area-averaged to 20x (0.5 µm/px), read as slides without
 metadata so that the estimate is the pipeline's own (``estimate_mpp``), whose ratio to the true
 resolution is what a slide stating it would show; the real example slide CMU-1-Small-Region (20x,

@@ -64,7 +64,7 @@ class Config:
     # side of a maps.zarr shard (one file) in level-0 px, rounded down to whole tile cores: a 40x
     # slide of 100k² px is at most 625 level-0 shards of 4096² (not up to 9,604 chunk files of
     # 1024²), and an assembly task holds one shard (64 MB of uint32 ids) at a time
-    # (benchmarks/RESULTS-outputs-maps.md)
+    # (benchmarks/RESULTS-outputs.md)
     map_shard_px: int = 4096
     # --- execution ---
     reader: str = "auto"  # one of READER_CHOICES (forcing a reader is for experts and tests)

@@ -1,4 +1,4 @@
-"""The GPU run's checks that need no GPU (benchmarks/gpu_preflight.py): the wheel folder holds
+"""The GPU run's checks that need no GPU (benchmarks/gpu/gpu_preflight.py): the wheel folder holds
 exactly the pinned wheels, every carried wheel's dependencies are met, the carry is measured."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "gpu_preflight.py"
+SCRIPT = ROOT / "benchmarks" / "gpu" / "gpu_preflight.py"
 CARRY_LIMIT = 64 * 1024 * 1024  # what one device call may carry
 
 
@@ -39,7 +39,9 @@ def test_the_wheel_list_pins_everything_and_carries_no_cucim(tmp_path: Path) -> 
     assert pins and len(pins) == len(missing)  # every pin has its version
     assert "google-crc32c" in pins and "crc32c" not in pins  # zarr 3.1 imports google_crc32c
     assert not any(name.startswith("cucim") for name in pins)
-    assert re.search(r"^#\s*not-carried:\s*cucim-cu13\b", (ROOT / "benchmarks" / "gpu_wheels.txt").read_text(), re.M)
+    assert re.search(
+        r"^#\s*not-carried:\s*cucim-cu13\b", (ROOT / "benchmarks" / "gpu" / "gpu_wheels.txt").read_text(), re.M
+    )
     assert "numpy==2.5.2" in preflight("dry-run-base").stdout.split()
 
 

@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def need_ndpi(name: str) -> Path:
     if not (NDPI / name).exists():
-        pytest.skip(f"../shared/data/wsi_fixtures_more/hamamatsu_ndpi/{name} is not present")
+        pytest.skip(f"{NDPI / name} is not present")
     return NDPI / name
 
 

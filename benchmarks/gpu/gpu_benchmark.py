@@ -3,8 +3,8 @@ session on the same generated slide, with the split by stage; in phases that eac
 budget, each written to the results as soon as it ends, so one failure or a kill loses no more
 than the phase it hit.
 
-    python benchmarks/gpu_benchmark.py --device gpu --out $OUT/bench            # a GPU node (~2 min)
-    python benchmarks/gpu_benchmark.py --device cpu --side 2048 --tile-px 1024  # the same code anywhere
+    python benchmarks/gpu/gpu_benchmark.py --device gpu --out $OUT/bench            # a GPU node (~2 min)
+    python benchmarks/gpu/gpu_benchmark.py --device cpu --side 2048 --tile-px 1024  # the same code anywhere
 
 Phases, in order (``phases`` in the JSON: status, seconds, budget, error):
 
@@ -60,7 +60,7 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # this checkout's pipeline, not another installed in the environment
 
 GOAL_GPX = 10.0  # the goal for one GPU: a 10-gigapixel slide …

@@ -1,10 +1,10 @@
-"""Checks for the one GPU run that need no GPU (benchmarks/gpu_device_run.sh runs them, on the
+"""Checks for the one GPU run that need no GPU (benchmarks/gpu/gpu_device_run.sh runs them, on the
 device and in its CPU dry run). Standard library only, plus ``packaging`` for the dependency check.
 
-    python benchmarks/gpu_preflight.py wheels  --dir benchmarks/wheels     # exactly the pinned wheels
-    python benchmarks/gpu_preflight.py carry   --dir benchmarks/wheels     # tree + wheels < 64 MiB
-    python benchmarks/gpu_preflight.py closure --dir benchmarks/wheels     # every dependency met
-    python benchmarks/gpu_preflight.py imports --required zarr,dask --optional rmm
+    python benchmarks/gpu/gpu_preflight.py wheels  --dir benchmarks/gpu/wheels     # exactly the pinned wheels
+    python benchmarks/gpu/gpu_preflight.py carry   --dir benchmarks/gpu/wheels     # tree + wheels < 64 MiB
+    python benchmarks/gpu/gpu_preflight.py closure --dir benchmarks/gpu/wheels     # every dependency met
+    python benchmarks/gpu/gpu_preflight.py imports --required zarr,dask --optional rmm
 
 Each prints what it measured and exits 1 naming what failed.
 """
@@ -21,7 +21,7 @@ import zipfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
+ROOT = HERE.parents[1]
 WHEEL_LIST = HERE / "gpu_wheels.txt"
 DEVICE_IMAGE = HERE / "gpu_device_image.txt"
 CARRY_LIMIT = 64 * 1024 * 1024  # what one device call may carry: tracked tree + carried paths

@@ -3,18 +3,18 @@
 # everything the run uses, run the GPU tests, run the GPU benchmark in phases; every result under $OUT.
 #
 # THE DEVICE CALL (the `run` tool, one call, from the root of a checkout of this branch):
-#   command:   bash benchmarks/gpu_device_run.sh
-#   carry:     ["benchmarks/wheels"]     git-ignored, so it travels only when the call names it
+#   command:   bash benchmarks/gpu/gpu_device_run.sh
+#   carry:     ["benchmarks/gpu/wheels"]     git-ignored, so it travels only when the call names it
 #   timeout_s: 600                       this script's own limits sum to 450 s (see LIMITS below)
-# Fill benchmarks/wheels first, here: `bash benchmarks/gpu_device_run.sh --fetch` (pip's own index
+# Fill benchmarks/gpu/wheels first, here: `bash benchmarks/gpu/gpu_device_run.sh --fetch` (pip's own index
 # settings apply); it checks that the tree and the wheels together stay under the 64 MiB carry.
 # The second call (fp16 AJI, no wheels; only with ≥ 5 min of device time left): docs/gpu.md.
 #
 # THE DRY RUN, on any CPU machine with Python 3.12 (pyenv has it here):
-#   bash benchmarks/gpu_device_run.sh --dry-run
-# fetches the pinned wheels (or uses those in benchmarks/wheels), checks the carry, installs the
+#   bash benchmarks/gpu/gpu_device_run.sh --dry-run
+# fetches the pinned wheels (or uses those in benchmarks/gpu/wheels), checks the carry, installs the
 # wheels with --no-deps into a fresh target over a Python 3.12 base that has what the device image
-# has (benchmarks/gpu_device_image.txt, cached outside the tree), imports everything the device
+# has (benchmarks/gpu/gpu_device_image.txt, cached outside the tree), imports everything the device
 # run imports, runs the GPU test selection and the benchmark with --device cpu on a small slide
 # through the same code paths and limits, and ends with `carry_bytes=N` and `dry-run ok` (exit 0),
 # or names what failed (exit 1).
@@ -28,14 +28,14 @@
 # bench/nvidia_smi_device_{stages,full}.csv.
 
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 ROOT=$PWD
 MODE=device
 case "${1:-}" in
   --dry-run) MODE=dry-run ;;
   --fetch) MODE=fetch ;;
   "") ;;
-  *) echo "usage: bash benchmarks/gpu_device_run.sh [--dry-run | --fetch]" >&2; exit 2 ;;
+  *) echo "usage: bash benchmarks/gpu/gpu_device_run.sh [--dry-run | --fetch]" >&2; exit 2 ;;
 esac
 
 # LIMITS (seconds): each step's outer limit; together 30 + 30 + 150 + 240 = 450 < the call's 600.
@@ -44,7 +44,7 @@ IMPORT_LIMIT=30
 TESTS_LIMIT=150      # pytest's own per-test limit is 90 s, so a hang is reported, not the whole step lost
 BENCH_LIMIT=240      # the benchmark's phase budgets (gpu_benchmark.py) fit inside it
 
-WHEELS=benchmarks/wheels
+WHEELS=benchmarks/gpu/wheels
 PYVER=3.12
 export PYTHONUNBUFFERED=1
 log() { echo "== $(date -u +%H:%M:%S) $*"; }
@@ -58,7 +58,7 @@ fetch_wheels() {  # $1: python with pip
   "$1" -m pip download -q --no-deps --only-binary=:all: --python-version "$PYVER" --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64 \
     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64 \
-    -d "$WHEELS" -r benchmarks/gpu_wheels.txt
+    -d "$WHEELS" -r benchmarks/gpu/gpu_wheels.txt
 }
 
 find_python312() {  # a Python 3.12 that runs on this machine, or nothing (a pyenv shim may not)
@@ -75,7 +75,7 @@ find_python312() {  # a Python 3.12 that runs on this machine, or nothing (a pye
 # ------------------------------------------------------------------------------- fetch ----
 if [ "$MODE" = fetch ]; then
   fetch_wheels "${PYTHON:-python3}" || { echo "pip download failed"; exit 1; }
-  python3 benchmarks/gpu_preflight.py wheels --dir "$WHEELS" && python3 benchmarks/gpu_preflight.py carry --dir "$WHEELS"
+  python3 benchmarks/gpu/gpu_preflight.py wheels --dir "$WHEELS" && python3 benchmarks/gpu/gpu_preflight.py carry --dir "$WHEELS"
   exit $?
 fi
 
@@ -108,8 +108,8 @@ rm -rf "$SITE"
       echo "WARNING: no Python 3.12 here (PYTHON312, python3.12, pyenv): the dry run uses Python $PYVER and its"
       echo "         wheels; the device needs the 3.12 ones, so its carry figure below is not the device's."
     fi
-    log "dry-run base: $("$PY312" -V) with what the device image has (benchmarks/gpu_device_image.txt)"
-    BASE_LIST=$(python3 benchmarks/gpu_preflight.py dry-run-base)
+    log "dry-run base: $("$PY312" -V) with what the device image has (benchmarks/gpu/gpu_device_image.txt)"
+    BASE_LIST=$(python3 benchmarks/gpu/gpu_preflight.py dry-run-base)
     STAMP=$(echo "$PY312 $BASE_LIST" | sha1sum | cut -c1-12)
     BASE=${DRY_RUN_BASE:-${XDG_CACHE_HOME:-$HOME/.cache}/nuclei-pipeline/gpu-dry-run-base-$PYVER-$STAMP}
     if [ ! -x "$BASE/bin/python" ] || [ ! -f "$BASE/.complete" ]; then
@@ -133,25 +133,25 @@ rm -rf "$SITE"
   log "wheels ($WHEELS)"
   if ! compgen -G "$WHEELS/*.whl" > /dev/null; then
     if [ "$MODE" = dry-run ]; then
-      T=$(now); fetch_wheels "$PY" 2> >(grep -v "^WARNING: Location" >&2) || fail "pip download of benchmarks/gpu_wheels.txt"
+      T=$(now); fetch_wheels "$PY" 2> >(grep -v "^WARNING: Location" >&2) || fail "pip download of benchmarks/gpu/gpu_wheels.txt"
       echo "fetched $(ls "$WHEELS"/*.whl 2>/dev/null | wc -l) wheels in $(since "$T") s"
     else
       echo "No wheels in $WHEELS. It is git-ignored, so it reaches the device only when the call names it:"
-      echo "  carry: [\"benchmarks/wheels\"]   (fill it first with: bash benchmarks/gpu_device_run.sh --fetch)"
+      echo "  carry: [\"benchmarks/gpu/wheels\"]   (fill it first with: bash benchmarks/gpu/gpu_device_run.sh --fetch)"
       echo "Stopping now rather than spend device minutes on a run that cannot import zarr or dask."
       exit 1
     fi
   fi
-  if CHECK=$("$PY" benchmarks/gpu_preflight.py wheels --dir "$WHEELS"); then
+  if CHECK=$("$PY" benchmarks/gpu/gpu_preflight.py wheels --dir "$WHEELS"); then
     echo "$CHECK" | tail -1
   else
     echo "$CHECK" | grep -v '^  '
-    fail "the wheel folder does not hold exactly the pinned wheels (benchmarks/gpu_wheels.txt)"
+    fail "the wheel folder does not hold exactly the pinned wheels (benchmarks/gpu/gpu_wheels.txt)"
     [ "$MODE" = device ] && exit 1
   fi
-  "$PY" benchmarks/gpu_preflight.py closure --dir "$WHEELS" || fail "dependencies of the carried wheels"
+  "$PY" benchmarks/gpu/gpu_preflight.py closure --dir "$WHEELS" || fail "dependencies of the carried wheels"
   if [ "$MODE" = dry-run ]; then
-    CARRY=$("$PY" benchmarks/gpu_preflight.py carry --dir "$WHEELS")
+    CARRY=$("$PY" benchmarks/gpu/gpu_preflight.py carry --dir "$WHEELS")
     CARRY_RC=$?
     echo "$CARRY"
     [ $CARRY_RC -eq 0 ] || fail "the carry is over 64 MiB"
@@ -179,7 +179,7 @@ rm -rf "$SITE"
   DEVICE_ONLY=torch,cupy,cupyx.scipy.ndimage
   if [ "$MODE" = device ]; then REQUIRED+=,$DEVICE_ONLY; OPTIONAL=rmm; else OPTIONAL=$DEVICE_ONLY,rmm; fi
   T=$(now)
-  if ! timeout "$IMPORT_LIMIT" "$PY" benchmarks/gpu_preflight.py imports --required "$REQUIRED" --optional "$OPTIONAL"; then
+  if ! timeout "$IMPORT_LIMIT" "$PY" benchmarks/gpu/gpu_preflight.py imports --required "$REQUIRED" --optional "$OPTIONAL"; then
     fail "required imports"
     [ "$MODE" = device ] && exit 1
   fi
@@ -218,7 +218,7 @@ PYEOF
   log "benchmark (limit ${BENCH_LIMIT} s; results written after each phase)"
   T=$(now)
   # shellcheck disable=SC2086
-  timeout "$BENCH_LIMIT" "$PY" benchmarks/gpu_benchmark.py "${BENCH_DEVICE[@]}" --out "$OUT/bench" --work "$WORK" \
+  timeout "$BENCH_LIMIT" "$PY" benchmarks/gpu/gpu_benchmark.py "${BENCH_DEVICE[@]}" --out "$OUT/bench" --work "$WORK" \
     --watchdog-s $((BENCH_LIMIT - 10)) ${BENCH_ARGS:-}
   RC=$?
   BENCH_S=$(since "$T"); echo "benchmark exit: $RC in $BENCH_S s"
@@ -226,8 +226,8 @@ PYEOF
   rm -rf "$WORK"
 
   if [ "$MODE" = dry-run ]; then
-    log "the second call (fp16 AJI; carries benchmarks/fp16-data, no wheels): its imports and carry"
-    PACKED=benchmarks/fp16-data/validation.npz
+    log "the second call (fp16 AJI; carries benchmarks/gpu/fp16-data, no wheels): its imports and carry"
+    PACKED=benchmarks/gpu/fp16-data/validation.npz
     # everything it imports but torch, without the wheel target: none of it may need a carried wheel
     PYTHONPATH=$ROOT "$PY" -c "
 import sys
@@ -239,19 +239,19 @@ print('imports without wheels: ok (torch: on the device image)')
     MONUSEG=$(PYTHONPATH=$ROOT "$PY" -c "from pipeline.io.annotations import shared_data_dir as d; print(d() / 'monuseg2018_train')")
     if [ ! -f "$PACKED" ] && [ -d "$MONUSEG" ]; then
       T=$(now)
-      PYTHONPATH=$ROOT "$PY" benchmarks/gpu_fp16_aji.py --pack "$PACKED" --data "$MONUSEG" \
+      PYTHONPATH=$ROOT "$PY" benchmarks/gpu/gpu_fp16_aji.py --pack "$PACKED" --data "$MONUSEG" \
         || fail "packing the validation images"
       echo "packed in $(since "$T") s"
     fi
     if [ -f "$PACKED" ]; then
       PYTHONPATH=$ROOT "$PY" -c "
-import sys; sys.path.insert(0, 'benchmarks')
+import sys; sys.path.insert(0, 'benchmarks/gpu')
 from gpu_fp16_aji import packed_images
 images = packed_images('$PACKED')
 assert len(images) == 7 and all(rgb.shape[:2] == labels.shape and labels.max() > 0 for _, rgb, labels in images)
 print('packed:', len(images), 'images,', sum(int(l.max()) for _, _, l in images), 'nuclei')
 " || fail "reading the packed validation images"
-      "$PY" benchmarks/gpu_preflight.py carry --dir benchmarks/fp16-data | sed 's/^/fp16 call: /' \
+      "$PY" benchmarks/gpu/gpu_preflight.py carry --dir benchmarks/gpu/fp16-data | sed 's/^/fp16 call: /' \
         || fail "the fp16 call's carry is over 64 MiB"
     else
       echo "no $MONUSEG here: the fp16 call's data is not packed (docs/gpu.md)"

@@ -2,16 +2,16 @@
 
 DATA is the project's data folder (``pipeline.io.annotations.shared_data_dir()``).
 
-    python benchmarks/gpu_fp16_aji.py --model pipeline/runtime/weights/nuclei_unet.onnx \
+    python benchmarks/gpu/gpu_fp16_aji.py --model pipeline/runtime/weights/nuclei_unet.onnx \
         --data DATA/monuseg2018_train --device cuda --out $OUT/fp16_aji.json
 
 For the lent GPU machine, which sees only what a call carries (and the MoNuSeg folder is 126 MB
 of PNG masks), pack the 7 validation images once, here, with their labels made from the masks:
 
-    python benchmarks/gpu_fp16_aji.py --pack benchmarks/fp16-data/validation.npz \
+    python benchmarks/gpu/gpu_fp16_aji.py --pack benchmarks/gpu/fp16-data/validation.npz \
         --data DATA/monuseg2018_train
-    # then, there (benchmarks/fp16-data is git-ignored: the call carries it; docs/gpu.md):
-    python3 benchmarks/gpu_fp16_aji.py --packed benchmarks/fp16-data/validation.npz --out $OUT/fp16_aji.json
+    # then, there (benchmarks/gpu/fp16-data is git-ignored: the call carries it; docs/gpu.md):
+    python3 benchmarks/gpu/gpu_fp16_aji.py --packed benchmarks/gpu/fp16-data/validation.npz --out $OUT/fp16_aji.json
 
 Both precisions run the same ONNX file through the torch runtime (``half=False`` / ``True``),
 whole images tiled as in training evaluation (``pipeline.training.export.image_probabilities``),
