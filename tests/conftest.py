@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipeline.cli.run import PACKAGES as RUN_PACKAGES  # what run.json records
 from pipeline.io.annotations import DATA_DIR_VARIABLE, shared_data_dir
 from pipeline.testing import build_blob_model, synthetic_slide_image, write_pyramidal_tiff
 
@@ -37,28 +38,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
 # What the results depend on: printed at the end of every test run (quiet ones and CI's included),
 # so a failure can be matched to the versions that produced it.
-REPORTED_PACKAGES = (
-    "numpy",
-    "scipy",
-    "scikit-image",
-    "dask",
-    "distributed",
-    "zarr",
-    "numcodecs",
-    "onnxruntime",
-    "onnx",
-    "torch",
-    "pyarrow",
-    "pandas",
-    "tifffile",
-    "imagecodecs",
-    "pillow",
-    "pydicom",
-    "wsidicom",
-    "geopandas",
-    "shapely",
-    "cucim-cu13",
-    "ruff",
+REPORTED_PACKAGES = tuple(
+    dict.fromkeys(
+        [*RUN_PACKAGES, "onnx", "torch", "pandas", "pillow", "wsidicom", "geopandas", "shapely", "openslide-python"]
+        + ["ruff"]
+    )
 )
 
 
