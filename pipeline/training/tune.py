@@ -118,6 +118,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--thresholds", type=Path, help="JSON from a previous tune run")
     parser.add_argument("--out", type=Path, help="write the thresholds and scores (JSON)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--errors", action="store_true", help="also print the error classes at IoU 0.5 (pipeline.evaluation.errors)"
+    )
     args = parser.parse_args(argv)
     t0 = time.time()
     run, meta = model_function(args.model, args.threads)
@@ -136,6 +139,11 @@ def main(argv: list[str] | None = None) -> None:
         params, _, trail = coordinate_search(probs, images, params)
     scores, overall = score(probs, images, params)
     print(format_table(scores, overall))
+    if args.errors:
+        from pipeline.evaluation.errors import error_counts, format_errors
+
+        labels = [np.asarray(instances_from_probabilities(p, params)) for p in probs]
+        print(format_errors({a.name: error_counts(a.labels, lab) for a, lab in zip(images, labels, strict=True)}))
     print(json.dumps({"thresholds": dataclasses.asdict(params)}))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
