@@ -722,7 +722,8 @@ def test_local_launcher_listens_on_loopback_only(tmp_path: Path) -> None:
         start_new_session=True,
     )
     try:
-        wait_for(sched.exists, timeout=60)
+        # the scheduler writes its file in place: wait until it is whole, not only there
+        wait_for(lambda: sched.exists() and sched.read_text().rstrip().endswith("}"), timeout=60)
         deadline = time.time() + 60
         while True:  # until the worker has registered with the scheduler
             info = json.loads(sched.read_text())
