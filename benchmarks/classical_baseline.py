@@ -23,7 +23,7 @@ from skimage.morphology import h_maxima
 from skimage.segmentation import watershed
 
 from pipeline.evaluation.scoring import format_table, score_image, summarise
-from pipeline.io.annotations import VALIDATION_IMAGES, load_monuseg, shared_data_dir
+from pipeline.io.annotations import VALIDATION_IMAGES, data_dir, load_monuseg
 from pipeline.kernels.nuclei import remove_small_labels
 from pipeline.kernels.stain import haematoxylin
 
@@ -46,7 +46,7 @@ def classical_segmentation(rgb: np.ndarray) -> np.ndarray:
 def main(argv: list[str] | None = None) -> None:
     root = Path(__file__).resolve().parents[1]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=shared_data_dir() / "monuseg2018_train")
+    parser.add_argument("--data", type=Path, default=data_dir() / "monuseg2018_train")
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "pipeline-train")
     parser.add_argument("--model", type=Path, default=root / "pipeline" / "model" / "weights" / "nuclei_unet.onnx")
     parser.add_argument("--no-model", action="store_true")

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config import Config
-from pipeline.io.annotations import TRAINING_IMAGES, read_rgb, shared_data_dir
+from pipeline.io.annotations import TRAINING_IMAGES, data_dir, read_rgb
 from pipeline.manifest import SlideEntry
 from pipeline.slide import process_slide_inline
 
@@ -55,7 +55,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", type=int, default=10)
     args = p.parse_args()
-    root = shared_data_dir() / "monuseg2018_train"
+    root = data_dir() / "monuseg2018_train"
     totals = {"false_mm2": 0.0, "in_ink": 0, "kept": [], "found_share": []}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)

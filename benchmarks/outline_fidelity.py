@@ -57,10 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     from scale_estimate import resample
 
     from pipeline.evaluation.metrics import aggregated_jaccard_index
-    from pipeline.io.annotations import VALIDATION_IMAGES, load_monuseg, shared_data_dir
+    from pipeline.io.annotations import VALIDATION_IMAGES, data_dir, load_monuseg
 
     images = load_monuseg(
-        shared_data_dir() / "monuseg2018_train", VALIDATION_IMAGES, cache_dir=Path.home() / ".cache" / "pipeline-train"
+        data_dir() / "monuseg2018_train", VALIDATION_IMAGES, cache_dir=Path.home() / ".cache" / "pipeline-train"
     )
     results: dict[str, dict[str, float]] = {}
     for factor in args.factors:

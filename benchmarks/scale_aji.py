@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from scale_estimate import resample
 
-from pipeline.io.annotations import VALIDATION_IMAGES, load_monuseg, shared_data_dir
+from pipeline.io.annotations import VALIDATION_IMAGES, data_dir, load_monuseg
 
 
 def cli(*args: str) -> str:
@@ -37,7 +37,7 @@ def main() -> int:
     from PIL import Image
 
     images = load_monuseg(
-        shared_data_dir() / "monuseg2018_train", VALIDATION_IMAGES, cache_dir=Path.home() / ".cache" / "pipeline-train"
+        data_dir() / "monuseg2018_train", VALIDATION_IMAGES, cache_dir=Path.home() / ".cache" / "pipeline-train"
     )
     src, truth = args.work / "images", args.work / "truth"
     src.mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config import Config
-from pipeline.io.annotations import MONUSEG_ORGANS, read_rgb, shared_data_dir
+from pipeline.io.annotations import MONUSEG_ORGANS, data_dir, read_rgb
 from pipeline.qc import scale_outliers
 from pipeline.qc._rules import SCALE_COHORT_FACTOR, SCALE_COHORT_MIN_SLIDES
 
@@ -49,7 +49,7 @@ def monuseg_rows(threads: int) -> list[dict[str, object]]:
     from pipeline.slide.scale import estimate_mpp
 
     model = load_model(None, threads)
-    root = shared_data_dir() / "monuseg2018_train"
+    root = data_dir() / "monuseg2018_train"
     rows = []
     for name, organ in MONUSEG_ORGANS.items():
         full = read_rgb(root / name / "images" / f"{name}.png")
@@ -81,7 +81,7 @@ def slide_rows(threads: int) -> list[dict[str, object]]:
     from pipeline_throughput import generated_slide
 
     rows = []
-    cmu = shared_data_dir() / "wsi_fixtures" / "CMU-1-Small-Region.svs"
+    cmu = data_dir() / "wsi_fixtures" / "CMU-1-Small-Region.svs"
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for sid in (EXAMPLE_ID, *OTHER_IDS):
@@ -215,8 +215,8 @@ def main() -> int:
     if args.rows and args.rows.exists():
         rows = json.loads(args.rows.read_text())
     else:
-        if not (shared_data_dir() / "monuseg2018_train").exists():
-            print(f"{shared_data_dir()} holds no MoNuSeg training tiles", file=sys.stderr)
+        if not (data_dir() / "monuseg2018_train").exists():
+            print(f"{data_dir()} holds no MoNuSeg training tiles", file=sys.stderr)
             return 2
         started = time.perf_counter()
         rows = monuseg_rows(args.threads) + slide_rows(args.threads)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.io.annotations import TRAINING_IMAGES, VALIDATION_IMAGES, read_rgb, shared_data_dir
+from pipeline.io.annotations import TRAINING_IMAGES, VALIDATION_IMAGES, data_dir, read_rgb
 from pipeline.io.readers import ArraySlide
 from pipeline.kernels.stain import reinhard_stats
 from pipeline.kernels.tissue import tissue_mask
@@ -52,7 +52,7 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, help="write the per-image rows as JSON")
     args = p.parse_args()
-    root = shared_data_dir() / "monuseg2018_train"
+    root = data_dir() / "monuseg2018_train"
     if not root.exists():
         print(f"{root} is not present", file=sys.stderr)
         return 2

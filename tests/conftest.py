@@ -11,10 +11,14 @@ import numpy as np
 import pytest
 
 from pipeline.cli.run import PACKAGES as RUN_PACKAGES  # what run.json records
-from pipeline.io.annotations import DATA_DIR_VARIABLE, shared_data_dir
+from pipeline.io.annotations import DATA_DIR_VARIABLE, data_dir
+
+# The tests' data, unless $NUCLEI_DATA_DIR names it: a `shared/data` folder beside the checkout
+# (where CI puts it). Set here, before any test module reads it; subprocesses inherit it.
+os.environ.setdefault(DATA_DIR_VARIABLE, str(Path(__file__).resolve().parents[2] / "shared" / "data"))
 from pipeline.testing import build_blob_model, synthetic_slide_image, write_pyramidal_tiff
 
-SHARED_DATA = shared_data_dir()
+SHARED_DATA = data_dir()
 WSI_FIXTURES = SHARED_DATA / "wsi_fixtures"
 
 

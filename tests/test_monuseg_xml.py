@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 
 from pipeline.io.annotations import (
+    data_dir,
     labels_from_mask_folder,
     rasterise_polygons,
     read_monuseg_xml,
     read_rgb,
     read_truth,
-    shared_data_dir,
 )
 
-DATA = shared_data_dir()
+DATA = data_dir()
 XML_DIR = DATA / "monuseg2018_train_xml_samples"
 PNG_DIR = DATA / "monuseg2018_train"
 SAMPLES = {"TCGA-B0-5710-01Z-00-DX1": 359, "TCGA-B0-5698-01Z-00-DX1": 357}

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from pipeline.cli.qc import main as qc_main
-from pipeline.io.annotations import shared_data_dir
+from pipeline.io.annotations import data_dir
 from pipeline.io.outputs.stats import SlideStats
 from pipeline.qc import (
     ReviewError,
@@ -41,7 +41,7 @@ from pipeline.testing.qc_cohorts import (
 )
 from tests.conftest import SPECIAL_FILES, bounded_cli, special_file
 
-SHARED_DATA = shared_data_dir()
+SHARED_DATA = data_dir()
 SIZES = {"BRCA": 100, "LUAD": 250, "GBM": 30}  # k = 2, 5 and 0 at 2 %
 
 

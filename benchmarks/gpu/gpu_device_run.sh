@@ -236,7 +236,7 @@ wheel_only = sorted(m for m in sys.modules if m.split('.')[0] in {'zarr', 'dask'
 assert not wheel_only, f'the fp16 call would need carried wheels for {wheel_only}'
 print('imports without wheels: ok (torch: on the device image)')
 " || fail "the fp16 call's imports"
-    MONUSEG=$(PYTHONPATH=$ROOT "$PY" -c "from pipeline.io.annotations import shared_data_dir as d; print(d() / 'monuseg2018_train')")
+    MONUSEG=$(PYTHONPATH=$ROOT "$PY" -c "from pipeline.io.annotations import data_dir as d; print(d() / 'monuseg2018_train')")
     if [ ! -f "$PACKED" ] && [ -d "$MONUSEG" ]; then
       T=$(now)
       PYTHONPATH=$ROOT "$PY" benchmarks/gpu/gpu_fp16_aji.py --pack "$PACKED" --data "$MONUSEG" \

@@ -1,6 +1,6 @@
 """AJI of the fp16 variant against fp32 on the validation images (fp16 is accepted within 0.005).
 
-DATA is the project's data folder (``pipeline.io.annotations.shared_data_dir()``).
+DATA is the project's data folder (``pipeline.io.annotations.data_dir()``).
 
     python benchmarks/gpu/gpu_fp16_aji.py --model pipeline/runtime/weights/nuclei_unet.onnx \
         --data DATA/monuseg2018_train --device cuda --out $OUT/fp16_aji.json

@@ -71,10 +71,11 @@ TRAINING_IMAGES: tuple[str, ...] = tuple(sorted(set(MONUSEG_ORGANS) - set(VALIDA
 DATA_DIR_VARIABLE = "NUCLEI_DATA_DIR"
 
 
-def shared_data_dir() -> Path:
-    """The project's data folder: ``$NUCLEI_DATA_DIR``, else ``../shared/data`` beside the repository."""
+def data_dir() -> Path:
+    """The project's data folder: ``$NUCLEI_DATA_DIR``, else ``data/`` at the top of the checkout
+    (git-ignored)."""
     folder = os.environ.get(DATA_DIR_VARIABLE)
-    return Path(folder) if folder else Path(__file__).resolve().parents[3] / "shared" / "data"
+    return Path(folder) if folder else Path(__file__).resolve().parents[2] / "data"
 
 
 @dataclass(frozen=True)

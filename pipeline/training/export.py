@@ -184,7 +184,7 @@ TRAINING_DATA = (
 
 
 def main(argv: list[str] | None = None) -> None:
-    from pipeline.io.annotations import VALIDATION_IMAGES, read_rgb, shared_data_dir
+    from pipeline.io.annotations import VALIDATION_IMAGES, data_dir, read_rgb
     from pipeline.training.targets import normalised_rgb
 
     parser = argparse.ArgumentParser(description="Export a U-net checkpoint to ONNX.")
@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("pipeline/runtime/weights/nuclei_unet.onnx"))
     parser.add_argument("--version", default="1.0.0")
     parser.add_argument("--training-data", default=TRAINING_DATA)
-    parser.add_argument("--data", type=Path, default=shared_data_dir() / "monuseg2018_train")
+    parser.add_argument("--data", type=Path, default=data_dir() / "monuseg2018_train")
     parser.add_argument("--context-px", type=int, help="skip the measurement and use this value")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)

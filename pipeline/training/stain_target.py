@@ -7,7 +7,7 @@ the data the U-net was trained on::
     python -m pipeline.training.stain_target [--data DIR]
 
 ``--data`` defaults to ``monuseg2018_train`` in the project's data folder
-(:func:`pipeline.io.annotations.shared_data_dir`).
+(:func:`pipeline.io.annotations.data_dir`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.io.annotations import TRAINING_IMAGES, read_rgb, shared_data_dir
+from pipeline.io.annotations import TRAINING_IMAGES, data_dir, read_rgb
 from pipeline.kernels.stain import StainStats, optical_density, rgb_to_lab_reinhard
 
 # A pixel is tissue when its summed optical density exceeds this (white glass ≈ 0.05;
@@ -51,7 +51,7 @@ def pooled_stats(images: list[np.ndarray]) -> StainStats:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=shared_data_dir() / "monuseg2018_train")
+    parser.add_argument("--data", type=Path, default=data_dir() / "monuseg2018_train")
     args = parser.parse_args(argv)
     images = [read_rgb(args.data / n / "images" / f"{n}.png") for n in TRAINING_IMAGES]
     stats = pooled_stats(images)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.io.annotations import TRAINING_IMAGES, VALIDATION_IMAGES, load_monuseg, shared_data_dir
+from pipeline.io.annotations import TRAINING_IMAGES, VALIDATION_IMAGES, data_dir, load_monuseg
 from pipeline.io.outputs.publish import atomic_path
 from pipeline.training.synthetic import SyntheticConfig, synthetic_patch
 from pipeline.training.targets import augment_patch, normalised_rgb, training_targets
@@ -38,7 +38,7 @@ from pipeline.training.unet import NucleusUNet, UNetConfig
 @dataclass(frozen=True)
 class TrainConfig:
     out: str = "runs/nuclei_unet"
-    data: str = str(shared_data_dir() / "monuseg2018_train")
+    data: str = str(data_dir() / "monuseg2018_train")
     cache: str = str(Path.home() / ".cache" / "pipeline-train")
     steps: int = 3000
     batch: int = 8

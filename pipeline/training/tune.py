@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.evaluation.scoring import ImageScore, format_table, score_image, summarise
-from pipeline.io.annotations import VALIDATION_IMAGES, AnnotatedImage, load_monuseg, shared_data_dir
+from pipeline.io.annotations import VALIDATION_IMAGES, AnnotatedImage, data_dir, load_monuseg
 from pipeline.kernels.nuclei import NucleusThresholds, instances_from_probabilities
 from pipeline.training.export import (
     ProbabilityFn,
@@ -110,7 +110,7 @@ def coordinate_search(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, required=True, help=".pt checkpoint or .onnx")
-    parser.add_argument("--data", type=Path, default=shared_data_dir() / "monuseg2018_train")
+    parser.add_argument("--data", type=Path, default=data_dir() / "monuseg2018_train")
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "pipeline-train")
     parser.add_argument(
         "--score-only", action="store_true", help="no search: score with --thresholds, or the ONNX file's own metadata"
