@@ -464,6 +464,14 @@ def test_bad_settings_refuse_with_one_line(
         (["--max-mpp", "50"], {}, "max_mpp"),  # would plan tiles of a few pixels each
         ([], {"NUCLEI_DEFAULT_MPP": "0.02"}, "default_mpp"),  # finer than any scanner
         ([], {"NUCLEI_DEFAULT_MPP": "3"}, "default_mpp"),  # coarser than max_mpp: every such slide refused
+        # beyond what a node can carry (before: a MemoryError per slide, a run without progress, 145
+        # processes on two cores, endless worker restarts)
+        (["--halo-px", "100000"], {}, "halo_px=100000 must be at most 1024"),
+        (["--workers", "200"], {}, "n_workers=200"),
+        (["--dashboard", "127.0.0.1:99999"], {}, "from 1 to 65535"),
+        ([], {"NUCLEI_MEMORY_LIMIT": "1kB"}, "memory_limit='1kB'"),
+        ([], {"NUCLEI_MAX_NUCLEUS_PX": "100000"}, "max_nucleus_px=100000"),
+        ([], {"NUCLEI_WORKERS": "4"}, "unknown environment variable NUCLEI_WORKERS"),
     ],
 )
 def test_bad_bounds_refuse_with_one_line(

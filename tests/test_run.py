@@ -298,40 +298,6 @@ def test_the_console_gives_warnings_and_expected_failures_one_line_each(
     assert sum("gone" in line and "file not found" in line for line in console.splitlines()) >= 1, console
 
 
-@pytest.mark.parametrize(
-    ("args", "env", "named"),
-    [
-        (["--halo-px", "100000"], {}, "halo_px=100000 must be at most 1024"),
-        (["--workers", "200"], {}, "n_workers=200"),
-        (["--dashboard", "127.0.0.1:99999"], {}, "from 1 to 65535"),
-        ([], {"NUCLEI_MEMORY_LIMIT": "1kB"}, "memory_limit='1kB'"),
-        ([], {"NUCLEI_MAX_NUCLEUS_PX": "100000"}, "max_nucleus_px=100000"),
-        ([], {"NUCLEI_WORKERS": "4"}, "unknown environment variable NUCLEI_WORKERS"),
-    ],
-)
-def test_settings_without_bound_refuse_the_run_with_one_line(
-    args: list[str],
-    env: dict[str, str],
-    named: str,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capfd: pytest.CaptureFixture[str],
-) -> None:
-    """Exit 2 and one ``error:`` line before any cluster starts or any folder is made (in this
-    process; capfd: the run enables faulthandler, which needs stderr's file descriptor)."""
-    from pipeline.cli.run import main
-
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    manifest = tmp_path / "m.csv"
-    manifest.write_text("slide_path,slide_id\na.svs,a\n")
-    code = main([str(manifest), "--out", str(tmp_path / "out"), "--no-progress", *args])
-    err = capfd.readouterr().err
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert code == 2 and len(lines) == 1 and named in lines[0], err
-    assert not (tmp_path / "out").exists()
-
-
 @pytest.mark.slow
 def test_a_tampered_record_is_not_trusted(tmp_path: Path, blob_model: Path) -> None:
     """What a finished slide holds is the pipeline's to know, its counts the table's: a stats.json
