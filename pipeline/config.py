@@ -329,8 +329,8 @@ def validate_config(config: Config) -> None:
         address = re.fullmatch(r"\[?[0-9A-Za-z.:_-]*\]?:(\d{1,5})", config.dashboard)
         if not address:
             problems.append(f"dashboard={config.dashboard!r} must be HOST:PORT (e.g. 127.0.0.1:8787) or 'off'")
-        elif not 1 <= int(address.group(1)) <= 65535:
-            problems.append(f"dashboard={config.dashboard!r}: a port is a number from 1 to 65535")
+        elif not 0 <= int(address.group(1)) <= 65535:
+            problems.append(f"dashboard={config.dashboard!r}: a port is a number from 0 (any free port) to 65535")
     if config.map_shard_px < 1:
         problems.append(f"map_shard_px={config.map_shard_px} must be ≥ 1 (level-0 px; rounded to whole tile cores)")
     if config.tiles_per_task < 1:

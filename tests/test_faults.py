@@ -468,7 +468,7 @@ def test_bad_settings_refuse_with_one_line(
         # processes on two cores, endless worker restarts)
         (["--halo-px", "100000"], {}, "halo_px=100000 must be at most 1024"),
         (["--workers", "200"], {}, "n_workers=200"),
-        (["--dashboard", "127.0.0.1:99999"], {}, "from 1 to 65535"),
+        (["--dashboard", "127.0.0.1:99999"], {}, "to 65535"),
         ([], {"NUCLEI_MEMORY_LIMIT": "1kB"}, "memory_limit='1kB'"),
         ([], {"NUCLEI_MAX_NUCLEUS_PX": "100000"}, "max_nucleus_px=100000"),
         ([], {"NUCLEI_WORKERS": "4"}, "unknown environment variable NUCLEI_WORKERS"),
