@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 __all__ = ["ExternalCluster", "run_args", "wait_until"]
 
@@ -25,57 +26,56 @@ class ExternalCluster:
         self.file = folder / "scheduler.json"
         env = dict(os.environ, DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES="2")
         self.env = env
-        self.scheduler = subprocess.Popen(
-            [
-                str(BIN / "dask"),
-                "scheduler",
-                "--scheduler-file",
-                str(self.file),
-                "--host",
-                "127.0.0.1",  # nothing listens beyond this machine (the project's network default)
-                "--port",
-                "0",
-                "--dashboard-address",
-                "127.0.0.1:0",
-            ],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=open(folder / "scheduler.log", "w"),
-            start_new_session=True,
-        )
+        with open(folder / "scheduler.log", "w") as log:  # the child keeps its own descriptor
+            self.scheduler = self._start(
+                [
+                    str(BIN / "dask"),
+                    "scheduler",
+                    "--scheduler-file",
+                    str(self.file),
+                    "--host",
+                    "127.0.0.1",  # nothing listens beyond this machine (the project's network default)
+                    "--port",
+                    "0",
+                    "--dashboard-address",
+                    "127.0.0.1:0",
+                ],
+                log,
+            )
         deadline = time.time() + 60
         while not self.file.exists() and time.time() < deadline:
             time.sleep(0.1)
         self.workers = [self.start_worker(i) for i in range(n_workers)]
         self.wait_for_workers(n_workers)
 
+    def _start(self, args: list[str], log: IO[str]) -> subprocess.Popen:
+        return subprocess.Popen(args, env=self.env, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+
     def start_worker(self, i: int) -> subprocess.Popen:
-        return subprocess.Popen(
-            [
-                str(BIN / "dask"),
-                "worker",
-                "--scheduler-file",
-                str(self.file),
-                "--nthreads",
-                "1",
-                "--nworkers",
-                "1",
-                "--memory-limit",
-                "3GiB",
-                "--host",
-                "127.0.0.1",
-                # a worker's HTTP server (health, metrics) runs even with --no-dashboard, on all
-                # interfaces unless placed
-                "--dashboard-address",
-                "127.0.0.1:0",
-                "--name",
-                f"w{i}-{time.time_ns()}",
-            ],
-            env=self.env,
-            stdout=subprocess.DEVNULL,
-            stderr=open(self.folder / f"worker{i}.log", "a"),
-            start_new_session=True,
-        )
+        with open(self.folder / f"worker{i}.log", "a") as log:  # the child keeps its own descriptor
+            return self._start(
+                [
+                    str(BIN / "dask"),
+                    "worker",
+                    "--scheduler-file",
+                    str(self.file),
+                    "--nthreads",
+                    "1",
+                    "--nworkers",
+                    "1",
+                    "--memory-limit",
+                    "3GiB",
+                    "--host",
+                    "127.0.0.1",
+                    # a worker's HTTP server (health, metrics) runs even with --no-dashboard, on all
+                    # interfaces unless placed
+                    "--dashboard-address",
+                    "127.0.0.1:0",
+                    "--name",
+                    f"w{i}-{time.time_ns()}",
+                ],
+                log,
+            )
 
     def client(self):  # type: ignore[no-untyped-def]
         from distributed import Client
