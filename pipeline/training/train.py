@@ -151,16 +151,16 @@ def fixed_validation_patches(
     size : int
         Side of a patch, in px.
     touching_gap : bool, optional
-        Training-target option passed to :func:`training_targets`.
+        Passed to :func:`training_targets`.
     centre_target : str, optional
-        Kind of centre target, passed to :func:`training_targets`.
+        The centre target, ``"core"`` or ``"distance"`` (:func:`training_targets`).
 
     Returns
     -------
     inputs : torch.Tensor
         The patches, n×3×size×size.
     targets : torch.Tensor
-        Their training targets.
+        Their float32 targets (centre, material), n×2×size×size.
     """
     rng = np.random.default_rng(12345)
     xs, ys = [], []
