@@ -142,7 +142,33 @@ def cuda_cluster_options(
     among them (at least 2 threads each: one feeds the GPU while the other decodes or writes).
 
     ``rmm``: whether RMM is installed. Without it there is no pool (dask-cuda refuses
-    ``rmm_pool_size`` when it cannot import rmm), and cupy and torch keep their own allocators."""
+    ``rmm_pool_size`` when it cannot import rmm), and cupy and torch keep their own allocators.
+
+    Parameters
+    ----------
+    n_gpus : int
+        Number of GPUs, one worker each.
+    cpu_cores : int
+        Host cores shared among the workers.
+    rmm_pool_share : float, optional
+        Share of each GPU's memory taken by the RMM pool, in (0, 1].
+    threads_per_worker : int or None, optional
+        Threads per worker; None: ``cpu_cores // n_gpus``, at least 2.
+    rmm_libraries : bool, optional
+        Whether cupy and torch allocate from the RMM pool too.
+    rmm : bool, optional
+        Whether RMM is installed (no pool without it).
+
+    Returns
+    -------
+    dict
+        Keyword arguments for ``dask_cuda.LocalCUDACluster``.
+
+    Raises
+    ------
+    ValueError
+        When ``n_gpus`` is below 1 or ``rmm_pool_share`` is outside (0, 1].
+    """
     if n_gpus < 1:
         raise ValueError("a CUDA cluster needs at least one GPU")
     if not 0 < rmm_pool_share <= 1:

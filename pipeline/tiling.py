@@ -89,6 +89,32 @@ class TileGrid:
     def for_slide(
         cls, width: int, height: int, slide_mpp: float, model_mpp: float, tile_px: int, halo_px: int
     ) -> TileGrid:
+        """The grid of a slide for a model: a core of ``tile_px`` and a halo of ``halo_px`` model px,
+        converted to level-0 px; a slide smaller than one tile gets one tile of its own size.
+
+        Parameters
+        ----------
+        width, height : int
+            Size of level 0, in px.
+        slide_mpp : float
+            The slide's resolution, in µm per level-0 px.
+        model_mpp : float
+            The model's resolution, in µm per model px.
+        tile_px : int
+            Side of a tile's core, in model px.
+        halo_px : int
+            Context read around each core, in model px.
+
+        Returns
+        -------
+        TileGrid
+            The grid, sizes in level-0 px.
+
+        Raises
+        ------
+        ValueError
+            When the halo exceeds the core and the slide needs more than one tile.
+        """
         scale = model_mpp / slide_mpp
         # a slide smaller than one tile gets one tile of its own size, not a mostly empty one
         tile_px = min(tile_px, round_up(max(width, height) / scale, INPUT_MULTIPLE))
@@ -183,7 +209,20 @@ class TileGrid:
 
     def to_level0(self, row: int, col: int, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Model-resolution (row, col) positions in a tile's window → level-0 (x, y).
-        Pixel centres: slide-wide model pixel k spans [k·scale, (k+1)·scale) of level 0."""
+        Pixel centres: slide-wide model pixel k spans [k·scale, (k+1)·scale) of level 0.
+
+        Parameters
+        ----------
+        row, col : int
+            The tile's position in the grid.
+        rows, cols : np.ndarray
+            Positions in the tile's model window, in model px (rows: y, cols: x).
+
+        Returns
+        -------
+        x, y : np.ndarray
+            Level-0 coordinates, in px (pixel centres on whole numbers).
+        """
         mx, my = self.model_origin(row, col)
         s = self.scale
         return (mx + np.asarray(cols) + 0.5) * s - 0.5, (my + np.asarray(rows) + 0.5) * s - 0.5

@@ -160,6 +160,22 @@ class RunRecord:
     def slide(
         self, slide_id: str, status: str, stats: dict[str, Any] | None, error: str | None, skipped: bool = False
     ) -> None:
+        """A slide's line in run.json (written with the next :meth:`write`).
+
+        Parameters
+        ----------
+        slide_id : str
+            The slide's id.
+        status : str
+            Its status, ``"ok"`` or ``"failed"``.
+        stats : dict or None
+            Its stats.json (``n_nuclei``, ``tissue_mm2`` and ``seconds`` are taken from it); None when
+            there are none.
+        error : str or None
+            Why it failed; None when it did not.
+        skipped : bool, optional
+            Whether it was complete before this run and was skipped.
+        """
         stats = stats or {}
         self.data["slides"][slide_id] = {
             "status": status,
@@ -370,6 +386,28 @@ def split_done(
     (``required_outputs``) and what its stats.json says was published, its nucleus table as many
     nuclei as its stats.json counts, and the inputs it was made from are still those of its
     manifest row; otherwise it is redone, with a line saying why. A slide whose file has gone since keeps its results.
+
+    Parameters
+    ----------
+    entries : list of SlideEntry
+        The slides of the manifest.
+    out_dir : Path
+        The output folder.
+    retry_failed : bool
+        Whether slides that failed before are done again.
+    model_sha256 : str, optional
+        SHA-256 of the model file, compared with the one a slide was made with.
+    config : Config or None, optional
+        The run's settings (None: the defaults).
+    checksums : bool, optional
+        Whether the published files' checksums are verified too (reads every file).
+
+    Returns
+    -------
+    todo : list of SlideEntry
+        The slides to process, in manifest order.
+    done : list of dict
+        The stats.json of each slide skipped.
     """
     config = config or Config()
     todo, done = [], []
@@ -519,7 +557,43 @@ def run_cohort(
     ``bar`` is the tqdm class of the progress bars (default: tqdm on stderr).
 
     Raises :class:`SetupError` (exit 2) when the folder cannot be used or the cluster cannot be
-    reached; a KeyboardInterrupt goes on up, run.json saying ``interrupted``."""
+    reached; a KeyboardInterrupt goes on up, run.json saying ``interrupted``.
+
+    Parameters
+    ----------
+    entries : list of SlideEntry
+        The slides of the manifest, in its order.
+    source : str
+        Where the slides came from (the manifest's path), named in run.json and the first line.
+    out_dir : Path
+        The output folder.
+    config : Config
+        The run's settings.
+    model : dict
+        The model's record for run.json; its ``sha256`` is part of each slide's inputs.
+    retry_failed : bool, optional
+        Process again the slides that failed before.
+    verify_checksums : bool, optional
+        Verify the published files' checksums before skipping a slide.
+    qc : bool, optional
+        Build the QC tables at the end.
+    client : distributed.Client or None, optional
+        The Dask client to run on; None starts a cluster for the run.
+    bar : Any, optional
+        The progress bar class (tqdm's interface); None: tqdm on stderr.
+
+    Returns
+    -------
+    CohortResult
+        The exit code, the run's status, one row per slide (manifest order), the slides skipped,
+        the seconds taken and the QC's error, if any.
+
+    Raises
+    ------
+    SetupError
+        When the output folder cannot be used (or is in use by another run), or the cluster
+        cannot be reached.
+    """
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         lock = lock_output(out_dir)
@@ -544,7 +618,42 @@ def run_locked(
     client: Any,
     bar: Any,
 ) -> CohortResult:
-    """The run, once this process owns ``out_dir``."""
+    """The run, once this process owns ``out_dir``.
+
+    Parameters
+    ----------
+    entries : list of SlideEntry
+        The slides of the manifest, in its order.
+    source : str
+        Where the slides came from (the manifest's path), named in run.json and the first line.
+    out_dir : Path
+        The output folder.
+    config : Config
+        The run's settings.
+    model : dict
+        The model's record for run.json; its ``sha256`` is part of each slide's inputs.
+    retry_failed : bool
+        Process again the slides that failed before.
+    verify_checksums : bool
+        Verify the published files' checksums before skipping a slide.
+    qc : bool
+        Build the QC tables at the end.
+    client : distributed.Client or None
+        The Dask client to run on; None starts a cluster for the run.
+    bar : Any
+        The progress bar class (tqdm's interface); None: tqdm on stderr.
+
+    Returns
+    -------
+    CohortResult
+        The exit code, the run's status, one row per slide (manifest order), the slides skipped,
+        the seconds taken and the QC's error, if any.
+
+    Raises
+    ------
+    SetupError
+        When the disk is full or the cluster cannot be used; run.json records the error.
+    """
     todo, done = split_done(entries, out_dir, retry_failed, model["sha256"], config, verify_checksums)
     try:
         record = RunRecord(out_dir, config, source, model, len(entries))
@@ -615,7 +724,33 @@ def process(
     bar: Any = None,
 ) -> list[SlideOutcome]:
     """Run the slides still to do on ``client``, or on a cluster started here and closed after
-    (none started when there are none)."""
+    (none started when there are none).
+
+    Parameters
+    ----------
+    todo : list of SlideEntry
+        The slides to process.
+    out_dir : Path
+        The output folder.
+    config : Config
+        The run's settings.
+    record : RunRecord
+        run.json, updated as slides finish.
+    client : distributed.Client or None, optional
+        The Dask client to run on (left open); None starts a cluster (closed after).
+    bar : Any, optional
+        The progress bar class (tqdm's interface); None: tqdm on stderr.
+
+    Returns
+    -------
+    list of SlideOutcome
+        One per slide processed; empty when ``todo`` is.
+
+    Raises
+    ------
+    SetupError
+        When the scheduler or the local cluster cannot be used.
+    """
     if not todo:
         return []
     own_client = client is None

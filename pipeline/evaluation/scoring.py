@@ -62,7 +62,22 @@ class ImageScore:
 
 def patch_scores(name: str, truth: np.ndarray, pred: np.ndarray, patch: int = PATCH_PX) -> list[PatchScore]:
     """Dice and counts on each full ``patch``×``patch`` square of the image grid (a nucleus
-    counts in every patch it has pixels in)."""
+    counts in every patch it has pixels in).
+
+    Parameters
+    ----------
+    name : str
+        The image's name, carried into each score.
+    truth, pred : np.ndarray
+        Ground-truth and predicted instance labels of the image, int, same shape, 0 = background.
+    patch : int, optional
+        Side of a patch, in px; a partial patch at the right or bottom edge is not scored.
+
+    Returns
+    -------
+    list of PatchScore
+        One per patch, in raster order: its (row, column) origin, Dice and both nucleus counts.
+    """
     out = []
     for r in range(0, truth.shape[0] - patch + 1, patch):
         for c in range(0, truth.shape[1] - patch + 1, patch):
@@ -72,6 +87,27 @@ def patch_scores(name: str, truth: np.ndarray, pred: np.ndarray, patch: int = PA
 
 
 def score_image(name: str, truth: np.ndarray, pred: np.ndarray, patch: int = PATCH_PX) -> ImageScore:
+    """The image's metrics (:func:`image_metrics`) and its patches' scores (:func:`patch_scores`).
+
+    Parameters
+    ----------
+    name : str
+        The image's name.
+    truth, pred : np.ndarray
+        Ground-truth and predicted instance labels, int, same shape, 0 = background.
+    patch : int, optional
+        Side of a scored patch, in px.
+
+    Returns
+    -------
+    ImageScore
+        The name, the image's metrics and the patches' scores.
+
+    Raises
+    ------
+    ValueError
+        When ``truth`` and ``pred`` differ in shape.
+    """
     if truth.shape != pred.shape:
         raise ValueError(f"{name}: truth {truth.shape} and prediction {pred.shape} differ in shape")
     return ImageScore(name, image_metrics(truth, pred), tuple(patch_scores(name, truth, pred, patch)))
@@ -163,6 +199,19 @@ def format_table(scores: list[ImageScore], overall: dict[str, float]) -> str:
 
 
 def write_results(out: Path, scores: list[ImageScore], overall: dict[str, float], extra: dict[str, Any]) -> None:
+    """Write the scores as ``out`` with suffix ``.csv`` (one row per image) and ``.json`` (everything).
+
+    Parameters
+    ----------
+    out : Path
+        The results' path; its suffix is replaced by ``.csv`` and ``.json``, its folder created.
+    scores : list of ImageScore
+        The images' scores.
+    overall : dict of str to float
+        The metrics over all images.
+    extra : dict
+        More top-level fields of the JSON (the model, the settings, ...).
+    """
     out.parent.mkdir(parents=True, exist_ok=True)
     fields = [fl.name for fl in dataclasses.fields(ImageMetrics)]
     write_csv_atomic(

@@ -128,7 +128,25 @@ def flood_components(surface: Any, markers: Any, mask: Any, levels: int = DEFAUL
     :func:`pipeline.kernels.nuclei.watershed_from_seeds` does it: a component holding one seed is
     that seed's region outright (no flooding), and only components holding several seeds
     (touching nuclei) are flooded — all of them at once, so there is no loop over components.
-    Components without a seed stay 0. numpy or cupy; returns int32 labels."""
+    Components without a seed stay 0. numpy or cupy; returns int32 labels.
+
+    Parameters
+    ----------
+    surface : array
+        2-D float array (numpy or cupy), flooded from its minima up.
+    markers : array
+        Int array of the same shape: seeds > 0 (a seed may span several pixels), 0 elsewhere.
+    mask : array
+        Bool array of the same shape; pixels outside it stay 0.
+    levels : int, optional
+        Number of quantisation buckets of ``surface`` in :func:`flood_watershed` (more: closer to
+        the exact flooding order).
+
+    Returns
+    -------
+    array
+        int32 labels of the same shape and array module: the seeds' marker ids, 0 = background.
+    """
     from pipeline.kernels.dispatch import ndimage_module
 
     xp, ndi = array_module(surface), ndimage_module(surface)

@@ -80,7 +80,25 @@ def core_seeds(centre: Any, foreground: Any, params: NucleusThresholds) -> tuple
 
 def seed_lone_components(markers: Any, n: int, blurred: Any, foreground: Any) -> Any:
     """``markers`` (numbered 1..n) plus a seed at the blurred centre-map maximum of every
-    foreground component holding none, numbered n+1… in the components' raster order."""
+    foreground component holding none, numbered n+1… in the components' raster order.
+
+    Parameters
+    ----------
+    markers : array
+        int32 seed map (numpy or cupy), seeds numbered 1..n, 0 elsewhere; written in place.
+    n : int
+        Number of seeds in ``markers``.
+    blurred : array
+        The blurred centre map, same shape; each new seed goes to its component's maximum (the
+        first in raster order on ties).
+    foreground : array
+        Bool foreground mask, same shape.
+
+    Returns
+    -------
+    array
+        ``markers``, with the new seeds.
+    """
     xp, ndi = array_module(markers), ndimage_module(markers)
     components, n_comp = ndi.label(foreground)
     if n_comp == 0:
@@ -129,6 +147,24 @@ def watershed_from_seeds(surface: Any, markers: Any, mask: Any, lone_after: int 
     of any size agree.
     Device arrays: the level-bucketed flood of :mod:`pipeline.kernels.level_flood`, per mask
     component, on the device.
+
+    Parameters
+    ----------
+    surface : array
+        2-D float array (numpy or cupy), flooded from its minima up.
+    markers : array
+        Int seed map of the same shape: marker ids > 0, 0 elsewhere; seeds outside ``mask`` are
+        ignored.
+    mask : array
+        Bool mask of the same shape (the foreground); pixels outside it stay 0.
+    lone_after : int or None, optional
+        CPU only: the highest marker id; mask components without a seed are then labelled too,
+        from ``lone_after`` + 1. None leaves them 0.
+
+    Returns
+    -------
+    array
+        int32 labels of the same shape and array module, 0 = background.
     """
     if is_device_array(surface):
         from pipeline.kernels.level_flood import flood_components
@@ -171,6 +207,17 @@ def flood_gaps(surface: np.ndarray, seeds: np.ndarray, gaps: np.ndarray, labels:
     flooded in one call, saving scikit-image's per-call set-up (~0.2 ms against ~0.02 ms of
     flooding for a basin of a few hundred pixels); a basin with tied seed values, or a large one,
     is flooded on its own box, as it always was.
+
+    Parameters
+    ----------
+    surface : np.ndarray
+        2-D float array, flooded from its minima up.
+    seeds : np.ndarray
+        int32 seed map of the same shape: marker ids > 0 inside the mask, 0 elsewhere.
+    gaps : np.ndarray
+        int array of the same shape: the contested basins numbered 1..k, 0 elsewhere.
+    labels : np.ndarray
+        int32 labels of the same shape; the basins' pixels are written in place.
     """
     import scipy.ndimage as ndi
     from skimage.segmentation import watershed
@@ -232,7 +279,22 @@ def flood_side_by_side(
     labels: np.ndarray,
 ) -> None:
     """Basins (box, pixels of the box that are the basin) copied with their boxes' seed pixels to
-    ``places`` on one canvas, flooded by one scikit-image call, and their labels written back."""
+    ``places`` on one canvas, flooded by one scikit-image call, and their labels written back.
+
+    Parameters
+    ----------
+    surface : np.ndarray
+        2-D float array, flooded from its minima up.
+    seeds : np.ndarray
+        int32 seed map of the same shape, 0 = no seed.
+    basins : list of ((slice, slice), np.ndarray)
+        Per basin, its box in ``surface`` and the bool mask of the box's pixels that are the basin.
+    places : list of (slice, slice)
+        Per basin, where its box goes on the canvas (rows, columns); the canvas is
+        :data:`SHELF_PX` wide.
+    labels : np.ndarray
+        int32 labels of the same shape as ``surface``; the basins' pixels are written in place.
+    """
     from skimage.segmentation import watershed
 
     shape = (max(p[0].stop for p in places), SHELF_PX)
@@ -253,6 +315,26 @@ def seed_values_tie(surface: np.ndarray, seeds: np.ndarray, at: np.ndarray, basi
     """Per basin 0..k: whether two of the seed pixels 4-adjacent to it have the same ``surface``
     value (False for 0). ``at``: the flat indices of the basins' pixels, ``basin``: their basins.
 
+    Parameters
+    ----------
+    surface : np.ndarray
+        2-D float array the basins are flooded on.
+    seeds : np.ndarray
+        int32 seed map of the same shape, 0 = no seed.
+    at : np.ndarray
+        Flat (raster) indices into ``seeds`` of the basins' pixels.
+    basin : np.ndarray
+        The basin (1..k) of each pixel of ``at``.
+    k : int
+        Number of basins.
+
+    Returns
+    -------
+    np.ndarray
+        Bool array of length k + 1, indexed by basin.
+
+    Examples
+    --------
     >>> seeds = np.array([[1, 0, 2, 0, 3]], np.int32)
     >>> seed_values_tie(np.array([[0.5, 0, 0.5, 0, 0.7]]), seeds, np.array([1, 3]), np.array([1, 2]), 2).tolist()
     [False, True, False]

@@ -127,6 +127,24 @@ def simplify_keeping_pixels(x: np.ndarray, y: np.ndarray, offsets: np.ndarray, t
     ``tolerance`` px of the new edge. The cheapest drops (smallest triangle) go first; a ring keeps
     at least three vertices and one of fewer than four is kept whole.
 
+    Parameters
+    ----------
+    x, y : np.ndarray
+        Vertex coordinates of all rings, one after the other, in pixels (pixel centres on whole
+        numbers); a ring is not closed by repeating its first vertex.
+    offsets : np.ndarray
+        Start of each ring in ``x`` and ``y``, and their length last: ring i is
+        ``offsets[i]:offsets[i + 1]``.
+    tolerance : float
+        Largest distance of a dropped vertex from the edge that replaces it, in pixels.
+
+    Returns
+    -------
+    np.ndarray
+        Bool mask over the vertices, True where kept.
+
+    Examples
+    --------
     >>> # the traced outline of the pixels (x=0, y=0..2): its right and left sides become one
     >>> # edge each, the ends stay (each end's diagonal edges pass next to a pixel centre)
     >>> x = np.array([0, 0.5, 0.5, 0.5, 0, -0.5, -0.5, -0.5])
@@ -172,7 +190,28 @@ def stored_rings(
     x: np.ndarray, y: np.ndarray, offsets: np.ndarray, step: float, tolerance: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Flat rings as they are stored: vertices :func:`on_grid` of ``step``, then
-    :func:`simplify_keeping_pixels` within ``tolerance``. Returns (x, y, offsets)."""
+    :func:`simplify_keeping_pixels` within ``tolerance``. Returns (x, y, offsets).
+
+    Parameters
+    ----------
+    x, y : np.ndarray
+        Vertex coordinates of all rings, one after the other, in pixels (level-0 px in the
+        outputs); a ring is not closed by repeating its first vertex.
+    offsets : np.ndarray
+        Start of each ring in ``x`` and ``y``, and their length last: ring i is
+        ``offsets[i]:offsets[i + 1]``.
+    step : float
+        Grid the vertices are rounded to, in pixels (a power of two, e.g. 1/8).
+    tolerance : float
+        Largest distance of a dropped vertex from the edge that replaces it, in pixels.
+
+    Returns
+    -------
+    x, y : np.ndarray
+        The kept vertices, on the grid.
+    offsets : np.ndarray
+        int64 start of each ring in them, and their length last.
+    """
     gx, gy = on_grid(x, step), on_grid(y, step)
     offsets = np.asarray(offsets, dtype=np.int64)
     keep = simplify_keeping_pixels(gx, gy, offsets, tolerance)

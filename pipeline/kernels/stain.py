@@ -167,7 +167,26 @@ MACENKO_TARGET = MacenkoStains(
 
 
 def macenko_stains(rgb: Any, tissue: Any | None = None, beta: float = 0.15, alpha: float = 1.0) -> MacenkoStains:
-    """Estimate the slide's H and E vectors from its low-resolution view (Macenko et al. 2009)."""
+    """Estimate the slide's H and E vectors from its low-resolution view (Macenko et al. 2009).
+
+    Parameters
+    ----------
+    rgb : array
+        RGB uint8 view, H×W×3 (numpy or cupy).
+    tissue : array or None, optional
+        Bool tissue mask of the view (H×W); None uses every pixel.
+    beta : float, optional
+        Optical-density threshold: pixels with a channel at or below it (near glass) are left out.
+    alpha : float, optional
+        Percentile, in percent, of the angles in the stain plane taken as the two extreme stain
+        directions (``alpha`` and 100 - ``alpha``).
+
+    Returns
+    -------
+    MacenkoStains
+        The H and E optical-density vectors and the 99th percentile of their concentrations;
+        :data:`MACENKO_TARGET` when fewer than 100 pixels are left to estimate from.
+    """
     xp = array_module(rgb)
     od = optical_density(rgb).reshape(-1, 3)
     keep = (od > beta).all(axis=1)

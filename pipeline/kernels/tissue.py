@@ -24,6 +24,23 @@ def tissue_mask(rgb: Any, min_od: float = TISSUE_MIN_OD, closing_px: int = 3, mi
     A pixel is tissue when its summed optical density exceeds ``min_od``, it has the chroma of
     a stain (glass is grey) and it is not near-black; the mask is closed with a ``closing_px``
     square and specks smaller than ``min_size_px`` low-resolution pixels are dropped.
+
+    Parameters
+    ----------
+    rgb : array
+        RGB uint8 view, H×W×3 (numpy or cupy); channels past the third are ignored.
+    min_od : float, optional
+        Summed optical density above which a pixel may be tissue.
+    closing_px : int, optional
+        Side of the square the mask is closed with, in view pixels; 1 or less: no closing (and
+        no hole filling).
+    min_size_px : int, optional
+        Smallest component kept, in view pixels.
+
+    Returns
+    -------
+    array
+        Bool mask of shape H×W, same array module as ``rgb``.
     """
     xp, ndi = array_module(rgb), ndimage_module(rgb)
     od = optical_density(rgb[..., :3])

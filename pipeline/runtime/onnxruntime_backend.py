@@ -34,7 +34,24 @@ def provider_options(
     providers: list[str], device_id: int = 0, trt_cache_dir: str | None = None, half: bool = False
 ) -> list[tuple[str, dict[str, Any]]]:
     """ONNX Runtime providers with their options: the device, and for TensorRT an engine cache
-    (building an engine takes minutes; the cache makes it once per node and model) and fp16."""
+    (building an engine takes minutes; the cache makes it once per node and model) and fp16.
+
+    Parameters
+    ----------
+    providers : list of str
+        ONNX Runtime execution provider names, in order of preference.
+    device_id : int, optional
+        The GPU the CUDA and TensorRT providers use.
+    trt_cache_dir : str or None, optional
+        Folder of TensorRT's engine and timing caches (created); None: no cache.
+    half : bool, optional
+        Let TensorRT run in fp16.
+
+    Returns
+    -------
+    list of (str, dict)
+        Each provider with its options, as ``InferenceSession(providers=...)`` takes them.
+    """
     out: list[tuple[str, dict[str, Any]]] = []
     for name in providers:
         opts: dict[str, Any] = {}

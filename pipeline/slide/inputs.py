@@ -34,7 +34,30 @@ SEGMENTATION_REVISION = 2
 def slide_inputs(
     slide_path: str | Path, manifest_mpp: float | None, model_sha256: str, config: Config
 ) -> dict[str, Any]:
-    """The record of what a slide's outputs are made from (raises OSError when the file is gone)."""
+    """The record of what a slide's outputs are made from (raises OSError when the file is gone).
+
+    Parameters
+    ----------
+    slide_path : str or Path
+        The slide file.
+    manifest_mpp : float or None
+        The resolution the manifest states for it, in µm per level-0 px; None when it states none.
+    model_sha256 : str
+        SHA-256 of the model file.
+    config : Config
+        The run's settings; those that change outputs (``config.OUTPUT_FIELDS``) are recorded.
+
+    Returns
+    -------
+    dict
+        JSON-ready record: the slide's path, size in bytes and modification time in ns, the
+        manifest's mpp, the model's hash, the output settings and ``SEGMENTATION_REVISION``.
+
+    Raises
+    ------
+    OSError
+        When the slide file is gone.
+    """
     size, mtime_ns = _size_and_mtime(slide_path)
     return {
         "slide_path": str(slide_path),

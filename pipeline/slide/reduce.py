@@ -107,7 +107,33 @@ def slide_stats(
     unreadable: UnreadableSummary | None = None,
     scale_check: ScaleCheck | None = None,
 ) -> dict[str, Any]:
-    """stats.json of a finished slide."""
+    """stats.json of a finished slide.
+
+    Parameters
+    ----------
+    plan : SlidePlan
+        The slide's plan (its identity, scale, tissue area, flags and notes so far).
+    areas_um2 : np.ndarray
+        Area of every nucleus of the slide, in µm².
+    n_tiles : int
+        Number of tiles segmented.
+    seconds : float
+        Wall-clock seconds since the slide was started.
+    timings : dict of str to float
+        Thread-seconds per stage.
+    outputs : dict or None, optional
+        The published folder's contents (file name → size and checksum); None leaves it out.
+    unreadable : UnreadableSummary or None, optional
+        The tiles of the file that could not be decoded; None when there were none.
+    scale_check : ScaleCheck or None, optional
+        The cross-check of a stated resolution made beside the tiles; its estimate, flags and
+        notes replace or join the plan's.
+
+    Returns
+    -------
+    dict
+        The content of stats.json (``SlideStats.as_dict``), with status ``"ok"``.
+    """
     flags, warnings = list(plan.flags), list(plan.warnings)
     estimate = plan.mpp_estimate
     if scale_check is not None:
@@ -167,7 +193,29 @@ def reduce_slide(
     (``plan.check_slide_scale``), whose estimate, flags and notes join the slide's.
     ``stage_seconds`` sums every stage's thread-seconds: planning (``plan``, ``tissue_view``, ``scale``
     with the cross-check), the tiles' (``read`` … ``write``), ``assemble``, the maps' ``pyramid`` and the
-    rest of this ``reduce`` (up to writing stats.json)."""
+    rest of this ``reduce`` (up to writing stats.json).
+
+    Parameters
+    ----------
+    plan : SlidePlan
+        The slide's plan.
+    summaries : list of list of TileSummary
+        What each batch of tiles returned (nuclei found and seconds per stage).
+    assembled : list of dict of str to float
+        Seconds per stage of each band of the label assembly.
+    scale_check : ScaleCheck or None, optional
+        The deferred cross-check of the stated resolution; required when the plan asked for one.
+
+    Returns
+    -------
+    dict
+        The slide's stats, as written to stats.json.
+
+    Raises
+    ------
+    ValueError
+        When the plan's scale check is pending and ``scale_check`` is None.
+    """
     if plan.scale_check_view is not None and scale_check is None:
         raise ValueError(f"{plan.slide_id}: the plan's scale check was not made (plan.check_slide_scale)")
     started = time.perf_counter()

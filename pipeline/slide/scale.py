@@ -83,6 +83,29 @@ def tissue_windows(
     """Top-left corners (level-0 px) of up to ``n`` windows of ``side0`` px centred on tissue
     pixels of the low-resolution mask, spread over the tissue (deterministic for a seed).
 
+    Parameters
+    ----------
+    tissue : np.ndarray
+        Bool tissue mask of the low-resolution view, rows × columns.
+    view_ds : float
+        Level-0 px per mask pixel.
+    size : (int, int)
+        (width, height) of level 0, in px; windows are clamped inside it.
+    side0 : int
+        Side of a window, in level-0 px.
+    n : int
+        Most windows returned.
+    seed : int, optional
+        Seed of the random choice of tissue pixels when there are more than ``n``.
+
+    Returns
+    -------
+    list of (int, int)
+        (x, y) top-left corners in level-0 px, in raster order of their tissue pixels; empty
+        when the mask holds no tissue.
+
+    Examples
+    --------
     >>> mask = np.zeros((10, 10), bool); mask[4:6, 4:6] = True
     >>> tissue_windows(mask, 10.0, (100, 100), 20, 1)
     [(45, 45)]
@@ -187,7 +210,33 @@ def estimate_mpp(
     several small nuclei whose size passes for one. So it starts from each of ``starts`` (factors
     of the model's resolution), and keeps the fixed point where the model is surest of its nucleus
     centres (``CERTAINTY_MARGIN``): the centre map's 99.5th percentile is ≈ 0.99 at the right
-    scale and falls to 0.87–0.97 at 4× off on the validation images."""
+    scale and falls to 0.87–0.97 at 4× off on the validation images.
+
+    Parameters
+    ----------
+    slide : Slide
+        The open slide.
+    tissue : np.ndarray
+        Bool tissue mask of the slide's low-resolution view.
+    view_ds : float
+        Level-0 px per view pixel.
+    model : NucleusModel
+        The nucleus model; its ``mpp`` (µm per model px) sets the resolution it segments at.
+    stain : StainStats, MacenkoStains or None
+        The slide's stain statistics for the normalisation; None: no normalisation.
+    starts : tuple of float, optional
+        Starting resolutions of the size iteration, as factors of the model's mpp.
+    passes : int, optional
+        Most passes of the size iteration from each start.
+    seed : int, optional
+        Seed of the choice of sample windows.
+
+    Returns
+    -------
+    ScaleEstimate or None
+        The estimated µm per level-0 px with its confidence and the nuclei and windows it rests
+        on; None when too few nuclei are found.
+    """
     best = None
     for factor in starts[:1] if own_scale_reference(model) else starts:
         found = _fixed_point(slide, tissue, view_ds, model, stain, model.mpp * factor, passes, seed)
@@ -249,7 +298,53 @@ def decide_scale(
     a stated resolution; with ``check_later`` too, a cross-check that cannot change the
     resolution (a stated one, without ``prefer_estimate``) is left to :func:`check_stated_scale`,
     run beside the tiles (``SlideScale.check_pending``). Raises ValueError, naming the value and
-    its source, when the slide is too coarse to segment nuclei."""
+    its source, when the slide is too coarse to segment nuclei.
+
+    Parameters
+    ----------
+    slide_id : str
+        The slide's id, prefixed to the warnings.
+    manifest_mpp : float or None
+        The resolution the manifest states, in µm per level-0 px; None when it states none.
+    slide : Slide
+        The open slide.
+    tissue : np.ndarray
+        Bool tissue mask of the slide's low-resolution view.
+    view_ds : float
+        Level-0 px per view pixel.
+    model : NucleusModel
+        The nucleus model; its ``mpp`` (µm per model px) sets the resolution it segments at.
+    stain : StainStats, MacenkoStains or None
+        The slide's stain statistics for the normalisation; None: no normalisation.
+    estimate : bool
+        Whether to estimate the resolution from the nuclei also when one is stated, to cross-check it.
+    prefer_estimate : bool
+        Whether an estimate that disagrees with the stated resolution replaces it.
+    default_mpp : float
+        The resolution assumed, in µm/px, when none is stated and none can be estimated.
+    max_mpp : float
+        The coarsest resolution segmented, in µm/px; a coarser slide is refused.
+    low_resolution_mpp : float
+        Coarser than this (µm/px), the slide is flagged ``low_resolution``.
+    tolerance : float, optional
+        Ratio between stated and estimated resolution beyond which they disagree (both ways).
+    seed : int, optional
+        Seed of the estimate's choice of sample windows.
+    check_later : bool, optional
+        Leave a cross-check that cannot change the resolution to :func:`check_stated_scale`.
+
+    Returns
+    -------
+    SlideScale
+        The resolution to segment at, its source and field, the estimate, and the flags and notes
+        (each note is also issued as a warning).
+
+    Raises
+    ------
+    ValueError
+        When the slide is too coarse to segment nuclei, longer than a glass slide at that
+        resolution, or finer than any scanner.
+    """
     flags: list[str] = []
     notes: list[str] = []
     mpp, source, field = _stated_scale(manifest_mpp, slide, flags, notes)
@@ -341,6 +436,24 @@ def disagrees(mpp: float, found: ScaleEstimate, tolerance: float) -> bool:
 
 
 def disagreement_note(mpp: float, field: str | None, found: ScaleEstimate, chosen: float) -> str:
+    """The note for a stated resolution and an estimate that disagree, with the one segmented at.
+
+    Parameters
+    ----------
+    mpp : float
+        The stated resolution, in µm per level-0 px.
+    field : str or None
+        The metadata field or manifest column it came from.
+    found : ScaleEstimate
+        The estimate from the nuclei.
+    chosen : float
+        The resolution the slide is segmented at, in µm/px.
+
+    Returns
+    -------
+    str
+        One line for the slide's warnings.
+    """
     return (
         f"{mpp:.3g} µm/px from {field} but {found.mpp:.3g} estimated from the nuclei "
         f"({found.mpp / mpp:.2f}×); segmented at {chosen:.3g}"
@@ -373,7 +486,37 @@ def check_stated_scale(
 ) -> ScaleCheck:
     """The cross-check :func:`decide_scale` leaves for later (``check_later``): the estimate from
     the nuclei against the stated ``mpp``, which stays the slide's resolution (the same flags and
-    notes as the check made at once)."""
+    notes as the check made at once).
+
+    Parameters
+    ----------
+    slide_id : str
+        The slide's id, prefixed to the warnings.
+    mpp : float
+        The stated resolution, in µm per level-0 px.
+    field : str or None
+        The metadata field or manifest column it came from.
+    slide : Slide
+        The open slide.
+    tissue : np.ndarray
+        Bool tissue mask of the slide's low-resolution view.
+    view_ds : float
+        Level-0 px per view pixel.
+    model : NucleusModel
+        The nucleus model; its ``mpp`` (µm per model px) sets the resolution it segments at.
+    stain : StainStats, MacenkoStains or None
+        The slide's stain statistics for the normalisation; None: no normalisation.
+    tolerance : float, optional
+        Ratio between stated and estimated resolution beyond which they disagree (both ways).
+    seed : int, optional
+        Seed of the estimate's choice of sample windows.
+
+    Returns
+    -------
+    ScaleCheck
+        The estimate, the flags and notes it adds (each note is also issued as a warning), and the
+        seconds it took.
+    """
     started = time.perf_counter()
     notes: list[str] = []
     flags: list[str] = []

@@ -84,7 +84,30 @@ def tile_nuclei(
     """The nuclei a tile owns (centroid inside its core, not on an artifact) as a table with
     local ids 1..k, and the map old label → local id (0 = not owned). Centroids and outlines are
     in level-0 px as they are stored (``schema.OUTLINE_STEP_PX``, ``OUTLINE_TOLERANCE_PX``); the
-    perimeter is the traced outline's."""
+    perimeter is the traced outline's.
+
+    Parameters
+    ----------
+    labels : np.ndarray
+        int32 labels of the tile's window at model resolution, 0 = background.
+    h_map : np.ndarray
+        Haematoxylin map of the window, same shape.
+    grid : TileGrid
+        The slide's tile grid.
+    tile : (int, int)
+        (row, col) of the tile in the grid.
+    mpp : float
+        The slide's resolution, in µm per level-0 px.
+    excluded : ExcludedPixels or None, optional
+        Artifact mask; nuclei centred on it are not owned. None: none excluded.
+
+    Returns
+    -------
+    table : pa.Table
+        The owned nuclei in ``NUCLEI_SCHEMA``, ids 1..k.
+    local : np.ndarray
+        uint32 map from window label to local id, 0 = not owned.
+    """
     model_mpp = grid.scale * mpp
     moments = nucleus_moments(labels, h_map)
     x, y = grid.to_level0(tile[0], tile[1], moments["row"], moments["col"])
@@ -136,6 +159,34 @@ def segment_window(
     With ``on_device`` the window goes to the GPU once and normalisation, inference (without
     host round trips), seeds, watershed and the haematoxylin map run there; only the labels,
     the haematoxylin map and (when asked for) the probabilities come back.
+
+    Parameters
+    ----------
+    rgb : np.ndarray
+        RGB uint8 window at model resolution, H×W×3.
+    model : NucleusModel
+        The nucleus model.
+    thresholds : NucleusThresholds
+        Thresholds of the instance post-processing.
+    stain : StainStats, MacenkoStains or None
+        The slide's stain statistics for the normalisation; None: no normalisation.
+    side : int
+        Side of the model input, in model px (the window is padded to it with white).
+    on_device : bool, optional
+        Run normalisation, inference and post-processing on the GPU.
+    want_prob : bool, optional
+        Return the probabilities too.
+
+    Returns
+    -------
+    labels : np.ndarray
+        int32 instance labels, H×W, 0 = background.
+    prob : np.ndarray or None
+        Probabilities, 2×H×W; None unless ``want_prob``.
+    h_map : np.ndarray
+        Haematoxylin map, H×W.
+    seconds : dict of str to float
+        Seconds of ``normalise``, ``infer`` and ``watershed``.
     """
     t0 = time.perf_counter()
     if on_device:
@@ -159,7 +210,24 @@ def cut_at_slide_edge(labels: np.ndarray, grid: TileGrid, tile: Tile, min_area_p
     edge cuts is measured (area, outline, centroid) as far as the slide holds it, never with its
     mirror image, and dropped, as any small object, when less than ``min_area_px`` is left.
 
-    Ids are not renumbered (the tile's table numbers its nuclei itself, in the same order)."""
+    Ids are not renumbered (the tile's table numbers its nuclei itself, in the same order).
+
+    Parameters
+    ----------
+    labels : np.ndarray
+        int32 labels of the tile's window at model resolution, 0 = background.
+    grid : TileGrid
+        The slide's tile grid.
+    tile : (int, int)
+        (row, col) of the tile in the grid.
+    min_area_px : int
+        Smallest nucleus kept, in model px.
+
+    Returns
+    -------
+    np.ndarray
+        The labels, 0 off the slide (``labels`` itself when the window lies within the slide).
+    """
     rows, cols = grid.inside_slide(*tile)
     if rows.all() and cols.all():
         return labels
@@ -242,7 +310,24 @@ def unreadable_pixels(
     grid: TileGrid, tile: Tile, unreadable: list[UnreadableTile], size: tuple[int, int]
 ) -> np.ndarray:
     """The pixels of a tile's window (model resolution) that show an unreadable tile of level 0,
-    mirrored beyond the slide's edge as the window is."""
+    mirrored beyond the slide's edge as the window is.
+
+    Parameters
+    ----------
+    grid : TileGrid
+        The slide's tile grid.
+    tile : (int, int)
+        (row, col) of the tile in the grid.
+    unreadable : list of UnreadableTile
+        The file's tiles that could not be decoded, in level-0 px.
+    size : (int, int)
+        (width, height) of level 0, in px.
+
+    Returns
+    -------
+    np.ndarray
+        Bool mask of the model window, ``grid.model_side`` square.
+    """
     ox, oy = grid.window_origin(*tile)
     rows = mirrored_index(np.arange(oy, oy + grid.extent0), size[1])
     cols = mirrored_index(np.arange(ox, ox + grid.extent0), size[0])
@@ -293,7 +378,30 @@ def write_tile_outputs(
 ) -> tuple[int, dict[str, float]]:
     """A segmented tile's owned nuclei (cut at the slide's edge) → its scratch table and level-0
     label window (and the probability chunk when given). Returns the number of nuclei and seconds
-    for features / write."""
+    for features / write.
+
+    Parameters
+    ----------
+    plan : SlidePlan
+        The slide's plan.
+    tile : (int, int)
+        (row, col) of the tile in the grid.
+    labels : np.ndarray
+        int32 labels of the tile's window at model resolution, 0 = background.
+    h_map : np.ndarray
+        Haematoxylin map of the window, same shape.
+    prob : np.ndarray or None
+        Probabilities of the window, 2×H×W; None writes none.
+    codec : Any
+        The codec the scratch files are encoded with (``encode(array) -> bytes``).
+
+    Returns
+    -------
+    n_nuclei : int
+        Number of nuclei the tile owns.
+    seconds : dict of str to float
+        Seconds of ``features`` and ``write``.
+    """
     t0 = time.perf_counter()
     labels = cut_at_slide_edge(labels, plan.grid, tile, plan.thresholds.min_area_px)
     table, local = tile_nuclei(labels, h_map, plan.grid, tile, plan.mpp, excluded_pixels(plan))
@@ -312,7 +420,19 @@ def write_tile_outputs(
 
 def write_probability_core(plan: SlidePlan, tile: Tile, prob: np.ndarray, codec: Any) -> None:
     """The tile core's probabilities on the level-0 grid, as uint8 (× 255), to the tile's scratch
-    file (the assembly copies it into its maps.zarr shard: tiles never write a shard themselves)."""
+    file (the assembly copies it into its maps.zarr shard: tiles never write a shard themselves).
+
+    Parameters
+    ----------
+    plan : SlidePlan
+        The slide's plan.
+    tile : (int, int)
+        (row, col) of the tile in the grid.
+    prob : np.ndarray
+        Probabilities of the tile's window at model resolution, 2×H×W, in [0, 1].
+    codec : Any
+        The codec the scratch file is encoded with (``encode(array) -> bytes``).
+    """
     grid = plan.grid
     x0, y0, x1, y1 = grid.core(*tile)
     h = grid.halo0

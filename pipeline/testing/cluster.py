@@ -100,6 +100,26 @@ class ExternalCluster:
 
 
 def run_args(manifest: Path, out: Path, model: Path, scheduler: Path | None = None, *extra: str) -> list[str]:
+    """The command line of ``python -m pipeline.run`` as the tests start it: 256 px tiles, no progress bars, no QC.
+
+    Parameters
+    ----------
+    manifest : Path
+        The manifest.
+    out : Path
+        The output folder.
+    model : Path
+        The model file.
+    scheduler : Path or None, optional
+        A Dask scheduler file to connect to; None: a local cluster of one single-threaded worker.
+    *extra : str
+        More arguments, added before the scheduler's.
+
+    Returns
+    -------
+    list of str
+        The command, starting with this Python interpreter.
+    """
     args = [
         sys.executable,
         "-m",

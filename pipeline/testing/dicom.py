@@ -116,6 +116,44 @@ def write_dicom_wsi(
     ``fragments_per_frame`` splits each JPEG frame over that many fragments; ``photometric``
     one of :data:`PHOTOMETRICS` (default YBR_FULL_422 for JPEG, RGB uncompressed);
     ``bits_stored`` over 8: uncompressed uint16 samples (BitsAllocated 16) of that range.
+
+    Parameters
+    ----------
+    folder : Path
+        Where the files are written (created).
+    image : np.ndarray
+        Level 0: RGB uint8 H×W×3, H×W for ``MONOCHROME2``, uint16 when ``bits_stored`` is over 8.
+    mpp : float
+        Resolution of level 0, in µm/px.
+    tile : int, optional
+        Frame side, in px.
+    levels : int, optional
+        Number of levels (instances).
+    compression : str, optional
+        ``"jpeg"`` or ``"none"``.
+    layout : str, optional
+        One of :data:`LAYOUTS`.
+    offset_table : bool, optional
+        Fill the basic offset table of encapsulated frames.
+    fragments_per_frame : int, optional
+        Fragments each JPEG frame is split over.
+    name : str, optional
+        Stem of the file names.
+    photometric : str or None, optional
+        One of :data:`PHOTOMETRICS` for ``compression``; None: its first.
+    bits_stored : int, optional
+        Bits per sample.
+
+    Returns
+    -------
+    list of Path
+        The files written, level 0 first.
+
+    Raises
+    ------
+    ValueError
+        For a combination of compression, layout, photometric interpretation and sample depth not
+        written here.
     """
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.encaps import encapsulate

@@ -29,7 +29,29 @@ def synthetic_slide_image(
     tissue: str = "disc",
 ) -> tuple[np.ndarray, list[SyntheticNucleus]]:
     """An RGB image of pink tissue on white glass holding well-separated purple nuclei
-    (discs on a jittered grid), and the nuclei's true centres and radii."""
+    (discs on a jittered grid), and the nuclei's true centres and radii.
+
+    Parameters
+    ----------
+    width, height : int
+        Size of the image, in px.
+    seed : int, optional
+        Seed of the jitter, radii and noise.
+    radius : (float, float), optional
+        Range of the nuclei's radii, in px.
+    spacing : float, optional
+        Spacing of the nuclei's grid, in px.
+    tissue : str, optional
+        ``"disc"``: an elliptical tissue region inside white glass; anything else: tissue
+        everywhere.
+
+    Returns
+    -------
+    image : np.ndarray
+        RGB uint8 array, height×width×3.
+    nuclei : list of SyntheticNucleus
+        Each nucleus's centre (x, y) and radius, in px.
+    """
     rng = np.random.default_rng(seed)
     img = np.full((height, width, 3), 246, dtype=np.float32)
     yy, xx = np.mgrid[:height, :width]
@@ -65,7 +87,31 @@ def write_hamamatsu_vms(folder: Path, image: np.ndarray, mpp: float, columns: in
     """Write ``image`` as a Hamamatsu VMS slide in ``folder``: an index (``slide.vms``) naming a
     ``columns`` × ``rows`` grid of JPEG files with restart markers and a map JPEG, with the
     physical size (nm) that gives ``mpp``, following the format as OpenSlide documents it. The
-    JPEGs use 4:4:4 sampling, so any decoder returns the same pixels. Returns the index's path."""
+    JPEGs use 4:4:4 sampling, so any decoder returns the same pixels. Returns the index's path.
+
+    Parameters
+    ----------
+    folder : Path
+        Where the files are written (created).
+    image : np.ndarray
+        RGB uint8 image, H×W×3; each piece a whole number of 8 px blocks.
+    mpp : float
+        Resolution, in µm/px.
+    columns, rows : int, optional
+        The grid of JPEG files.
+
+    Returns
+    -------
+    Path
+        The index file, ``slide.vms``.
+
+    Raises
+    ------
+    ValueError
+        When the image does not split into whole 8 px blocks.
+    RuntimeError
+        When Pillow writes no JPEG restart markers (before 10.2).
+    """
     from PIL import Image
 
     h, w = image.shape[:2]
@@ -110,7 +156,30 @@ def write_pyramidal_tiff(
     levels: int = 3,
     aperio: bool = True,
 ) -> Path:
-    """Write ``image`` as a tiled pyramidal TIFF (SVS-like when ``aperio``), with MPP metadata."""
+    """Write ``image`` as a tiled pyramidal TIFF (SVS-like when ``aperio``), with MPP metadata.
+
+    Parameters
+    ----------
+    path : Path
+        The file to write.
+    image : np.ndarray
+        Level 0, RGB uint8 H×W×3.
+    mpp : float
+        Resolution of level 0, in µm/px (in the description and the resolution tags).
+    compression : str, optional
+        tifffile's compression name.
+    tile : int, optional
+        Tile side, in px.
+    levels : int, optional
+        Most levels, each half the previous; levels under two tiles wide are not written.
+    aperio : bool, optional
+        Write an Aperio image description.
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
     import tifffile
 
     h, w = image.shape[:2]
@@ -168,7 +237,28 @@ def synthetic_slide_cohort(
     cancer_types: tuple[str, ...] = ("BRCA",),
 ) -> Path:
     """``n`` generated pyramidal slides in ``folder`` and their manifest (relative paths; cancer
-    types assigned in turn); returns the manifest's path."""
+    types assigned in turn); returns the manifest's path.
+
+    Parameters
+    ----------
+    folder : Path
+        Where the slides and manifest are written.
+    n : int
+        Number of slides.
+    width, height : int
+        Size of each slide, in px (0.25 µm/px).
+    seed : int, optional
+        Seed of the first slide; slide i uses ``seed + i``.
+    prefix : str, optional
+        Prefix of the slides' ids and file names.
+    cancer_types : tuple of str, optional
+        Cancer types, assigned in turn.
+
+    Returns
+    -------
+    Path
+        The manifest, ``manifest.csv``.
+    """
     rows = ["slide_path,slide_id,cancer_type"]
     for i in range(n):
         image, _ = synthetic_slide_image(width, height, seed=seed + i)
@@ -182,7 +272,22 @@ def synthetic_slide_cohort(
 def glass_tiff(path: Path, width: int, height: int, tile: int = 256) -> Path:
     """A one-level tiled TIFF of white glass whatever its declared size: every tile is the same
     Deflate-compressed bytes, so a 300,000 × 1,000 px file is ~1 MB and is written in a second
-    (hostile input for the reader's memory and time bounds)."""
+    (hostile input for the reader's memory and time bounds).
+
+    Parameters
+    ----------
+    path : Path
+        The file to write.
+    width, height : int
+        Declared size of the image, in px.
+    tile : int, optional
+        Tile side, in px.
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
     import math
     import zlib
 
@@ -214,7 +319,26 @@ def synthetic_label_region(
     """The window ``region`` = (x0, y0, x1, y1) of a generated ``width``×``height`` slide's label
     map (uint32): nuclei as in ``synthetic_slide_image`` (discs on a jittered grid, on a tissue
     disc), one id per grid cell. Each window is computed on its own, so a label map of any size
-    is made window by window in bounded memory (benchmarks of maps.zarr)."""
+    is made window by window in bounded memory (benchmarks of maps.zarr).
+
+    Parameters
+    ----------
+    width, height : int
+        Size of the whole slide, in px.
+    region : (int, int, int, int)
+        The window (x0, y0, x1, y1), in px, x1 and y1 excluded.
+    seed : int, optional
+        Seed of the nuclei's jitter and radii.
+    radius : (float, float), optional
+        Range of the nuclei's radii, in px.
+    spacing : float, optional
+        Spacing of the nuclei's grid, in px.
+
+    Returns
+    -------
+    np.ndarray
+        uint32 labels of the window, (y1 - y0)×(x1 - x0), 0 = background.
+    """
     x0, y0, x1, y1 = region
     cols = int(np.ceil(width / spacing))
     ys, xs = np.arange(y0, y1, dtype=np.float32), np.arange(x0, x1, dtype=np.float32)

@@ -72,7 +72,24 @@ def image_probabilities(run: ProbabilityFn, rgb: np.ndarray, halo: int = 64, til
 
     ``tile`` = 0: the whole image in one pass, reflect-padded by ``halo`` and up to a multiple of
     16. Otherwise tiles of ``tile`` px whose central ``tile − 2·halo`` px are kept (as the
-    pipeline does); both agree to within the context tolerance when ``halo`` ≥ ``context_px``."""
+    pipeline does); both agree to within the context tolerance when ``halo`` ≥ ``context_px``.
+
+    Parameters
+    ----------
+    run : ProbabilityFn
+        The model: N×3×H×W float input → N×2×H×W probabilities (H and W multiples of 16).
+    rgb : np.ndarray
+        Stain-normalised float image, H×W×3, at model resolution.
+    halo : int, optional
+        Context added around the image or cut from each tile's edges, in model px.
+    tile : int, optional
+        Side of the tiles, in model px (a multiple of 16 over ``2 * halo``); 0: one pass.
+
+    Returns
+    -------
+    np.ndarray
+        Probabilities, 2×H×W (centre, material).
+    """
     h, w = rgb.shape[:2]
     if tile == 0:
         ph = -(-(h + 2 * halo) // DOWNSAMPLING) * DOWNSAMPLING
@@ -157,6 +174,28 @@ def contract_metadata(
     training_data: str,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, str]:
+    """The model file's metadata (the model contract): every value a string.
+
+    Parameters
+    ----------
+    net : NucleusUNet
+        The trained network; its architecture and receptive field are recorded.
+    thresholds : NucleusThresholds
+        The post-processing thresholds tuned for it.
+    context_px : int
+        Context the model needs around a pixel, in model px.
+    version : str
+        The model's version.
+    training_data : str
+        What it was trained on.
+    extra : dict or None, optional
+        More entries, added last (they may replace the others).
+
+    Returns
+    -------
+    dict of str to str
+        The metadata entries, ``mpp`` in µm per model px.
+    """
     meta = {
         "mpp": str(MODEL_MPP),
         "version": version,

@@ -76,7 +76,24 @@ def nuclear_optical_density(rgb: np.ndarray, nuclei: np.ndarray) -> tuple[np.nda
 
 
 def place_polygons(rng: np.random.Generator, shape: tuple[int, int], count: int, cfg: SyntheticConfig) -> np.ndarray:
-    """Instance labels of up to ``count`` non-overlapping random polygons (GAP_PX apart)."""
+    """Instance labels of up to ``count`` non-overlapping random polygons (GAP_PX apart).
+
+    Parameters
+    ----------
+    rng : np.random.Generator
+        The random generator.
+    shape : (int, int)
+        (rows, columns) of the label image.
+    count : int
+        Most polygons placed.
+    cfg : SyntheticConfig
+        Sizes and shapes of the polygons.
+
+    Returns
+    -------
+    np.ndarray
+        int32 labels of the given shape, 1..k, 0 = background.
+    """
     labels = np.zeros(shape, dtype=np.int32)
     occupied = np.zeros(shape, dtype=bool)
     k = 0
@@ -105,7 +122,26 @@ def paint_nuclei(
     cfg: SyntheticConfig,
 ) -> np.ndarray:
     """Paint each labelled nucleus onto the background in optical density: a per-nucleus
-    intensity times a smooth chromatin texture around the real nuclear colour, with soft edges."""
+    intensity times a smooth chromatin texture around the real nuclear colour, with soft edges.
+
+    Parameters
+    ----------
+    background : np.ndarray
+        Float RGB image in [0, 1], H×W×3, without nuclei.
+    labels : np.ndarray
+        int32 labels of the nuclei to paint, H×W, 0 = background.
+    od_mean, od_std : np.ndarray
+        Mean and standard deviation of the real nuclei's optical density per RGB channel.
+    rng : np.random.Generator
+        The random generator.
+    cfg : SyntheticConfig
+        Range of the nuclei's intensities.
+
+    Returns
+    -------
+    np.ndarray
+        Float32 RGB image in [0, 1], H×W×3 (``background`` itself when there are no nuclei).
+    """
     n = int(labels.max())
     bg_od = -np.log(np.clip(background, 1 / 255, 1))
     if n == 0:
@@ -126,7 +162,26 @@ def synthetic_patch(
     rgb: np.ndarray, labels: np.ndarray, rng: np.random.Generator, cfg: SyntheticConfig = SyntheticConfig()
 ) -> tuple[np.ndarray, np.ndarray]:
     """One synthetic patch (float RGB ``size``×``size``×3, int32 labels) made from a random crop
-    of a real normalised image ``rgb`` with its instance ``labels`` (for texture and inpainting)."""
+    of a real normalised image ``rgb`` with its instance ``labels`` (for texture and inpainting).
+
+    Parameters
+    ----------
+    rgb : np.ndarray
+        Real stain-normalised float RGB image, H×W×3, at least ``cfg.size`` on each side.
+    labels : np.ndarray
+        Its instance labels, H×W, 0 = background.
+    rng : np.random.Generator
+        The random generator.
+    cfg : SyntheticConfig, optional
+        Patch size, nuclei per patch and their shapes.
+
+    Returns
+    -------
+    image : np.ndarray
+        Float32 RGB patch in [0, 1], size×size×3.
+    labels : np.ndarray
+        int32 labels of the synthetic nuclei, size×size, 0 = background.
+    """
     size = cfg.size
     r = int(rng.integers(0, rgb.shape[0] - size + 1))
     c = int(rng.integers(0, rgb.shape[1] - size + 1))

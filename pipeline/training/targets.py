@@ -73,7 +73,24 @@ _RGB_HED = np.linalg.inv(_HED_RGB)
 
 def hed_jitter(rgb: np.ndarray, rng: np.random.Generator, scale: float = 0.08, shift: float = 0.015) -> np.ndarray:
     """Stain augmentation (Tellez et al. 2018 style): scale and shift the haematoxylin, eosin
-    and DAB concentrations of a float RGB image in [0, 1] (colour deconvolution in optical density)."""
+    and DAB concentrations of a float RGB image in [0, 1] (colour deconvolution in optical density).
+
+    Parameters
+    ----------
+    rgb : np.ndarray
+        Float RGB image in [0, 1], H×W×3.
+    rng : np.random.Generator
+        The random generator.
+    scale : float, optional
+        Largest relative change of each concentration (a factor in [1 - scale, 1 + scale]).
+    shift : float, optional
+        Largest shift added to each concentration, in optical density.
+
+    Returns
+    -------
+    np.ndarray
+        Float32 RGB image in [0, 1], same shape.
+    """
     od = -np.log(np.clip(rgb, 1 / 255, 1.0))
     hed = od @ _RGB_HED
     hed = hed * rng.uniform(1 - scale, 1 + scale, 3) + rng.uniform(-shift, shift, 3)
@@ -92,7 +109,30 @@ def augment_patch(
 ) -> tuple[np.ndarray, np.ndarray]:
     """A random ``size``×``size`` training patch from a normalised float image and its labels:
     random scale (bilinear image, nearest labels), rotation by 90°, flip, elastic deformation,
-    HED jitter, blur."""
+    HED jitter, blur.
+
+    Parameters
+    ----------
+    rgb : np.ndarray
+        Stain-normalised float RGB image, H×W×3.
+    labels : np.ndarray
+        Its instance labels, H×W, 0 = background.
+    size : int
+        Side of the patch, in px.
+    rng : np.random.Generator
+        The random generator.
+    scale_range : (float, float), optional
+        Range of the zoom factor.
+    p_blur, p_stain, p_elastic : float, optional
+        Probabilities of a Gaussian blur, a HED jitter and an elastic deformation.
+
+    Returns
+    -------
+    image : np.ndarray
+        Float32 RGB patch, size×size×3.
+    labels : np.ndarray
+        int32 labels of the patch, size×size, 0 = background.
+    """
     s = rng.uniform(*scale_range)
     src = min(int(round(size / s)), rgb.shape[0], rgb.shape[1])
     r = int(rng.integers(0, rgb.shape[0] - src + 1))
@@ -123,7 +163,28 @@ def elastic_deform(
 ) -> tuple[np.ndarray, np.ndarray]:
     """A smooth random displacement field (Simard et al. 2003): white noise blurred by ``sigma_px``,
     scaled to a typical displacement of ``alpha_px``; bilinear image, nearest labels, edges
-    mirrored. Nuclei bend and stretch a little, as tissue does under the coverslip."""
+    mirrored. Nuclei bend and stretch a little, as tissue does under the coverslip.
+
+    Parameters
+    ----------
+    rgb : np.ndarray
+        Float RGB image, H×W×3.
+    labels : np.ndarray
+        Its instance labels, H×W, 0 = background.
+    rng : np.random.Generator
+        The random generator.
+    alpha_px : float, optional
+        Typical displacement (standard deviation of the field), in px.
+    sigma_px : float, optional
+        Gaussian blur of the noise, in px: the field's smoothness.
+
+    Returns
+    -------
+    image : np.ndarray
+        Float32 deformed image, H×W×3.
+    labels : np.ndarray
+        Deformed labels, H×W, same dtype as ``labels``.
+    """
     h, w = labels.shape
     field = ndi.gaussian_filter(rng.standard_normal((2, h, w)), (0, sigma_px, sigma_px), mode="reflect")
     field *= alpha_px / max(float(field.std()), 1e-6)

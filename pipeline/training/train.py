@@ -138,7 +138,30 @@ def fixed_validation_patches(
     touching_gap: bool = False,
     centre_target: str = "core",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` fixed crops of the validation images (no augmentation) for the loss curve."""
+    """``n`` fixed crops of the validation images (no augmentation) for the loss curve.
+
+    Parameters
+    ----------
+    images : list of np.ndarray
+        Stain-normalised float RGB validation images, H×W×3.
+    labels : list of np.ndarray
+        Their instance labels, H×W, 0 = background.
+    n : int
+        Number of patches, taken from the images in turn.
+    size : int
+        Side of a patch, in px.
+    touching_gap : bool, optional
+        Passed to :func:`training_targets`.
+    centre_target : str, optional
+        The centre target, ``"core"`` or ``"distance"`` (:func:`training_targets`).
+
+    Returns
+    -------
+    inputs : torch.Tensor
+        The patches, n×3×size×size.
+    targets : torch.Tensor
+        Their float32 targets (centre, material), n×2×size×size.
+    """
     rng = np.random.default_rng(12345)
     xs, ys = [], []
     for i in range(n):

@@ -82,7 +82,28 @@ def coordinate_search(
     probs: list[np.ndarray], images: list[AnnotatedImage], start: NucleusThresholds = START, sweeps: int = 2
 ) -> tuple[NucleusThresholds, dict[str, float], list[dict[str, Any]]]:
     """Coordinate-wise search over :data:`GRID`; returns the best thresholds, their overall
-    scores and the trail of every evaluation."""
+    scores and the trail of every evaluation.
+
+    Parameters
+    ----------
+    probs : list of np.ndarray
+        The model's probabilities for each image, 2×H×W.
+    images : list of AnnotatedImage
+        The annotated images, in the same order.
+    start : NucleusThresholds, optional
+        Thresholds the search starts from.
+    sweeps : int, optional
+        Most sweeps over :data:`GRID`; the search stops after a sweep that changes nothing.
+
+    Returns
+    -------
+    best : NucleusThresholds
+        The best thresholds found.
+    overall : dict of str to float
+        Their scores over all images (AJI, PQ, Dice, ...).
+    trail : list of dict
+        Every evaluation: the thresholds with their scores.
+    """
     best = start
     best_overall = score(probs, images, best)[1]
     trail = [{**dataclasses.asdict(best), **best_overall}]

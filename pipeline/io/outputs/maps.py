@@ -87,7 +87,29 @@ def create_maps(folder: Path, width: int, height: int, mpp: float, chunk: int, s
     """An empty ``maps.zarr`` in ``folder`` for a ``width``×``height`` slide at ``mpp`` µm/px: every
     level's array with chunks ``chunk`` (the tile core) and shards ``shard`` level-0 px (a multiple
     of ``chunk``), and the OME-NGFF metadata; level 0 is then filled by the assembly, the lower
-    levels by ``build_pyramid``."""
+    levels by ``build_pyramid``.
+
+    Parameters
+    ----------
+    folder : Path
+        The slide's working folder; ``maps.zarr`` is created in it (replacing one there).
+    width, height : int
+        Size of the slide's level 0, in px.
+    mpp : float
+        The slide's resolution, in µm per level-0 px (the OME-NGFF scale).
+    chunk : int
+        Chunk side, in px (the same at every level): the tile core.
+    shard : int
+        Shard side, in px (the same at every level); a multiple of ``chunk``.
+    probabilities : bool
+        Whether to create the probability maps too (uint8, one channel per model output,
+        ``PROBABILITY_CHANNELS``).
+
+    Raises
+    ------
+    ValueError
+        When ``shard`` is not a multiple of ``chunk``.
+    """
     import zarr
     from zarr.codecs import ZstdCodec
 

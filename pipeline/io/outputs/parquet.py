@@ -118,7 +118,22 @@ def _outward32(values: np.ndarray, toward: float) -> np.ndarray:
 
 def polygon_bbox(values: np.ndarray, offsets: np.ndarray, cx: np.ndarray, cy: np.ndarray) -> pa.StructArray:
     """Each outline's bounding box (the centroid's point for an outline of no vertex), as float32
-    rounded outward."""
+    rounded outward.
+
+    Parameters
+    ----------
+    values : np.ndarray
+        The outlines' vertices, flat and interleaved (x0, y0, x1, y1, ...), in level-0 px.
+    offsets : np.ndarray
+        Start of each outline in ``values``, and their length last (two values per vertex).
+    cx, cy : np.ndarray
+        The nuclei's centroids, in level-0 px.
+
+    Returns
+    -------
+    pa.StructArray
+        float32 fields ``BBOX_FIELDS`` (xmin, ymin, xmax, ymax) per outline.
+    """
     counts = np.diff(offsets) // 2
     has = counts > 0
     starts = (offsets[:-1] // 2)[has]

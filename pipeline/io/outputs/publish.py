@@ -168,7 +168,21 @@ def atomic_write_text(path: Path, text: str, durable: bool = True) -> None:
 def atomic_write_json(path: Path, obj: Any, *, indent: int = 2, sort_keys: bool = False, durable: bool = True) -> None:
     """``obj`` as JSON (numpy scalars and paths as plain values), ending in a newline, published
     whole under ``path`` or not at all. The project's one JSON writer: slide records keep their
-    keys in the order written, the QC's files sort theirs."""
+    keys in the order written, the QC's files sort theirs.
+
+    Parameters
+    ----------
+    path : Path
+        The file to write.
+    obj : Any
+        The value to write.
+    indent : int, optional
+        Indentation of the JSON.
+    sort_keys : bool, optional
+        Sort the keys of objects.
+    durable : bool, optional
+        Flush the file to disk before the rename (scratch files a crash discards anyway skip it).
+    """
     text = json.dumps(obj, indent=indent, sort_keys=sort_keys, default=_json_default) + "\n"
     atomic_write_bytes(path, text.encode(), durable)
 

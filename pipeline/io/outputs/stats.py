@@ -97,6 +97,26 @@ def nucleus_size_stats(areas_um2: np.ndarray, tissue_mm2: float) -> dict[str, An
 def failure_stats(slide_id: str, cancer_type: str, slide_path: str, error: str, seconds: float = 0.0) -> dict[str, Any]:
     """stats.json of a slide that could not be processed: the same keys, null where nothing was measured.
 
+    Parameters
+    ----------
+    slide_id : str
+        The slide's id.
+    cancer_type : str
+        Its cancer type, from the manifest.
+    slide_path : str
+        Its file.
+    error : str
+        Why it could not be processed.
+    seconds : float, optional
+        Seconds spent on it.
+
+    Returns
+    -------
+    dict
+        The content of stats.json, keys in ``STATS_FIELDS`` order, status ``"failed"``.
+
+    Examples
+    --------
     >>> s = failure_stats("S1", "BRCA", "S1.svs", "S1.svs: unreadable")
     >>> s["status"], s["n_nuclei"], list(s) == list(STATS_FIELDS)
     ('failed', None, True)

@@ -59,7 +59,24 @@ def write_nucleus_tables(
     tables: Iterator[pa.Table], folder: Path, slide_id: str, formats: Iterable[str] = tuple(NUCLEUS_TABLE_FORMATS)
 ) -> int:
     """Stream per-tile nucleus tables into ``folder`` in each of ``formats``. Returns the
-    number of nuclei written."""
+    number of nuclei written.
+
+    Parameters
+    ----------
+    tables : iterator of pa.Table
+        The tiles' nucleus tables (cast to ``NUCLEI_SCHEMA``; empty ones are skipped).
+    folder : Path
+        The folder the tables are written to.
+    slide_id : str
+        The slide's id.
+    formats : iterable of str, optional
+        Names of the formats to write (keys of ``NUCLEUS_TABLE_FORMATS``); all by default.
+
+    Returns
+    -------
+    int
+        Number of nuclei written.
+    """
     writers: list[NucleusTableWriter] = []
     n = 0
     try:

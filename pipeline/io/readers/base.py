@@ -78,7 +78,24 @@ class Slide(Protocol):
     properties: dict[str, str]
 
     def read_region(self, x: int, y: int, width: int, height: int, level: int = 0) -> np.ndarray:
-        """RGB uint8 height×width×3; (x, y) and size in pixels of ``level``."""
+        """RGB uint8 height×width×3; (x, y) and size in pixels of ``level``.
+
+        Parameters
+        ----------
+        x, y : int
+            Top-left corner of the region, in pixels of ``level`` (x: column, y: row). It may lie
+            outside the image.
+        width, height : int
+            Size of the region, in pixels of ``level``.
+        level : int, optional
+            Pyramid level to read, 0 being full resolution.
+
+        Returns
+        -------
+        np.ndarray
+            RGB uint8 array of shape (height, width, 3); the parts outside the image are glass
+            (white, 255).
+        """
         ...
 
     def close(self) -> None: ...
@@ -133,7 +150,26 @@ def _clip_window(x: int, y: int, w: int, h: int, width: int, height: int) -> tup
 
 
 def read_clipped(read: Any, x: int, y: int, w: int, h: int, width: int, height: int) -> np.ndarray:
-    """Read the in-bounds part with ``read(x0, y0, x1, y1)`` and pad the rest with glass."""
+    """Read the in-bounds part with ``read(x0, y0, x1, y1)`` and pad the rest with glass.
+
+    Parameters
+    ----------
+    read : callable
+        ``read(x0, y0, x1, y1)`` returns the in-bounds window [x0, x1) × [y0, y1) as an array of
+        shape (y1 - y0, x1 - x0) or (y1 - y0, x1 - x0, channels); a grey one is repeated into RGB
+        and channels past the third are dropped. Not called when the window misses the image.
+    x, y : int
+        Top-left corner of the requested window, in pixels of the image (x: column, y: row).
+    w, h : int
+        Size of the requested window, in pixels.
+    width, height : int
+        Size of the image, in pixels.
+
+    Returns
+    -------
+    np.ndarray
+        RGB uint8 array of shape (h, w, 3), glass (255) outside the image.
+    """
     out = np.full((h, w, 3), GLASS, dtype=np.uint8)
     x0, y0, x1, y1 = _clip_window(x, y, w, h, width, height)
     if x1 > x0 and y1 > y0:
@@ -190,6 +226,23 @@ def read_mirrored(
     validation tiles this is worth +0.003 AJI over glass padding (benchmarks/RESULTS-model.md).
     The mirror is about the image's own edges, not the window's, so every tiling sees the same
     pixels there and the assembled labels stay independent of the tile grid.
+
+    Parameters
+    ----------
+    slide : Slide or GlassWhereUnreadable
+        The slide to read.
+    x, y : int
+        Top-left corner of the window, in pixels of ``level`` (x: column, y: row); it may lie
+        outside the image.
+    width, height : int
+        Size of the window, in pixels of ``level``.
+    level : int, optional
+        Pyramid level to read, 0 being full resolution.
+
+    Returns
+    -------
+    np.ndarray
+        RGB uint8 array of shape (height, width, 3).
     """
     w, h = slide.level_dimensions[level]
     rows = mirrored_index(np.arange(y, y + height), h)
@@ -249,6 +302,34 @@ def low_resolution_view(
 
     With an ``unreadable`` list, tiles the decoder rejects are appended to it and seen as glass
     (so they are no tissue); without one, they raise :class:`UnreadableRegion`.
+
+    Parameters
+    ----------
+    slide : Slide
+        The slide to view.
+    max_side : int, optional
+        Largest side of the view, in pixels.
+    strip_px : int, optional
+        Rows of the source level read at a time (rounded to a multiple of the averaging factor).
+    block_px : int, optional
+        Most pixels of the source level read in one block.
+    unreadable : list of UnreadableTile, optional
+        Collects the tiles that cannot be decoded, which are then seen as glass; None raises on
+        them instead.
+
+    Returns
+    -------
+    view : np.ndarray
+        RGB uint8 array of shape (rows, columns, 3), its long side at most ``max_side``.
+    downsample : float
+        Level-0 pixels per view pixel.
+
+    Raises
+    ------
+    SlideError
+        When the level used is over :data:`MAX_VIEW_SOURCE_PX` pixels.
+    UnreadableRegion
+        When a tile cannot be decoded and ``unreadable`` is None.
     """
     w0, h0 = slide.level_dimensions[0]
     target = max(1.0, max(w0, h0) / max_side)
@@ -298,7 +379,28 @@ def read_around(
     unreadable: list[UnreadableTile],
 ) -> np.ndarray:
     """A region read cell by cell on the grid of the file's tiles (the size of the ``bad`` ones),
-    with glass where a cell cannot be decoded; those tiles are appended to ``unreadable``."""
+    with glass where a cell cannot be decoded; those tiles are appended to ``unreadable``.
+
+    Parameters
+    ----------
+    slide : Slide
+        The slide to read.
+    x, y : int
+        Top-left corner of the region, in pixels of ``level`` (x: column, y: row).
+    width, height : int
+        Size of the region, in pixels of ``level``.
+    level : int
+        Pyramid level to read.
+    bad : list of UnreadableTile
+        The tiles a read of the region failed on; the first one's size is the grid's cell size.
+    unreadable : list of UnreadableTile
+        Tiles that fail here are appended to it (each once).
+
+    Returns
+    -------
+    np.ndarray
+        RGB uint8 array of shape (height, width, 3), glass (255) where a cell cannot be decoded.
+    """
     out = np.full((height, width, 3), GLASS, dtype=np.uint8)
     tw, th = max(1, bad[0].width), max(1, bad[0].height)
     for cy in range(y // th * th, y + height, th):
@@ -322,6 +424,25 @@ class GlassWhereUnreadable:
         self.level_dimensions = slide.level_dimensions
 
     def read_region(self, x: int, y: int, width: int, height: int, level: int = 0) -> np.ndarray:
+        """A region of the slide, with glass where its file's tiles cannot be decoded (those tiles
+        are appended to ``unreadable``).
+
+        Parameters
+        ----------
+        x, y : int
+            Top-left corner of the region, in pixels of ``level`` (x: column, y: row). It may lie
+            outside the image.
+        width, height : int
+            Size of the region, in pixels of ``level``.
+        level : int, optional
+            Pyramid level to read, 0 being full resolution.
+
+        Returns
+        -------
+        np.ndarray
+            RGB uint8 array of shape (height, width, 3); the parts outside the image are glass
+            (white, 255).
+        """
         try:
             return self.slide.read_region(x, y, width, height, level)
         except UnreadableRegion as exc:

@@ -475,7 +475,25 @@ class DicomLevel:
 
     def read(self, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
         """The in-bounds window [x0, x1) × [y0, y1) from the frames it covers; frames that cannot
-        be decoded raise :class:`UnreadableRegion` naming them all (I/O errors are not theirs)."""
+        be decoded raise :class:`UnreadableRegion` naming them all (I/O errors are not theirs).
+
+        Parameters
+        ----------
+        x0, y0, x1, y1 : int
+            The window [x0, x1) × [y0, y1), in pixels of this level (x: column, y: row), inside the
+            level.
+
+        Returns
+        -------
+        np.ndarray
+            RGB uint8 array of shape (y1 - y0, x1 - x0, 3); glass (255) where no frame covers it
+            (a sparse tiling).
+
+        Raises
+        ------
+        UnreadableRegion
+            When frames in the window cannot be decoded, naming them all.
+        """
         fh, fw = self.frame_size
         out = np.full((y1 - y0, x1 - x0, 3), GLASS, dtype=np.uint8)
         bad: list[UnreadableTile] = []
@@ -577,6 +595,31 @@ class DicomSlide(ClosesOnExit):
         )
 
     def read_region(self, x: int, y: int, width: int, height: int, level: int = 0) -> np.ndarray:
+        """A region of a level, read from the DICOM frames it covers.
+
+        Parameters
+        ----------
+        x, y : int
+            Top-left corner of the region, in pixels of ``level`` (x: column, y: row). It may lie
+            outside the image.
+        width, height : int
+            Size of the region, in pixels of ``level``.
+        level : int, optional
+            Pyramid level to read, 0 being full resolution.
+
+        Returns
+        -------
+        np.ndarray
+            RGB uint8 array of shape (height, width, 3); the parts outside the image are glass
+            (white, 255).
+
+        Raises
+        ------
+        SlideError
+            When ``level`` does not exist.
+        UnreadableRegion
+            When tiles of the file in the region cannot be decoded, naming them.
+        """
         if not 0 <= level < len(self.levels):
             raise SlideError(f"level {level} does not exist (the slide has {len(self.levels)})")
         lv = self.levels[level]

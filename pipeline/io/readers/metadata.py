@@ -177,7 +177,26 @@ def mpp_from_philips(description: str) -> Resolution | None:
 
 def mpp_from_tiff(description: str, x_resolution: Any, unit: Any, y_resolution: Any = None) -> Resolution | None:
     """A TIFF's resolution: Aperio fields, OME-XML or Philips attributes in its description,
-    then its resolution tags (Hamamatsu NDPI and generic pyramids write them in cm)."""
+    then its resolution tags (Hamamatsu NDPI and generic pyramids write them in cm).
+
+    Parameters
+    ----------
+    description : str
+        The TIFF's ImageDescription.
+    x_resolution : Any
+        Its XResolution tag, pixels per unit: a number or a (numerator, denominator) pair; None
+        when absent.
+    unit : Any
+        Its ResolutionUnit tag (2 inch, 3 centimetre, or the millimetre / micrometre codes some
+        scanners write); None when absent.
+    y_resolution : Any, optional
+        Its YResolution tag, as ``x_resolution``.
+
+    Returns
+    -------
+    Resolution or None
+        The first resolution found, in µm per level-0 pixel; None when none is stated.
+    """
     return first(
         mpp_from_aperio(aperio_fields(description)),
         mpp_from_ome_xml(description),

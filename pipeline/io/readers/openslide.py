@@ -171,6 +171,29 @@ class OpenSlideSlide(ClosesOnExit):
         )
 
     def read_region(self, x: int, y: int, width: int, height: int, level: int = 0) -> np.ndarray:
+        """A region of a level, read with OpenSlide.
+
+        Parameters
+        ----------
+        x, y : int
+            Top-left corner of the region, in pixels of ``level`` (x: column, y: row). It may lie
+            outside the image.
+        width, height : int
+            Size of the region, in pixels of ``level``.
+        level : int, optional
+            Pyramid level to read, 0 being full resolution.
+
+        Returns
+        -------
+        np.ndarray
+            RGB uint8 array of shape (height, width, 3); the parts outside the image are glass
+            (white, 255).
+
+        Raises
+        ------
+        UnreadableRegion
+            When tiles of the file in the region cannot be decoded, naming them.
+        """
         w, h = self.level_dimensions[level]
 
         def read(x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
@@ -196,7 +219,22 @@ class OpenSlideSlide(ClosesOnExit):
     ) -> list[UnreadableTile]:
         """The file's tiles in a window that fail to decode, each read alone (only after a read
         failed; OpenSlide refuses every later read of a handle that met an error, so it is
-        opened again after each); the whole window when no single tile fails."""
+        opened again after each); the whole window when no single tile fails.
+
+        Parameters
+        ----------
+        level : int
+            Pyramid level of the window.
+        x0, y0, x1, y1 : int
+            The window [x0, x1) × [y0, y1), in pixels of ``level``.
+        exc : BaseException
+            The error of the failed read, named when no single tile fails.
+
+        Returns
+        -------
+        list of UnreadableTile
+            The failing tiles, in pixels of ``level``; never empty.
+        """
         tw = int(self.properties.get(f"openslide.level[{level}].tile-width", 0)) or (x1 - x0)
         th = int(self.properties.get(f"openslide.level[{level}].tile-height", 0)) or (y1 - y0)
         w, h = self.level_dimensions[level]

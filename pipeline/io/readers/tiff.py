@@ -85,6 +85,29 @@ class TiffSlide(ClosesOnExit):
         )
 
     def read_region(self, x: int, y: int, width: int, height: int, level: int = 0) -> np.ndarray:
+        """A region of a level, decoded from the TIFF's tiles it covers.
+
+        Parameters
+        ----------
+        x, y : int
+            Top-left corner of the region, in pixels of ``level`` (x: column, y: row). It may lie
+            outside the image.
+        width, height : int
+            Size of the region, in pixels of ``level``.
+        level : int, optional
+            Pyramid level to read, 0 being full resolution.
+
+        Returns
+        -------
+        np.ndarray
+            RGB uint8 array of shape (height, width, 3); the parts outside the image are glass
+            (white, 255).
+
+        Raises
+        ------
+        UnreadableRegion
+            When tiles of the file in the region cannot be decoded, naming them.
+        """
         arr = self._levels[level]
         w, h = self.level_dimensions[level]
 
@@ -101,7 +124,22 @@ class TiffSlide(ClosesOnExit):
         self, level: int, x0: int, y0: int, x1: int, y1: int, exc: BaseException
     ) -> list[UnreadableTile]:
         """The file's tiles in a window that fail to decode, found by decoding each alone (only
-        after a read failed); the whole window when no single tile fails."""
+        after a read failed); the whole window when no single tile fails.
+
+        Parameters
+        ----------
+        level : int
+            Pyramid level of the window.
+        x0, y0, x1, y1 : int
+            The window [x0, x1) × [y0, y1), in pixels of ``level``.
+        exc : BaseException
+            The error of the failed read, named when no single tile fails.
+
+        Returns
+        -------
+        list of UnreadableTile
+            The failing tiles, in pixels of ``level``; never empty.
+        """
         arr = self._levels[level]
         th, tw = (int(n) for n in arr.chunks[:2])
         w, h = self.level_dimensions[level]

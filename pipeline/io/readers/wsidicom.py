@@ -122,6 +122,31 @@ class WsiDicomSlide(ClosesOnExit):
         )
 
     def read_region(self, x: int, y: int, width: int, height: int, level: int = 0) -> np.ndarray:
+        """A region of a level, read with wsidicom.
+
+        Parameters
+        ----------
+        x, y : int
+            Top-left corner of the region, in pixels of ``level`` (x: column, y: row). It may lie
+            outside the image.
+        width, height : int
+            Size of the region, in pixels of ``level``.
+        level : int, optional
+            Pyramid level to read, 0 being full resolution.
+
+        Returns
+        -------
+        np.ndarray
+            RGB uint8 array of shape (height, width, 3); the parts outside the image are glass
+            (white, 255).
+
+        Raises
+        ------
+        SlideError
+            When ``level`` does not exist.
+        UnreadableRegion
+            When tiles of the file in the region cannot be decoded, naming them.
+        """
         if not 0 <= level < len(self._levels):
             raise SlideError(f"level {level} does not exist (the slide has {len(self._levels)})")
         w, h = self.level_dimensions[level]
@@ -142,7 +167,20 @@ class WsiDicomSlide(ClosesOnExit):
 
     def unreadable_tiles(self, level: int, x0: int, y0: int, x1: int, y1: int) -> list[UnreadableTile]:
         """The frames in a window that fail to decode, found by reading each alone (only after a
-        read failed: wsidicom raises the decoder's error for the region, not naming the frame)."""
+        read failed: wsidicom raises the decoder's error for the region, not naming the frame).
+
+        Parameters
+        ----------
+        level : int
+            Pyramid level of the window.
+        x0, y0, x1, y1 : int
+            The window [x0, x1) × [y0, y1), in pixels of ``level``.
+
+        Returns
+        -------
+        list of UnreadableTile
+            The failing frames, in pixels of ``level``; empty when each frame reads alone.
+        """
         tw, th = self._tile_sizes[level]
         bad = []
         for ty in range(y0 // th, (y1 - 1) // th + 1):
