@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import inspect
 import re
-import sys
 from pathlib import Path
 
 SECTIONS = ("Attributes", "Parameters", "Returns", "Raises")
@@ -100,6 +99,5 @@ def reference() -> str:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     PAGE.write_text(reference(), encoding="utf-8")
     print(f"wrote {PAGE}")

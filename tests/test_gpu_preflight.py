@@ -115,3 +115,15 @@ def test_the_repository_fits_a_device_call() -> None:
     paths = [ROOT / rel.decode() for rel in listed.stdout.split(b"\0") if rel]
     tracked = sum(p.stat().st_size for p in paths if p.is_file() and not p.is_symlink())
     assert 7_000_000 < tracked < CARRY_LIMIT // 2
+
+
+def test_the_device_run_checks_modules_that_exist() -> None:
+    """Every pipeline module the device run must import exists here (a renamed module left in its
+    list would fail the one device call, after the minutes it takes to start)."""
+    import importlib.util
+
+    script = (ROOT / "benchmarks" / "gpu" / "gpu_device_run.sh").read_text()
+    listed = re.findall(r"\bpipeline(?:\.\w+)+", "".join(re.findall(r"REQUIRED\+?=(\S+)", script)))
+    assert len(listed) >= 8
+    missing = [name for name in listed if importlib.util.find_spec(name) is None]
+    assert not missing, f"gpu_device_run.sh imports modules that do not exist: {missing}"

@@ -60,9 +60,6 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))  # this checkout's pipeline, not another installed in the environment
-
 GOAL_GPX = 10.0  # the goal for one GPU: a 10-gigapixel slide …
 GOAL_SECONDS = 30.0  # … in at most 30 s on one H100
 STAGES = ("read", "upload", "normalise", "infer", "watershed", "download", "features", "write", "assemble", "reduce")

@@ -175,7 +175,7 @@ rm -rf "$SITE"
   REQUIRED=numpy,scipy,skimage,pyarrow,tifffile,pandas,onnx,onnxruntime,dask,distributed,zarr,numcodecs
   REQUIRED+=,google_crc32c,pydicom,imagecodecs,dask_cuda,pynvml,pytest,pytest_timeout
   REQUIRED+=,pipeline.config,pipeline.cluster,pipeline.graph,pipeline.slide,pipeline.io.readers
-  REQUIRED+=,pipeline.io.outputs.maps,pipeline.io.outputs.tables,pipeline.kernels.watershed,pipeline.runtime,pipeline.testing
+  REQUIRED+=,pipeline.io.outputs.maps,pipeline.io.outputs.tables,pipeline.kernels.level_flood,pipeline.runtime,pipeline.testing
   DEVICE_ONLY=torch,cupy,cupyx.scipy.ndimage
   if [ "$MODE" = device ]; then REQUIRED+=,$DEVICE_ONLY; OPTIONAL=rmm; else OPTIONAL=$DEVICE_ONLY,rmm; fi
   T=$(now)
@@ -244,8 +244,7 @@ print('imports without wheels: ok (torch: on the device image)')
       echo "packed in $(since "$T") s"
     fi
     if [ -f "$PACKED" ]; then
-      PYTHONPATH=$ROOT "$PY" -c "
-import sys; sys.path.insert(0, 'benchmarks/gpu')
+      PYTHONPATH=$ROOT:$ROOT/benchmarks/gpu "$PY" -c "
 from gpu_fp16_aji import packed_images
 images = packed_images('$PACKED')
 assert len(images) == 7 and all(rgb.shape[:2] == labels.shape and labels.max() > 0 for _, rgb, labels in images)
