@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -18,6 +20,7 @@ from pipeline.io.annotations import DATA_DIR_VARIABLE, data_dir
 os.environ.setdefault(DATA_DIR_VARIABLE, str(Path(__file__).resolve().parents[2] / "shared" / "data"))
 from pipeline.testing import build_blob_model, synthetic_slide_image, write_pyramidal_tiff
 
+ROOT = Path(__file__).resolve().parents[1]  # the checkout
 SHARED_DATA = data_dir()
 WSI_FIXTURES = SHARED_DATA / "wsi_fixtures"
 
@@ -97,6 +100,21 @@ def need_shared(*names: str) -> Path:
     return SHARED_DATA
 
 
+def output_digest(slide_dir: Path) -> dict[str, str]:
+    """Hashes of what must not depend on how the run went: nuclei, label chunks, stats."""
+    import zarr
+
+    out = {}
+    out["nuclei.parquet"] = hashlib.sha256((slide_dir / "nuclei.parquet").read_bytes()).hexdigest()
+    labels = zarr.open_array(str(slide_dir / "maps.zarr" / "labels" / "0"), mode="r")[:]
+    out["labels"] = hashlib.sha256(np.ascontiguousarray(labels).tobytes()).hexdigest()
+    stats = json.loads((slide_dir / "stats.json").read_text())
+    for volatile in ("seconds", "stage_seconds"):
+        stats.pop(volatile)
+    out["stats"] = hashlib.sha256(json.dumps(stats, sort_keys=True).encode()).hexdigest()
+    return out
+
+
 def bounded_cli(module: str, *args: str, timeout: float = 120, memory_gb: float = 3) -> subprocess.CompletedProcess:
     """``python -m module args`` in a process of bounded memory and time: an unbounded read (of
     /dev/zero, a FIFO without a writer) fails the test instead of the machine. Raises
@@ -110,7 +128,7 @@ def bounded_cli(module: str, *args: str, timeout: float = 120, memory_gb: float 
 
     return subprocess.run(
         [sys.executable, "-m", module, *args],
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=timeout,

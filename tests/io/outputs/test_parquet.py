@@ -30,7 +30,7 @@ from pipeline.io.outputs.parquet import (
 from pipeline.io.outputs.schema import NUCLEI_SCHEMA
 from pipeline.io.outputs.tables import write_nucleus_tables
 from pipeline.qc._patches import Patch, read_polygons
-from tests.test_table_writers import random_table
+from tests.io.outputs.test_tables import random_table
 
 gpd = pytest.importorskip("geopandas")
 shapely = pytest.importorskip("shapely")

@@ -19,8 +19,7 @@ import pytest
 
 from pipeline.manifest import MAX_ID_LENGTH, ManifestError, SlideEntry, read_manifest
 from pipeline.testing import synthetic_slide_cohort
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import ROOT
 
 
 def run_cli(
@@ -194,7 +193,7 @@ def test_reduction_ended_before_publication_can_run_again(
         reduce_slide,
         segment_tiles,
     )
-    from tests.test_run import output_digest
+    from tests.conftest import output_digest
 
     config = load_config(None, {"model": str(blob_model), "tile_px": 128}, environ={})
 
@@ -329,7 +328,7 @@ def test_second_run_on_one_folder_is_refused_and_a_killed_holder_releases_it(
 
 
 def slide_digest(slide_dir: Path) -> dict[str, str]:
-    from tests.test_run import output_digest
+    from tests.conftest import output_digest
 
     digest = output_digest(slide_dir)
     digest.pop("stats")  # it records the slide file's identity, which some steps change on purpose
@@ -804,7 +803,7 @@ def test_checkpoints_are_loaded_as_weights_only(tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")
     from pipeline.training.export import load_checkpoint
     from pipeline.training.unet import NucleusUNet
-    from tests.test_export import TINY
+    from tests.training.test_export import TINY
 
     net = NucleusUNet(TINY)
     good = tmp_path / "good.pt"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import ROOT
 
 
 def test_import_layers_hold() -> None:
@@ -126,7 +126,7 @@ def test_every_package_names_its_public_api() -> None:
     packages needing an optional extra, as training needs PyTorch, are checked too)."""
     import ast
 
-    root = Path(__file__).resolve().parents[1] / "pipeline"
+    root = ROOT / "pipeline"
     inits = sorted(root.rglob("__init__.py"))
     assert len(inits) > 5
     for init in inits:

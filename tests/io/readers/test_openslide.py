@@ -26,12 +26,11 @@ from pipeline.io.readers import cucim as cucim_reader
 from pipeline.io.readers.cucim import cucim_available
 from pipeline.io.readers.openslide import INSTALL, openslide_available
 from pipeline.testing import synthetic_slide_image, write_hamamatsu_vms, write_pyramidal_tiff
-from tests.conftest import SHARED_DATA, WSI_FIXTURES
+from tests.conftest import ROOT, SHARED_DATA, WSI_FIXTURES
 
 needs_openslide = pytest.mark.skipif(not openslide_available(), reason=f"OpenSlide is not installed ({INSTALL})")
 NDPI = SHARED_DATA / "wsi_fixtures_more" / "hamamatsu_ndpi"
 NDPI_FILES = ["test3-DAPI-2-(387).ndpi", "test3-TRITC 2 (560).ndpi"]
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def need_ndpi(name: str) -> Path:

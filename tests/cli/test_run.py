@@ -4,7 +4,6 @@ a half-written slide folder."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -13,13 +12,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from pipeline.testing import synthetic_slide_cohort
-from tests.conftest import WSI_FIXTURES, need_shared
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import ROOT, WSI_FIXTURES, need_shared, output_digest
 
 
 def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -30,21 +26,6 @@ def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
         text=True,
         timeout=timeout,
     )
-
-
-def output_digest(slide_dir: Path) -> dict[str, str]:
-    """Hashes of what must not depend on how the run went: nuclei, label chunks, stats."""
-    import zarr
-
-    out = {}
-    out["nuclei.parquet"] = hashlib.sha256((slide_dir / "nuclei.parquet").read_bytes()).hexdigest()
-    labels = zarr.open_array(str(slide_dir / "maps.zarr" / "labels" / "0"), mode="r")[:]
-    out["labels"] = hashlib.sha256(np.ascontiguousarray(labels).tobytes()).hexdigest()
-    stats = json.loads((slide_dir / "stats.json").read_text())
-    for volatile in ("seconds", "stage_seconds"):
-        stats.pop(volatile)
-    out["stats"] = hashlib.sha256(json.dumps(stats, sort_keys=True).encode()).hexdigest()
-    return out
 
 
 @pytest.fixture(scope="module")

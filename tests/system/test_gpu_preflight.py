@@ -9,7 +9,8 @@ import sys
 import zipfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import ROOT
+
 SCRIPT = ROOT / "benchmarks" / "gpu" / "gpu_preflight.py"
 CARRY_LIMIT = 64 * 1024 * 1024  # what one device call may carry
 

@@ -13,8 +13,7 @@ import pyarrow as pa
 import pytest
 
 from pipeline.io.outputs.parquet import wkb_polygons
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import ROOT
 
 
 def cli(module: str, *args: str) -> subprocess.CompletedProcess:

@@ -38,7 +38,7 @@ from pipeline.kernels.stain import (
 )
 from pipeline.kernels.tissue import tissue_mask
 from pipeline.testing import synthetic_slide_image
-from tests.test_watershed import matched_share
+from tests.kernels.test_level_flood import matched_share
 
 
 class StandInDeviceArray(np.ndarray):

@@ -27,10 +27,9 @@ from pipeline.slide import process_slide_inline
 from pipeline.slide.inputs import slide_inputs
 from pipeline.testing import synthetic_slide_image
 from pipeline.testing.dicom import damage_frame, write_dicom_wsi
-from tests.conftest import WSI_FIXTURES, need_shared
+from tests.conftest import ROOT, WSI_FIXTURES, need_shared
 
 JPEG_MEAN_ERROR = 6.0  # grey levels: quality-90 JPEG of the noisy synthetic image (measured ≈ 4.4)
-ROOT = Path(__file__).resolve().parents[1]
 needs_wsidicom = pytest.mark.skipif(not wsidicom_available(), reason="wsidicom is not installed (Python < 3.11)")
 
 

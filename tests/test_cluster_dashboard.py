@@ -23,8 +23,8 @@ import pytest
 from pipeline.cluster import dashboard_link, dashboard_message
 from pipeline.config import Config
 from pipeline.testing import synthetic_slide_cohort
+from tests.conftest import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_FLAGS = [
     "--headless",

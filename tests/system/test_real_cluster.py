@@ -17,8 +17,7 @@ import pytest
 from pipeline.io.readers.cucim import cucim_available
 from pipeline.testing import synthetic_slide_cohort
 from pipeline.testing.cluster import ExternalCluster, run_args, wait_until
-from tests.conftest import WSI_FIXTURES, need_shared
-from tests.test_run import ROOT, output_digest
+from tests.conftest import ROOT, WSI_FIXTURES, need_shared, output_digest
 
 pytestmark = pytest.mark.slow
 
