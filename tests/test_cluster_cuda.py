@@ -123,3 +123,40 @@ def test_local_cuda_cluster_runs_device_work() -> None:
             return float(cupy.arange(10, dtype=cupy.float32).sum())
 
         assert client.submit(device_sum, resources={GPU_RESOURCE: 1}).result() == 45.0
+
+
+def test_rmm_pool_is_parsed_where_it_is_used_and_named_when_wrong(monkeypatch: pytest.MonkeyPatch) -> None:
+    """NUCLEI_RMM_POOL sizes the RMM pool of a local CUDA cluster: a wrong value there is refused
+    naming the variable; where no such cluster is started (no GPU, no dask-cuda, no RMM) it is
+    not read at all."""
+    import types
+
+    from pipeline import cluster
+    from pipeline.cluster import RMM_POOL_SHARE, local_cuda_cluster, rmm_pool_share_from
+
+    assert rmm_pool_share_from({}) == RMM_POOL_SHARE
+    assert rmm_pool_share_from({"NUCLEI_RMM_POOL": " 0.8 "}) == 0.8
+    for bad in ("lots", "0", "1.5", "-0.2", "nan", "inf"):
+        with pytest.raises(ValueError, match=rf"NUCLEI_RMM_POOL={bad!r} must be a share"):
+            rmm_pool_share_from({"NUCLEI_RMM_POOL": bad})
+
+    started: list[dict] = []
+
+    class LocalCUDACluster:  # records what it was asked for; dask-cuda is not installed here
+        def __init__(self, **options: object) -> None:
+            started.append(options)
+
+    monkeypatch.setitem(sys.modules, "dask_cuda", types.SimpleNamespace(LocalCUDACluster=LocalCUDACluster))
+    monkeypatch.setenv("NUCLEI_RMM_POOL", "lots")
+    monkeypatch.setattr(cluster, "visible_gpu_count", lambda: 0)
+    assert local_cuda_cluster() is None  # no GPU: no cluster, the variable is not read
+    monkeypatch.setattr(cluster, "visible_gpu_count", lambda: 1)
+    monkeypatch.setattr(cluster, "rmm_available", lambda: False)
+    assert isinstance(local_cuda_cluster(), LocalCUDACluster)  # no RMM: no pool to size
+    assert "rmm_pool_size" not in started[-1]
+    monkeypatch.setattr(cluster, "rmm_available", lambda: True)
+    with pytest.raises(ValueError, match="NUCLEI_RMM_POOL='lots'"):
+        local_cuda_cluster()
+    monkeypatch.setenv("NUCLEI_RMM_POOL", "0.3")
+    local_cuda_cluster()
+    assert started[-1]["rmm_pool_size"] == 0.3

@@ -240,3 +240,14 @@ def test_dashboard_off_starts_no_http_server() -> None:
     finally:
         client.close()
         client.cluster.close()
+
+
+def test_dashboard_opens_only_when_asked() -> None:
+    from pipeline.cluster import dashboard_address
+    from pipeline.config import Config, load_config
+
+    assert dashboard_address(Config()).startswith("127.0.0.1:")
+    config = load_config(None, {"dashboard": "0.0.0.0:8787"}, environ={})
+    assert dashboard_address(config) == "0.0.0.0:8787"
+    with pytest.raises(ValueError, match="dashboard"):
+        load_config(None, {"dashboard": "8787"}, environ={})

@@ -13,6 +13,7 @@ import pyarrow as pa
 import pytest
 
 from pipeline.io.outputs.parquet import wkb_polygons
+from pipeline.manifest import SlideEntry
 from tests.conftest import ROOT
 
 
@@ -91,7 +92,6 @@ def test_nuclei_cut_by_the_image_edge_end_at_the_edge(tmp_path: Path, blob_model
     from PIL import Image
 
     from pipeline.config import Config
-    from pipeline.manifest import SlideEntry
     from pipeline.runtime.session import load_model
     from pipeline.slide import process_slide_inline
 
@@ -141,3 +141,57 @@ def test_predict_without_mpp_estimates_each_images_scale(tmp_path: Path, blob_mo
     assert {r["mpp_source"] for r in rows.values()} == {"estimate"}
     assert float(rows["x40.png"]["mpp"]) == pytest.approx(0.25, rel=0.2)
     assert float(rows["x20.png"]["mpp"]) == pytest.approx(0.5, rel=0.2)
+
+
+@pytest.mark.parametrize(
+    ("mpp", "env"),
+    [("-1", {}), ("0", {}), ("nan", {}), ("99", {}), ("0.001", {}), ("0.25", {"NUCLEI_HALF": "maybe"})],
+)
+def test_predict_refuses_bad_settings_with_one_line(
+    mpp: str,
+    env: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from pipeline.cli.predict import main
+
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    (tmp_path / "x.png").write_bytes(b"")  # never read: the settings are refused first
+    code = main([str(tmp_path / "x.png"), "--out", str(tmp_path / "pred"), "--mpp", mpp])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert ("NUCLEI_HALF" if env else f"--mpp {mpp}") in lines[0], lines
+    assert not (tmp_path / "pred").exists()
+
+
+def test_predict_keeps_one_result_per_input_even_when_names_repeat(tmp_path: Path, blob_model: Path) -> None:
+    import tifffile
+    from PIL import Image
+
+    from pipeline.testing import synthetic_slide_image
+
+    images = {}
+    for folder, seed in (("a", 1), ("b", 2)):
+        image, _ = synthetic_slide_image(200, 160, seed=seed, tissue="full")
+        (tmp_path / folder).mkdir()
+        Image.fromarray(image).save(tmp_path / folder / "x.png")
+        images[folder] = tmp_path / folder / "x.png"
+    Image.fromarray(image).save(tmp_path / "b" / "x.tif")
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.predict", str(images["a"]), str(images["b"]), str(tmp_path / "b" / "x.tif")]
+        + ["--out", str(tmp_path / "pred"), "--model", str(blob_model)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    written = sorted(p.name for p in (tmp_path / "pred").iterdir() if p.name.endswith("_labels.tif"))
+    assert len(written) == 3, written
+    labels = {name: tifffile.imread(tmp_path / "pred" / name) for name in written}
+    assert len({v.tobytes() for v in labels.values()}) >= 2  # a/x.png and b/x.png: two different results
+    for name in written:
+        assert name in result.stdout

@@ -39,7 +39,12 @@ from pipeline.testing.qc_cohorts import (
     write_run_record,
     write_stats,
 )
-from tests.conftest import SPECIAL_FILES, bounded_cli, special_file
+from tests.conftest import (
+    SPECIAL_FILES,
+    bounded_cli,
+    qc_cli,
+    special_file,
+)
 
 SHARED_DATA = data_dir()
 SIZES = {"BRCA": 100, "LUAD": 250, "GBM": 30}  # k = 2, 5 and 0 at 2 %
@@ -816,3 +821,25 @@ def test_a_run_record_whose_count_is_not_its_tables_is_not_reported(tmp_path: Pa
     assert "its stats.json counts 999,999 nuclei, nuclei.parquet holds" in cohort.loc["SYN-00", "error"]
     assert cohort.loc["SYN-01", "status"] == "failed" and "nuclei.parquet is missing" in cohort.loc["SYN-01", "error"]
     assert cohort.loc["SYN-02", "status"] == "ok"
+
+
+def test_stats_json_without_slide_id_is_left_out_with_a_warning(qc_cohort: Path) -> None:
+    """One foreign or damaged stats.json does not cost the others their QC: it is left out, named."""
+    stats = qc_cohort / "slides" / "BRCA-00003" / "stats.json"
+    data = json.loads(stats.read_text())
+    data.pop("slide_id")
+    stats.write_text(json.dumps(data))
+    code, err = qc_cli(qc_cohort)
+    assert code == 1, err
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and str(stats) in warnings[0] and "slide_id" in warnings[0], err
+    import csv
+
+    with open(qc_cohort / "qc" / "slides.csv", newline="") as f:
+        listed = {r["WSI-ID"] for r in csv.DictReader(f)}
+    assert "BRCA-00003" not in listed and len(listed) == 12  # 11 ok + 1 failed
+    assert json.loads((qc_cohort / "qc" / "qc.json").read_text())["unusable_stats"] == [warnings[0][9:]]
+    from pipeline.qc import build_qc
+
+    with pytest.warns(UserWarning, match="BRCA-00003"):
+        build_qc(qc_cohort, patches="none", report=False)

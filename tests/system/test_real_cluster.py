@@ -1,5 +1,6 @@
 """Fault tolerance with real processes: a ``dask-scheduler`` and ``dask-worker`` processes,
-and ``pipeline.run --scheduler`` as the driver."""
+and ``pipeline.run --scheduler`` as the driver; the clusters started outside a run (the tests',
+cluster/local.sh) listen on this machine only."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import pytest
 from pipeline.io.readers.cucim import cucim_available
 from pipeline.testing import synthetic_slide_cohort
 from pipeline.testing.cluster import ExternalCluster, run_args, wait_until
-from tests.conftest import ROOT, WSI_FIXTURES, need_shared, output_digest
+from tests.conftest import ROOT, WSI_FIXTURES, listening_addresses, need_shared, output_digest, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -233,3 +234,54 @@ def test_a_worker_hands_back_the_heap_a_finished_task_freed(blob_model: Path) ->
             (after,) = client.run(current_rss_bytes).values()
     grew = (after - before) / 2**20
     assert grew < mib / 4, f"the worker kept {grew:.0f} MiB of the {mib} MiB its task freed"
+
+
+@pytest.mark.slow
+def test_local_launcher_listens_on_loopback_only(tmp_path: Path) -> None:
+    """cluster/local.sh: the scheduler, its dashboard and the workers bind to 127.0.0.1 unless told."""
+    import signal
+    import time
+
+    import psutil
+
+    sched = tmp_path / "sched.json"
+    env = {**os.environ, "SCHED": str(sched), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    proc = subprocess.Popen(
+        ["bash", str(ROOT / "cluster" / "local.sh"), "1"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        # the scheduler writes its file in place: wait until it is whole, not only there
+        wait_for(lambda: sched.exists() and sched.read_text().rstrip().endswith("}"), timeout=60)
+        deadline = time.time() + 60
+        while True:  # until the worker has registered with the scheduler
+            info = json.loads(sched.read_text())
+            group = [p.pid for p in psutil.process_iter() if p.pid > 1 and _group(p.pid) == proc.pid]
+            addresses = listening_addresses(group)
+            if len(group) >= 4 and len(_listening_ports(group)) >= 4 or time.time() > deadline:
+                break
+            time.sleep(0.5)
+        assert info["address"].startswith("tcp://127.0.0.1:")
+        assert addresses == {"127.0.0.1"}, addresses
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def _group(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
+
+
+def _listening_ports(pids: list[int]) -> set[int]:
+    import psutil
+
+    return {
+        c.laddr.port for c in psutil.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN and c.pid in pids
+    }

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")  # the `train` extra
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
-
 
 from pipeline.kernels.nuclei import NucleusThresholds  # noqa: E402
 from pipeline.training.export import (  # noqa: E402
@@ -139,3 +140,31 @@ def test_whole_image_and_tiled_inference_agree(tiny_net):
     tiled = image_probabilities(run, rgb, halo=64, tile=256)
     assert whole.shape == tiled.shape == (2, 200, 250)
     assert np.abs(whole - tiled).max() < 1e-3
+
+
+class _Payload:
+    """A pickled object that runs code when it is loaded (what a hostile checkpoint carries)."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (Path.write_text, (Path(self.marker), "ran"))
+
+
+def test_checkpoints_are_loaded_as_weights_only(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    from pipeline.training.export import load_checkpoint
+    from pipeline.training.unet import NucleusUNet
+
+    net = NucleusUNet(TINY)
+    good = tmp_path / "good.pt"
+    torch.save({"model": net.state_dict(), "step": 3, "config": {"unet": TINY.as_dict(), "lr": 1e-3}}, good)
+    assert isinstance(load_checkpoint(good), NucleusUNet)
+
+    marker = tmp_path / "pwned"
+    bad = tmp_path / "bad.pt"
+    torch.save({"model": net.state_dict(), "config": {"unet": TINY.as_dict()}, "x": _Payload(str(marker))}, bad)
+    with pytest.raises(Exception, match="(?i)weights"):
+        load_checkpoint(bad)
+    assert not marker.exists()

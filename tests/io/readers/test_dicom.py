@@ -27,7 +27,13 @@ from pipeline.slide import process_slide_inline
 from pipeline.slide.inputs import slide_inputs
 from pipeline.testing import synthetic_slide_image
 from pipeline.testing.dicom import damage_frame, write_dicom_wsi
-from tests.conftest import ROOT, WSI_FIXTURES, need_shared
+from tests.conftest import (
+    ROOT,
+    WSI_FIXTURES,
+    manifest_of,
+    need_shared,
+    run_cli,
+)
 
 JPEG_MEAN_ERROR = 6.0  # grey levels: quality-90 JPEG of the noisy synthetic image (measured ≈ 4.4)
 needs_wsidicom = pytest.mark.skipif(not wsidicom_available(), reason="wsidicom is not installed (Python < 3.11)")
@@ -349,3 +355,25 @@ def test_rgb_header_on_ycbcr_jpeg_frames_is_read_by_the_stream(tmp_path: Path, i
     with open_slide(tmp_path, reader) as slide:
         assert slide.reader == "dicom"
         assert_reads_back(slide.read_region(0, 0, 700, 600), image, "jpeg")
+
+
+@pytest.mark.slow
+def test_a_folder_is_a_slide_only_when_it_holds_a_dicom_series(cohort: Path, blob_model: Path, tmp_path: Path) -> None:
+    """A folder of DICOM instances is segmented like a file; an empty folder, or one of other
+    files, fails alone with the reason, and the others finish."""
+    from pipeline.testing import synthetic_slide_image
+    from pipeline.testing.dicom import write_dicom_wsi
+
+    write_dicom_wsi(tmp_path / "series", synthetic_slide_image(300, 300, seed=41)[0], mpp=0.25, tile=128)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("not a slide")
+    rows = ["series,series,BRCA", "empty,empty,BRCA", "notes,notes,BRCA", f"{cohort}/s0.svs,s0,BRCA"]
+    manifest = manifest_of(tmp_path, rows)
+    result = run_cli(str(manifest), "--out", str(tmp_path / "out"), "--model", str(blob_model), "--tile-px", "256")
+    assert result.returncode == 1, result.stderr[-3000:]
+    slides = json.loads((tmp_path / "out" / "run.json").read_text())["slides"]
+    assert slides["series"]["status"] == "ok" and slides["s0"]["status"] == "ok"
+    for name in ("empty", "notes"):
+        assert slides[name]["status"] == "failed"
+        assert f"{name}: SlideError: a folder that holds no DICOM files is not a slide" in slides[name]["error"]

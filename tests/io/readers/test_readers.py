@@ -18,7 +18,10 @@ from pipeline.io.readers import (
 from pipeline.io.readers.cucim import cucim_available
 from pipeline.io.readers.metadata import Resolution, mpp_from_dicom, mpp_from_tiff
 from pipeline.testing import synthetic_slide_image, write_pyramidal_tiff
-from tests.conftest import WSI_FIXTURES, need_shared
+from tests.conftest import (
+    WSI_FIXTURES,
+    need_shared,
+)
 
 
 def test_generated_pyramid_reads_back(tmp_path: Path) -> None:
@@ -234,3 +237,70 @@ def test_a_fifo_or_a_device_as_a_slide_says_what_it_is(kind: str, says: str, tmp
     path = special_file(kind, tmp_path)
     with pytest.raises(SlideError, match=re.escape(f"{says}, not a slide file: {path}")):
         choose_reader(path)
+
+
+def test_unopenable_paths_say_what_they_are(tmp_path: Path) -> None:
+    """The reason a slide path cannot be read names what is there: a symlink loop, a link to
+    nothing, a folder, nothing at all (not one "file not found" for all of them)."""
+    from pipeline.io.readers import SlideError, choose_reader
+
+    (tmp_path / "loop.svs").symlink_to("loop.svs")
+    (tmp_path / "dangling.svs").symlink_to("gone.svs")
+    (tmp_path / "folder.svs").mkdir()
+    for name, says in (
+        ("loop.svs", "symbolic link loop"),
+        ("dangling.svs", "symbolic link to a missing file"),
+        ("folder.svs", "a folder that holds no DICOM files is not a slide"),
+        ("missing.svs", "file not found"),
+    ):
+        with pytest.raises(SlideError, match=says) as err:
+            choose_reader(tmp_path / name)
+        assert name in str(err.value)
+
+
+def _grayscale_files(folder: Path) -> list[Path]:
+    import tifffile
+    from PIL import Image
+
+    from pipeline.testing import synthetic_slide_image
+
+    image, _ = synthetic_slide_image(200, 200, seed=42)
+    gray = image.mean(axis=2).astype(np.uint8)
+    Image.fromarray(gray.astype(np.uint16) * 257).save(folder / "gray16.png")  # mode I;16: was turned white
+    Image.fromarray(gray).save(folder / "gray8.png")  # mode L: gave 0 nuclei
+    tifffile.imwrite(folder / "gray.tif", gray, tile=(64, 64), photometric="minisblack")
+    return [folder / "gray16.png", folder / "gray8.png", folder / "gray.tif"]
+
+
+def test_grayscale_images_are_refused_with_the_reason(tmp_path: Path) -> None:
+    from pipeline.io.readers import SlideError, open_slide
+
+    for path in _grayscale_files(tmp_path):
+        with pytest.raises(SlideError, match="grayscale"):
+            open_slide(path).close()
+
+
+def test_transparent_pixels_are_glass_not_tissue(tmp_path: Path) -> None:
+    """An RGBA image whose right half is transparent black: no tissue there (black read as tissue)."""
+    import tifffile
+    from PIL import Image
+
+    from pipeline.io.readers import low_resolution_view, open_slide
+    from pipeline.kernels.tissue import tissue_mask
+    from pipeline.testing import synthetic_slide_image
+
+    image, _ = synthetic_slide_image(400, 300, seed=43, tissue="full")
+    alpha = np.full(image.shape[:2], 255, np.uint8)
+    alpha[:, 200:] = 0
+    rgba = np.dstack([image, alpha])
+    rgba[:, 200:, :3] = 0
+    Image.fromarray(rgba).save(tmp_path / "rgba.png")
+    tifffile.imwrite(tmp_path / "rgba.tif", rgba, tile=(64, 64), photometric="rgb", extrasamples=[2])
+    for name in ("rgba.png", "rgba.tif"):
+        with open_slide(tmp_path / name) as slide:
+            assert (slide.read_region(200, 0, 200, 300) == 255).all(), name
+            np.testing.assert_array_equal(slide.read_region(0, 0, 200, 300), image[:, :200])
+            view, ds = low_resolution_view(slide, 100)
+        tissue = tissue_mask(view)
+        right = int(np.ceil(200 / ds))
+        assert tissue[:, : right - 2].mean() > 0.9 and not tissue[:, right + 1 :].any(), name
