@@ -31,7 +31,7 @@ AJI_TOLERANCE = 0.005  # the largest AJI change accepted for the fp16 variant
 @pytest.fixture(scope="module")
 def unet_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A randomly initialised U-net (2 convs per stage, batch norm with non-trivial running
-    statistics) exported with pipeline.training.export, as tests/test_export.py does."""
+    statistics) exported with pipeline.training.export, as tests/training/test_export.py does."""
     torch.manual_seed(0)
     net = NucleusUNet(UNetConfig(base=4, convs_per_stage=2))
     with torch.no_grad():
