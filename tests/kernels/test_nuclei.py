@@ -1,13 +1,12 @@
-"""Kernels: pure array functions on tiny generated arrays."""
+"""Nucleus instances from the network's maps (pipeline.kernels.nuclei): seeds, watershed, holes, scores,
+on tiny generated arrays."""
 
 import dataclasses
 
 import numpy as np
 import pytest
-from skimage.measure import regionprops
 from skimage.segmentation import watershed
 
-from pipeline.kernels.features import nucleus_moments, nucleus_outlines, polygon_perimeter
 from pipeline.kernels.nuclei import (
     NucleusThresholds,
     contested_basins,
@@ -23,17 +22,6 @@ from pipeline.kernels.nuclei import (
     seeds_from_centres,
     watershed_from_seeds,
 )
-from pipeline.kernels.stain import (
-    MACENKO_TARGET,
-    REINHARD_TARGET,
-    add_per_channel,
-    haematoxylin,
-    macenko_normalise,
-    macenko_stains,
-    reinhard_normalise,
-    reinhard_stats,
-)
-from pipeline.kernels.tissue import tissue_mask
 
 
 def disc_probabilities(centres: list[tuple[int, int]], radius: float, shape=(96, 96)) -> np.ndarray:
@@ -282,126 +270,6 @@ def test_holes_filled_and_small_labels_renumbered() -> None:
     assert filled[5, 5] == 5
     out = remove_small_labels(filled, 5)
     assert set(np.unique(out)) == {0, 1}
-
-
-def test_moments_match_regionprops() -> None:
-    labels = np.zeros((40, 40), dtype=np.int32)
-    yy, xx = np.mgrid[:40, :40]
-    labels[((yy - 12) / 6) ** 2 + ((xx - 15) / 10) ** 2 <= 1] = 1
-    labels[30:36, 5:30] = 2
-    intensity = (xx + yy).astype(np.float32)
-    m = nucleus_moments(labels, intensity)
-    for i, rp in enumerate(regionprops(labels, intensity_image=intensity)):
-        assert m["area"][i] == rp.area
-        assert m["row"][i] == pytest.approx(rp.centroid[0])
-        assert m["col"][i] == pytest.approx(rp.centroid[1])
-        assert m["mean_intensity"][i] == pytest.approx(rp.intensity_mean)
-        assert m["eccentricity"][i] == pytest.approx(rp.eccentricity, abs=0.02)
-
-
-def test_outline_encloses_the_nucleus() -> None:
-    from skimage.draw import polygon as fill_polygon
-
-    labels = np.zeros((50, 50), dtype=np.int32)
-    yy, xx = np.mgrid[:50, :50]
-    labels[np.hypot(yy - 25, xx - 22) <= 9] = 1
-    (ring,) = nucleus_outlines(labels, np.array([1]))
-    rr, cc = fill_polygon(ring[:, 0], ring[:, 1], labels.shape)
-    redrawn = np.zeros_like(labels)
-    redrawn[rr, cc] = 1
-    inter = (redrawn & labels).sum()
-    assert inter / (redrawn | labels).sum() > 0.9
-    assert polygon_perimeter(ring) == pytest.approx(2 * np.pi * 9, rel=0.12)
-
-
-def test_tissue_mask_separates_stain_from_glass() -> None:
-    img = np.full((60, 80, 3), 242, dtype=np.uint8)  # grey glass
-    img[10:40, 10:50] = (220, 150, 190)  # eosin
-    img[50:55, 60:65] = (20, 20, 20)  # black ink speck
-    mask = tissue_mask(img, min_size_px=4)
-    assert mask[20:30, 20:40].all()
-    assert not mask[:5].any() and not mask[50:55, 60:65].any()
-
-
-def test_reinhard_maps_slide_statistics_onto_the_target() -> None:
-    rng = np.random.default_rng(0)
-    img = np.clip(rng.normal((180, 120, 170), 25, size=(64, 64, 3)), 0, 255).astype(np.uint8)
-    out = (reinhard_normalise(img, reinhard_stats(img)) * 255).round().astype(np.uint8)
-    after = reinhard_stats(out)
-    np.testing.assert_allclose(after.mean, REINHARD_TARGET.mean, atol=0.05)
-
-
-def test_macenko_identity_and_haematoxylin_ordering() -> None:
-    # an image made of two stains: Macenko recovers them, so normalising to itself is identity
-    rng = np.random.default_rng(0)
-    vectors = np.array(MACENKO_TARGET.vectors)
-    conc = rng.gamma(2.0, 0.3, size=(64 * 64, 2))
-    img = (255 * np.exp(-conc @ vectors)).reshape(64, 64, 3).clip(1, 255).astype(np.uint8)
-    stains = macenko_stains(img)
-    assert np.abs(np.array(stains.vectors) - vectors).max() < 0.1
-    same = macenko_normalise(img, stains, stains)
-    assert np.abs(same * 255 - img).mean() < 3
-    purple = np.array([[[90, 60, 140]]], dtype=np.uint8)
-    pink = np.array([[[235, 175, 205]]], dtype=np.uint8)
-    assert haematoxylin(purple)[0, 0] > haematoxylin(pink)[0, 0]
-
-
-def test_fused_reinhard_equals_the_step_by_step_definition() -> None:
-    """The one-pass float32 normalisation against the definition (lαβ, shift, back) within
-    float32 rounding, for uint8 and [0, 1] float input."""
-    from pipeline.kernels.stain import StainStats, lab_reinhard_to_rgb, rgb_to_lab_reinhard
-
-    rng = np.random.default_rng(1)
-    img = np.clip(rng.normal((170, 110, 160), 40, size=(96, 80, 3)), 0, 255).astype(np.uint8)
-    img[:10] = 255  # glass
-    img[10:12] = 0  # black
-    source = StainStats(mean=(-0.4, -0.07, 0.03), std=(0.25, 0.05, 0.02))
-    for x in (img, img.astype(np.float32) / 255.0):
-        lab = rgb_to_lab_reinhard(x)
-        m, s = np.asarray(source.mean, np.float32), np.asarray(source.std, np.float32)
-        tm, ts = np.asarray(REINHARD_TARGET.mean, np.float32), np.asarray(REINHARD_TARGET.std, np.float32)
-        expected = lab_reinhard_to_rgb((lab - m) * (ts / s) + tm)
-        got = reinhard_normalise(x, source)
-        assert got.dtype == np.float32 and got.shape == x.shape
-        np.testing.assert_allclose(got, expected, atol=2e-5, rtol=0)
-
-
-def test_per_channel_offset_is_numpys_broadcast_add() -> None:
-    """The blocked add used by the Reinhard normalisation gives the broadcast add's floats."""
-    rng = np.random.default_rng(4)
-    offset = rng.normal(size=3).astype(np.float32)
-    for shape in ((1401, 1408, 3), (7, 3), (255, 3), (0, 3)):
-        x = rng.normal(size=shape).astype(np.float32)
-        expected = x + offset
-        add_per_channel(x, offset)
-        np.testing.assert_array_equal(x, expected)
-
-
-def test_haematoxylin_column_equals_full_deconvolution() -> None:
-    from pipeline.kernels.stain import _HED_FROM_RGB, haematoxylin, optical_density
-
-    rng = np.random.default_rng(2)
-    x = rng.random((64, 48, 3)).astype(np.float32)
-    full = np.maximum((optical_density(x) @ np.asarray(_HED_FROM_RGB, dtype=np.float32))[..., 0], 0.0)
-    # The same float32 products summed by another routine (a matrix-vector product against one
-    # column of a matrix product): equal up to float32 rounding, a few units in the last place of
-    # optical densities of order 1, whatever BLAS numpy brings.
-    np.testing.assert_allclose(haematoxylin(x), full, rtol=4 * np.finfo(np.float32).eps, atol=1e-6)
-
-
-def test_tissue_mask_channelwise_equals_axis_reductions() -> None:
-    """The channel-by-channel sums and extrema give the mask the axis reductions gave."""
-    from pipeline.kernels.stain import optical_density
-    from pipeline.kernels.tissue import TISSUE_MAX_OD, TISSUE_MIN_CHROMA, TISSUE_MIN_OD
-
-    rng = np.random.default_rng(5)
-    img = rng.integers(0, 256, size=(120, 90, 3)).astype(np.uint8)
-    img[:40] = 240 + rng.integers(0, 8, size=(40, 90, 3)).astype(np.uint8)  # glass
-    od = optical_density(img)
-    rgb_i = img.astype(np.int16)
-    chroma = rgb_i.max(axis=-1) - rgb_i.min(axis=-1)
-    before = (od.sum(axis=-1) > TISSUE_MIN_OD) & (chroma >= TISSUE_MIN_CHROMA) & ~(od.min(axis=-1) > TISSUE_MAX_OD)
-    np.testing.assert_array_equal(tissue_mask(img, closing_px=1, min_size_px=1), before)
 
 
 def test_unlikely_nuclei_are_dropped_by_their_score() -> None:
