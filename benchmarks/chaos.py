@@ -11,7 +11,7 @@ of 62 rows. The model is the blob contract model (``pipeline.testing.build_blob_
 figures measure the pipeline's handling of faults, not inference.
 
 Both runs use a real ``dask scheduler`` and two ``dask worker`` processes of one thread each
-(``tests/test_cluster.py``'s ``ExternalCluster``). The chaos run: every ``--kill-every`` seconds
+(``pipeline.testing.cluster.ExternalCluster``, as the tests use it). The chaos run: every ``--kill-every`` seconds
 one worker (alternately, nanny and all) is SIGKILLed and a fresh one started in its place; the
 driver is SIGINTed once, when a third of the good slides are published, and the same command is
 then run again (the rerun), with the killing still going on. A good slide that the killing failed

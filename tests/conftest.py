@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -16,8 +18,9 @@ from pipeline.io.annotations import DATA_DIR_VARIABLE, data_dir
 # The tests' data, unless $NUCLEI_DATA_DIR names it: a `shared/data` folder beside the checkout
 # (where CI puts it). Set here, before any test module reads it; subprocesses inherit it.
 os.environ.setdefault(DATA_DIR_VARIABLE, str(Path(__file__).resolve().parents[2] / "shared" / "data"))
-from pipeline.testing import build_blob_model, synthetic_slide_image, write_pyramidal_tiff
+from pipeline.testing import build_blob_model, synthetic_slide_cohort, synthetic_slide_image, write_pyramidal_tiff
 
+ROOT = Path(__file__).resolve().parents[1]  # the checkout
 SHARED_DATA = data_dir()
 WSI_FIXTURES = SHARED_DATA / "wsi_fixtures"
 
@@ -97,6 +100,21 @@ def need_shared(*names: str) -> Path:
     return SHARED_DATA
 
 
+def output_digest(slide_dir: Path) -> dict[str, str]:
+    """Hashes of what must not depend on how the run went: nuclei, label chunks, stats."""
+    import zarr
+
+    out = {}
+    out["nuclei.parquet"] = hashlib.sha256((slide_dir / "nuclei.parquet").read_bytes()).hexdigest()
+    labels = zarr.open_array(str(slide_dir / "maps.zarr" / "labels" / "0"), mode="r")[:]
+    out["labels"] = hashlib.sha256(np.ascontiguousarray(labels).tobytes()).hexdigest()
+    stats = json.loads((slide_dir / "stats.json").read_text())
+    for volatile in ("seconds", "stage_seconds"):
+        stats.pop(volatile)
+    out["stats"] = hashlib.sha256(json.dumps(stats, sort_keys=True).encode()).hexdigest()
+    return out
+
+
 def bounded_cli(module: str, *args: str, timeout: float = 120, memory_gb: float = 3) -> subprocess.CompletedProcess:
     """``python -m module args`` in a process of bounded memory and time: an unbounded read (of
     /dev/zero, a FIFO without a writer) fails the test instead of the machine. Raises
@@ -110,7 +128,7 @@ def bounded_cli(module: str, *args: str, timeout: float = 120, memory_gb: float 
 
     return subprocess.run(
         [sys.executable, "-m", module, *args],
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -132,3 +150,89 @@ def special_file(kind: str, tmp_path: Path) -> Path:
 
 
 SPECIAL_FILES = ("fifo", "/dev/zero", "/dev/urandom", "folder")
+
+
+# Helpers of the fault tests, shared by the modules whose faults they inject.
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 300, small: bool = True
+) -> subprocess.CompletedProcess:
+    """``python -m pipeline.run`` in a fresh process (``small``: one worker of one thread), no progress bars."""
+    defaults = ["--workers", "1", "--threads", "1"] if small and "--workers" not in args else []
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.run", *args, "--no-progress", *defaults],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def one_line_error(result: subprocess.CompletedProcess) -> str:
+    """The run refused with exit 2 and one ``error:`` line, no traceback."""
+    assert result.returncode == 2, (result.returncode, result.stderr[-3000:])
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr[-3000:]
+    return errors[0]
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three small generated slides (one tile each at --tile-px 256) and their manifest. A module
+    that needs other slides defines a ``cohort`` of its own, which takes precedence."""
+    folder = tmp_path_factory.mktemp("fault_cohort")
+    synthetic_slide_cohort(folder, 3, 300, 300, seed=40, prefix="s")
+    return folder
+
+
+def manifest_of(tmp_path: Path, rows: list[str], header: str = "slide_path,slide_id,cancer_type") -> Path:
+    path = tmp_path / "manifest.csv"
+    path.write_text("\n".join([header, *rows]) + "\n")
+    return path
+
+
+def wait_for(predicate, timeout: float = 120) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    deadline = time.time() + timeout
+    while not predicate():
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def listening_addresses(pids: list[int]) -> set[str]:
+    import psutil
+
+    found = set()
+    for conn in psutil.net_connections(kind="inet"):
+        if conn.status == psutil.CONN_LISTEN and conn.pid in pids:
+            found.add(conn.laddr.ip)
+    return found
+
+
+@pytest.fixture()
+def qc_cohort(tmp_path: Path) -> Path:
+    """A run folder of 12 ok slides' stats.json (and one failed), no slide files: QC tables only."""
+    from pipeline.testing.qc_cohorts import synthetic_stats_cohort
+
+    synthetic_stats_cohort(tmp_path / "run", {"BRCA": 12}, n_failed=1)
+    return tmp_path / "run"
+
+
+def qc_cli(run: Path, *args: str) -> tuple[int, str]:
+    """``python -m pipeline.qc`` in this process: (exit status, stderr)."""
+    import contextlib
+    import io
+
+    from pipeline.cli.qc import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            code = main([str(run), "--patches", "none", "--no-report", *args])
+        except SystemExit as exc:  # argparse
+            code = int(exc.code or 0)
+    return code, err.getvalue()

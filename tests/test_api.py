@@ -23,7 +23,8 @@ from pipeline.api import (
     segment_slides,
 )
 from pipeline.testing import synthetic_slide_cohort
-from tests.test_run import ROOT, output_digest, run_cli
+from tests.cli.test_run import run_cli
+from tests.conftest import ROOT, output_digest
 
 SETTINGS = {"tile_px": 256, "progress": False}
 

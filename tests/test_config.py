@@ -3,7 +3,14 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import Config, load_config
-from tests.conftest import SPECIAL_FILES, bounded_cli, special_file
+from tests.conftest import (
+    SPECIAL_FILES,
+    bounded_cli,
+    manifest_of,
+    one_line_error,
+    run_cli,
+    special_file,
+)
 
 
 def test_precedence_defaults_yaml_env_cli(tmp_path: Path) -> None:
@@ -87,3 +94,99 @@ def test_settings_at_their_bounds_and_other_nuclei_variables_are_accepted(monkey
     assert load_config(None, {"dashboard": "127.0.0.1:0"}, environ={}).dashboard == "127.0.0.1:0"
     # an existing scheduler's workers are not this machine's
     assert load_config(None, {"scheduler": "tcp://node:8786", "n_workers": 200}, environ={}).n_workers == 200
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "named"),
+    [
+        (["--workers", "-1"], {}, "n_workers"),
+        ([], {"NUCLEI_N_WORKERS": "-3"}, "n_workers"),
+        (["--threads", "-2"], {}, "threads_per_worker"),
+        ([], {"NUCLEI_N_WORKERS": "two"}, "NUCLEI_N_WORKERS"),
+        ([], {"NUCLEI_HALF": "maybe"}, "NUCLEI_HALF"),
+        ([], {"NUCLEI_TILE_PX": "512.5"}, "NUCLEI_TILE_PX"),
+        ([], {"NUCLEI_DEFAULT_MPP": "-1"}, "default_mpp"),
+        ([], {"NUCLEI_MEMORY_LIMIT": "lots"}, "memory_limit"),
+    ],
+)
+def test_bad_settings_refuse_with_one_line(
+    args: list[str], env: dict[str, str], named: str, tmp_path: Path, blob_model: Path
+) -> None:
+    manifest = manifest_of(tmp_path, ["a.svs,a,BRCA"])
+    # refused before any worker starts: a run with no workers would wait for them forever
+    result = run_cli(str(manifest), "--out", str(tmp_path / "out"), *args, env=env, timeout=60, small=False)
+    assert named in one_line_error(result)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "named"),
+    [
+        (["--tile-px", "100000"], {}, "tile_px"),
+        (["--tile-px", "32"], {}, "tile_px"),
+        (["--workers", "1.5"], {}, "--workers"),  # a float where a whole number is expected
+        (["--max-mpp", "50"], {}, "max_mpp"),  # would plan tiles of a few pixels each
+        ([], {"NUCLEI_DEFAULT_MPP": "0.02"}, "default_mpp"),  # finer than any scanner
+        ([], {"NUCLEI_DEFAULT_MPP": "3"}, "default_mpp"),  # coarser than max_mpp: every such slide refused
+        # beyond what a node can carry (before: a MemoryError per slide, a run without progress, 145
+        # processes on two cores, endless worker restarts)
+        (["--halo-px", "100000"], {}, "halo_px=100000 must be at most 1024"),
+        (["--workers", "200"], {}, "n_workers=200"),
+        (["--dashboard", "127.0.0.1:99999"], {}, "to 65535"),
+        ([], {"NUCLEI_MEMORY_LIMIT": "1kB"}, "memory_limit='1kB'"),
+        ([], {"NUCLEI_MAX_NUCLEUS_PX": "100000"}, "max_nucleus_px=100000"),
+        ([], {"NUCLEI_WORKERS": "4"}, "unknown environment variable NUCLEI_WORKERS"),
+    ],
+)
+def test_bad_bounds_refuse_with_one_line(
+    args: list[str],
+    env: dict[str, str],
+    named: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """As above, in this process (the same main(); checked before any cluster starts; capfd: the
+    run enables faulthandler, which needs stderr's file descriptor)."""
+    from pipeline.cli.run import main
+
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    manifest = manifest_of(tmp_path, ["a.svs,a,BRCA"])
+    try:
+        code = main([str(manifest), "--out", str(tmp_path / "out"), "--no-progress", *args])
+    except SystemExit as exc:  # argument errors
+        code = int(exc.code or 0)
+    err = capfd.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(lines) == 1 and named in lines[0], err
+    assert not (tmp_path / "out").exists()
+
+
+def test_yaml_floats_are_not_truncated_to_ints(tmp_path: Path) -> None:
+    from pipeline.config import load_config
+
+    config_file = tmp_path / "c.yaml"
+    config_file.write_text("tiles_per_task: 2.7\n")
+    with pytest.raises(ValueError, match=r"c.yaml: tiles_per_task=2.7 is not a whole number"):
+        load_config(config_file, environ={})
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("- tile_px\n- 512\n", "not a list"),
+        ("model: !!python/object/apply:os.system ['echo hacked']\n", "not a readable YAML"),
+        ("a: &a [x, x]\nb: &b [*a, *a]\nc: &c [*b, *b]\nstain: *c\n", "aliases"),
+        ("tile_px: [1, 2]\n", "tile_px"),
+        ("stain: {a: 1}\n", "stain"),
+    ],
+)
+def test_bad_config_files_refuse_with_one_line(text: str, named: str, tmp_path: Path, blob_model: Path) -> None:
+    config_file = tmp_path / "bad.yaml"
+    config_file.write_text(text)
+    manifest = manifest_of(tmp_path, ["a.svs,a,BRCA"])
+    result = run_cli(str(manifest), "--out", str(tmp_path / "out"), "--config", str(config_file), timeout=60)
+    line = one_line_error(result)
+    assert named in line and "bad.yaml" in line
+    assert "hacked" not in result.stdout + result.stderr

@@ -2,8 +2,15 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.manifest import ManifestError, read_manifest
-from tests.conftest import SPECIAL_FILES, bounded_cli, special_file
+from pipeline.manifest import MAX_ID_LENGTH, ManifestError, read_manifest
+from tests.conftest import (
+    SPECIAL_FILES,
+    bounded_cli,
+    manifest_of,
+    one_line_error,
+    run_cli,
+    special_file,
+)
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -101,3 +108,51 @@ def test_cancer_types_are_one_text_each(tmp_path: Path) -> None:
     p = write(tmp_path, "slide_path,cancer_type\na.svs,LUAD\nb.svs,\u202eDAUL\n")
     with pytest.raises(ManifestError, match=r"row 3: cancer_type .*U\+202E"):
         read_manifest(p)
+
+
+def test_overlong_slide_id_is_a_manifest_error_naming_the_row(tmp_path: Path) -> None:
+    long_id = "L" * 240
+    path = manifest_of(tmp_path, ["a.svs,g1,BRCA", f"b.svs,{long_id},BRCA", f"c.svs,{'x' * MAX_ID_LENGTH},BRCA"])
+    with pytest.raises(ManifestError) as err:
+        read_manifest(path)
+    message = str(err.value)
+    assert "row 3" in message and "240 characters" in message and f"at most {MAX_ID_LENGTH}" in message
+    assert "row 4" not in message  # the longest allowed id is fine
+    # a default id (the file's stem) is held to the same limit
+    path = manifest_of(tmp_path, [f"{'s' * 250}.svs,,BRCA"])
+    with pytest.raises(ManifestError, match="row 2"):
+        read_manifest(path)
+
+
+def test_overlong_slide_id_run_refuses_with_exit_2(tmp_path: Path, blob_model: Path) -> None:
+    manifest = manifest_of(tmp_path, ["a.svs,g1,BRCA", f"b.svs,{'L' * 240},BRCA"])
+    result = run_cli(str(manifest), "--out", str(tmp_path / "out"), "--model", str(blob_model))
+    line = one_line_error(result)
+    assert "row 3" in line or "row 3" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("header", "row", "named"),
+    [
+        ("slide_path,slide_id,WSI-ID", "a.svs,a,b", ["slide_id", "WSI-ID"]),  # an alias of a column given too
+        ("slide_path,mpp,cancer_type,mpp", "a.svs,0.25,BRCA,0.5", ["mpp"]),
+        ("slide_path,path", "a.svs,b.svs", ["slide_path", "path"]),
+    ],
+)
+def test_duplicated_manifest_column_is_refused_naming_it(
+    header: str, row: str, named: list[str], tmp_path: Path
+) -> None:
+    """Two columns that mean the same thing: which one wins would be a silent guess."""
+    path = manifest_of(tmp_path, [row], header=header)
+    with pytest.raises(ManifestError) as err:
+        read_manifest(path)
+    message = str(err.value)
+    assert "manifest.csv" in message and all(f"'{n}'" in message for n in named), message
+
+
+def test_duplicated_manifest_column_run_refuses_with_exit_2(tmp_path: Path, blob_model: Path) -> None:
+    manifest = manifest_of(tmp_path, ["a.svs,a,BRCA,b"], header="slide_path,slide_id,cancer_type,wsi_id")
+    line = one_line_error(run_cli(str(manifest), "--out", str(tmp_path / "out"), "--model", str(blob_model)))
+    assert "manifest.csv" in line and "'wsi_id'" in line
+    assert not (tmp_path / "out").exists()

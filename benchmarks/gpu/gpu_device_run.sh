@@ -205,7 +205,7 @@ PYEOF
 
   log "GPU tests: pytest -m gpu (limit ${TESTS_LIMIT} s, 90 s a test)"
   T=$(now)
-  TEST_FILES=(tests/test_watershed.py tests/test_gpu_kernels.py tests/test_torch_runtime.py tests/test_local_cuda.py)
+  TEST_FILES=(tests/kernels/test_level_flood.py tests/kernels/test_dispatch.py tests/runtime/test_torch_onnx.py tests/test_cluster_cuda.py)
   if [ "$MODE" = dry-run ]; then
     echo "collected: $("$PY" -m pytest -m gpu --collect-only -q -p no:cacheprovider "${TEST_FILES[@]}" 2>&1 | tail -1)"
   fi

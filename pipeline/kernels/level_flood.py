@@ -20,7 +20,7 @@ The work per wave is proportional to the wavefront, not to the image, so a tile 
 O(pixels + waves) operations; the number of waves is about the number of distinct levels plus
 the widest geodesic spread within one level (≈ 450 on a 1000×1000 nucleus crop at 64 levels). Against
 scikit-image the only differences are the quantised priorities and the order of ties, which move
-a few boundary pixels between touching nuclei (tests/test_watershed.py measures the parity).
+a few boundary pixels between touching nuclei (tests/kernels/test_level_flood.py measures the parity).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import Any
 
 from pipeline.kernels.dispatch import array_module
 
-# Equal-count buckets of the surface inside the mask. Measured (tests/test_watershed.py inputs):
+# Equal-count buckets of the surface inside the mask. Measured (tests/kernels/test_level_flood.py inputs):
 # 32, 64, 128 and 256 buckets all match 100% of scikit-image's nuclei at IoU >= 0.9; pixels that
 # differ on a 1000x1000 slide crop: 435 (64) vs 185 (256), while the number of waves (what a GPU
 # pays for: ~20 small kernels each) grows 448 -> 1127. 64 is the throughput choice.

@@ -143,7 +143,7 @@ def watershed_from_seeds(surface: Any, markers: Any, mask: Any, lone_after: int 
     Same result as scikit-image's flood of the whole mask wherever the seed pixels a basin's flood
     starts from have distinct surface values; where some are equal, scikit-image's heap takes them
     in an order that depends on everything else it holds, and a pixel between two nuclei may go the
-    other way (``tests/test_kernels.py``). Each basin's flood depends on that basin alone, so tiles
+    other way (``tests/kernels/test_nuclei.py``). Each basin's flood depends on that basin alone, so tiles
     of any size agree.
     Device arrays: the level-bucketed flood of :mod:`pipeline.kernels.level_flood`, per mask
     component, on the device.
