@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_type_hints
 
 import numpy as np
 
@@ -67,10 +67,11 @@ class SlideStats:
 
 # Fields by kind, for readers of many stats.json files (the QC's cohort table).
 STATS_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(SlideStats))
+_STATS_TYPES = get_type_hints(SlideStats)
 NUMERIC_FIELDS: tuple[str, ...] = tuple(
-    f.name for f in dataclasses.fields(SlideStats) if f.type in ("int | None", "float | None")
+    name for name in STATS_FIELDS if _STATS_TYPES[name] in (int | None, float | None)
 )
-TEXT_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(SlideStats) if f.type in ("str", "str | None"))
+TEXT_FIELDS: tuple[str, ...] = tuple(name for name in STATS_FIELDS if _STATS_TYPES[name] in (str, str | None))
 
 
 def nucleus_size_stats(areas_um2: np.ndarray, tissue_mm2: float) -> dict[str, Any]:
