@@ -37,6 +37,7 @@ from pipeline.config import Config
 from pipeline.io.outputs.contents import check_published
 from pipeline.io.outputs.publish import DiskFull, disk_full, final_slide_dir, publish_failure, read_published_stats
 from pipeline.io.outputs.stats import failure_stats
+from pipeline.io.outputs.status import SlideStatus
 from pipeline.manifest import SlideEntry
 from pipeline.slide import (
     SlidePlan,
@@ -138,7 +139,7 @@ def _not_a_slide_failure(record: logging.LogRecord) -> bool:
 @dataclass
 class SlideOutcome:
     entry: SlideEntry
-    status: str  # ok | failed
+    status: SlideStatus
     stats: dict[str, Any]
     error: str | None = None
 
@@ -177,7 +178,7 @@ def published_as_planned(out_dir: Path, plan: SlidePlan) -> dict[str, Any] | Non
     driver fetches it); the scheduler then recomputes it, and the recomputation fails, its working
     folder having become the published one. The published folder is then the slide's result."""
     stats = read_published_stats(out_dir, plan.slide_id)
-    if stats is None or stats.get("status") != "ok" or stats.get("slide_id") != plan.slide_id:
+    if stats is None or stats.get("status") != SlideStatus.OK or stats.get("slide_id") != plan.slide_id:
         return None
     if check_published(final_slide_dir(out_dir, plan.slide_id), stats, plan.config, checksums=True):
         return None
@@ -268,7 +269,7 @@ def run_slides(
             # it); the driver goes on with the other slides
             reason = f"{reason}; the failure could not be recorded in {out_dir}: {publish_error}"
             stats = {**stats, "error": reason}
-        finish(slide_id, SlideOutcome(flight.entry, "failed", stats, reason))
+        finish(slide_id, SlideOutcome(flight.entry, SlideStatus.FAILED, stats, reason))
 
     def slide_error(slide_id: str, exc: BaseException) -> None:
         """A slide's task failed, or its result could not be fetched: the slide fails, unless its
@@ -276,7 +277,7 @@ def run_slides(
         plan = flights[slide_id].plan
         stats = published_as_planned(out_dir, plan) if plan is not None else None
         if stats is not None:
-            finish(slide_id, SlideOutcome(flights[slide_id].entry, "ok", stats))
+            finish(slide_id, SlideOutcome(flights[slide_id].entry, SlideStatus.OK, stats))
         else:
             fail(slide_id, exc, config.max_attempts)
 
@@ -342,11 +343,11 @@ def run_slides(
             else:  # a small slide, finished within its planning task
                 progress.tiles_planned(result["n_tiles"])
                 progress.tiles_done(result["n_tiles"])
-                finish(sid, SlideOutcome(flights[sid].entry, "ok", result))
+                finish(sid, SlideOutcome(flights[sid].entry, SlideStatus.OK, result))
         elif kind == "tiles":
             progress.tiles_done(len(result))
         elif kind == "reduce":
-            finish(sid, SlideOutcome(flights[sid].entry, "ok", result))
+            finish(sid, SlideOutcome(flights[sid].entry, SlideStatus.OK, result))
         fut.release()
         start_next()
     return outcomes

@@ -16,6 +16,7 @@ import pandas as pd
 
 from pipeline.io.outputs.publish import atomic_write_json, atomic_write_text
 from pipeline.io.outputs.spreadsheet import write_csv_atomic, write_frame_atomic
+from pipeline.io.outputs.status import SlideStatus
 from pipeline.qc._cohort import read_cohort
 from pipeline.qc._patches import (
     N_PATCHES,
@@ -206,7 +207,7 @@ def build_qc(
         for reason in left_out:
             warnings.warn(reason, UserWarning, stacklevel=2)
         ids = cohort["slide_id"].tolist()
-        is_ok = (cohort["status"] == "ok").to_numpy()
+        is_ok = (cohort["status"] == SlideStatus.OK).to_numpy()
 
         # 1. Reviews first: a malformed sheet stops the build before anything is touched.
         #    They refer to the patches already sampled (the ones the reviewer was shown).
@@ -287,7 +288,7 @@ def build_qc(
                     (sid, p.index, p.x, p.y, p.w, p.h, img, rev.adequate if rev else "", rev.comment if rev else "")
                 )
             result = qc_result(r.status, v_text, n_bad, n_reviewed, n_regions)
-            if r.status == "ok":
+            if r.status == SlideStatus.OK:
                 # a slide the run flagged (scale, artifacts) is reviewed like a statistical outlier
                 note = "; ".join([*notes[sid], *([r.warnings] if isinstance(r.warnings, str) and r.warnings else [])])
                 selected = bool(notes[sid]) or (isinstance(r.flags, str) and bool(r.flags))
@@ -295,9 +296,9 @@ def build_qc(
                 note = f"failed: {r.error}"
                 selected = False
             tier = tier_for(n_bad, n_reviewed) if n_regions and n_reviewed == n_regions else ""
-            cohort_flags = [SCALE_OUTLIER] if r.status == "ok" and scale_notes[sid] else []
-            region_note = sp.note if sp is not None else ("" if r.status == "ok" else "failed slide")
-            if r.status == "ok" and sp is None:
+            cohort_flags = [SCALE_OUTLIER] if r.status == SlideStatus.OK and scale_notes[sid] else []
+            region_note = sp.note if sp is not None else ("" if r.status == SlideStatus.OK else "failed slide")
+            if r.status == SlideStatus.OK and sp is None:
                 region_note = "no review patches extracted yet"
             wsi_rows.append(
                 (

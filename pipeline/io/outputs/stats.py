@@ -14,6 +14,8 @@ from typing import Any, get_type_hints
 
 import numpy as np
 
+from pipeline.io.outputs.status import SlideStatus
+
 STATS_FILE = "stats.json"
 # The paper reports nucleus areas in pixels at 40x, i.e. at 0.25 µm/px.
 MPP_40X = 0.25
@@ -26,7 +28,7 @@ class SlideStats:
     slide_id: str
     cancer_type: str
     slide_path: str
-    status: str  # ok | failed
+    status: str  # a SlideStatus: ok | failed
     error: str | None = None
     reader: str | None = None
     width: int | None = None
@@ -99,14 +101,14 @@ def failure_stats(slide_id: str, cancer_type: str, slide_path: str, error: str, 
     """stats.json of a slide that could not be processed: the same keys, null where nothing was measured.
 
     >>> s = failure_stats("S1", "BRCA", "S1.svs", "S1.svs: unreadable")
-    >>> s["status"], s["n_nuclei"], list(s) == list(STATS_FIELDS)
-    ('failed', None, True)
+    >>> s["status"] == SlideStatus.FAILED, s["n_nuclei"], list(s) == list(STATS_FIELDS)
+    (True, None, True)
     """
     return SlideStats(
         slide_id=slide_id,
         cancer_type=cancer_type,
         slide_path=slide_path,
-        status="failed",
+        status=SlideStatus.FAILED,
         error=error,
         seconds=round(seconds, 3),
     ).as_dict()
