@@ -93,7 +93,7 @@ def test_nuclei_cut_by_the_image_edge_end_at_the_edge(tmp_path: Path, blob_model
 
     from pipeline.config import Config
     from pipeline.manifest import SlideEntry
-    from pipeline.runtime.session import load_model
+    from pipeline.runtime import load_model
     from pipeline.slide import process_slide_inline
 
     image, _ = synthetic_image
