@@ -30,6 +30,7 @@ from pipeline.cli.run import EXIT_OK, SetupError, run_cohort
 from pipeline.config import load_config
 from pipeline.io.outputs.publish import final_slide_dir, read_published_stats, slides_dir
 from pipeline.io.outputs.read import open_label_level, read_nucleus_table, region
+from pipeline.io.outputs.status import SlideStatus
 from pipeline.io.outputs.tables import TABLE_FILES
 from pipeline.manifest import SAFE_ID, ManifestError, entries_from_paths, read_manifest
 from pipeline.qc import build_qc, read_qc_tables
@@ -89,10 +90,10 @@ class SegmentationResults:
     @property
     def failed(self) -> list[str]:
         """The ids of the slides that failed."""
-        return self.slides.loc[self.slides["status"] != "ok", "slide_id"].tolist()
+        return self.slides.loc[self.slides["status"] != SlideStatus.OK, "slide_id"].tolist()
 
     def _summary(self) -> str:
-        n_ok = int((self.slides["status"] == "ok").sum())
+        n_ok = int((self.slides["status"] == SlideStatus.OK).sum())
         nuclei = int(self.slides["n_nuclei"].fillna(0).sum())
         return f"{n_ok} of {len(self.slides)} slides ok, {nuclei:,} nuclei → {self.out}"
 
@@ -408,6 +409,6 @@ def _slide_folder(out: PathLike, slide_id: str) -> Path:
     stats = read_published_stats(root, slide_id)
     if stats is None:
         raise RunFolderError(f"slide {slide_id!r}: {folder / 'stats.json'} is missing or unreadable")
-    if stats.get("status") != "ok":
+    if stats.get("status") != SlideStatus.OK:
         raise RunFolderError(f"slide {slide_id!r} failed, so it has no outputs: {stats.get('error')}")
     return folder

@@ -9,9 +9,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 from pipeline.io.input_files import read_input_file
 from pipeline.io.readers import READER_CHOICES
@@ -96,41 +97,67 @@ TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off", "")
 
 
-def _coerce(name: str, value: Any, source: str = "") -> Any:
-    """``value`` as the type of the field ``name``; a value of another kind is an error naming
-    where it came from (a YAML file, a NUCLEI_* variable, an option), never silently changed."""
-    field = {f.name: f for f in fields(Config)}[name]
-    kind = field.type if isinstance(field.type, str) else field.type.__name__
-    where = f"{source}: " if source else ""
-    if kind == "bool":
-        if isinstance(value, bool):
-            return value
-        word = str(value).strip().lower()
-        if word in TRUE_WORDS or word in FALSE_WORDS:
-            return word in TRUE_WORDS
-        raise ValueError(f"{where}{name}={value!r} is not a yes/no value (true, false, 1, 0, yes, no, on, off)")
-    if kind == "int":
-        if isinstance(value, bool):
+def _coerce_bool(name: str, value: Any, where: str) -> bool:
+    """A yes/no setting: a bool as it is, else one of the words people write for yes and no
+    (environment variables and options arrive as text)."""
+    if isinstance(value, bool):
+        return value
+    word = str(value).strip().lower()
+    if word in TRUE_WORDS or word in FALSE_WORDS:
+        return word in TRUE_WORDS
+    raise ValueError(f"{where}{name}={value!r} is not a yes/no value (true, false, 1, 0, yes, no, on, off)")
+
+
+def _coerce_int(name: str, value: Any, where: str) -> int:
+    """A whole-number setting. A bool is refused (YAML reads ``yes`` as True, which int() would
+    take as 1), and a float only when it is whole (YAML reads ``1e3`` as a float)."""
+    if isinstance(value, bool):
+        raise ValueError(f"{where}{name}={value!r} is not a whole number")
+    if isinstance(value, float):
+        if not value.is_integer():
             raise ValueError(f"{where}{name}={value!r} is not a whole number")
-        if isinstance(value, float):
-            if not value.is_integer():
-                raise ValueError(f"{where}{name}={value!r} is not a whole number")
-            return int(value)
-        try:
-            return int(str(value).strip())
-        except ValueError:
-            raise ValueError(f"{where}{name}={value!r} is not a whole number") from None
-    if kind == "float":
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{where}{name}={value!r} is not a number") from None
-        if number != number or number in (float("inf"), float("-inf")):
-            raise ValueError(f"{where}{name}={value!r} is not a finite number")
-        return number
+        return int(value)
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        raise ValueError(f"{where}{name}={value!r} is not a whole number") from None
+
+
+def _coerce_float(name: str, value: Any, where: str) -> float:
+    """A number setting; NaN and infinities are refused, since every bound check would pass or
+    fail on them silently."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}{name}={value!r} is not a number") from None
+    if number != number or number in (float("inf"), float("-inf")):
+        raise ValueError(f"{where}{name}={value!r} is not a finite number")
+    return number
+
+
+def _coerce_text(name: str, value: Any, where: str) -> str:
+    """A text setting: any single value as its text; a YAML mapping or list is refused rather
+    than turned into its Python repr."""
     if isinstance(value, (dict, list)):
         raise ValueError(f"{where}{name} must be a single value, not a {type(value).__name__}")
     return str(value)
+
+
+# Each field's type, resolved from its annotation (the module's annotations are text until resolved).
+_FIELD_TYPES: dict[str, type] = get_type_hints(Config)
+_COERCERS: dict[type, Callable[[str, Any, str], Any]] = {
+    bool: _coerce_bool,
+    int: _coerce_int,
+    float: _coerce_float,
+    str: _coerce_text,
+}
+
+
+def _coerce(name: str, value: Any, source: str = "") -> Any:
+    """``value`` as the type of the field ``name``; a value of another kind is an error naming
+    where it came from (a YAML file, a NUCLEI_* variable, an option), never silently changed."""
+    where = f"{source}: " if source else ""
+    return _COERCERS.get(_FIELD_TYPES[name], _coerce_text)(name, value, where)
 
 
 def load_config(
@@ -139,10 +166,29 @@ def load_config(
     environ: dict[str, str] | None = None,
     source: str = "the command line",
 ) -> Config:
-    """Resolve the config: defaults, then a YAML file, then NUCLEI_* variables, then overrides
-    (``source`` says where the overrides come from in messages).
+    """Resolve the config: defaults, then a YAML file, then NUCLEI_* variables, then overrides.
 
-    Raises ValueError with one message naming the key and where it came from."""
+    Parameters
+    ----------
+    yaml_path : str, Path or None
+        A YAML file of ``Config`` fields (at most 64 KiB, a regular file); None = none.
+    overrides : dict or None
+        Fields set last (the command line's options, or an API call's keyword arguments).
+    environ : dict or None
+        Where the ``NUCLEI_*`` variables are read; None = ``os.environ``.
+    source : str
+        Where the overrides come from, as messages name it.
+
+    Returns
+    -------
+    Config
+        The resolved, validated settings.
+
+    Raises
+    ------
+    ValueError
+        One message naming every key that is unknown or out of bounds, and where it came from.
+    """
     names = {f.name for f in fields(Config)}
     unknown = sorted(set(overrides or {}) - names)
     if unknown:
@@ -284,7 +330,9 @@ def _memory_limit_ok(value: str) -> bool:
         return False
 
 
-def validate_config(config: Config) -> None:
+def _tiling_problems(config: Config) -> list[str]:
+    """The tile core and halo: multiples of 16 (the model's input multiple), within bounds that
+    keep a tile's window a size one task can infer, and no halo wider than its core."""
     problems = []
     if config.tile_px != 0 and (config.tile_px < 64 or config.tile_px % 16):
         problems.append(f"tile_px={config.tile_px} must be 0 (derived) or a multiple of 16 and ≥ 64")
@@ -302,10 +350,23 @@ def validate_config(config: Config) -> None:
             f"max_nucleus_px={config.max_nucleus_px} must be between 1 and {MAX_NUCLEUS_PX} (px at 40x, 64 µm; "
             "the largest MoNuSeg training nucleus is 142 px across)"
         )
+    return problems
+
+
+def _choice_problems(config: Config) -> list[str]:
+    """Each choice among the values declared once in ``CHOICES`` (the command line offers the same)."""
+    problems = []
     for name, choices in CHOICES.items():
         value = getattr(config, name)
         if value not in choices:
             problems.append(f"{name}={value!r} must be one of {', '.join(choices)}")
+    return problems
+
+
+def _default_resolution_problems(config: Config) -> list[str]:
+    """The resolution assumed without metadata: one a scanner gives and a run would accept, and
+    the tile core's upper bound (checked here so that the message keeps its place among the others)."""
+    problems = []
     if not FINEST_SCANNER_MPP <= config.default_mpp <= min(config.max_mpp, COARSEST_MPP):
         problems.append(
             f"default_mpp={config.default_mpp} must be microns per pixel between {FINEST_SCANNER_MPP} and "
@@ -313,6 +374,13 @@ def validate_config(config: Config) -> None:
         )
     if config.tile_px > MAX_TILE_PX:
         problems.append(f"tile_px={config.tile_px} must be at most {MAX_TILE_PX}")
+    return problems
+
+
+def _execution_problems(config: Config) -> list[str]:
+    """The local cluster's sizes (0 = derived, never negative), its workers' memory limit, and
+    where its dashboard listens."""
+    problems = []
     for name, meaning in (
         ("n_workers", "0 = sized to the machine"),
         ("threads_per_worker", "0 = cores / workers"),
@@ -325,16 +393,38 @@ def validate_config(config: Config) -> None:
         problems.append(
             f"memory_limit={config.memory_limit!r} must be 'auto', a size such as '4GB', or a share of memory (0-1)"
         )
-    if config.dashboard != "off":
-        address = re.fullmatch(r"\[?[0-9A-Za-z.:_-]*\]?:(\d{1,5})", config.dashboard)
-        if not address:
-            problems.append(f"dashboard={config.dashboard!r} must be HOST:PORT (e.g. 127.0.0.1:8787) or 'off'")
-        elif not 0 <= int(address.group(1)) <= 65535:
-            problems.append(f"dashboard={config.dashboard!r}: a port is a number from 0 (any free port) to 65535")
+    problem = _dashboard_problem(config.dashboard)
+    if problem:
+        problems.append(problem)
+    return problems
+
+
+def _dashboard_problem(dashboard: str) -> str | None:
+    """Why ``dashboard`` is no HOST:PORT (port 0 = any free port) nor 'off', or None."""
+    if dashboard == "off":
+        return None
+    address = re.fullmatch(r"\[?[0-9A-Za-z.:_-]*\]?:(\d{1,5})", dashboard)
+    if not address:
+        return f"dashboard={dashboard!r} must be HOST:PORT (e.g. 127.0.0.1:8787) or 'off'"
+    if not 0 <= int(address.group(1)) <= 65535:
+        return f"dashboard={dashboard!r}: a port is a number from 0 (any free port) to 65535"
+    return None
+
+
+def _work_unit_problems(config: Config) -> list[str]:
+    """The units work is cut into: shards of the label map and tiles per task, at least one each."""
+    problems = []
     if config.map_shard_px < 1:
         problems.append(f"map_shard_px={config.map_shard_px} must be ≥ 1 (level-0 px; rounded to whole tile cores)")
     if config.tiles_per_task < 1:
         problems.append("tiles_per_task must be ≥ 1")
+    return problems
+
+
+def _resolution_limit_problems(config: Config) -> list[str]:
+    """The resolutions a slide is refused or flagged at, within what can be segmented at all, and
+    a tolerance between metadata and estimate that is a factor (> 1), and at least one attempt per slide."""
+    problems = []
     for name in ("max_mpp", "low_resolution_mpp"):
         if not FINEST_SCANNER_MPP <= getattr(config, name) <= COARSEST_MPP:
             problems.append(
@@ -345,6 +435,24 @@ def validate_config(config: Config) -> None:
         problems.append(f"scale_tolerance={config.scale_tolerance} must be a factor > 1")
     if config.max_attempts < 1:
         problems.append("max_attempts must be ≥ 1")
+    return problems
+
+
+# The checks of validate_config, in the order their problems are listed in its message.
+_CONFIG_CHECKS: tuple[Callable[[Config], list[str]], ...] = (
+    _tiling_problems,
+    _choice_problems,
+    _default_resolution_problems,
+    _execution_problems,
+    _work_unit_problems,
+    _resolution_limit_problems,
+)
+
+
+def validate_config(config: Config) -> None:
+    """Raise ValueError naming every setting of ``config`` that is out of bounds (all of them in
+    one message, so that a user fixes them in one go)."""
+    problems = [problem for check in _CONFIG_CHECKS for problem in check(config)]
     if problems:
         raise ValueError("invalid configuration: " + "; ".join(problems))
 
@@ -404,7 +512,7 @@ def validate_for_machine(config: Config, cores: int, memory_bytes: int) -> None:
 # The settings that change what a slide's published outputs hold (with the model's sha256 and the
 # slide's own inputs): a rerun redoes a slide made with other values. Execution settings (reader,
 # device, runtime, workers, ...) are meant to give the same outputs and are left out; so is tile_px:
-# tiles sample one slide-wide grid, and the nuclei do not depend on the tiling (tests/test_pipeline.py),
+# tiles sample one slide-wide grid, and the nuclei do not depend on the tiling (tests/system/test_pipeline.py),
 # while its default differs between CPU and GPU workers.
 OUTPUT_FIELDS: tuple[str, ...] = (
     "default_mpp",

@@ -27,6 +27,7 @@ import time
 import uuid
 import warnings
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -37,6 +38,7 @@ from pipeline.config import Config
 from pipeline.io.outputs.contents import check_published
 from pipeline.io.outputs.publish import DiskFull, disk_full, final_slide_dir, publish_failure, read_published_stats
 from pipeline.io.outputs.stats import failure_stats
+from pipeline.io.outputs.status import SlideStatus
 from pipeline.manifest import SlideEntry
 from pipeline.slide import (
     SlidePlan,
@@ -72,6 +74,18 @@ class ModelPreload(WorkerPlugin):
         model_for(self.config)
 
     def transition(self, key: Any, start: str, finish: str, **kwargs: Any) -> None:
+        """Distributed's hook on every task state change in this worker: when a task starts
+        executing, hand freed heap back to the system (at most once per ``TRIM_EVERY_S``).
+
+        Parameters
+        ----------
+        key : Any
+            The task's key.
+        start, finish : str
+            The states the task leaves and enters (``"executing"`` when it starts to run).
+        **kwargs : Any
+            What distributed passes besides (unused).
+        """
         # on the worker's event loop: a trim takes milliseconds, so at most one per TRIM_EVERY_S
         now = time.monotonic()
         if start == "executing" and now - self.trimmed >= TRIM_EVERY_S:
@@ -113,7 +127,23 @@ def one_line_warning(
     line: str | None = None,
 ) -> None:
     """``warnings.showwarning`` as one line: ``warning: <message>`` for the package's own
-    warnings, ``warning: <category>: <message> (<file>:<line>)`` for another package's."""
+    warnings, ``warning: <category>: <message> (<file>:<line>)`` for another package's.
+
+    Parameters
+    ----------
+    message : Warning or str
+        The warning.
+    category : type of Warning
+        Its class.
+    filename : str
+        The file that warned: within this package, only the message is printed.
+    lineno : int
+        The line that warned.
+    file : file-like or None
+        Where to write; None = standard error. A closed or broken stream is ignored.
+    line : str or None
+        The source line, which the default format echoes and this one leaves out.
+    """
     own = Path(filename).resolve().is_relative_to(Path(__file__).resolve().parent)
     text = f"warning: {message}" if own else f"warning: {category.__name__}: {message} ({filename}:{lineno})"
     stream = file if file is not None else sys.stderr
@@ -138,7 +168,7 @@ def _not_a_slide_failure(record: logging.LogRecord) -> bool:
 @dataclass
 class SlideOutcome:
     entry: SlideEntry
-    status: str  # ok | failed
+    status: SlideStatus
     stats: dict[str, Any]
     error: str | None = None
 
@@ -177,7 +207,7 @@ def published_as_planned(out_dir: Path, plan: SlidePlan) -> dict[str, Any] | Non
     driver fetches it); the scheduler then recomputes it, and the recomputation fails, its working
     folder having become the published one. The published folder is then the slide's result."""
     stats = read_published_stats(out_dir, plan.slide_id)
-    if stats is None or stats.get("status") != "ok" or stats.get("slide_id") != plan.slide_id:
+    if stats is None or stats.get("status") != SlideStatus.OK or stats.get("slide_id") != plan.slide_id:
         return None
     if check_published(final_slide_dir(out_dir, plan.slide_id), stats, plan.config, checksums=True):
         return None
@@ -206,6 +236,201 @@ def tile_task_resources(workers: dict[str, Any]) -> dict[str, int] | None:
     return {GPU_RESOURCE: 1} if gpu_workers else None
 
 
+class _TaskKind(Enum):
+    """What a watched task of a slide does: the driver acts on its result by kind."""
+
+    PLAN = "plan"  # plan-slide: a SlidePlan, or the stats of a slide finished within it
+    TILES = "tiles"  # segment-tiles: a batch's summaries (counted in the progress)
+    REDUCE = "reduce"  # reduce-slide: the slide's stats
+
+
+@dataclass(frozen=True)
+class _Watched:
+    """A future the driver waits on: what kind of task it is, and whose."""
+
+    kind: _TaskKind
+    slide_id: str
+
+
+class _SlideDriver:
+    """The driver's side of a run: keeps at most ``limit`` slides in flight, builds each one's
+    sub-graph once its plan is known, and turns each slide's last result (or its failure) into
+    its outcome. One object rather than closures over shared state, so that each step is a
+    method with its own name."""
+
+    def __init__(
+        self, client: Any, entries: list[SlideEntry], out_dir: Path, config: Config, progress: Progress
+    ) -> None:
+        from distributed import as_completed
+
+        self.client = client
+        self.out_dir = out_dir
+        self.config = config
+        self.progress = progress
+        workers = client.scheduler_info().get("workers", {})
+        self.tile_resources = tile_task_resources(workers)
+        self._register_plugins()
+        threads = sum(int(w.get("nthreads", 1)) for w in workers.values()) or 1
+        # enough slides in flight to hide the driver round trip between a slide's plan and its
+        # tiles, few enough that the scheduler holds a few hundred tasks at most
+        self.limit = config.slides_in_flight or max(4, 3 * threads)
+        self.queue = list(reversed(entries))
+        self.run_token = uuid.uuid4().hex[:6]
+        self.flights: dict[str, _InFlight] = {}
+        self.watched: dict[str, _Watched] = {}  # future key → what it is
+        self.outcomes: list[SlideOutcome] = []
+        self.done_stream = as_completed()
+
+    def _register_plugins(self) -> None:
+        """Load the model on every worker once, and make what workers print one line each."""
+        try:
+            self.client.register_plugin(ModelPreload(self.config), name=ModelPreload.name)
+            self.client.register_plugin(WorkerConsole(), name=WorkerConsole.name)
+        except OSError as exc:  # a worker lost during the broadcast (CommClosedError): tasks load the model themselves
+            # stacklevel 4: the warning names the caller of run_slides, as it did before this class
+            message = f"the model preload could not be registered on every worker ({exc}); going on"
+            warnings.warn(message, stacklevel=4)
+
+    def _watch(self, future: Any, kind: _TaskKind, slide_id: str) -> None:
+        self.watched[future.key] = _Watched(kind, slide_id)
+        self.done_stream.add(future)
+
+    def start_next(self) -> None:
+        """Submit the plans of queued slides while fewer than ``limit`` are in flight."""
+        while self.queue and len(self.flights) < self.limit:
+            entry = self.queue.pop()
+            key = f"plan-slide-{entry.slide_id}-{self.run_token}"
+            fut = self.client.submit(start_slide, entry, str(self.out_dir), self.config, key=key, pure=False)
+            self.flights[entry.slide_id] = _InFlight(entry, time.time(), [fut])
+            self._watch(fut, _TaskKind.PLAN, entry.slide_id)
+
+    def finish(self, slide_id: str, outcome: SlideOutcome) -> None:
+        """Record a slide's outcome and cancel what is left of its tasks."""
+        flight = self.flights.pop(slide_id)
+        for f in flight.futures:
+            self.watched.pop(f.key, None)
+        self.client.cancel([f for f in flight.futures if not f.done()])
+        self.outcomes.append(outcome)
+        self.progress.slide_done(outcome)
+
+    def fail(self, slide_id: str, exc: BaseException, attempts: int) -> None:
+        """Record a slide as failed, publishing its stats.json with the reason. A full disk stops
+        the run; any other error recording it only adds to the reason (the next run retries a slide
+        it finds no record of)."""
+        flight = self.flights[slide_id]
+        reason = describe_failure(exc, flight.entry, attempts)
+        entry = flight.entry
+        stats = failure_stats(
+            entry.slide_id, entry.cancer_type, str(entry.slide_path), reason, time.time() - flight.started
+        )
+        try:
+            publish_failure(self.out_dir, slide_id, stats)
+        except OSError as publish_error:
+            if disk_full(publish_error):
+                raise DiskFull(f"{self.out_dir}: {publish_error} (recording the failure of slide {slide_id})") from None
+            # the slide stays failed (and is retried by the next run, which finds no record of
+            # it); the driver goes on with the other slides
+            reason = f"{reason}; the failure could not be recorded in {self.out_dir}: {publish_error}"
+            stats = {**stats, "error": reason}
+        self.finish(slide_id, SlideOutcome(flight.entry, SlideStatus.FAILED, stats, reason))
+
+    def slide_error(self, slide_id: str, exc: BaseException) -> None:
+        """A slide's task failed, or its result could not be fetched: the slide fails, unless its
+        published folder is already the complete result of its plan."""
+        plan = self.flights[slide_id].plan
+        stats = published_as_planned(self.out_dir, plan) if plan is not None else None
+        if stats is not None:
+            self.finish(slide_id, SlideOutcome(self.flights[slide_id].entry, SlideStatus.OK, stats))
+        else:
+            self.fail(slide_id, exc, self.config.max_attempts)
+
+    def build_slide_graph(self, plan: SlidePlan) -> None:
+        """Submit a planned slide's tasks: its scale check, its tile batches, the label bands
+        assembled from them and the reduction that publishes the slide."""
+        sid = plan.slide_id
+        flight = self.flights[sid]
+        flight.plan = plan
+        self.progress.tiles_planned(len(plan.tiles))
+        # tile tasks carry the plan without its tile list (their own batch is enough), so the
+        # bytes sent per slide grow with its tiles, not with their square
+        light = dataclasses.replace(plan, tiles=())
+        # the planning work left, submitted first so that it does not wait behind the tiles
+        check = (
+            self.client.submit(check_slide_scale, light, key=f"check-scale-{sid}-{self.run_token}", pure=False)
+            if plan.scale_check_view is not None
+            else None
+        )
+        segs = []
+        for i, batch in enumerate(batches(plan.tiles, self.config.tiles_per_task)):
+            f = self.client.submit(
+                segment_tiles,
+                light,
+                batch,
+                key=f"segment-tiles-{sid}-{i}-{self.run_token}",
+                pure=False,
+                resources=self.tile_resources,
+            )
+            self._watch(f, _TaskKind.TILES, sid)
+            segs.append(f)
+        assembled = [
+            self.client.submit(
+                assemble_labels, plan, band, segs, key=f"assemble-labels-{sid}-{b}-{self.run_token}", pure=False
+            )
+            for b, band in enumerate(assembly_bands(plan, BAND_ROWS))
+        ]
+        reduce = self.client.submit(
+            reduce_slide, plan, segs, assembled, check, key=f"reduce-slide-{sid}-{self.run_token}", pure=False
+        )
+        flight.futures += ([check] if check is not None else []) + segs + assembled + [reduce]
+        self._watch(reduce, _TaskKind.REDUCE, sid)
+
+    def task_failed(self, watched: _Watched, exc: BaseException) -> None:
+        """A watched task raised (or its result was lost and its recomputation failed). A full disk
+        stops the run: every slide after it would fail the same way."""
+        if disk_full(exc):
+            raise DiskFull(f"{self.out_dir}: {exc} (writing slide {watched.slide_id})") from None
+        if watched.kind is not _TaskKind.TILES:  # a tile batch's error reaches the slide's reduction too
+            self.slide_error(watched.slide_id, exc)
+
+    def task_done(self, watched: _Watched, result: Any) -> None:
+        """Act on a watched task's result: build a planned slide's graph, count finished tiles,
+        record a finished slide."""
+        sid = watched.slide_id
+        if watched.kind is _TaskKind.PLAN:
+            if isinstance(result, SlidePlan):
+                self.build_slide_graph(result)
+            else:  # a small slide, finished within its planning task
+                self.progress.tiles_planned(result["n_tiles"])
+                self.progress.tiles_done(result["n_tiles"])
+                self.finish(sid, SlideOutcome(self.flights[sid].entry, SlideStatus.OK, result))
+        elif watched.kind is _TaskKind.TILES:
+            self.progress.tiles_done(len(result))
+        elif watched.kind is _TaskKind.REDUCE:
+            self.finish(sid, SlideOutcome(self.flights[sid].entry, SlideStatus.OK, result))
+
+    def run(self) -> list[SlideOutcome]:
+        """Wait on the watched futures as they complete, starting queued slides as others end."""
+        self.start_next()
+        for fut in self.done_stream:
+            watched = self.watched.get(fut.key)
+            if watched is None or watched.slide_id not in self.flights:
+                continue  # a future of a slide that already finished or failed
+            if fut.status == "cancelled":
+                continue
+            try:
+                # a finished future's result can still be lost (its worker died before it was fetched)
+                # and be recomputed, and fail: result() raises then, as it does for a failed task
+                result = fut.result()
+            except Exception as exc:
+                self.task_failed(watched, exc)
+                self.start_next()
+                continue
+            self.task_done(watched, result)
+            fut.release()
+            self.start_next()
+        return self.outcomes
+
+
 def run_slides(
     client: Any,
     entries: list[SlideEntry],
@@ -213,140 +438,25 @@ def run_slides(
     config: Config,
     progress: Progress | None = None,
 ) -> list[SlideOutcome]:
-    """Process ``entries`` on the cluster with a bounded number of slides in flight."""
-    from distributed import as_completed
+    """Process ``entries`` on the cluster with a bounded number of slides in flight.
 
-    progress = progress or NoProgress()
-    workers = client.scheduler_info().get("workers", {})
-    tile_resources = tile_task_resources(workers)
-    try:
-        client.register_plugin(ModelPreload(config), name=ModelPreload.name)
-        client.register_plugin(WorkerConsole(), name=WorkerConsole.name)
-    except OSError as exc:  # a worker lost during the broadcast (CommClosedError): tasks load the model themselves
-        warnings.warn(f"the model preload could not be registered on every worker ({exc}); going on", stacklevel=2)
-    threads = sum(int(w.get("nthreads", 1)) for w in workers.values()) or 1
-    # enough slides in flight to hide the driver round trip between a slide's plan and its
-    # tiles, few enough that the scheduler holds a few hundred tasks at most
-    limit = config.slides_in_flight or max(4, 3 * threads)
-    queue = list(reversed(entries))
-    run_token = uuid.uuid4().hex[:6]
-    flights: dict[str, _InFlight] = {}
-    role: dict[str, tuple[str, str]] = {}  # future key → (kind, slide_id)
-    outcomes: list[SlideOutcome] = []
-    done_stream = as_completed()
+    Parameters
+    ----------
+    client : distributed.Client
+        The cluster's client (a local cluster's, or one connected to a running scheduler).
+    entries : list of SlideEntry
+        The slides still to process (those already complete are not passed).
+    out_dir : Path
+        The run's output folder; each slide publishes under ``slides/<slide_id>/``.
+    config : Config
+        The run's settings (``slides_in_flight`` bounds the slides planned at once).
+    progress : Progress or None
+        Told of tiles planned and done and of slides finished; None = nothing shown.
 
-    def start_next() -> None:
-        while queue and len(flights) < limit:
-            entry = queue.pop()
-            key = f"plan-slide-{entry.slide_id}-{run_token}"
-            fut = client.submit(start_slide, entry, str(out_dir), config, key=key, pure=False)
-            flights[entry.slide_id] = _InFlight(entry, time.time(), [fut])
-            role[fut.key] = ("plan", entry.slide_id)
-            done_stream.add(fut)
-
-    def finish(slide_id: str, outcome: SlideOutcome) -> None:
-        flight = flights.pop(slide_id)
-        for f in flight.futures:
-            role.pop(f.key, None)
-        client.cancel([f for f in flight.futures if not f.done()])
-        outcomes.append(outcome)
-        progress.slide_done(outcome)
-
-    def fail(slide_id: str, exc: BaseException, attempts: int) -> None:
-        flight = flights[slide_id]
-        reason = describe_failure(exc, flight.entry, attempts)
-        entry = flight.entry
-        stats = failure_stats(
-            entry.slide_id, entry.cancer_type, str(entry.slide_path), reason, time.time() - flight.started
-        )
-        try:
-            publish_failure(out_dir, slide_id, stats)
-        except OSError as publish_error:
-            if disk_full(publish_error):
-                raise DiskFull(f"{out_dir}: {publish_error} (recording the failure of slide {slide_id})") from None
-            # the slide stays failed (and is retried by the next run, which finds no record of
-            # it); the driver goes on with the other slides
-            reason = f"{reason}; the failure could not be recorded in {out_dir}: {publish_error}"
-            stats = {**stats, "error": reason}
-        finish(slide_id, SlideOutcome(flight.entry, "failed", stats, reason))
-
-    def slide_error(slide_id: str, exc: BaseException) -> None:
-        """A slide's task failed, or its result could not be fetched: the slide fails, unless its
-        published folder is already the complete result of its plan."""
-        plan = flights[slide_id].plan
-        stats = published_as_planned(out_dir, plan) if plan is not None else None
-        if stats is not None:
-            finish(slide_id, SlideOutcome(flights[slide_id].entry, "ok", stats))
-        else:
-            fail(slide_id, exc, config.max_attempts)
-
-    def build_slide_graph(plan: SlidePlan) -> None:
-        sid = plan.slide_id
-        flight = flights[sid]
-        flight.plan = plan
-        progress.tiles_planned(len(plan.tiles))
-        # tile tasks carry the plan without its tile list (their own batch is enough), so the
-        # bytes sent per slide grow with its tiles, not with their square
-        light = dataclasses.replace(plan, tiles=())
-        # the planning work left, submitted first so that it does not wait behind the tiles
-        check = (
-            client.submit(check_slide_scale, light, key=f"check-scale-{sid}-{run_token}", pure=False)
-            if plan.scale_check_view is not None
-            else None
-        )
-        segs = []
-        for i, batch in enumerate(batches(plan.tiles, config.tiles_per_task)):
-            f = client.submit(
-                segment_tiles,
-                light,
-                batch,
-                key=f"segment-tiles-{sid}-{i}-{run_token}",
-                pure=False,
-                resources=tile_resources,
-            )
-            role[f.key] = ("tiles", sid)
-            segs.append(f)
-            done_stream.add(f)
-        assembled = [
-            client.submit(assemble_labels, plan, band, segs, key=f"assemble-labels-{sid}-{b}-{run_token}", pure=False)
-            for b, band in enumerate(assembly_bands(plan, BAND_ROWS))
-        ]
-        reduce = client.submit(
-            reduce_slide, plan, segs, assembled, check, key=f"reduce-slide-{sid}-{run_token}", pure=False
-        )
-        role[reduce.key] = ("reduce", sid)
-        flight.futures += ([check] if check is not None else []) + segs + assembled + [reduce]
-        done_stream.add(reduce)
-
-    start_next()
-    for fut in done_stream:
-        kind, sid = role.get(fut.key, ("", ""))
-        if sid not in flights:
-            continue  # a future of a slide that already finished or failed
-        if fut.status == "cancelled":
-            continue
-        try:
-            # a finished future's result can still be lost (its worker died before it was fetched)
-            # and be recomputed, and fail: result() raises then, as it does for a failed task
-            result = fut.result()
-        except Exception as exc:
-            if disk_full(exc):  # every slide after it would fail the same way: the run stops
-                raise DiskFull(f"{out_dir}: {exc} (writing slide {sid})") from None
-            if kind != "tiles":  # a tile batch's error reaches the slide's reduction too
-                slide_error(sid, exc)
-            start_next()
-            continue
-        if kind == "plan":
-            if isinstance(result, SlidePlan):
-                build_slide_graph(result)
-            else:  # a small slide, finished within its planning task
-                progress.tiles_planned(result["n_tiles"])
-                progress.tiles_done(result["n_tiles"])
-                finish(sid, SlideOutcome(flights[sid].entry, "ok", result))
-        elif kind == "tiles":
-            progress.tiles_done(len(result))
-        elif kind == "reduce":
-            finish(sid, SlideOutcome(flights[sid].entry, "ok", result))
-        fut.release()
-        start_next()
-    return outcomes
+    Returns
+    -------
+    list of SlideOutcome
+        One per entry, in the order they finished: ``ok`` with its stats, or ``failed`` with
+        the reason (a bad slide fails alone).
+    """
+    return _SlideDriver(client, entries, out_dir, config, progress or NoProgress()).run()

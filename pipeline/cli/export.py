@@ -26,6 +26,7 @@ from pipeline.io.outputs.lock import OutputInUse, lock_output
 from pipeline.io.outputs.parquet import nucleus_row_group
 from pipeline.io.outputs.publish import atomic_file_from, slides_dir
 from pipeline.io.outputs.stats import STATS_FILE
+from pipeline.io.outputs.status import SlideStatus
 from pipeline.io.outputs.tables import NUCLEUS_TABLE_FORMATS, PRIMARY, TABLE_FILES, write_nucleus_tables
 
 
@@ -44,7 +45,7 @@ def export_slide(slide_dir: Path, fmt: str) -> int:
         stats = json.loads((slide_dir / STATS_FILE).read_text())
     except (OSError, ValueError) as exc:
         raise ValueError(f"its {STATS_FILE} cannot be read ({exc})") from None
-    if stats.get("status") != "ok":
+    if stats.get("status") != SlideStatus.OK:
         raise ValueError(f"it did not finish ({stats.get('status')}: {stats.get('error')})")
     parquet = slide_dir / TABLE_FILES["parquet"]
     if not parquet.is_file():

@@ -18,6 +18,7 @@ from pathlib import Path
 from pipeline.cli._console import safe_console
 from pipeline.cli._parser import EXIT_BAD_INPUT, CommandLineParser, number_in
 from pipeline.io.outputs.lock import describe_holder, output_holder
+from pipeline.io.outputs.status import RunStatus
 from pipeline.qc._build import PATCH_MODES, REPORT, build_qc
 from pipeline.qc._patches import N_PATCHES
 from pipeline.qc._reviews import ReviewError, ReviewStoreError
@@ -40,7 +41,7 @@ def unfinished_run(out_dir: Path) -> str | None:
         status = json.loads((out_dir / RUN_RECORD).read_text(encoding="utf-8")).get("status")
     except (OSError, ValueError, AttributeError):
         return None
-    if status == "running":
+    if status == RunStatus.RUNNING:
         return (
             f"the run that wrote {out_dir} did not finish (run.json says running, and no run holds the folder): "
             "the QC covers the slides finished; rerun the same pipeline.run command to finish the others"

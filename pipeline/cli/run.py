@@ -40,6 +40,7 @@ from pipeline.io.outputs.publish import (
     remove_stale_partials,
     slides_dir,
 )
+from pipeline.io.outputs.status import RunStatus, SlideStatus
 from pipeline.manifest import ManifestError, SlideEntry, read_manifest
 from pipeline.qc import build_qc
 from pipeline.runtime import ModelError, model_summary
@@ -148,7 +149,7 @@ class RunRecord:
             "manifest": manifest,
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started)),
             "finished": None,
-            "status": "running",
+            "status": RunStatus.RUNNING,
             "config": config.as_dict(),
             "versions": package_versions(),
             "model": model,
@@ -158,7 +159,7 @@ class RunRecord:
         self._last_write = 0.0
 
     def slide(
-        self, slide_id: str, status: str, stats: dict[str, Any] | None, error: str | None, skipped: bool = False
+        self, slide_id: str, status: SlideStatus, stats: dict[str, Any] | None, error: str | None, skipped: bool = False
     ) -> None:
         """A slide's line in run.json (written with the next :meth:`write`).
 
@@ -197,7 +198,7 @@ class RunRecord:
                 raise
             self._last_write = time.time()
 
-    def finish(self, status: str, error: str | None = None) -> None:
+    def finish(self, status: RunStatus, error: str | None = None) -> None:
         """The final record; on a full disk, written into the space held back for it."""
         self.data["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         self.data["status"] = status
@@ -238,7 +239,7 @@ class ConsoleProgress:
 
     def slide_done(self, outcome: SlideOutcome) -> None:
         self.slides.update(1)
-        if outcome.status != "ok":
+        if outcome.status != SlideStatus.OK:
             self.failed += 1
             if self.failed <= FAILURES_SHOWN:
                 self.slides.write(f"FAILED {outcome.entry.slide_id}: {one_line(outcome.error)}")
@@ -256,8 +257,8 @@ class ConsoleProgress:
 
 
 def summary_table(rows: list[dict[str, Any]], elapsed: float) -> str:
-    ok = [r for r in rows if r.get("status") == "ok"]
-    failed = [r for r in rows if r.get("status") != "ok"]
+    ok = [r for r in rows if r.get("status") == SlideStatus.OK]
+    failed = [r for r in rows if r.get("status") != SlideStatus.OK]
     lines = [
         f"{'slide':<34} {'status':<7} {'nuclei':>10} {'tissue mm²':>11} {'seconds':>8}",
         "-" * 74,
@@ -421,11 +422,11 @@ def split_done(
                 file=sys.stderr,
             )
             stats = None
-        if stats is None or (stats.get("status") != "ok" and retry_failed):
+        if stats is None or (stats.get("status") != SlideStatus.OK and retry_failed):
             todo.append(e)
             continue
         reason = None
-        if stats.get("status") == "ok":
+        if stats.get("status") == SlideStatus.OK:
             reason = check_published(final_slide_dir(out_dir, e.slide_id), stats, config, checksums)
             try:
                 current = slide_inputs(e.slide_path, e.mpp, model_sha256, config)
@@ -528,7 +529,7 @@ class CohortResult:
     (in manifest order; ``skipped``: the ids of those already complete before the run)."""
 
     exit_code: int
-    status: str
+    status: RunStatus
     slides: list[dict[str, Any]]
     skipped: frozenset[str]
     seconds: float
@@ -660,7 +661,7 @@ def run_locked(
     except DiskFull as exc:
         raise SetupError(disk_full_message(exc)) from None
     for stats in done:
-        record.slide(stats["slide_id"], stats.get("status", "ok"), stats, stats.get("error"), skipped=True)
+        record.slide(stats["slide_id"], stats.get("status", SlideStatus.OK), stats, stats.get("error"), skipped=True)
     print(
         f"{len(entries)} slides in {source}: {len(done)} already complete, {len(todo)} to process "
         f"→ {out_dir.resolve()}",
@@ -673,20 +674,20 @@ def run_locked(
     except DiskFull as exc:
         for e in todo:  # their working folders hold space, and show nothing finished
             remove_stale_partials(out_dir, e.slide_id)
-        record.finish("error", disk_full_message(exc))
+        record.finish(RunStatus.ERROR, disk_full_message(exc))
         raise SetupError(disk_full_message(exc)) from None
     except SetupError as exc:
-        record.finish("error", str(exc))
+        record.finish(RunStatus.ERROR, str(exc))
         raise
     except KeyboardInterrupt as exc:
-        record.finish("interrupted", interrupted_message(exc))
+        record.finish(RunStatus.INTERRUPTED, interrupted_message(exc))
         raise
     except BaseException as exc:  # run.json never stays at "running"; the traceback still shows
-        record.finish("error", f"{type(exc).__name__}: {exc}")
+        record.finish(RunStatus.ERROR, f"{type(exc).__name__}: {exc}")
         raise
     rows = done + [o.stats for o in outcomes]
-    any_failed = any(r.get("status") != "ok" for r in rows)
-    status = "failed slides" if any_failed else "ok"
+    any_failed = any(r.get("status") != SlideStatus.OK for r in rows)
+    status = RunStatus.FAILED_SLIDES if any_failed else RunStatus.OK
     record.finish(status)
     qc_error = None
     if qc:
@@ -694,7 +695,7 @@ def run_locked(
             build_qc_tables(out_dir)
         except DiskFull as exc:
             qc_error = f"the QC tables could not be written: {disk_full_message(exc)}"
-            status = "error"
+            status = RunStatus.ERROR
             record.finish(status, qc_error)
     order = {e.slide_id: i for i, e in enumerate(entries)}
     rows.sort(key=lambda r: order.get(r["slide_id"], 0))

@@ -7,7 +7,7 @@ Pure array functions: numpy in → numpy out on the CPU; cupy in → cupy out on
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_type_hints
 
 import numpy as np
 
@@ -39,9 +39,9 @@ class NucleusThresholds:
     def from_metadata(cls, meta: dict[str, str]) -> NucleusThresholds:
         """Read thresholds from ONNX metadata_props (keys = field names); missing keys keep defaults."""
         kwargs: dict[str, Any] = {}
-        for name, field in cls.__dataclass_fields__.items():
+        for name, kind in get_type_hints(cls).items():
             if name in meta:
-                kwargs[name] = int(float(meta[name])) if field.type in (int, "int") else float(meta[name])
+                kwargs[name] = int(float(meta[name])) if kind is int else float(meta[name])
         return cls(**kwargs)
 
 

@@ -13,6 +13,7 @@ import pandas as pd
 
 from pipeline.io.outputs.contents import check_count
 from pipeline.io.outputs.stats import NUMERIC_FIELDS, TEXT_FIELDS
+from pipeline.io.outputs.status import SlideStatus
 from pipeline.manifest import bidi_controls
 
 # stats.json keys the QC reads (one schema for every slide); the numeric ones are null for a failed slide.
@@ -65,7 +66,7 @@ def read_slide_stats(folder: str | Path) -> dict[str, Any]:
         if not isinstance(data, dict):
             raise ValueError("not a JSON object")
     except (OSError, ValueError) as exc:
-        record.update(status="failed", error=f"stats.json unreadable: {exc}", cancer_type=UNKNOWN_CANCER_TYPE)
+        record.update(status=SlideStatus.FAILED, error=f"stats.json unreadable: {exc}", cancer_type=UNKNOWN_CANCER_TYPE)
         return record
     if not isinstance(data.get("slide_id"), str) or not data["slide_id"].strip():
         raise NotASlideRecord(
@@ -83,16 +84,18 @@ def read_slide_stats(folder: str | Path) -> dict[str, Any]:
     if isinstance(artifacts, dict):
         record["artifact_mm2_total"] = sum(_as_float(v) for v in artifacts.values())
     record["cancer_type"] = shown_cancer_type(record["cancer_type"] or UNKNOWN_CANCER_TYPE)
-    status = (record["status"] or "").lower()
-    if status not in ("ok", "failed"):
+    try:
+        status = SlideStatus((record["status"] or "").lower())
+    except ValueError:
         record["error"] = f"unknown status {record['status']!r} in stats.json"
-        status = "failed"
-    if status == "ok" and data.get("inputs"):  # a run's record (not a generated one): its count is its table's
+        status = SlideStatus.FAILED
+    # a run's record (not a generated one): its count is its table's
+    if status == SlideStatus.OK and data.get("inputs"):
         mismatch = check_count(Path(folder), data.get("n_nuclei"))
         if mismatch is not None:
-            status = "failed"
+            status = SlideStatus.FAILED
             record["error"] = f"{mismatch}: the record does not match the slide's outputs (rerun the run to redo it)"
-    if status == "failed" and not record["error"]:
+    if status == SlideStatus.FAILED and not record["error"]:
         record["error"] = "failed (no reason recorded)"
     record["status"] = status
     return record

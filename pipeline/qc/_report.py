@@ -26,6 +26,7 @@ import pandas as pd
 from markupsafe import Markup
 from PIL import Image
 
+from pipeline.io.outputs.status import SlideStatus
 from pipeline.qc._rules import ADEQUATE_MIN_PRECISION_RECALL, NUM_NUCLEI, STATISTICS, TailCut
 
 # Embedded image bytes allowed in the page: keeps report.html well under 50 MB at 5,060 slides
@@ -228,11 +229,11 @@ def render_report(
     params: Mapping[str, Any],
 ) -> str:
     """The whole page as one HTML string."""
-    ok = wsi_qc[wsi_qc["Status"] == "ok"]
-    failed = wsi_qc[wsi_qc["Status"] != "ok"]
+    ok = wsi_qc[wsi_qc["Status"] == SlideStatus.OK]
+    failed = wsi_qc[wsi_qc["Status"] != SlideStatus.OK]
     selected_mask = wsi_qc["SelectedForReview"] == "yes"
     show_all = len(wsi_qc) <= SMALL_COHORT_SLIDES
-    shown_mask = (wsi_qc["Status"] == "ok") if show_all else selected_mask
+    shown_mask = (wsi_qc["Status"] == SlideStatus.OK) if show_all else selected_mask
     shown = wsi_qc.loc[shown_mask, "WSI-ID"].tolist()
     n_images = max(int(params.get("n_patches", 0)), 0) if show_all else PATCHES_PER_FLAGGED_SLIDE
     cells, refused = _plan_images(qc_dir, shown, patches, n_images, overview=show_all)
@@ -240,7 +241,7 @@ def render_report(
     sections = []
     for ctype in sorted(wsi_qc["CancerType"].unique()):
         group = wsi_qc[wsi_qc["CancerType"] == ctype]
-        gok = group[group["Status"] == "ok"]
+        gok = group[group["Status"] == SlideStatus.OK]
         plots = []
         for stat in STATISTICS:
             cut = cut_by.get((ctype, stat.column))
@@ -274,7 +275,7 @@ def render_report(
             [r["WSI-ID"], _fmt(r["MPP"]), r["MPPSource"], _fmt(r["MPPEstimate"]), r["Flags"], _fmt(r["ArtifactMM2"])]
             for _, r in odd.iterrows()
         ]
-        gfail = group[group["Status"] != "ok"]
+        gfail = group[group["Status"] != SlideStatus.OK]
         sections.append(
             {
                 "ctype": ctype,

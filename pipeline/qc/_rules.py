@@ -35,6 +35,8 @@ from fractions import Fraction
 
 import numpy as np
 
+from pipeline.io.outputs.status import SlideStatus
+
 # ------------------------------------------------------------------ column names (the paper) ----
 
 WSI_ID = "WSI-ID"
@@ -327,7 +329,7 @@ def qc_result(status: str, wsi_verdict: str, n_unacceptable: int, n_reviewed: in
     of its random regions once every sampled region is reviewed (or ``Unacceptable`` as soon as
     the bad ones alone exceed 20 % of those sampled), else ``Pending review``.
     """
-    if status != "ok":
+    if status != SlideStatus.OK:
         return RESULT_FAILED
     if wsi_verdict == VERDICT_UNACCEPTABLE:
         return TIER_UNACCEPTABLE

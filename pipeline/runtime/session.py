@@ -1,4 +1,5 @@
-"""The ONNX model as the pipeline sees it: one inference session per worker process.
+"""The ONNX model as the pipeline sees it: the facade every caller infers through, and the checks
+of the model file and of what it returns.
 
 The model contract (docs/model.md): input ``image`` float32 N×3×H×W, RGB in [0, 1] after stain
 normalisation, H and W multiples of 16; output ``prob`` float32 N×2×H×W (sigmoid applied;
@@ -6,69 +7,29 @@ channel 0 = nucleus centre, channel 1 = nuclear material); metadata_props carry 
 ``version``, ``training_data`` and the post-processing thresholds.
 
 :class:`NucleusModel` is the one interface; the runtime behind it is a backend registered in
-:data:`BACKENDS` (one module each: ``onnxruntime_backend``, ``torch_backend``).
+:data:`pipeline.runtime.backends.BACKENDS`. The process-wide sessions are kept by
+:mod:`pipeline.runtime.cache`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import shutil
-import threading
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from pipeline.kernels.nuclei import NucleusThresholds
+from pipeline.runtime.backends import BACKENDS, CPU_DEVICE_ID, Backend, choose_runtime
 from pipeline.runtime.errors import ModelError
-from pipeline.runtime.onnxruntime_backend import OnnxRuntimeBackend
-from pipeline.runtime.torch_backend import TorchBackend
 
 SHIPPED_MODEL = Path(__file__).parent / "weights" / "nuclei_unet.onnx"
 INPUT_MULTIPLE = 16  # four 2× poolings
 # Context margin assumed when a model does not state `context_px` in its metadata: about half
 # the paper's 100 px inference-window overlap, enough for a 4-level U-net's effective field.
 DEFAULT_CONTEXT_PX = 64
-CPU_DEVICE_ID = -1  # ``device_id`` that keeps inference on the CPU, whatever GPUs the node has
-
-
-class Backend(Protocol):
-    """What a runtime gives the facade (numpy in and out; device arrays stay on their device)."""
-
-    inputs: list[str]
-    outputs: list[str]
-    metadata: dict[str, str]
-
-    def __init__(
-        self,
-        path: Path,
-        intra_op_threads: int = 1,
-        device_id: int = 0,
-        half: bool = False,
-        trt_cache_dir: str | None = None,
-        providers: list[str] | None = None,
-    ) -> None: ...
-
-    @staticmethod
-    def sees_gpu() -> bool: ...
-
-    @property
-    def device(self) -> str: ...
-
-    def predict(self, images: np.ndarray) -> np.ndarray: ...
-
-    def predict_device(self, images: Any) -> Any: ...
-
-
-# Runtime name → backend, in order of preference on a GPU node ('auto' takes the first that
-# sees a GPU, else the first: onnxruntime on the CPU).
-BACKENDS: dict[str, type[Backend]] = {
-    "onnxruntime": OnnxRuntimeBackend,
-    "torch": TorchBackend,
-}
-RUNTIME_CHOICES: tuple[str, ...] = ("auto", *BACKENDS)
 
 
 def resolve_model_path(model: str | Path | None) -> Path:
@@ -87,31 +48,6 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _nvidia_device_node() -> bool:
-    """A cheap hint that a CUDA device may be present, so CPU-only nodes never import torch."""
-    return (
-        Path("/dev/nvidiactl").exists()
-        or Path("/proc/driver/nvidia/version").exists()
-        or shutil.which("nvidia-smi") is not None
-    )
-
-
-def choose_runtime(runtime: str = "auto", cpu: bool = False) -> str:
-    """Which runtime ``runtime`` means on this node: 'auto' = the first backend of
-    :data:`BACKENDS` that sees a GPU (onnxruntime when its CUDA provider is installed, TensorRT
-    first where present; else torch, for nodes whose CUDA has no onnxruntime-gpu build), else
-    onnxruntime on the CPU. With ``cpu`` (inference kept on the CPU) 'auto' is onnxruntime."""
-    if runtime not in RUNTIME_CHOICES:
-        raise ModelError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIME_CHOICES)}")
-    if runtime != "auto":
-        return runtime
-    if not cpu and _nvidia_device_node():
-        for name, backend in BACKENDS.items():
-            if backend.sees_gpu():
-                return name
-    return next(iter(BACKENDS))
 
 
 @dataclass
@@ -227,36 +163,6 @@ def check_input_shape(shape: tuple[int, ...]) -> None:
         raise ValueError(f"expected N×3×H×W images, got {shape}")
     if shape[2] % INPUT_MULTIPLE or shape[3] % INPUT_MULTIPLE:
         raise ValueError(f"H and W must be multiples of {INPUT_MULTIPLE}, got {shape[2:]}")
-
-
-_MODELS: dict[tuple[Any, ...], NucleusModel] = {}
-_LOCK = threading.Lock()
-
-
-def load_model(
-    path: str | Path | None,
-    intra_op_threads: int = 1,
-    runtime: str = "auto",
-    device_id: int = 0,
-    half: bool = False,
-    trt_cache_dir: str | None = None,
-) -> NucleusModel:
-    """The process-wide session for ``path`` (created once per worker process, then reused)."""
-    resolved = resolve_model_path(path)
-    key = (str(resolved.resolve()), intra_op_threads, runtime, device_id, half, trt_cache_dir)
-    with _LOCK:
-        model = _MODELS.get(key)
-        if model is None:
-            model = NucleusModel(
-                resolved,
-                intra_op_threads=intra_op_threads,
-                runtime=runtime,
-                device_id=device_id,
-                half=half,
-                trt_cache_dir=trt_cache_dir,
-            )
-            _MODELS[key] = model
-    return model
 
 
 def model_summary(path: str | Path | None, check: bool = False) -> dict[str, Any]:

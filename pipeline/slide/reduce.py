@@ -21,6 +21,7 @@ from pipeline.io.outputs.contents import folder_contents
 from pipeline.io.outputs.maps import build_pyramid
 from pipeline.io.outputs.publish import atomic_write_json, final_slide_dir, publish_slide, scratch_dir
 from pipeline.io.outputs.stats import STATS_FILE, SlideStats, nucleus_size_stats
+from pipeline.io.outputs.status import SlideStatus
 from pipeline.io.outputs.tables import run_formats, write_nucleus_tables
 from pipeline.io.readers import SlideError
 from pipeline.io.readers.base import MAX_TILES_NAMED
@@ -155,7 +156,7 @@ def slide_stats(
         slide_id=plan.slide_id,
         cancer_type=plan.cancer_type,
         slide_path=plan.slide_path,
-        status="ok",
+        status=SlideStatus.OK,
         reader=plan.reader,
         width=plan.width,
         height=plan.height,

@@ -17,6 +17,7 @@ import numpy as np
 
 from pipeline.io.outputs.publish import atomic_path
 from pipeline.io.outputs.stats import MPP_40X, STATS_FILE, SlideStats, failure_stats
+from pipeline.io.outputs.status import RunStatus, SlideStatus
 from pipeline.qc._rules import STATISTICS, selection_note, tail_size
 
 # Normal and planted ranges (40x px for sizes); planted values lie far outside the normal ones.
@@ -39,7 +40,7 @@ def _stats(slide_id: str, ctype: str, slide_path: str, values: dict[str, float],
         slide_id=slide_id,
         cancer_type=ctype,
         slide_path=slide_path,
-        status="ok",
+        status=SlideStatus.OK,
         reader="synthetic",
         width=100_000,
         height=80_000,
@@ -68,7 +69,7 @@ def write_stats(out_dir: Path, stats: dict[str, Any]) -> Path:
     return final
 
 
-def write_run_record(out_dir: Path, status: str = "ok") -> None:
+def write_run_record(out_dir: Path, status: str = RunStatus.OK) -> None:
     """The ``run.json`` a finished run leaves beside ``slides/`` (what ``python -m pipeline.qc``
     looks for to know a run's output folder)."""
     Path(out_dir).mkdir(parents=True, exist_ok=True)

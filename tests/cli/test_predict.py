@@ -92,7 +92,7 @@ def test_nuclei_cut_by_the_image_edge_end_at_the_edge(tmp_path: Path, blob_model
     from PIL import Image
 
     from pipeline.config import Config
-    from pipeline.runtime.session import load_model
+    from pipeline.runtime import load_model
     from pipeline.slide import process_slide_inline
 
     image, _ = synthetic_image

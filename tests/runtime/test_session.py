@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import Config
-from pipeline.runtime import CPU_DEVICE_ID, session
+from pipeline.runtime import CPU_DEVICE_ID, backends, cache, session
 from pipeline.runtime import onnxruntime_backend as ort_backend
 from pipeline.slide.work import model_for
 
 
 @pytest.fixture
 def gpu_node(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(session, "_nvidia_device_node", lambda: True)
+    monkeypatch.setattr(backends, "_nvidia_device_node", lambda: True)
     for backend in session.BACKENDS.values():
         monkeypatch.setattr(backend, "sees_gpu", staticmethod(lambda: True))
 
@@ -24,7 +24,7 @@ def gpu_node(monkeypatch: pytest.MonkeyPatch) -> None:
         raise AssertionError("a CPU session must not ask for the GPU providers")
 
     monkeypatch.setattr(ort_backend, "available_providers", gpu_providers)
-    monkeypatch.setattr(session, "_MODELS", {})
+    monkeypatch.setattr(cache, "_MODELS", {})
 
 
 def test_auto_would_pick_a_gpu_runtime_on_a_gpu_node(gpu_node) -> None:

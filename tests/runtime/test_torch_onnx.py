@@ -16,8 +16,8 @@ from onnx import TensorProto, helper  # noqa: E402
 
 from pipeline.evaluation.metrics import aggregated_jaccard_index  # noqa: E402
 from pipeline.kernels.nuclei import NucleusThresholds, instances_from_probabilities  # noqa: E402
+from pipeline.runtime import ModelError, NucleusModel, choose_runtime  # noqa: E402
 from pipeline.runtime.onnxruntime_backend import provider_options  # noqa: E402
-from pipeline.runtime.session import ModelError, NucleusModel, choose_runtime  # noqa: E402
 from pipeline.runtime.torch_onnx import TorchOnnxModel, UnsupportedOperator  # noqa: E402
 from pipeline.training.export import contract_metadata, export_onnx, onnx_probabilities  # noqa: E402
 from pipeline.training.fp16 import convert_to_fp16  # noqa: E402

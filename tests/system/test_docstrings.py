@@ -17,19 +17,6 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "pipeline"
 MAX_PARAMETERS = 3  # more than this many (self and cls not counted; *args and **kwargs are) need a docstring
 
-# Functions of modules being reworked elsewhere (config.py, graph.py, io/outputs/contents.py,
-# runtime/session.py), documented when that work lands. The set only shrinks: a name leaves it
-# once its docstring is written (the test says when), and no name is ever added.
-NOT_YET: set[str] = {
-    "pipeline.config:load_config",
-    "pipeline.graph:ModelPreload.transition",
-    "pipeline.graph:one_line_warning",
-    "pipeline.graph:run_slides",
-    "pipeline.io.outputs.contents:check_contents",
-    "pipeline.io.outputs.contents:check_published",
-    "pipeline.runtime.session:load_model",
-}
-
 
 def module_name(path: Path) -> str:
     parts = list(path.relative_to(ROOT).with_suffix("").parts)
@@ -113,7 +100,5 @@ def undocumented() -> dict[str, list[str]]:
 
 def test_public_functions_with_many_parameters_document_them() -> None:
     found = undocumented()
-    offenders = [f"{name} (no {', no '.join(missing)})" for name, missing in found.items() if name not in NOT_YET]
+    offenders = [f"{name} (no {', no '.join(missing)})" for name, missing in found.items()]
     assert not offenders, "numpydoc sections missing:\n" + "\n".join(offenders)
-    done = sorted(NOT_YET - set(found))
-    assert not done, "documented now, so take them out of NOT_YET:\n" + "\n".join(done)

@@ -1,6 +1,7 @@
 """Everything a run writes (docs/outputs.md): nucleus tables (one module per format, registered in
-``tables``), label maps (``maps``), statistics (``stats``: one schema for ok and failed slides)
-and the atomic publication every writer goes through (``publish``)."""
+``tables``), label maps (``maps``), statistics (``stats``: one schema for ok and failed slides),
+the states a slide and a run are recorded in (``status``) and the atomic publication every writer
+goes through (``publish``)."""
 
 # Public modules: one per output kind, and the publication they all go through.
 __all__ = [
@@ -16,5 +17,6 @@ __all__ = [
     "schema",
     "spreadsheet",
     "stats",
+    "status",
     "tables",
 ]

@@ -80,33 +80,69 @@ def folder_contents(folder: Path) -> dict[str, dict[str, Any]]:
 def check_contents(folder: Path, recorded: Any, checksums: bool = False, required: Iterable[str] = ()) -> str | None:
     """None when ``folder`` still holds what ``recorded`` says was published, and ``recorded``
     names every one of ``required`` (what the pipeline knows a finished slide holds, whatever its
-    record says); else what differs."""
+    record says); else what differs.
+
+    Parameters
+    ----------
+    folder : Path
+        A published slide folder.
+    recorded : Any
+        The ``outputs`` entry of its stats.json: file or folder name → size (and sha256).
+    checksums : bool
+        Also compare sha256 digests (slower: every byte is read), not sizes alone.
+    required : iterable of str
+        Names a finished slide must hold under the run's settings.
+
+    Returns
+    -------
+    str or None
+        None when all holds; else the first difference, in words.
+    """
     if not isinstance(recorded, dict) or not recorded:
         return "its stats.json does not record what the folder holds (written by an older version)"
+    reason = _unrecorded_requirement(folder, recorded, required)
+    if reason is not None:
+        return reason
+    for name, expected in recorded.items():
+        reason = _check_entry(folder / name, name, expected, checksums)
+        if reason is not None:
+            return reason
+    return None
+
+
+def _unrecorded_requirement(folder: Path, recorded: dict[str, Any], required: Iterable[str]) -> str | None:
+    """The first of ``required`` that the record leaves out, said as what a person should know:
+    missing from the folder too, or present but never recorded (so its size cannot be trusted)."""
     for name in required:
         if name not in recorded:
             if not (folder / name).exists():
                 return f"{name} is missing"
             return f"its stats.json does not record {name}, which every finished slide holds"
-    for name, expected in recorded.items():
-        path = folder / name
-        if not path.exists():
-            return f"{name} is missing"
-        if not isinstance(expected, dict):
-            return f"the record of {name} in stats.json is not readable"
-        is_tree = "files" in expected
-        if is_tree != path.is_dir():
-            return f"{name} is a {'file' if is_tree else 'folder'} now"
-        try:
-            found = _record(path, checksums)
-        except OSError as exc:
-            return f"{name} cannot be read: {exc}"
-        if is_tree and found["files"] != expected.get("files"):
-            return f"{name} holds {found['files']} files, {expected.get('files')} were published"
-        if found["bytes"] != expected.get("bytes"):
-            return f"{name} has {found['bytes']} bytes, {expected.get('bytes')} were published"
-        if checksums and found.get("sha256") != expected.get("sha256"):
-            return f"{name} does not match its published checksum (sha256)"
+    return None
+
+
+def _check_entry(path: Path, name: str, expected: Any, checksums: bool) -> str | None:
+    """None when the entry ``path`` is what its record ``expected`` says (a file or a folder,
+    its file count, size and, on request, checksum); else what differs. Presence and kind are
+    checked before the entry is read, so that a missing or replaced entry is named as such rather
+    than as a read error."""
+    if not path.exists():
+        return f"{name} is missing"
+    if not isinstance(expected, dict):
+        return f"the record of {name} in stats.json is not readable"
+    is_tree = "files" in expected
+    if is_tree != path.is_dir():
+        return f"{name} is a {'file' if is_tree else 'folder'} now"
+    try:
+        found = _record(path, checksums)
+    except OSError as exc:
+        return f"{name} cannot be read: {exc}"
+    if is_tree and found["files"] != expected.get("files"):
+        return f"{name} holds {found['files']} files, {expected.get('files')} were published"
+    if found["bytes"] != expected.get("bytes"):
+        return f"{name} has {found['bytes']} bytes, {expected.get('bytes')} were published"
+    if checksums and found.get("sha256") != expected.get("sha256"):
+        return f"{name} does not match its published checksum (sha256)"
     return None
 
 
@@ -132,7 +168,24 @@ def table_rows(folder: Path) -> int:
 def check_published(folder: Path, stats: dict[str, Any], config: object, checksums: bool = False) -> str | None:
     """None when a finished slide's folder holds what a run with ``config`` requires, what its
     stats.json records (sizes, and checksums on request) and as many nuclei as its stats.json
-    counts; else what differs. Counts reported from stats.json are then the table's own."""
+    counts; else what differs. Counts reported from stats.json are then the table's own.
+
+    Parameters
+    ----------
+    folder : Path
+        A published slide folder.
+    stats : dict
+        Its stats.json.
+    config : Config
+        The run's settings (which outputs a finished slide must hold).
+    checksums : bool
+        Also compare sha256 digests, not sizes alone.
+
+    Returns
+    -------
+    str or None
+        None when all holds; else the first difference, in words.
+    """
     reason = check_contents(folder, stats.get("outputs"), checksums, required_outputs(config))
     return reason if reason is not None else check_count(folder, stats.get("n_nuclei"))
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_type_hints
 
 import numpy as np
+
+from pipeline.io.outputs.status import SlideStatus
 
 STATS_FILE = "stats.json"
 # The paper reports nucleus areas in pixels at 40x, i.e. at 0.25 µm/px.
@@ -26,7 +28,7 @@ class SlideStats:
     slide_id: str
     cancer_type: str
     slide_path: str
-    status: str  # ok | failed
+    status: str  # a SlideStatus: ok | failed
     error: str | None = None
     reader: str | None = None
     width: int | None = None
@@ -67,10 +69,11 @@ class SlideStats:
 
 # Fields by kind, for readers of many stats.json files (the QC's cohort table).
 STATS_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(SlideStats))
+_STATS_TYPES = get_type_hints(SlideStats)
 NUMERIC_FIELDS: tuple[str, ...] = tuple(
-    f.name for f in dataclasses.fields(SlideStats) if f.type in ("int | None", "float | None")
+    name for name in STATS_FIELDS if _STATS_TYPES[name] in (int | None, float | None)
 )
-TEXT_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(SlideStats) if f.type in ("str", "str | None"))
+TEXT_FIELDS: tuple[str, ...] = tuple(name for name in STATS_FIELDS if _STATS_TYPES[name] in (str, str | None))
 
 
 def nucleus_size_stats(areas_um2: np.ndarray, tissue_mm2: float) -> dict[str, Any]:
@@ -118,14 +121,14 @@ def failure_stats(slide_id: str, cancer_type: str, slide_path: str, error: str, 
     Examples
     --------
     >>> s = failure_stats("S1", "BRCA", "S1.svs", "S1.svs: unreadable")
-    >>> s["status"], s["n_nuclei"], list(s) == list(STATS_FIELDS)
-    ('failed', None, True)
+    >>> s["status"] == SlideStatus.FAILED, s["n_nuclei"], list(s) == list(STATS_FIELDS)
+    (True, None, True)
     """
     return SlideStats(
         slide_id=slide_id,
         cancer_type=cancer_type,
         slide_path=slide_path,
-        status="failed",
+        status=SlideStatus.FAILED,
         error=error,
         seconds=round(seconds, 3),
     ).as_dict()
