@@ -425,23 +425,7 @@ class GlassWhereUnreadable:
 
     def read_region(self, x: int, y: int, width: int, height: int, level: int = 0) -> np.ndarray:
         """A region of the slide, with glass where its file's tiles cannot be decoded (those tiles
-        are appended to ``unreadable``).
-
-        Parameters
-        ----------
-        x, y : int
-            Top-left corner of the region, in pixels of ``level`` (x: column, y: row). It may lie
-            outside the image.
-        width, height : int
-            Size of the region, in pixels of ``level``.
-        level : int, optional
-            Pyramid level to read, 0 being full resolution.
-
-        Returns
-        -------
-        np.ndarray
-            RGB uint8 array of shape (height, width, 3); the parts outside the image are glass
-            (white, 255).
+        are appended to ``unreadable``); parameters and result as :meth:`Slide.read_region`.
         """
         try:
             return self.slide.read_region(x, y, width, height, level)

@@ -38,23 +38,8 @@ class ArraySlide(ClosesOnExit):
         self.level_dimensions = [(int(self.image.shape[1]), int(self.image.shape[0]))]
 
     def read_region(self, x: int, y: int, width: int, height: int, level: int = 0) -> np.ndarray:
-        """A region of the image (it has one level: ``level`` is not used).
-
-        Parameters
-        ----------
-        x, y : int
-            Top-left corner of the region, in pixels of ``level`` (x: column, y: row). It may lie
-            outside the image.
-        width, height : int
-            Size of the region, in pixels of ``level``.
-        level : int, optional
-            Pyramid level to read, 0 being full resolution.
-
-        Returns
-        -------
-        np.ndarray
-            RGB uint8 array of shape (height, width, 3); the parts outside the image are glass
-            (white, 255).
+        """A region of the image (it has one level: ``level`` is not used); parameters and result as
+        :meth:`pipeline.io.readers.base.Slide.read_region`.
         """
         w, h = self.level_dimensions[0]
         return read_clipped(lambda x0, y0, x1, y1: self.image[y0:y1, x0:x1], x, y, width, height, w, h)

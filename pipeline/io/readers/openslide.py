@@ -173,26 +173,8 @@ class OpenSlideSlide(ClosesOnExit):
     def read_region(self, x: int, y: int, width: int, height: int, level: int = 0) -> np.ndarray:
         """A region of a level, read with OpenSlide.
 
-        Parameters
-        ----------
-        x, y : int
-            Top-left corner of the region, in pixels of ``level`` (x: column, y: row). It may lie
-            outside the image.
-        width, height : int
-            Size of the region, in pixels of ``level``.
-        level : int, optional
-            Pyramid level to read, 0 being full resolution.
-
-        Returns
-        -------
-        np.ndarray
-            RGB uint8 array of shape (height, width, 3); the parts outside the image are glass
-            (white, 255).
-
-        Raises
-        ------
-        UnreadableRegion
-            When tiles of the file in the region cannot be decoded, naming them.
+        Parameters and result as :meth:`pipeline.io.readers.base.Slide.read_region`; raises UnreadableRegion
+        naming the tiles of the region that cannot be decoded.
         """
         w, h = self.level_dimensions[level]
 

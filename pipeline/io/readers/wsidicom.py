@@ -124,28 +124,8 @@ class WsiDicomSlide(ClosesOnExit):
     def read_region(self, x: int, y: int, width: int, height: int, level: int = 0) -> np.ndarray:
         """A region of a level, read with wsidicom.
 
-        Parameters
-        ----------
-        x, y : int
-            Top-left corner of the region, in pixels of ``level`` (x: column, y: row). It may lie
-            outside the image.
-        width, height : int
-            Size of the region, in pixels of ``level``.
-        level : int, optional
-            Pyramid level to read, 0 being full resolution.
-
-        Returns
-        -------
-        np.ndarray
-            RGB uint8 array of shape (height, width, 3); the parts outside the image are glass
-            (white, 255).
-
-        Raises
-        ------
-        SlideError
-            When ``level`` does not exist.
-        UnreadableRegion
-            When tiles of the file in the region cannot be decoded, naming them.
+        Parameters and result as :meth:`pipeline.io.readers.base.Slide.read_region`; raises SlideError when
+        ``level`` does not exist, UnreadableRegion naming the tiles of the region that cannot be decoded.
         """
         if not 0 <= level < len(self._levels):
             raise SlideError(f"level {level} does not exist (the slide has {len(self._levels)})")
