@@ -22,6 +22,7 @@ import contextlib
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -82,14 +83,14 @@ def quantise_int8(source: Path, target: Path, crops: Iterator[np.ndarray]) -> Pa
     return target
 
 
-def _set_metadata(model, meta: dict[str, str]) -> None:  # noqa: ANN001 (an onnx.ModelProto)
+def _set_metadata(model: Any, meta: dict[str, str]) -> None:  # model: an onnx.ModelProto
     del model.metadata_props[:]
     for key, value in meta.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
 
 
-def validation_aji(path: Path, thresholds: dict[str, str], threads: int) -> dict[str, float]:
+def validation_scores(path: Path, thresholds: dict[str, str], threads: int) -> dict[str, float]:
     """The overall validation scores of an ONNX file with the given thresholds (metadata keys)."""
     from pipeline.io.annotations import VALIDATION_IMAGES, data_dir, load_monuseg
     from pipeline.kernels.nuclei import NucleusThresholds
@@ -115,8 +116,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.no_score:
         return
     meta = {p.key: p.value for p in onnx.load(str(args.source)).metadata_props}
-    fp32 = validation_aji(args.source, meta, args.threads)
-    int8 = validation_aji(args.target, meta, args.threads)
+    fp32 = validation_scores(args.source, meta, args.threads)
+    int8 = validation_scores(args.target, meta, args.threads)
     for name, overall in (("fp32", fp32), ("int8", int8)):
         print(f"{name}: " + ", ".join(f"{k} {v:.4f}" for k, v in overall.items() if isinstance(v, float)))
     print(f"int8 − fp32 validation AJI: {int8['aji'] - fp32['aji']:+.4f}")
