@@ -55,9 +55,19 @@ READERS: dict[str, Reader] = {
     "image": image.READER,
 }
 READER_CHOICES: tuple[str, ...] = ("auto", *READERS)
+# Formats no reader here opens although one of them would take the file, refused by their suffix
+# with what to do: a cellSens .vsi file is a TIFF holding the overview and label images, its
+# pyramid lies in .ets files in the folder beside it, which neither OpenSlide nor tifffile reads
+# (tifffile would read the overview as if it were the slide).
+NOT_READ: dict[str, str] = {
+    ".vsi": "Olympus VSI (cellSens) is not read: its pyramid lies in the .ets files of the folder beside it, "
+    "which no reader here opens (OpenSlide included); convert the slide to a pyramidal OME-TIFF "
+    "(e.g. with Bio-Formats' bfconvert) and give that file",
+}
 
 __all__ = [
     "GLASS",
+    "NOT_READ",
     "READERS",
     "READER_CHOICES",
     "ArraySlide",
@@ -154,12 +164,15 @@ def _check_slide_file(path: Path, st: os.stat_result) -> None:
 def choose_reader(path: Path, preference: str = "auto") -> str:
     """Name of the reader for ``path`` (a key of :data:`READERS`).
 
-    ``preference`` 'auto' picks the first reader that claims the file; any other value forces
-    that reader (for experts and tests).
+    ``preference`` 'auto' picks the first reader that claims the file (a format in
+    :data:`NOT_READ` is refused saying what to do); any other value forces that reader (for
+    experts and tests).
     """
     _check_slide_file(path, _stat_slide(path))
     if preference != "auto":
         return preference
+    if path.suffix.lower() in NOT_READ and not path.is_dir():
+        raise SlideError(NOT_READ[path.suffix.lower()])
     signature = file_signature(path)
     for name, reader in READERS.items():
         if reader.claims(signature):

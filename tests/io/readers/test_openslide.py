@@ -236,6 +236,24 @@ def test_scanner_tiffs_are_routed_by_their_tags(
             open_slide(path)
 
 
+def test_an_olympus_vsi_is_refused_not_read_as_its_overview(tmp_path: Path) -> None:
+    """A cellSens .vsi file is a TIFF holding the overview and label images; its pyramid lies in
+    .ets files in the folder beside it, which neither OpenSlide nor tifffile reads. Without this
+    check tifffile opened the .vsi and the run segmented the overview as if it were the slide."""
+    import tifffile
+
+    path = tmp_path / "scan.vsi"
+    tifffile.imwrite(path, np.full((64, 96, 3), 200, np.uint8), photometric="rgb")
+    (tmp_path / "_scan_" / "stack1").mkdir(parents=True)
+    (tmp_path / "_scan_" / "stack1" / "frame_t.ets").write_bytes(b"SIS\x00")
+    with pytest.raises(SlideError, match=r"^Olympus VSI \(cellSens\) is not read: .*\.ets.*OME-TIFF"):
+        choose_reader(path)
+    with pytest.raises(SlideError, match=r"^Olympus VSI"):
+        open_slide(path)
+    with open_slide(path, "tifffile") as forced:  # a reader named by the user is still used
+        assert forced.level_dimensions[0] == (96, 64)
+
+
 def test_plain_files_are_not_scanner_formats(tmp_path: Path) -> None:
     image, _ = synthetic_slide_image(300, 200, seed=2)
     tiff = write_pyramidal_tiff(tmp_path / "a.svs", image, mpp=0.5, tile=128)
