@@ -47,7 +47,18 @@ def pytest_configure(config: pytest.Config) -> None:
 # so a failure can be matched to the versions that produced it.
 REPORTED_PACKAGES = tuple(
     dict.fromkeys(
-        [*RUN_PACKAGES, "onnx", "torch", "pandas", "pillow", "wsidicom", "geopandas", "shapely", "openslide-python"]
+        [
+            *RUN_PACKAGES,
+            "onnx",
+            "torch",
+            "pandas",
+            "pillow",
+            "wsidicom",
+            "geopandas",
+            "shapely",
+            "duckdb",
+            "openslide-python",
+        ]
         + ["ruff"]
     )
 )

@@ -331,8 +331,8 @@ def test_export_writes_what_a_run_writes_on_request(tmp_path: Path, capsys: pyte
 
 
 def test_duckdb_reads_the_outlines_as_geometry(tmp_path: Path) -> None:
-    """Where DuckDB is installed (not a project dependency): ``geometry`` typed GEOMETRY, every row,
-    and a one-row-group region query on the bbox covering answering as pyarrow does."""
+    """DuckDB (the dev extra; not needed to run): ``geometry`` typed GEOMETRY, every row, and a
+    one-row-group region query on the bbox covering answering as pyarrow does."""
     duckdb = pytest.importorskip("duckdb")
     tables = tile_tables(np.random.default_rng(10), grid=2)
     write_nucleus_tables(iter([pa.concat_tables(tables)]), tmp_path, SLIDE, ["parquet"])
