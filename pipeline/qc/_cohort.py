@@ -92,9 +92,10 @@ def read_slide_stats(folder: str | Path) -> dict[str, Any]:
     # a run's record (not a generated one): its count is its table's
     if status == SlideStatus.OK and data.get("inputs"):
         mismatch = check_count(Path(folder), data.get("n_nuclei"))
-        if mismatch is not None:
+        if mismatch is not None:  # none of its figures is the slide's: shown as a failed slide's, empty
             status = SlideStatus.FAILED
             record["error"] = f"{mismatch}: the record does not match the slide's outputs (rerun the run to redo it)"
+            record.update({k: float("nan") for k in NUMERIC_FIELDS}, artifact_mm2_total=float("nan"))
     if status == SlideStatus.FAILED and not record["error"]:
         record["error"] = "failed (no reason recorded)"
     record["status"] = status

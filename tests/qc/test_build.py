@@ -204,8 +204,10 @@ def test_cancer_types_of_earlier_records_are_one_group_each(tmp_path: Path) -> N
 
 def test_a_run_record_whose_count_is_not_its_tables_is_not_reported(tmp_path: Path) -> None:
     """The QC reports a run's counts only where its nucleus table holds them: a stats.json whose
-    n_nuclei was edited, or whose nuclei.parquet is gone, is a failed row saying so (before: 999,999
-    nuclei in the QC tables). Records without a run's inputs (generated cohorts) are read as they are."""
+    n_nuclei was edited, or whose nuclei.parquet is gone, is a failed row saying so, with none of the
+    record's figures, as any failed slide (before: 999,999 nuclei in the QC tables, then in the
+    failed row's NumNucleiSample). Records without a run's inputs (generated cohorts) are read as
+    they are."""
     from pipeline.qc._cohort import read_cohort
 
     paths = _slide_cohort(tmp_path)
@@ -222,6 +224,12 @@ def test_a_run_record_whose_count_is_not_its_tables_is_not_reported(tmp_path: Pa
     assert "its stats.json counts 999,999 nuclei, nuclei.parquet holds" in cohort.loc["SYN-00", "error"]
     assert cohort.loc["SYN-01", "status"] == "failed" and "nuclei.parquet is missing" in cohort.loc["SYN-01", "error"]
     assert cohort.loc["SYN-02", "status"] == "ok"
+    for sid in ("SYN-00", "SYN-01"):  # the record's figures are not the slide's
+        assert cohort.loc[sid, ["n_nuclei", "area_mean_um2", "nuclei_per_mm2"]].isna().all()
+    assert cohort.loc["SYN-02", ["n_nuclei", "area_mean_um2"]].notna().all()
+    build_qc(tmp_path, patches="none", report=False)
+    wsi = read_csv(tmp_path / "qc" / "wsi_qc.csv").set_index("WSI-ID")
+    assert "999999" not in wsi.loc["SYN-00"].astype(str).tolist()
 
 
 def test_stats_json_without_slide_id_is_left_out_with_a_warning(qc_cohort: Path) -> None:
