@@ -36,7 +36,14 @@ from distributed import WorkerPlugin
 from pipeline.cluster import GPU_RESOURCE, release_freed_heap, tune_allocator
 from pipeline.config import Config
 from pipeline.io.outputs.contents import check_published
-from pipeline.io.outputs.publish import DiskFull, disk_full, final_slide_dir, publish_failure, read_published_stats
+from pipeline.io.outputs.publish import (
+    DiskFull,
+    disk_full,
+    final_slide_dir,
+    publish_failure,
+    read_published_stats,
+    says_disk_full,
+)
 from pipeline.io.outputs.stats import failure_stats
 from pipeline.io.outputs.status import SlideStatus
 from pipeline.manifest import SlideEntry
@@ -102,20 +109,25 @@ class WorkerConsole(WorkerPlugin):
     - A warning is one line, ``warning: <message>`` (the package's messages start with the
       slide's id), without the Python source line that the default format echoes under it.
     - A task that fails with a ``SlideError`` (a slide's own fault: missing, truncated,
-      unsupported) is not logged by the worker ("Compute Failed" with its traceback, seven lines):
-      the driver reports it in one line and records it in run.json and the slide's stats.json. Any
-      other exception is logged as before, its traceback included."""
+      unsupported) or a ``ModelError`` (a model whose output is no probability) is not logged by
+      the worker ("Compute Failed" with its traceback, seven lines): the driver reports it in one
+      line and records it in run.json and the slide's stats.json. Nor is a full disk, which stops
+      the run with one error line. Any other exception is logged as before, its traceback included.
+    - A task still running when the driver closes the cluster (a run stopping on a full disk) is
+      not noted as "ended with CancelledError": the driver's error line says why the run stopped."""
 
     name = "nuclei-worker-console"
 
     def setup(self, worker: Any) -> None:
         self._showwarning = warnings.showwarning
         warnings.showwarning = one_line_warning
-        logging.getLogger("distributed.worker").addFilter(_not_a_slide_failure)
+        logging.getLogger("distributed.worker").addFilter(_not_reported_by_the_driver)
+        logging.getLogger("distributed.worker.state_machine").addFilter(_not_a_task_cancelled_on_close)
 
     def teardown(self, worker: Any) -> None:
         warnings.showwarning = getattr(self, "_showwarning", warnings.showwarning)
-        logging.getLogger("distributed.worker").removeFilter(_not_a_slide_failure)
+        logging.getLogger("distributed.worker").removeFilter(_not_reported_by_the_driver)
+        logging.getLogger("distributed.worker.state_machine").removeFilter(_not_a_task_cancelled_on_close)
 
 
 def one_line_warning(
@@ -153,16 +165,24 @@ def one_line_warning(
         pass
 
 
-def _not_a_slide_failure(record: logging.LogRecord) -> bool:
-    """False for the worker's "Compute Failed" record of a task that raised ``SlideError`` (its
-    arguments: key, state, task, exception text, traceback text)."""
+def _not_a_task_cancelled_on_close(record: logging.LogRecord) -> bool:
+    """False for the worker's note that a task was cancelled as the worker closed."""
+    return not record.getMessage().endswith("ended with CancelledError")
+
+
+# How the failures the driver reports in one line start, as a worker logs them (the exception's repr).
+_REPORTED_FAILURES = ("SlideError(", "ModelError(", "ModelOutputError(")
+
+
+def _not_reported_by_the_driver(record: logging.LogRecord) -> bool:
+    """False for the worker's "Compute Failed" record of a task that raised ``SlideError`` or
+    ``ModelError``, or found the disk full (its arguments: key, state, task, exception text,
+    traceback text)."""
     args = record.args if isinstance(record.args, tuple) else ()
-    return not (
-        isinstance(record.msg, str)
-        and record.msg.startswith("Compute Failed")
-        and len(args) > 3
-        and str(args[3]).startswith("SlideError(")
-    )
+    if not (isinstance(record.msg, str) and record.msg.startswith("Compute Failed") and len(args) > 3):
+        return True
+    text = str(args[3])
+    return not (text.startswith(_REPORTED_FAILURES) or says_disk_full(text))
 
 
 @dataclass

@@ -3,12 +3,17 @@ a slide fails alone, a published slide is kept, the others finish."""
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 from pathlib import Path
 
 import pytest
 
+from pipeline.graph import _not_a_task_cancelled_on_close, _not_reported_by_the_driver
+from pipeline.io.readers.base import SlideError
 from pipeline.manifest import SlideEntry
+from pipeline.runtime.session import ModelOutputError
 
 
 @pytest.mark.slow
@@ -99,3 +104,44 @@ def test_worker_lost_while_the_model_preload_is_registered_costs_nothing(
             with pytest.warns(UserWarning, match="model preload could not be registered"):
                 outcomes = run_slides(client, [SlideEntry("s0", cohort / "s0.svs")], tmp_path / "out", config)
     assert [o.status for o in outcomes] == ["ok"]
+
+
+def _compute_failed(exc: BaseException) -> logging.LogRecord:
+    """The record a Dask worker logs for a task that raised ``exc`` (distributed's format and
+    arguments: key, state, task, exception text, traceback text)."""
+    message = "Compute Failed\nKey:       %s\nState:     %s\nTask:  %s\nException: %r\nTraceback: %r\n"
+    args = ("reduce-slide-s0-1", "executing", "<Task 'reduce-slide-s0-1'>", repr(exc), "  File ...\n")
+    return logging.LogRecord("distributed.worker", logging.ERROR, __file__, 1, message, args, None)
+
+
+@pytest.mark.parametrize(
+    ("exc", "logged"),
+    [
+        (SlideError("file not found: /data/a.svs"), False),  # the slide's own fault: the driver's line
+        (OSError(errno.ENOSPC, "No space left on device"), False),  # a full disk: the run's one error line
+        (OSError("Error writing bytes to file. Detail: [errno 28] No space left on device"), False),  # pyarrow's
+        (ModelOutputError("nan.onnx: the model's output 'prob' holds NaN"), False),  # the driver names the model
+        (ValueError("a bug"), True),  # anything else keeps its traceback
+        (OSError(errno.EACCES, "Permission denied"), True),
+    ],
+)
+def test_workers_log_no_failure_the_driver_reports_in_one_line(exc: BaseException, logged: bool) -> None:
+    """A worker's "Compute Failed" block (its traceback included) is left out for the failures the
+    driver reports in one line: a slide's own fault, a full disk (before: seven lines and a
+    traceback above the run's one error line) and a model whose output is no probability (before:
+    the same, for every slide)."""
+    assert _not_reported_by_the_driver(_compute_failed(exc)) is logged
+
+
+def test_workers_do_not_note_the_tasks_cancelled_as_they_close() -> None:
+    """A run stopping on a full disk closes its cluster under running tasks: the workers' note of
+    each (one line per task, before the run's error line) is left out; their other notes are not."""
+
+    def note(message: str) -> logging.LogRecord:
+        return logging.LogRecord("distributed.worker.state_machine", logging.WARNING, __file__, 1, message, None, None)
+
+    cancelled = (
+        "Async instruction for <Task cancelled name=\"execute('segment-tiles-d1-2-86712b')\"> ended with CancelledError"
+    )
+    assert not _not_a_task_cancelled_on_close(note(cancelled))
+    assert _not_a_task_cancelled_on_close(note("Compute Failed"))

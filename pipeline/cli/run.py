@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import faulthandler
+import logging
 import os
 import platform
 import signal
@@ -17,6 +18,8 @@ import sys
 import time
 import warnings
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -771,12 +774,26 @@ def process(
         # the workers of a cluster started here stop before the slides' working folders are removed
         cluster = getattr(client, "cluster", None) if own_client else None
         if cluster is not None:
-            cluster.close()
+            with scheduler_quiet():
+                cluster.close()
         raise
     finally:
         progress.close()
         if own_client:
             client.close()
+
+
+@contextmanager
+def scheduler_quiet() -> Iterator[None]:
+    """The local scheduler's warnings left out while a cluster closes under running tasks: that
+    it loses their results is no news, the run's error line says why it stopped."""
+    log = logging.getLogger("distributed.scheduler")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def build_qc_tables(out_dir: Path) -> None:

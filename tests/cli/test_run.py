@@ -331,6 +331,17 @@ def error_lines(result: subprocess.CompletedProcess) -> list[str]:
     return [line for line in result.stderr.splitlines() if line.startswith("error:")]
 
 
+def dask_log_lines(result: subprocess.CompletedProcess) -> list[str]:
+    """Lines of Dask's own logs (``<time> - distributed.<module> - <LEVEL> - ...``) in a run's
+    stderr, less the nanny's note of a worker slow to exit, which any run's end may show on a
+    loaded machine."""
+    return [
+        line
+        for line in result.stderr.splitlines()
+        if " - distributed." in line and "Worker process still alive after" not in line
+    ]
+
+
 def hidden_work(out: Path) -> list[str]:
     """Working folders, scratch files and reserves left in a run's folder (its lock files aside)."""
     return sorted(str(p.relative_to(out)) for p in out.rglob(".*") if p.name not in (".run.lock", ".lock"))
@@ -384,6 +395,7 @@ def test_full_disk_ends_the_run_with_one_error_and_a_rerun_finishes(
             full = run_cli(*args)
             assert full.returncode == 2, full.stderr[-3000:]
             assert "Traceback (most recent call last)" not in full.stderr, full.stderr[-3000:]
+            assert not dask_log_lines(full), full.stderr[-3000:]  # no worker's traceback, no note of Dask's
             errors = error_lines(full)
             assert len(errors) == 1 and "the disk is full" in errors[0] and "rerun the same command" in errors[0]
             assert "No space left on device" in errors[0]
@@ -450,6 +462,7 @@ def test_disk_filling_while_tiles_are_written_stops_the_run(
     errors = error_lines(full)
     assert len(errors) == 1 and "the disk is full" in errors[0] and "writing slide d" in errors[0], full.stderr[-3000:]
     assert "FAILED" not in full.stderr and "QC tables and report" not in full.stderr
+    assert not dask_log_lines(full), full.stderr[-3000:]  # the workers leave it to the driver
     assert json.loads((out / "run.json").read_text())["status"] == "error"
     assert hidden_work(out) == []
     rerun = run_cli(*args)
@@ -475,6 +488,7 @@ def test_a_model_returning_garbage_is_never_a_clean_ok(tmp_path: Path) -> None:
             assert result.returncode == 1, result.stderr[-3000:]
             assert stats["status"] == "failed" and "nan.onnx: the model's output 'prob' holds NaN" in stats["error"]
             assert "0 ok, 1 failed" in result.stdout
+            assert "Compute Failed" not in result.stderr, result.stderr[-3000:]  # the driver's line, no traceback
         else:
             assert result.returncode == 0, result.stderr[-3000:]
             assert stats["status"] == "ok" and "implausible_nuclei" in stats["flags"]

@@ -51,12 +51,20 @@ def disk_full(exc: BaseException | None) -> bool:
     for _ in range(8):  # the chain of causes is short; a cycle cannot hold the check
         if exc is None:
             return False
-        if isinstance(exc, OSError) and (
-            exc.errno in _DISK_FULL_ERRNOS or any(w in str(exc) for w in _DISK_FULL_WORDS)
-        ):
+        if isinstance(exc, OSError) and (exc.errno in _DISK_FULL_ERRNOS or says_disk_full(str(exc))):
             return True
         exc = exc.__cause__ or exc.__context__
     return False
+
+
+def says_disk_full(text: str) -> bool:
+    """Whether an error's text (its message, or its repr as a Dask worker logs it) says the disk
+    is full.
+
+    >>> says_disk_full("OSError(28, 'No space left on device')"), says_disk_full("OSError(13, 'Permission denied')")
+    (True, False)
+    """
+    return any(w in text for w in _DISK_FULL_WORDS)
 
 
 class SpaceReserve:
