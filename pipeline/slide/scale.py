@@ -12,7 +12,7 @@ independent of the metadata, so it can check it.
 
 Nucleus size varies between tissues (the 30 MoNuSeg images' median nucleus areas span 0.5–1.5×
 their geometric mean), and a few sample windows see one tissue compartment: on correctly labelled
-images the estimate/metadata ratio spans 0.61–2.44. So the per-slide cross-check catches gross
+images the estimate/metadata ratio spans 0.64–2.34 (shipped model 1.4.0). So the per-slide cross-check catches gross
 errors only (``DISAGREEMENT``, e.g. 10x read as 40x); a slide labelled 2x wrong is caught by the
 cohort QC, against its cancer type's median ratio (``pipeline.qc.scale_outliers``). The estimate
 tells 10x from 20x from 40x, but it is not a substitute for a scanner's own calibration; figures
