@@ -222,12 +222,20 @@ def _weights_from_onnx(net: NucleusUNet, cfg: TrainConfig, sampler: PatchSampler
     """Start from an exported model (the model of record), its batch-norm statistics measured on
     training batches of a seed no training step uses."""
     from pipeline.training.from_onnx import unet_from_onnx
+    from pipeline.training.widen import widen_unet
 
     measure = PatchSampler(sampler.images, sampler.labels, dataclasses.replace(cfg, seed=cfg.seed + 1000))
     batches = (measure.batch(k)[0] for k in range(20))
-    net.load_state_dict(unet_from_onnx(Path(cfg.init_from), batches, cfg.unet()).state_dict())
+    source = unet_from_onnx(Path(cfg.init_from), batches)
+    widened = ""
+    if source.config != cfg.unet():
+        if dataclasses.replace(source.config, base=cfg.base) != cfg.unet() or cfg.base < source.config.base:
+            raise SystemExit(f"{cfg.init_from} has the network {source.config}, which cannot grow into {cfg.unet()}")
+        source = widen_unet(source, cfg.base, seed=cfg.seed)
+        widened = f", widened to base {cfg.base}"
+    net.load_state_dict(source.state_dict())
     net.to(device)
-    print(f"initialised from {cfg.init_from} (batch norm measured on 20×{cfg.batch} patches)", flush=True)
+    print(f"initialised from {cfg.init_from} (batch norm measured on 20×{cfg.batch} patches{widened})", flush=True)
 
 
 def _training_data(cfg: TrainConfig) -> tuple[PatchSampler, torch.Tensor, torch.Tensor]:
