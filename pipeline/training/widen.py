@@ -13,6 +13,7 @@ evaluation, up to float rounding).
 from __future__ import annotations
 
 import dataclasses
+from typing import cast
 
 import numpy as np
 import torch
@@ -67,7 +68,7 @@ def _copy_conv(
         jitter = torch.randn(weight.shape, generator=rng, dtype=weight.dtype) * noise * spread
         weight = weight + jitter * copied.reshape(-1, 1, 1, 1)
     wide.weight.copy_(weight)
-    if narrow.bias is not None:
+    if narrow.bias is not None and wide.bias is not None:
         wide.bias.copy_(narrow.bias.index_select(0, torch.from_numpy(cout.source)))
 
 
@@ -87,11 +88,11 @@ def _copy_stage(
 ) -> _Channels:
     """Copy one stage (conv, batch norm, activation, ...); returns its output's channel map."""
     for a, b in zip(narrow, wide, strict=True):
-        if isinstance(a, nn.Conv2d):
+        if isinstance(a, nn.Conv2d) and isinstance(b, nn.Conv2d):
             cout = _Channels.widened(a.out_channels, b.out_channels, np_rng)
             _copy_conv(a, b, cin, cout, noise, rng)
             cin = cout
-        elif isinstance(a, nn.BatchNorm2d):
+        elif isinstance(a, nn.BatchNorm2d) and isinstance(b, nn.BatchNorm2d):
             _copy_norm(a, b, cin)
     return cin
 
@@ -125,17 +126,23 @@ def widen_unet(net: NucleusUNet, base: int, *, noise: float = 0.01, seed: int = 
         channels = _Channels.identity(3)
         skips = []
         for a, b in zip(net.encoders, wide.encoders, strict=True):
-            channels = _copy_stage(a, b, channels, np_rng, rng, noise)
+            channels = _copy_stage(cast(nn.Sequential, a), cast(nn.Sequential, b), channels, np_rng, rng, noise)
             skips.append(channels)
         channels = _copy_stage(net.bottleneck, wide.bottleneck, channels, np_rng, rng, noise)
         for up_a, up_b, dec_a, dec_b, skip in zip(
-            net.ups, wide.ups, net.decoders, wide.decoders, reversed(skips), strict=True
+            cast(list[nn.ConvTranspose2d], list(net.ups)),
+            cast(list[nn.ConvTranspose2d], list(wide.ups)),
+            cast(list[nn.Sequential], list(net.decoders)),
+            cast(list[nn.Sequential], list(wide.decoders)),
+            reversed(skips),
+            strict=True,
         ):
             up_out = _Channels.widened(up_a.out_channels, up_b.out_channels, np_rng)
             # A transposed convolution's weight is (in, out, kh, kw): inputs on axis 0.
             weight = _scaled_inputs(up_a.weight, channels, axis=0).index_select(1, torch.from_numpy(up_out.source))
             up_b.weight.copy_(weight)
-            up_b.bias.copy_(up_a.bias.index_select(0, torch.from_numpy(up_out.source)))
+            if up_a.bias is not None and up_b.bias is not None:  # the U-net's have one
+                up_b.bias.copy_(up_a.bias.index_select(0, torch.from_numpy(up_out.source)))
             channels = _copy_stage(dec_a, dec_b, up_out.then(skip, offset=up_a.out_channels), np_rng, rng, noise)
         _copy_conv(net.head, wide.head, channels, _Channels.identity(net.head.out_channels), 0.0, rng)
     wide.train(net.training)
