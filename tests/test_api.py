@@ -87,7 +87,10 @@ def test_segment_slides_on_its_own_cluster_writes_what_the_command_line_writes(
 ) -> None:
     """Without a client it starts (and closes) a local cluster; the outputs are those of
     ``python -m pipeline.run`` on the same manifest, and of the run on the user's client."""
+    from distributed.deploy.spec import SpecCluster
+
     api_out, cli_out = tmp_path / "api", tmp_path / "cli"
+    clusters_before = set(SpecCluster._instances)
     results = segment_slides(
         [cohort.parent / "a0.svs"],
         api_out,
@@ -99,6 +102,9 @@ def test_segment_slides_on_its_own_cluster_writes_what_the_command_line_writes(
     )
     assert results.ok and results.exit_code == 0 and results.slides["status"].tolist() == ["ok"]
     assert json.loads((api_out / "run.json").read_text())["status"] == "ok"
+    # the cluster it started is closed, its worker processes gone (a notebook calls it many times)
+    started = set(SpecCluster._instances) - clusters_before
+    assert started and all(c.status.name == "closed" for c in started)
     manifest = tmp_path / "one.csv"
     manifest.write_text(f"slide_path,slide_id,cancer_type\n{cohort.parent / 'a0.svs'},a0,UNKNOWN\n")
     done = run_cli(str(manifest), "--out", str(cli_out), "--model", str(blob_model), "--tile-px", "256")

@@ -780,7 +780,12 @@ def process(
     finally:
         progress.close()
         if own_client:
+            # a client made on a cluster object leaves that cluster open when it closes: a
+            # notebook calling segment_slides again would keep one cluster of workers per call
+            cluster = getattr(client, "cluster", None)
             client.close()
+            if cluster is not None:
+                cluster.close()
 
 
 @contextmanager
