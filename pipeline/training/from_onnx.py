@@ -47,7 +47,11 @@ def unet_from_onnx(path: Path, batches: Iterable[torch.Tensor], config: UNetConf
     convs, values, metadata = _onnx_layers(Path(path))
     if config is None:
         arch = json.loads(metadata.get("architecture", "{}"))
-        config = UNetConfig(base=int(arch.get("base", 16)), convs_per_stage=int(arch.get("convs_per_stage", 2)))
+        config = UNetConfig(
+            base=int(arch.get("base", 16)),
+            convs_per_stage=int(arch.get("convs_per_stage", 2)),
+            outputs=int(arch.get("outputs", 2)),
+        )
     net = NucleusUNet(config)
     stages = [*net.encoders, net.bottleneck, *net.decoders]
     pairs = [

@@ -40,8 +40,11 @@ def instance_boundaries(labels: np.ndarray, touching_only: bool = False) -> np.n
     return edge & (labels > 0)
 
 
-def training_targets(labels: np.ndarray, touching_gap: bool = False, centre: str = "core") -> np.ndarray:
-    """2×H×W float32 targets (centre, material) from int instance labels. The centre target is
+def training_targets(
+    labels: np.ndarray, touching_gap: bool = False, centre: str = "core", distances: bool = False
+) -> np.ndarray:
+    """2×H×W float32 targets (centre, material) from int instance labels (with ``distances``
+    4×H×W: then the horizontal and vertical distance maps, :func:`distance_maps`). The centre target is
     each nucleus' inner core (``"core"``: 1 where the distance to its boundary is at least
     :data:`CORE_FRACTION` of its largest, else 0) or that distance itself (``"distance"``: the
     distance over the nucleus' largest, 1 at its innermost pixels, falling to 0 at its boundary),
@@ -63,7 +66,42 @@ def training_targets(labels: np.ndarray, touching_gap: bool = False, centre: str
             target = (material & (dist >= need[labels]) & (dist > 0)).astype(np.float32)
     if touching_gap:
         material = material & ~instance_boundaries(labels, touching_only=True)
-    return np.stack([target, material.astype(np.float32)])
+    maps = [target, material.astype(np.float32)]
+    if distances:
+        maps.extend(distance_maps(labels))
+    return np.stack(maps)
+
+
+def distance_maps(labels: np.ndarray) -> np.ndarray:
+    """2×H×W float32 targets of the horizontal and vertical distance of each nuclear pixel to its
+    nucleus' centroid (HoVer-Net, Graham et al. 2019), each side scaled by its farthest pixel to
+    [-1, 0] and [0, 1] and stored as (d + 1) / 2 in [0, 1] (the sigmoid's range; background 0.5).
+    Between two touching nuclei the maps jump from one nucleus' far side to the other's near side:
+    the steep gradient the seeds and the watershed read.
+
+    >>> np.round(2 * distance_maps(np.array([[1, 1, 1, 0, 2, 2]]))[0] - 1, 2).tolist()
+    [[-1.0, 0.0, 1.0, 0.0, -1.0, 1.0]]
+    """
+    out = np.full((2, *labels.shape), 0.5, dtype=np.float32)
+    n = int(labels.max())
+    if n == 0:
+        return out
+    index = np.arange(1, n + 1)
+    inside = labels > 0
+    grid = np.indices(labels.shape, dtype=np.float64)
+    for axis, channel in ((1, 0), (0, 1)):  # x (columns) → channel 0, y (rows) → channel 1
+        coord = grid[axis]
+        counts = np.bincount(labels.ravel(), minlength=n + 1)
+        mean = np.bincount(labels.ravel(), weights=coord.ravel(), minlength=n + 1) / np.maximum(counts, 1)
+        d = np.where(inside, coord - mean[labels], 0.0)
+        low = np.zeros(n + 1)
+        high = np.zeros(n + 1)
+        low[1:] = ndi.minimum(d, labels, index)
+        high[1:] = ndi.maximum(d, labels, index)
+        scale = np.where(d < 0, -low[labels], high[labels])
+        scaled = np.where(inside & (scale > 0), d / np.where(scale > 0, scale, 1.0), 0.0)
+        out[channel] = ((scaled + 1.0) / 2.0).astype(np.float32)
+    return out
 
 
 _HED_RGB = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])  # Ruifrok & Johnston

@@ -64,9 +64,11 @@ class TrainConfig:
     stop_at: int = 0  # stop (resumably) at this step, keeping the schedule of ``steps``; 0 = at ``steps``
     base: int = 16
     convs_per_stage: int = 2
+    outputs: int = 2  # 4: the network also learns the horizontal and vertical distance maps
+    distance_weight: float = 1.0  # loss weight of the distance maps (outputs 4)
 
     def unet(self) -> UNetConfig:
-        return UNetConfig(base=self.base, convs_per_stage=self.convs_per_stage)
+        return UNetConfig(base=self.base, convs_per_stage=self.convs_per_stage, outputs=self.outputs)
 
 
 def _flag(text: str) -> bool:
@@ -122,7 +124,8 @@ class PatchSampler:
             img, lab = augment_patch(img, lab, self.cfg.patch, rng, scale_range=(1.0, 1.0))
         else:
             img, lab = augment_patch(self.images[k], self.labels[k], self.cfg.patch, rng, p_elastic=self.cfg.elastic)
-        return img.transpose(2, 0, 1), training_targets(lab, self.cfg.touching_gap, self.cfg.centre_target)
+        targets = training_targets(lab, self.cfg.touching_gap, self.cfg.centre_target, self.cfg.outputs == 4)
+        return img.transpose(2, 0, 1), targets
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng([self.cfg.seed, step])
@@ -137,6 +140,7 @@ def fixed_validation_patches(
     size: int,
     touching_gap: bool = False,
     centre_target: str = "core",
+    distances: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` fixed crops of the validation images (no augmentation) for the loss curve.
 
@@ -154,13 +158,15 @@ def fixed_validation_patches(
         Passed to :func:`training_targets`.
     centre_target : str, optional
         The centre target, ``"core"`` or ``"distance"`` (:func:`training_targets`).
+    distances : bool, optional
+        Also the horizontal and vertical distance maps (:func:`training_targets`).
 
     Returns
     -------
     inputs : torch.Tensor
         The patches, n×3×size×size.
     targets : torch.Tensor
-        Their float32 targets (centre, material), n×2×size×size.
+        Their float32 targets (centre, material[, distance maps]), n×2×size×size or n×4×size×size.
     """
     rng = np.random.default_rng(12345)
     xs, ys = [], []
@@ -169,18 +175,43 @@ def fixed_validation_patches(
         r = int(rng.integers(0, img.shape[0] - size + 1))
         c = int(rng.integers(0, img.shape[1] - size + 1))
         xs.append(img[r : r + size, c : c + size].transpose(2, 0, 1))
-        ys.append(training_targets(lab[r : r + size, c : c + size], touching_gap, centre_target))
+        ys.append(training_targets(lab[r : r + size, c : c + size], touching_gap, centre_target, distances))
     return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
 
 
-def loss_fn(logits: torch.Tensor, target: torch.Tensor, centre_weight: float) -> torch.Tensor:
-    """Binary cross-entropy + soft Dice, per channel; the centre channel weighted."""
-    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(dim=(0, 2, 3))
-    p = torch.sigmoid(logits)
-    inter = (p * target).sum(dim=(0, 2, 3))
-    dice = 1 - (2 * inter + 1) / (p.sum(dim=(0, 2, 3)) + target.sum(dim=(0, 2, 3)) + 1)
+_SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]).reshape(1, 1, 3, 3)
+
+
+def distance_map_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """HoVer-Net's loss of the distance maps (channels 2 and 3, targets in [0, 1] for [-1, 1]):
+    mean squared error over all pixels plus the mean squared error of their gradients (Sobel,
+    along x for the horizontal map, along y for the vertical) over the nuclear pixels, where the
+    gradient is what separates touching nuclei."""
+    pred = 2 * torch.sigmoid(logits[:, 2:4]) - 1
+    true = 2 * target[:, 2:4] - 1
+    mse = ((pred - true) ** 2).mean()
+    kernels = torch.cat([_SOBEL_X, _SOBEL_X.transpose(2, 3)]).to(pred)  # ∂/∂x of channel 0, ∂/∂y of 1
+    grad_pred = F.conv2d(pred, kernels, padding=1, groups=2)
+    grad_true = F.conv2d(true, kernels, padding=1, groups=2)
+    nuclear = (target[:, 1:2] > 0).to(pred).expand_as(grad_pred)
+    msge = (((grad_pred - grad_true) ** 2) * nuclear).sum() / nuclear.sum().clamp_min(1.0)
+    return mse + msge
+
+
+def loss_fn(
+    logits: torch.Tensor, target: torch.Tensor, centre_weight: float, distance_weight: float = 1.0
+) -> torch.Tensor:
+    """Binary cross-entropy + soft Dice, per channel; the centre channel weighted; with four
+    outputs plus the distance maps' loss (:func:`distance_map_loss`), weighted."""
+    bce = F.binary_cross_entropy_with_logits(logits[:, :2], target[:, :2], reduction="none").mean(dim=(0, 2, 3))
+    p = torch.sigmoid(logits[:, :2])
+    inter = (p * target[:, :2]).sum(dim=(0, 2, 3))
+    dice = 1 - (2 * inter + 1) / (p.sum(dim=(0, 2, 3)) + target[:, :2].sum(dim=(0, 2, 3)) + 1)
     per_channel = bce + dice
-    return centre_weight * per_channel[0] + per_channel[1]
+    total = centre_weight * per_channel[0] + per_channel[1]
+    if logits.shape[1] == 4:
+        total = total + distance_weight * distance_map_loss(logits, target)
+    return total
 
 
 def learning_rate(cfg: TrainConfig, step: int) -> float:
@@ -222,17 +253,25 @@ def _weights_from_onnx(net: NucleusUNet, cfg: TrainConfig, sampler: PatchSampler
     """Start from an exported model (the model of record), its batch-norm statistics measured on
     training batches of a seed no training step uses."""
     from pipeline.training.from_onnx import unet_from_onnx
-    from pipeline.training.widen import widen_unet
+    from pipeline.training.widen import grow_outputs, widen_unet
 
     measure = PatchSampler(sampler.images, sampler.labels, dataclasses.replace(cfg, seed=cfg.seed + 1000))
     batches = (measure.batch(k)[0] for k in range(20))
     source = unet_from_onnx(Path(cfg.init_from), batches)
     widened = ""
-    if source.config != cfg.unet():
-        if dataclasses.replace(source.config, base=cfg.base) != cfg.unet() or cfg.base < source.config.base:
+    if source.config.base != cfg.base:
+        target = dataclasses.replace(cfg.unet(), outputs=source.config.outputs)
+        if dataclasses.replace(source.config, base=cfg.base) != target or cfg.base < source.config.base:
             raise SystemExit(f"{cfg.init_from} has the network {source.config}, which cannot grow into {cfg.unet()}")
         source = widen_unet(source, cfg.base, seed=cfg.seed)
         widened = f", widened to base {cfg.base}"
+    if dataclasses.replace(source.config, outputs=cfg.outputs) != cfg.unet():
+        raise SystemExit(f"{cfg.init_from} has the network {source.config}, which cannot grow into {cfg.unet()}")
+    if source.config.outputs != cfg.outputs:
+        if source.config.outputs > cfg.outputs:
+            raise SystemExit(f"{cfg.init_from} has {source.config.outputs} outputs, more than {cfg.outputs}")
+        source = grow_outputs(source, cfg.outputs, seed=cfg.seed)
+        widened += f", {cfg.outputs} outputs (the new ones untrained)"
     net.load_state_dict(source.state_dict())
     net.to(device)
     print(f"initialised from {cfg.init_from} (batch norm measured on 20×{cfg.batch} patches{widened})", flush=True)
@@ -252,6 +291,7 @@ def _training_data(cfg: TrainConfig) -> tuple[PatchSampler, torch.Tensor, torch.
         cfg.patch,
         cfg.touching_gap,
         cfg.centre_target,
+        cfg.outputs == 4,
     )
     print(
         f"data: {len(train_set)} training / {len(val_set)} validation images ({time.time() - t_load:.0f} s); "
@@ -265,7 +305,7 @@ def _validation_loss(net: NucleusUNet, vx: torch.Tensor, vy: torch.Tensor, cfg: 
     device = next(net.parameters()).device
     net.eval()
     with torch.no_grad():
-        value = float(loss_fn(net(vx.to(device)), vy.to(device), cfg.centre_weight))
+        value = float(loss_fn(net(vx.to(device)), vy.to(device), cfg.centre_weight, cfg.distance_weight))
     net.train()
     return value
 
@@ -308,7 +348,7 @@ def train(cfg: TrainConfig) -> Path:
         for g in opt.param_groups:
             g["lr"] = learning_rate(cfg, step)
         x, y = sampler.batch(step)
-        loss = loss_fn(net(x.to(device)), y.to(device), cfg.centre_weight)
+        loss = loss_fn(net(x.to(device)), y.to(device), cfg.centre_weight, cfg.distance_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -3,7 +3,8 @@
 Four down-sampling and four up-sampling stages, ``base`` filters doubling per stage
 (16/32/64/128/256 by default, as the paper), skip connections by concatenation, a transposed
 convolution decoder, leaky ReLU, and two sigmoid outputs: channel 0 = nucleus centre,
-channel 1 = nuclear material. The paper used 3–6 convolutions per stage; two per stage
+channel 1 = nuclear material (with ``outputs=4`` also channels 2 and 3, each nucleus' horizontal
+and vertical distance maps, :func:`pipeline.training.targets.distance_maps`). The paper used 3–6 convolutions per stage; two per stage
 (batch-normalised) keep CPU training affordable.
 """
 
@@ -23,6 +24,7 @@ class UNetConfig:
     convs_per_stage: int = 2
     depth: int = 4  # number of down-sampling (and up-sampling) stages
     negative_slope: float = 0.1  # leaky ReLU, as the paper
+    outputs: int = 2  # 2: centre, material; 4: also the horizontal and vertical distance maps
 
     def as_dict(self) -> dict[str, int | float]:
         return asdict(self)
@@ -40,11 +42,13 @@ def _stage(cin: int, cout: int, n: int, slope: float) -> nn.Sequential:
 
 
 class NucleusUNet(nn.Module):
-    """N×3×H×W RGB in [0, 1] (stain-normalised) → N×2×H×W logits (``forward``) or
-    probabilities (``probabilities``, what is exported)."""
+    """N×3×H×W RGB in [0, 1] (stain-normalised) → N×C×H×W logits (``forward``) or
+    probabilities (``probabilities``, what is exported); C = ``config.outputs``."""
 
     def __init__(self, config: UNetConfig = UNetConfig()) -> None:
         super().__init__()
+        if config.outputs not in (2, 4):
+            raise ValueError(f"a nucleus U-net has 2 or 4 outputs, not {config.outputs}")
         self.config = config
         widths = [config.base * 2**k for k in range(config.depth + 1)]
         n, s = config.convs_per_stage, config.negative_slope
@@ -60,7 +64,7 @@ class NucleusUNet(nn.Module):
         for w_low, w in zip(widths[:0:-1], widths[-2::-1], strict=True):
             self.ups.append(nn.ConvTranspose2d(w_low, w, 2, stride=2))
             self.decoders.append(_stage(2 * w, w, n, s))
-        self.head = nn.Conv2d(widths[0], 2, 1)
+        self.head = nn.Conv2d(widths[0], config.outputs, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skips = []

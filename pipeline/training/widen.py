@@ -21,7 +21,7 @@ from torch import nn
 
 from pipeline.training.unet import NucleusUNet
 
-__all__ = ["widen_unet"]
+__all__ = ["grow_outputs", "widen_unet"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,3 +147,37 @@ def widen_unet(net: NucleusUNet, base: int, *, noise: float = 0.01, seed: int = 
         _copy_conv(net.head, wide.head, channels, _Channels.identity(net.head.out_channels), 0.0, rng)
     wide.train(net.training)
     return wide
+
+
+def grow_outputs(net: NucleusUNet, outputs: int, *, seed: int = 0) -> NucleusUNet:
+    """``net`` with ``outputs`` output channels: its own outputs unchanged (the same weights
+    everywhere), the new ones read the last decoder's features through a freshly initialised
+    head (PyTorch's default initialisation, seeded), to be trained.
+
+    Parameters
+    ----------
+    net : NucleusUNet
+        The trained network.
+    outputs : int
+        Output channels of the new network, at least ``net``'s.
+    seed : int
+        Seed of the new head rows' initialisation.
+
+    Returns
+    -------
+    NucleusUNet
+        The network with more outputs, in ``net``'s training/evaluation mode.
+    """
+    if outputs < net.config.outputs:
+        raise ValueError(f"cannot shrink a network of {net.config.outputs} outputs to {outputs}")
+    torch.manual_seed(seed)
+    grown = NucleusUNet(dataclasses.replace(net.config, outputs=outputs))
+    state = {k: v for k, v in net.state_dict().items() if not k.startswith("head.")}
+    grown.load_state_dict(state, strict=False)
+    with torch.no_grad():
+        n = net.config.outputs
+        grown.head.weight[:n].copy_(net.head.weight)
+        if net.head.bias is not None and grown.head.bias is not None:
+            grown.head.bias[:n].copy_(net.head.bias)
+    grown.train(net.training)
+    return grown
