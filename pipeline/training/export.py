@@ -38,7 +38,7 @@ MODEL_MPP = 0.25  # µm/px of the training data (MoNuSeg, 40x)
 CONTEXT_TOLERANCE = 1e-3  # max |Δprob| allowed from input changes beyond context_px
 OPSET = 17
 
-ProbabilityFn = Callable[[np.ndarray], np.ndarray]  # N×3×H×W float32 → N×2×H×W float32
+ProbabilityFn = Callable[[np.ndarray], np.ndarray]  # N×3×H×W float32 → N×C×H×W float32 (C = 2 or 4)
 
 
 def load_checkpoint(path: Path, device: str = "cpu") -> NucleusUNet:
@@ -68,7 +68,7 @@ def onnx_probabilities(path: Path, threads: int = 2) -> ProbabilityFn:
 
 
 def image_probabilities(run: ProbabilityFn, rgb: np.ndarray, halo: int = 64, tile: int = 0) -> np.ndarray:
-    """2×H×W probabilities of one normalised float image (H×W×3), any size.
+    """C×H×W probabilities of one normalised float image (H×W×3), any size (C: the model's outputs).
 
     ``tile`` = 0: the whole image in one pass, reflect-padded by ``halo`` and up to a multiple of
     16. Otherwise tiles of ``tile`` px whose central ``tile − 2·halo`` px are kept (as the
@@ -77,7 +77,7 @@ def image_probabilities(run: ProbabilityFn, rgb: np.ndarray, halo: int = 64, til
     Parameters
     ----------
     run : ProbabilityFn
-        The model: N×3×H×W float input → N×2×H×W probabilities (H and W multiples of 16).
+        The model: N×3×H×W float input → N×C×H×W probabilities (H and W multiples of 16).
     rgb : np.ndarray
         Stain-normalised float image, H×W×3, at model resolution.
     halo : int, optional
@@ -88,7 +88,7 @@ def image_probabilities(run: ProbabilityFn, rgb: np.ndarray, halo: int = 64, til
     Returns
     -------
     np.ndarray
-        Probabilities, 2×H×W (centre, material).
+        Probabilities, C×H×W (centre, material[, horizontal and vertical distance maps]).
     """
     h, w = rgb.shape[:2]
     if tile == 0:
@@ -100,12 +100,15 @@ def image_probabilities(run: ProbabilityFn, rgb: np.ndarray, halo: int = 64, til
     ny, nx = -(-h // core), -(-w // core)
     pad = ((halo, ny * core - h + halo), (halo, nx * core - w + halo), (0, 0))
     padded = np.pad(rgb, pad, mode="reflect")
-    out = np.zeros((2, ny * core, nx * core), dtype=np.float32)
+    out: np.ndarray | None = None
     for iy in range(ny):
         for ix in range(nx):
             y, x = iy * core, ix * core
-            window = padded[y : y + tile, x : x + tile].transpose(2, 0, 1)[None]
-            out[:, y : y + core, x : x + core] = run(window)[0, :, halo : halo + core, halo : halo + core]
+            window = run(padded[y : y + tile, x : x + tile].transpose(2, 0, 1)[None])[0]
+            if out is None:
+                out = np.zeros((window.shape[0], ny * core, nx * core), dtype=np.float32)
+            out[:, y : y + core, x : x + core] = window[:, halo : halo + core, halo : halo + core]
+    assert out is not None  # an image of at least one pixel is at least one tile
     return out[:, :h, :w]
 
 

@@ -44,6 +44,7 @@ GRID: dict[str, tuple[float, ...]] = {
     "min_area_px": (20, 30, 45, 60, 80, 100, 130),
     "min_nucleus_score": (0.0, 0.4, 0.5, 0.55, 0.6, 0.65, 0.7),
     "centre_surface_weight": (0.0, 0.5, 1.0, 2.0),
+    "distance_weight": (0.0, 0.25, 0.5, 1.0, 2.0, 4.0),  # four-output models only
 }
 START = NucleusThresholds(
     centre_sigma=1.0, centre_threshold=0.25, material_sigma=0.5, material_threshold=0.5, min_area_px=20
@@ -87,7 +88,7 @@ def coordinate_search(
     Parameters
     ----------
     probs : list of np.ndarray
-        The model's probabilities for each image, 2×H×W.
+        The model's probabilities for each image, 2×H×W or 4×H×W.
     images : list of AnnotatedImage
         The annotated images, in the same order.
     start : NucleusThresholds, optional
@@ -107,9 +108,10 @@ def coordinate_search(
     best = start
     best_overall = score(probs, images, best)[1]
     trail = [{**dataclasses.asdict(best), **best_overall}]
+    grid = {k: v for k, v in GRID.items() if k != "distance_weight" or probs[0].shape[0] == 4}
     for _ in range(sweeps):
         changed = False
-        for name, values in GRID.items():
+        for name, values in grid.items():
             for v in values:
                 cand = dataclasses.replace(best, **{name: type(getattr(best, name))(v)})
                 if cand == best:

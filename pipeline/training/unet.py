@@ -4,8 +4,8 @@ Four down-sampling and four up-sampling stages, ``base`` filters doubling per st
 (16/32/64/128/256 by default, as the paper), skip connections by concatenation, a transposed
 convolution decoder, leaky ReLU, and two sigmoid outputs: channel 0 = nucleus centre,
 channel 1 = nuclear material (with ``outputs=4`` also channels 2 and 3, each nucleus' horizontal
-and vertical distance maps, :func:`pipeline.training.targets.distance_maps`). The paper used 3–6 convolutions per stage; two per stage
-(batch-normalised) keep CPU training affordable.
+and vertical distance maps, :func:`pipeline.training.targets.distance_maps`). The paper used 3–6
+convolutions per stage; two per stage (batch-normalised) keep CPU training affordable.
 """
 
 from __future__ import annotations

@@ -320,3 +320,58 @@ def test_centre_surface_weight_puts_the_border_in_the_centre_valley() -> None:
     np.testing.assert_array_equal(
         instances_from_probabilities(prob, dataclasses.replace(params, centre_surface_weight=0.0)), flat
     )
+
+
+def touching_pair_with_distance_maps() -> tuple[np.ndarray, np.ndarray]:
+    """Two nuclei of radius 10 whose discs overlap (centres 16 px apart), with the maps a
+    four-output model gives: material over both, a centre map that stays high across the join
+    (so its cores merge), and the horizontal and vertical distance maps of the two nuclei."""
+    from pipeline.training.targets import distance_maps
+
+    yy, xx = np.mgrid[:50, :70]
+    left, right = np.hypot(yy - 25, xx - 27) <= 10, np.hypot(yy - 25, xx - 43) <= 10
+    truth = np.where(right & (xx >= 35), 2, np.where(left, 1, 0)).astype(np.int32)
+    prob = np.zeros((4, 50, 70), dtype=np.float32)
+    prob[1] = truth > 0
+    prob[0] = np.where(truth > 0, 0.9, 0.0)  # one core over both
+    prob[2:] = distance_maps(truth)
+    return prob, truth
+
+
+def test_distance_maps_part_touching_nuclei_the_centre_map_merges() -> None:
+    prob, truth = touching_pair_with_distance_maps()
+    params = NucleusThresholds(centre_threshold=0.7, material_threshold=0.5, min_area_px=20)
+    merged = instances_from_probabilities(prob, params)
+    assert merged.max() == 1  # the centre map alone: one nucleus
+    parted = instances_from_probabilities(prob, dataclasses.replace(params, distance_weight=1.0))
+    assert parted.max() == 2
+    assert parted[25, 27] != parted[25, 43]
+    # each found nucleus is mostly one true one
+    for found in (1, 2):
+        counts = np.bincount(truth[parted == found], minlength=3)
+        assert counts[1:].max() >= 0.85 * counts.sum()
+    # weight 0 reads channels 0 and 1 only, as for a two-output model
+    np.testing.assert_array_equal(instances_from_probabilities(prob[:2], params), merged)
+
+
+def test_distance_weight_needs_the_distance_maps() -> None:
+    prob, _ = touching_pair_with_distance_maps()
+    with pytest.raises(ValueError, match="four-output model"):
+        instances_from_probabilities(prob[:2], NucleusThresholds(distance_weight=1.0))
+    with pytest.raises(ValueError, match="2×H×W or 4×H×W"):
+        instances_from_probabilities(prob[:3], NucleusThresholds())
+
+
+def test_glass_is_skipped_with_the_same_labels_when_the_distance_maps_are_read() -> None:
+    """The box that skips glass is wide enough for the distance maps' Sobel too: the same labels
+    as on the whole window."""
+    prob, _ = touching_pair_with_distance_maps()
+    window = np.zeros((4, 120, 160), np.float32)
+    window[2:] = 0.5
+    window[:, 60:110, 80:150] = prob
+    params = NucleusThresholds(centre_threshold=0.7, material_threshold=0.5, min_area_px=20, distance_weight=1.0)
+    box = foreground_box(window[1], params)
+    assert box is not None and box != (slice(0, 120), slice(0, 160))
+    labels = instances_from_probabilities(window, params)
+    assert labels.max() == 2
+    np.testing.assert_array_equal(labels, instances_in_box(window, params))

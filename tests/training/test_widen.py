@@ -7,7 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")  # the `train` extra
 
 from pipeline.training.unet import NucleusUNet, UNetConfig  # noqa: E402
-from pipeline.training.widen import widen_unet  # noqa: E402
+from pipeline.training.widen import grow_outputs, widen_unet  # noqa: E402
 
 
 def trained_like(config: UNetConfig) -> NucleusUNet:
@@ -51,3 +51,19 @@ def test_noise_parts_the_copies_without_changing_much() -> None:
 def test_a_network_is_not_narrowed() -> None:
     with pytest.raises(ValueError, match="cannot widen"):
         widen_unet(trained_like(UNetConfig(base=4)), 3)
+
+
+def test_grown_outputs_keep_the_first_ones() -> None:
+    """Two more outputs (the distance maps): the network's centre and material outputs are what
+    they were; the new ones differ from them and learn from there."""
+    net = trained_like(UNetConfig(base=4))
+    grown = grow_outputs(net, 4, seed=2).eval()
+    assert grown.config.outputs == 4 and grown.head.out_channels == 4
+    x = torch.rand(2, 3, 32, 48)
+    with torch.no_grad():
+        before, after = net(x), grown(x)
+    assert after.shape == (2, 4, 32, 48)
+    torch.testing.assert_close(after[:, :2], before, atol=0, rtol=0)
+    assert not torch.allclose(after[:, 2:], before)
+    with pytest.raises(ValueError, match="cannot shrink"):
+        grow_outputs(grown, 2)
