@@ -24,6 +24,7 @@ class Backend(Protocol):
     inputs: list[str]
     outputs: list[str]
     metadata: dict[str, str]
+    prob_channels: int | None  # channels of ``prob`` as the graph declares them; None: left open
 
     def __init__(
         self,

@@ -71,33 +71,43 @@ def provider_options(
     return out
 
 
+def prob_channels(session: Any) -> int | None:
+    """The channels of the session's output ``prob`` as its graph declares them (2, or 4 with the
+    distance maps); None where the graph leaves them open or has no such output."""
+    for output in session.get_outputs():
+        if output.name == "prob" and len(output.shape) == 4 and isinstance(output.shape[1], int):
+            return int(output.shape[1])
+    return None
+
+
 def bound_run(session: Any, images: Any, device_id: int = 0) -> Any:
     """One ONNX Runtime run with I/O binding: the input is read from, and the output written to,
     memory that the caller's array library owns (cupy or torch on the GPU: no host round trip;
     numpy or CPU torch on the host)."""
     module = type(images).__module__.split(".")[0]
     n, _, h, w = (int(v) for v in images.shape)
+    c = prob_channels(session) or 2
     if module == "cupy":
         import cupy
 
         x = cupy.ascontiguousarray(images, dtype=cupy.float32)
-        out = cupy.empty((n, 2, h, w), dtype=cupy.float32)
+        out = cupy.empty((n, c, h, w), dtype=cupy.float32)
         where, x_ptr, out_ptr = "cuda", x.data.ptr, out.data.ptr
     elif module == "torch":
         import torch
 
         x = images.to(torch.float32).contiguous()
-        out = torch.empty((n, 2, h, w), dtype=torch.float32, device=x.device)
+        out = torch.empty((n, c, h, w), dtype=torch.float32, device=x.device)
         where = "cuda" if x.is_cuda else "cpu"
         device_id = (x.device.index or 0) if x.is_cuda else 0
         x_ptr, out_ptr = x.data_ptr(), out.data_ptr()
     else:
         x = np.ascontiguousarray(images, dtype=np.float32)
-        out = np.empty((n, 2, h, w), dtype=np.float32)
+        out = np.empty((n, c, h, w), dtype=np.float32)
         where, device_id, x_ptr, out_ptr = "cpu", 0, x.ctypes.data, out.ctypes.data
     binding = session.io_binding()
     binding.bind_input("image", where, device_id, np.float32, list(x.shape), x_ptr)
-    binding.bind_output("prob", where, device_id, np.float32, [n, 2, h, w], out_ptr)
+    binding.bind_output("prob", where, device_id, np.float32, [n, c, h, w], out_ptr)
     session.run_with_iobinding(binding)
     return out
 
@@ -145,6 +155,7 @@ class OnnxRuntimeBackend:
         self._lock = threading.Lock()
         self.inputs = [i.name for i in self.session.get_inputs()]
         self.outputs = [o.name for o in self.session.get_outputs()]
+        self.prob_channels = prob_channels(self.session)
         self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
 
     @staticmethod

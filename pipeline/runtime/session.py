@@ -3,7 +3,8 @@ of the model file and of what it returns.
 
 The model contract (docs/model.md): input ``image`` float32 N×3×H×W, RGB in [0, 1] after stain
 normalisation, H and W multiples of 16; output ``prob`` float32 N×2×H×W (sigmoid applied;
-channel 0 = nucleus centre, channel 1 = nuclear material); metadata_props carry ``mpp``,
+channel 0 = nucleus centre, channel 1 = nuclear material), or N×4×H×W (channels 2 and 3: the
+horizontal and vertical distance maps, stored as (d + 1) / 2); metadata_props carry ``mpp``,
 ``version``, ``training_data`` and the post-processing thresholds.
 
 :class:`NucleusModel` is the one interface; the runtime behind it is a backend registered in
@@ -84,6 +85,21 @@ class NucleusModel:
         self.metadata: dict[str, str] = self.backend.metadata
         if "mpp" not in self.metadata:
             raise ModelError(f"{self.path}: model metadata lacks 'mpp' (the resolution it was trained at)")
+        channels = self.backend.prob_channels
+        if channels is not None and channels not in PROBABILITY_CHANNELS:
+            raise ModelError(
+                f"{self.path}: the output 'prob' has {channels} channels where the contract has 2 (centre, material) "
+                "or 4 (centre, material and the horizontal and vertical distance maps)"
+            )
+        try:
+            weight = self.thresholds.distance_weight
+        except ValueError as exc:
+            raise ModelError(f"{self.path}: a post-processing value in its metadata is not a number: {exc}") from None
+        if weight > 0 and channels != 4:
+            raise ModelError(
+                f"{self.path}: its metadata sets distance_weight {weight:g}, which reads the distance maps "
+                f"of a four-output model, but its output 'prob' has {channels or 'undeclared'} channels"
+            )
 
     @property
     def device(self) -> str:
@@ -108,17 +124,19 @@ class NucleusModel:
         return file_sha256(self.path)
 
     def predict(self, images: np.ndarray) -> np.ndarray:
-        """float32 N×3×H×W in [0, 1] → float32 N×2×H×W probabilities (checked: see
+        """float32 N×3×H×W in [0, 1] → float32 N×C×H×W probabilities, C = 2 or 4 (checked: see
         :func:`check_probabilities`)."""
         check_input_shape(images.shape)
         return check_probabilities(self.backend.predict(images), self.path)
 
     def predict_device(self, images: Any) -> Any:
         """Like :meth:`predict` for arrays that should not leave their device: cupy or torch in,
-        the same library's float32 N×2×H×W out, on the same device (numpy works too)."""
+        the same library's float32 N×C×H×W out, on the same device (numpy works too)."""
         check_input_shape(tuple(images.shape))
         return check_probabilities(self.backend.predict_device(images), self.path)
 
+
+PROBABILITY_CHANNELS = (2, 4)  # centre, material[, horizontal and vertical distance maps]
 
 # How far beyond [0, 1] a sigmoid's output may stray by rounding: ONNX Runtime's vectorised sigmoid
 # on the CPU returns up to 1 + 1.2e-7 (measured on the shipped and the blob model), and one float16

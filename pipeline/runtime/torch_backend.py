@@ -39,6 +39,7 @@ class TorchBackend:
             raise ModelError(f"{path}: cannot load the model for the torch runtime: {exc}") from exc
         self.inputs = list(self.model.inputs)
         self.outputs = list(self.model.outputs)
+        self.prob_channels = self.model.prob_channels
         self.metadata: dict[str, str] = dict(self.model.metadata)
 
     @staticmethod

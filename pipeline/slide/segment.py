@@ -202,7 +202,9 @@ def segment_window(
     h_map = haematoxylin(normalised)
     t3 = time.perf_counter()
     seconds = {"normalise": t1 - t0, "infer": t2 - t1, "watershed": t3 - t2}
-    return to_host(labels), (to_host(prob) if want_prob else None), to_host(h_map), seconds
+    # the probability maps a run keeps are the centre and the material (a four-output model's
+    # distance maps serve the post-processing only)
+    return to_host(labels), (to_host(prob[:2]) if want_prob else None), to_host(h_map), seconds
 
 
 def cut_at_slide_edge(labels: np.ndarray, grid: TileGrid, tile: Tile, min_area_px: int) -> np.ndarray:

@@ -9,10 +9,12 @@ from pathlib import Path
 import numpy as np
 
 
-def build_blob_model(path: Path, mpp: float = 0.25) -> Path:
+def build_blob_model(path: Path, mpp: float = 0.25, distance_maps: bool = False) -> Path:
     """A classical nucleus detector written as an ONNX graph that meets the model contract:
     darkness (1 − mean RGB) blurred at two scales and squashed by sigmoids gives the
-    nuclear-material map (small blur) and the centre map (large blur, peaks at blob centres)."""
+    nuclear-material map (small blur) and the centre map (large blur, peaks at blob centres).
+    ``distance_maps``: a four-output model, whose distance maps (channels 2 and 3) are flat
+    (0.5: no direction anywhere), so that it finds what the two-output one finds."""
     from onnx import TensorProto, helper, numpy_helper
 
     def gaussian(sigma: float, radius: int) -> np.ndarray:
@@ -32,6 +34,7 @@ def build_blob_model(path: Path, mpp: float = 0.25) -> Path:
         numpy_helper.from_array(np.array([-0.35], np.float32), "shift_m"),
         numpy_helper.from_array(np.array([40.0], np.float32), "gain_c"),
         numpy_helper.from_array(np.array([-0.42], np.float32), "shift_c"),
+        numpy_helper.from_array(np.zeros((2, 3, 1, 1), np.float32), "w_flat"),
     ]
     nodes = [
         helper.make_node("Conv", ["image", "w_dark", "b_dark"], ["dark"]),
@@ -41,17 +44,24 @@ def build_blob_model(path: Path, mpp: float = 0.25) -> Path:
         helper.make_node("Mul", ["m0", "gain_m"], ["m1"]),
         helper.make_node("Add", ["dark_l", "shift_c"], ["c0"]),
         helper.make_node("Mul", ["c0", "gain_c"], ["c1"]),
-        helper.make_node("Concat", ["c1", "m1"], ["logits"], axis=1),
+        helper.make_node("Conv", ["image", "w_flat"], ["flat"]),
+        helper.make_node("Concat", ["c1", "m1", *(["flat"] if distance_maps else [])], ["logits"], axis=1),
         helper.make_node("Sigmoid", ["logits"], ["prob"]),
     ]
+    if not distance_maps:
+        nodes.remove(nodes[-3])
+        inits.pop()
     graph = helper.make_graph(
         nodes,
         "blob_detector",
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, "H", "W"])],
-        [helper.make_tensor_value_info("prob", TensorProto.FLOAT, ["N", 2, "H", "W"])],
+        [helper.make_tensor_value_info("prob", TensorProto.FLOAT, ["N", 4 if distance_maps else 2, "H", "W"])],
         inits,
     )
-    return _save_contract_model(graph, path, _blob_metadata(mpp, "test-blob-1"))
+    metadata = _blob_metadata(mpp, "test-blob-1")
+    if distance_maps:
+        metadata.update(version="test-blob-4", distance_weight="1.0")
+    return _save_contract_model(graph, path, metadata)
 
 
 def _blob_metadata(mpp: float, version: str) -> dict[str, str]:

@@ -213,6 +213,22 @@ def test_instances_end_to_end(to_device: Any, probabilities: np.ndarray) -> None
     assert matched_share(cpu, dev) >= 0.99 and matched_share(dev, cpu) >= 0.99
 
 
+def test_instances_from_four_outputs_end_to_end(to_device: Any, probabilities: np.ndarray) -> None:
+    """A four-output model's maps (the distance maps of the CPU's own instances, noisy): the
+    device reads them as the CPU does."""
+    from pipeline.training.targets import distance_maps
+
+    rng = np.random.default_rng(5)
+    truth = instances_from_probabilities(probabilities, NucleusThresholds(centre_threshold=0.5))
+    maps = np.clip(distance_maps(truth) + rng.normal(0, 0.02, (2, *truth.shape)).astype(np.float32), 0, 1)
+    four = np.concatenate([probabilities, maps])
+    params = NucleusThresholds(centre_threshold=0.5, distance_weight=1.0)
+    cpu = instances_from_probabilities(four, params)
+    dev = on_device(instances_from_probabilities(to_device(four), params))
+    assert cpu.max() > 60
+    assert matched_share(cpu, dev) >= 0.99 and matched_share(dev, cpu) >= 0.99
+
+
 def test_nucleus_moments(to_device: Any, probabilities: np.ndarray, slide_rgb: np.ndarray) -> None:
     labels = instances_from_probabilities(probabilities, NucleusThresholds(centre_threshold=0.5))
     intensity = probabilities[1]
