@@ -341,7 +341,7 @@ class TorchOnnxModel:
 
     @torch.inference_mode()
     def run(self, image: torch.Tensor) -> torch.Tensor:
-        """float32 N×3×H×W tensor on the model's device → float32 N×2×H×W probabilities, same device."""
+        """float32 N×3×H×W tensor on the model's device → float32 N×C×H×W probabilities (C = 2 or 4), same device."""
         x = image.to(self.device, self.dtype)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)

@@ -153,8 +153,8 @@ def segment_window(
     on_device: bool = False,
     want_prob: bool = True,
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, dict[str, float]]:
-    """One window at model resolution → (instance labels, probabilities 2×H×W or None, haematoxylin
-    map, seconds per stage), all returned on the host.
+    """One window at model resolution → (instance labels, centre and material probabilities
+    2×H×W or None, haematoxylin map, seconds per stage), all returned on the host.
 
     With ``on_device`` the window goes to the GPU once and normalisation, inference (without
     host round trips), seeds, watershed and the haematoxylin map run there; only the labels,

@@ -4,7 +4,8 @@
         --thresholds runs/x/thresholds.json --out pipeline/runtime/weights/nuclei_unet.onnx
 
 Input ``image``: float32 N×3×H×W (dynamic N, H, W; H, W multiples of 16), stain-normalised RGB in
-[0, 1]. Output ``prob``: float32 N×2×H×W, sigmoid applied (0 = nucleus centre, 1 = material).
+[0, 1]. Output ``prob``: float32 N×2×H×W, sigmoid applied (0 = nucleus centre, 1 = material), or
+N×4×H×W for a network with the distance maps (2 = horizontal, 3 = vertical).
 metadata_props: ``mpp``, ``version``, ``training_data``, the five
 :class:`~pipeline.kernels.nuclei.NucleusThresholds` fields, ``receptive_field_px`` (from the layer
 arithmetic) and ``context_px`` (measured: input changes farther than this from an output pixel
