@@ -15,6 +15,7 @@ import os
 import platform
 import signal
 import sys
+import threading
 import time
 import warnings
 from collections import Counter
@@ -95,18 +96,46 @@ class StopSignal(KeyboardInterrupt):
 STOP_SIGNALS = ("SIGTERM", "SIGHUP")
 
 
+# After a stop signal was dropped where Python cannot raise (below), how long until it is sent
+# again: long enough for the interpreter to have left the callback that dropped it.
+REDELIVER_SECONDS = 0.05
+
+
 def stop_on_signals() -> None:
     """Make SIGTERM and SIGHUP raise :class:`StopSignal` in the main thread. A second one while the
-    run winds down is ignored, so that run.json is still written (SIGKILL stops it at once)."""
+    run winds down is ignored, so that run.json is still written (SIGKILL stops it at once).
+
+    Python runs a signal's handler in the main thread at its next instruction, which may be in a
+    garbage-collector callback or a finaliser (the Dask driver has both); an exception raised there
+    is reported as unraisable and dropped, and the run would go on with the signals ignored. Such a
+    dropped :class:`StopSignal` re-arms the handlers and sends the signal again a moment later,
+    silently, so that it is raised where the run can act on it."""
 
     def stop(signum: int, frame: object) -> None:
         for name in STOP_SIGNALS:
-            signal.signal(getattr(signal, name), signal.SIG_IGN)
+            if hasattr(signal, name):
+                signal.signal(getattr(signal, name), signal.SIG_IGN)
         raise StopSignal(signal.Signals(signum).name)
 
-    for name in STOP_SIGNALS:
-        if hasattr(signal, name):  # POSIX
-            signal.signal(getattr(signal, name), stop)
+    def arm() -> None:
+        for name in STOP_SIGNALS:
+            if hasattr(signal, name):  # POSIX
+                signal.signal(getattr(signal, name), stop)
+
+    previous_hook = sys.unraisablehook
+
+    def redeliver_dropped(unraisable: Any) -> None:
+        if not isinstance(unraisable.exc_value, StopSignal):
+            previous_hook(unraisable)
+            return
+        arm()
+        signum = getattr(signal, unraisable.exc_value.name)
+        threading.Timer(REDELIVER_SECONDS, os.kill, (os.getpid(), signum)).start()
+
+    if not getattr(previous_hook, "redelivers_stop_signals", False):  # once per process
+        redeliver_dropped.redelivers_stop_signals = True  # type: ignore[attr-defined]
+        sys.unraisablehook = redeliver_dropped
+    arm()
 
 
 def interrupted_message(exc: KeyboardInterrupt) -> str:

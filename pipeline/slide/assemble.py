@@ -140,10 +140,10 @@ def assemble_labels(plan: SlidePlan, chunks: list[Tile], summaries: list[list[Ti
             x0, y0, x1, y1 = grid.core(*tile)
             _fill_core(grid, tile, labels[y0 - sy0 : y1 - sy0, x0 - sx0 : x1 - sx0], windows, offsets)
             core = None if probs is None else _probability_core(plan, tile, codec, probs.shape[0])
-            if core is not None:
+            if probs is not None and core is not None:
                 probs[:, y0 - sy0 : y1 - sy0, x0 - sx0 : x1 - sx0] = core
         if labels.any():
             labels0[sy0:sy1, sx0:sx1] = labels
-        if probs is not None and probs.any():
+        if probs is not None and probs0 is not None and probs.any():
             probs0[:, sy0:sy1, sx0:sx1] = probs
     return {"assemble": time.perf_counter() - started}

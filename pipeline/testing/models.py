@@ -5,6 +5,7 @@ model is the trained one shipped in ``pipeline/runtime/weights``."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -81,7 +82,7 @@ def _blob_metadata(mpp: float, version: str) -> dict[str, str]:
     }
 
 
-def _save_contract_model(graph: object, path: Path, metadata: dict[str, str]) -> Path:
+def _save_contract_model(graph: Any, path: Path, metadata: dict[str, str]) -> Path:
     import onnx
     from onnx import helper
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -71,9 +72,11 @@ def unet_from_onnx(path: Path, batches: Iterable[torch.Tensor], config: UNetConf
             norm.bias.copy_(b)
             norm.running_mean.zero_()
             norm.running_var.fill_(1.0 - norm.eps)  # identity: the folded layer
-        for k, up in enumerate(net.ups):
+        for k, up in enumerate(cast(list[torch.nn.ConvTranspose2d], list(net.ups))):
+            assert up.bias is not None  # the U-net's transposed convolutions have one
             up.weight.copy_(torch.from_numpy(np.array(values[f"net.ups.{k}.weight"])))
             up.bias.copy_(torch.from_numpy(np.array(values[f"net.ups.{k}.bias"])))
+        assert net.head.bias is not None
         net.head.weight.copy_(torch.from_numpy(np.array(values["net.head.weight"])))
         net.head.bias.copy_(torch.from_numpy(np.array(values["net.head.bias"])))
 
