@@ -15,9 +15,10 @@ from pipeline.training.from_onnx import unet_from_onnx  # noqa: E402
 from pipeline.training.unet import NucleusUNet, UNetConfig  # noqa: E402
 
 
-def test_the_network_read_back_from_its_export_computes_what_the_file_computes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("outputs", [2, 4])
+def test_the_network_read_back_from_its_export_computes_what_the_file_computes(tmp_path: Path, outputs: int) -> None:
     torch.manual_seed(0)
-    net = NucleusUNet(UNetConfig(base=4))
+    net = NucleusUNet(UNetConfig(base=4, outputs=outputs))
     net.train()
     with torch.no_grad():  # batch norms that are not the identity, as after training
         for _ in range(3):
@@ -29,6 +30,7 @@ def test_the_network_read_back_from_its_export_computes_what_the_file_computes(t
     x = torch.rand(2, 3, 48, 64)
     with torch.no_grad():
         got = back.probabilities(x).numpy()
+    assert got.shape == (2, outputs, 48, 64)
     expected = onnx_probabilities(path, threads=1)(x.numpy())
     assert abs(got - expected).max() < 1e-4
     # in training mode on batches like those measured, its batch norms still give the file's output
