@@ -36,8 +36,8 @@ class NucleusThresholds:
     # valleys between two cores become the border of touching nuclei; 0 = material only
     centre_surface_weight: float = 0.0
     # four-output models: the centre map the seeds and the watershed read is lowered by this times
-    # the edge strength of the distance maps (:func:`separated_centre`), which is high where two
-    # touching nuclei meet; 0 = the centre map as it is (two-output models)
+    # the fall of the distance maps (:func:`distance_edges`), high where two touching nuclei meet;
+    # 0 = the centre map as it is (two-output models)
     distance_weight: float = 0.0
 
     @classmethod
@@ -51,21 +51,24 @@ class NucleusThresholds:
 
 
 def distance_edges(prob: Any) -> Any:
-    """Edge strength of a four-output model's distance maps: the larger of |∂h/∂x| and |∂v/∂y|
-    (Sobel, per pixel) of the horizontal and vertical maps (channels 2 and 3, stored as
-    (d + 1) / 2 of d in [-1, 1]). Inside a nucleus the maps rise by 2 across its width (≈ 0.1 per
-    px for one 20 px across); where two nuclei touch they jump from +1 to −1 (≈ 1 per px).
+    """Where a four-output model's distance maps say one nucleus ends and the next begins: the
+    larger of −∂h/∂x and −∂v/∂y (Sobel, per pixel; 0 where both rise) of the horizontal and
+    vertical maps (channels 2 and 3, stored as (d + 1) / 2 of d in [-1, 1]). Across a nucleus the
+    maps rise from −1 to +1 (about 0.1 per px for one 20 px across: no edge); where two nuclei
+    touch they fall from +1 to −1 (≈ 1 per px). Only the fall counts, so a steep nucleus' own
+    rise is never taken for a border.
 
     >>> prob = np.full((4, 1, 18), 0.5, np.float32)
     >>> prob[2, 0] = np.tile(np.linspace(0, 1, 9), 2)  # two nuclei 9 px wide, side by side
     >>> [round(float(e), 2) for e in distance_edges(prob)[0, 6:12]]
-    [0.25, 0.25, 0.88, 0.88, 0.25, 0.25]
+    [0.0, 0.0, 0.88, 0.88, 0.0, 0.0]
     """
     xp, ndi = array_module(prob), ndimage_module(prob)
     h = 2 * prob[2].astype(xp.float32) - 1
     v = 2 * prob[3].astype(xp.float32) - 1
     # a Sobel filter is 8× the central difference per px (a 2-px step, weights 1-2-1)
-    return xp.maximum(xp.abs(ndi.sobel(h, axis=1)), xp.abs(ndi.sobel(v, axis=0))) / 8
+    falls = xp.maximum(-ndi.sobel(h, axis=1), -ndi.sobel(v, axis=0)) / 8
+    return xp.maximum(falls, xp.float32(0))
 
 
 def separated_centre(prob: Any, weight: float) -> Any:
