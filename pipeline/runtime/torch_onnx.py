@@ -297,8 +297,8 @@ class TorchOnnxModel:
             )
         self.inputs = [i.name for i in graph.input if i.name not in {t.name for t in graph.initializer}]
         self.outputs = [o.name for o in graph.output]
-        # channels of the output as the graph declares them (None where it leaves them open)
-        dims = graph.output[0].type.tensor_type.shape.dim if graph.output else []
+        # channels of the output `prob` as the graph declares them (None where it leaves them open)
+        dims = next((list(o.type.tensor_type.shape.dim) for o in graph.output if o.name == "prob"), [])
         self.prob_channels = int(dims[1].dim_value) if len(dims) == 4 and dims[1].HasField("dim_value") else None
         self.values: dict[str, Any] = {t.name: self._place(numpy_helper.to_array(t)) for t in graph.initializer}
         self.nodes: list[tuple[OpFn, list[str], list[str], Attrs]] = []

@@ -35,7 +35,6 @@ def build_blob_model(path: Path, mpp: float = 0.25, distance_maps: bool = False)
         numpy_helper.from_array(np.array([-0.35], np.float32), "shift_m"),
         numpy_helper.from_array(np.array([40.0], np.float32), "gain_c"),
         numpy_helper.from_array(np.array([-0.42], np.float32), "shift_c"),
-        numpy_helper.from_array(np.zeros((2, 3, 1, 1), np.float32), "w_flat"),
     ]
     nodes = [
         helper.make_node("Conv", ["image", "w_dark", "b_dark"], ["dark"]),
@@ -45,13 +44,16 @@ def build_blob_model(path: Path, mpp: float = 0.25, distance_maps: bool = False)
         helper.make_node("Mul", ["m0", "gain_m"], ["m1"]),
         helper.make_node("Add", ["dark_l", "shift_c"], ["c0"]),
         helper.make_node("Mul", ["c0", "gain_c"], ["c1"]),
-        helper.make_node("Conv", ["image", "w_flat"], ["flat"]),
-        helper.make_node("Concat", ["c1", "m1", *(["flat"] if distance_maps else [])], ["logits"], axis=1),
+    ]
+    channels = ["c1", "m1"]
+    if distance_maps:  # logits 0 from a convolution with zero weights: 0.5 everywhere
+        inits.append(numpy_helper.from_array(np.zeros((2, 3, 1, 1), np.float32), "w_flat"))
+        nodes.append(helper.make_node("Conv", ["image", "w_flat"], ["flat"]))
+        channels.append("flat")
+    nodes += [
+        helper.make_node("Concat", channels, ["logits"], axis=1),
         helper.make_node("Sigmoid", ["logits"], ["prob"]),
     ]
-    if not distance_maps:
-        nodes.remove(nodes[-3])
-        inits.pop()
     graph = helper.make_graph(
         nodes,
         "blob_detector",

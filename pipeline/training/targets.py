@@ -89,9 +89,9 @@ def distance_maps(labels: np.ndarray) -> np.ndarray:
     index = np.arange(1, n + 1)
     inside = labels > 0
     grid = np.indices(labels.shape, dtype=np.float64)
+    counts = np.bincount(labels.ravel(), minlength=n + 1)
     for axis, channel in ((1, 0), (0, 1)):  # x (columns) → channel 0, y (rows) → channel 1
         coord = grid[axis]
-        counts = np.bincount(labels.ravel(), minlength=n + 1)
         mean = np.bincount(labels.ravel(), weights=coord.ravel(), minlength=n + 1) / np.maximum(counts, 1)
         d = np.where(inside, coord - mean[labels], 0.0)
         low = np.zeros(n + 1)

@@ -1,4 +1,5 @@
-"""A wider U-net that starts as a narrower one: ``widen_unet(net, base)``.
+"""A wider U-net that starts as a narrower one: ``widen_unet(net, base)``; and one with more
+outputs that starts with the same ones: ``grow_outputs(net, outputs)``.
 
 Capacity is added to a trained network without starting over (Net2WiderNet, Chen et al. 2016):
 each stage's extra channels are copies of existing channels of the same stage, and every layer
