@@ -48,7 +48,24 @@ def training_targets(
     each nucleus' inner core (``"core"``: 1 where the distance to its boundary is at least
     :data:`CORE_FRACTION` of its largest, else 0) or that distance itself (``"distance"``: the
     distance over the nucleus' largest, 1 at its innermost pixels, falling to 0 at its boundary),
-    whose valleys between touching nuclei the watershed can follow."""
+    whose valleys between touching nuclei the watershed can follow.
+
+    Parameters
+    ----------
+    labels : np.ndarray
+        int instance labels, H×W, 0 = background.
+    touching_gap : bool, optional
+        Leave out of the material target the pixels where two nuclei touch.
+    centre : str, optional
+        The centre target, ``"core"`` or ``"distance"``.
+    distances : bool, optional
+        Also the horizontal and vertical distance maps (a four-output network's targets).
+
+    Returns
+    -------
+    np.ndarray
+        float32 targets in [0, 1]: centre, material[, horizontal, vertical], 2×H×W or 4×H×W.
+    """
     material = labels > 0
     inner = material & ~instance_boundaries(labels)
     dist = ndi.distance_transform_edt(inner) + inner  # boundary pixels 0, the next ring ≥ 1 …

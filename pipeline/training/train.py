@@ -202,7 +202,24 @@ def loss_fn(
     logits: torch.Tensor, target: torch.Tensor, centre_weight: float, distance_weight: float = 1.0
 ) -> torch.Tensor:
     """Binary cross-entropy + soft Dice, per channel; the centre channel weighted; with four
-    outputs plus the distance maps' loss (:func:`distance_map_loss`), weighted."""
+    outputs plus the distance maps' loss (:func:`distance_map_loss`), weighted.
+
+    Parameters
+    ----------
+    logits : torch.Tensor
+        The network's output before its sigmoid, N×C×H×W (C = 2 or 4).
+    target : torch.Tensor
+        The targets in [0, 1] (:func:`pipeline.training.targets.training_targets`), same shape.
+    centre_weight : float
+        Weight of the centre channel's loss against the material's.
+    distance_weight : float, optional
+        Weight of the distance maps' loss (four outputs only).
+
+    Returns
+    -------
+    torch.Tensor
+        The loss, a scalar.
+    """
     bce = F.binary_cross_entropy_with_logits(logits[:, :2], target[:, :2], reduction="none").mean(dim=(0, 2, 3))
     p = torch.sigmoid(logits[:, :2])
     inter = (p * target[:, :2]).sum(dim=(0, 2, 3))
