@@ -40,7 +40,7 @@ class Config:
     estimate_scale: bool = True  # estimate the resolution from the nuclei: used without metadata, else a cross-check
     prefer_estimate: bool = False  # when metadata and estimate disagree beyond scale_tolerance, run at the estimate
     # metadata and estimate further apart than this factor: flagged scale_disagreement. A check for gross errors
-    # (10x read as 40x): on correctly labelled images the estimate/metadata ratio reaches 0.64 and 2.34 (tissue;
+    # (10x read as 40x): on correctly labelled images the estimate/metadata ratio reaches 0.63 and 2.18 (tissue;
     # benchmarks/RESULTS-scale.md); a 2x mislabel is left to the cohort QC, within the slide's cancer type
     scale_tolerance: float = 3.0
     max_mpp: float = 2.0  # coarser than this (µm/px) a slide is refused: nuclei are a few pixels wide

@@ -212,11 +212,11 @@ def select_for_review(
 
 # A slide's resolution is cross-checked by an estimate from its own nuclei (pipeline.slide.scale).
 # Nucleus size differs between tissues, so the estimate/metadata ratio of correctly labelled slides
-# spreads over 0.64-2.34 (shipped model 1.4.0); slides of one tissue share much of that bias (on the MoNuSeg organs the
-# spread of log ratios around the organ's median is 0.67 of that around the overall median). So a
+# spreads over 0.63-2.18 (shipped model 1.4.0); slides of one tissue share much of that bias (on the MoNuSeg organs the
+# spread of log ratios around the organ's median is 0.66 of that around the overall median). So a
 # slide is compared with its cancer type's median ratio, the paper's outlier logic applied to scale.
-# At 1.6x: 3.0 % of correctly labelled slides flagged, 75 % of slides labelled 2x wrong caught, all
-# labelled 4x wrong (1.5x: 3.8 % and 85 %; 1.8x: 0.6 % and 62 %; benchmarks/RESULTS-scale.md).
+# At 1.6x: 2.5 % of correctly labelled slides flagged, 78 % of slides labelled 2x wrong caught, all
+# labelled 4x wrong (1.5x: 4.7 % and 88 %; 1.8x: 0 % and 60 %; benchmarks/RESULTS-scale.md).
 SCALE_COHORT_FACTOR = 1.6
 # The fewest slides with a stated resolution and an estimate a cancer type needs for a median: with
 # three, one mislabelled slide cannot move it off the two others.

@@ -12,7 +12,7 @@ independent of the metadata, so it can check it.
 
 Nucleus size varies between tissues (the 30 MoNuSeg images' median nucleus areas span 0.5–1.5×
 their geometric mean), and a few sample windows see one tissue compartment: on correctly labelled
-images the estimate/metadata ratio spans 0.64–2.34 (shipped model 1.4.0). So the per-slide cross-check catches gross
+images the estimate/metadata ratio spans 0.63–2.18 (shipped model 1.4.0). So the per-slide cross-check catches gross
 errors only (``DISAGREEMENT``, e.g. 10x read as 40x); a slide labelled 2x wrong is caught by the
 cohort QC, against its cancer type's median ratio (``pipeline.qc.scale_outliers``). The estimate
 tells 10x from 20x from 40x, but it is not a substitute for a scanner's own calibration; figures
@@ -37,9 +37,12 @@ from pipeline.runtime import NucleusModel
 from pipeline.slide.model_input import model_input, normalise_stain
 
 # Median nucleus area (px at the model's resolution) the shipped model finds on its 23 training
-# images at their true 40x scale (benchmarks/scale_estimate.py --calibrate). A model can state
-# its own in its metadata as `median_nucleus_area_px`.
-REFERENCE_AREA_PX = 416.0
+# images at their true 40x scale (benchmarks/scale_estimate.py --calibrate): 396 px for 1.4.0
+# (the file of REFERENCE_MODEL_SHA256; 416 px for the models before it). A model can state its
+# own in its metadata as `median_nucleus_area_px`; a new shipped model needs this measured again
+# (a test compares the shipped file with REFERENCE_MODEL_SHA256).
+REFERENCE_AREA_PX = 396.0
+REFERENCE_MODEL_SHA256 = "c4aef2ff35c8c9a4eed4cd2252ea1ead2ce4e24d60e9afe8a9691dfa5dd40224"
 WINDOW_PX = 256  # side of one sample window at model resolution (~64 µm at 40x)
 N_WINDOWS = 6
 MIN_NUCLEI = 20  # fewer nuclei than this over all windows: no estimate
