@@ -14,6 +14,10 @@ import numpy as np
 
 from pipeline.kernels.dispatch import array_module, is_device_array, ndimage_module
 
+# The model's output channels (the contract): centre and material, or also the horizontal and
+# vertical distance maps.
+OUTPUT_CHANNELS = (2, 4)
+
 
 @dataclass(frozen=True)
 class NucleusThresholds:
@@ -459,7 +463,7 @@ def instances_from_probabilities(prob: Any, params: NucleusThresholds) -> Any:
     (:func:`foreground_box`), with the same labels as on the whole window.
     """
     xp = array_module(prob)
-    if prob.ndim != 3 or prob.shape[0] not in (2, 4):
+    if prob.ndim != 3 or prob.shape[0] not in OUTPUT_CHANNELS:
         raise ValueError(f"expected probabilities shaped 2×H×W or 4×H×W, got {tuple(prob.shape)}")
     if params.distance_weight > 0 and prob.shape[0] != 4:
         raise ValueError(f"distance_weight {params.distance_weight} needs the distance maps of a four-output model")

@@ -80,13 +80,13 @@ def prob_channels(session: Any) -> int | None:
     return None
 
 
-def bound_run(session: Any, images: Any, device_id: int = 0) -> Any:
+def bound_run(session: Any, images: Any, device_id: int = 0, channels: int = 2) -> Any:
     """One ONNX Runtime run with I/O binding: the input is read from, and the output written to,
     memory that the caller's array library owns (cupy or torch on the GPU: no host round trip;
-    numpy or CPU torch on the host)."""
+    numpy or CPU torch on the host). ``channels``: those of the output ``prob`` (its graph's)."""
     module = type(images).__module__.split(".")[0]
     n, _, h, w = (int(v) for v in images.shape)
-    c = prob_channels(session) or 2
+    c = channels
     if module == "cupy":
         import cupy
 
@@ -202,4 +202,4 @@ class OnnxRuntimeBackend:
 
     def predict_device(self, images: Any) -> Any:
         with self._leased() as session:
-            return bound_run(session, images, self.device_id)
+            return bound_run(session, images, self.device_id, self.prob_channels or 2)

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.kernels.nuclei import NucleusThresholds
+from pipeline.kernels.nuclei import OUTPUT_CHANNELS, NucleusThresholds
 from pipeline.runtime.backends import BACKENDS, CPU_DEVICE_ID, Backend, choose_runtime
 from pipeline.runtime.errors import ModelError
 
@@ -86,7 +86,7 @@ class NucleusModel:
         if "mpp" not in self.metadata:
             raise ModelError(f"{self.path}: model metadata lacks 'mpp' (the resolution it was trained at)")
         channels = self.backend.prob_channels
-        if channels is not None and channels not in PROBABILITY_CHANNELS:
+        if channels is not None and channels not in OUTPUT_CHANNELS:
             raise ModelError(
                 f"{self.path}: the output 'prob' has {channels} channels where the contract has 2 (centre, material) "
                 "or 4 (centre, material and the horizontal and vertical distance maps)"
@@ -135,8 +135,6 @@ class NucleusModel:
         check_input_shape(tuple(images.shape))
         return check_probabilities(self.backend.predict_device(images), self.path)
 
-
-PROBABILITY_CHANNELS = (2, 4)  # centre, material[, horizontal and vertical distance maps]
 
 # How far beyond [0, 1] a sigmoid's output may stray by rounding: ONNX Runtime's vectorised sigmoid
 # on the CPU returns up to 1 + 1.2e-7 (measured on the shipped and the blob model), and one float16

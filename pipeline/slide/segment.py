@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.config import Config
+from pipeline.io.outputs.maps import PROBABILITY_CHANNELS
 from pipeline.io.outputs.publish import atomic_write_bytes
 from pipeline.io.outputs.schema import NUCLEI_SCHEMA, OUTLINE_STEP_PX, OUTLINE_TOLERANCE_PX
 from pipeline.io.readers import (
@@ -204,7 +205,8 @@ def segment_window(
     seconds = {"normalise": t1 - t0, "infer": t2 - t1, "watershed": t3 - t2}
     # the probability maps a run keeps are the centre and the material (a four-output model's
     # distance maps serve the post-processing only)
-    return to_host(labels), (to_host(prob[:2]) if want_prob else None), to_host(h_map), seconds
+    kept = prob[: len(PROBABILITY_CHANNELS)]
+    return to_host(labels), (to_host(kept) if want_prob else None), to_host(h_map), seconds
 
 
 def cut_at_slide_edge(labels: np.ndarray, grid: TileGrid, tile: Tile, min_area_px: int) -> np.ndarray:

@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from pipeline.kernels.nuclei import OUTPUT_CHANNELS
+
 DOWNSAMPLING = 16  # 4 pooling stages: input sides must be multiples of 2**4
 
 
@@ -47,7 +49,7 @@ class NucleusUNet(nn.Module):
 
     def __init__(self, config: UNetConfig = UNetConfig()) -> None:
         super().__init__()
-        if config.outputs not in (2, 4):
+        if config.outputs not in OUTPUT_CHANNELS:
             raise ValueError(f"a nucleus U-net has 2 or 4 outputs, not {config.outputs}")
         self.config = config
         widths = [config.base * 2**k for k in range(config.depth + 1)]

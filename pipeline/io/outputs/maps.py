@@ -36,7 +36,7 @@ PYRAMID_TOP_PX = 1024  # the pyramid halves until the long side fits this (a scr
 # for ~17 s more compression per Gpx; levels 5–7 gain 4 %, 12 no more than 9 at 3× the time.
 # It keeps a slide's default outputs under 200 MB per million nuclei (benchmarks/RESULTS-outputs.md).
 LABELS_ZSTD_LEVEL = 9
-PROBABILITY_CHANNELS = ("centre", "material")  # the model's output channels (the model contract)
+PROBABILITY_CHANNELS = ("centre", "material")  # the model's first two outputs, the maps a run keeps
 _UINT8_WINDOW = {"start": 0, "end": 255, "min": 0, "max": 255}
 _SPACE = [{"name": "y", "type": "space", "unit": "micrometer"}, {"name": "x", "type": "space", "unit": "micrometer"}]
 
