@@ -275,18 +275,15 @@ def _weights_from_onnx(net: NucleusUNet, cfg: TrainConfig, sampler: PatchSampler
     measure = PatchSampler(sampler.images, sampler.labels, dataclasses.replace(cfg, seed=cfg.seed + 1000))
     batches = (measure.batch(k)[0] for k in range(20))
     source = unet_from_onnx(Path(cfg.init_from), batches)
+    # a network grows (wider stages, more outputs), never shrinks, and keeps its other settings
+    grows = cfg.base >= source.config.base and cfg.outputs >= source.config.outputs
+    if not grows or dataclasses.replace(source.config, base=cfg.base, outputs=cfg.outputs) != cfg.unet():
+        raise SystemExit(f"{cfg.init_from} has the network {source.config}, which cannot grow into {cfg.unet()}")
     widened = ""
     if source.config.base != cfg.base:
-        target = dataclasses.replace(cfg.unet(), outputs=source.config.outputs)
-        if dataclasses.replace(source.config, base=cfg.base) != target or cfg.base < source.config.base:
-            raise SystemExit(f"{cfg.init_from} has the network {source.config}, which cannot grow into {cfg.unet()}")
         source = widen_unet(source, cfg.base, seed=cfg.seed)
         widened = f", widened to base {cfg.base}"
-    if dataclasses.replace(source.config, outputs=cfg.outputs) != cfg.unet():
-        raise SystemExit(f"{cfg.init_from} has the network {source.config}, which cannot grow into {cfg.unet()}")
     if source.config.outputs != cfg.outputs:
-        if source.config.outputs > cfg.outputs:
-            raise SystemExit(f"{cfg.init_from} has {source.config.outputs} outputs, more than {cfg.outputs}")
         source = grow_outputs(source, cfg.outputs, seed=cfg.seed)
         widened += f", {cfg.outputs} outputs (the new ones untrained)"
     net.load_state_dict(source.state_dict())
