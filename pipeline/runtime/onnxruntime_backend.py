@@ -83,7 +83,24 @@ def prob_channels(session: Any) -> int | None:
 def bound_run(session: Any, images: Any, device_id: int = 0, channels: int = 2) -> Any:
     """One ONNX Runtime run with I/O binding: the input is read from, and the output written to,
     memory that the caller's array library owns (cupy or torch on the GPU: no host round trip;
-    numpy or CPU torch on the host). ``channels``: those of the output ``prob`` (its graph's)."""
+    numpy or CPU torch on the host).
+
+    Parameters
+    ----------
+    session : onnxruntime.InferenceSession
+        The session to run.
+    images : array
+        float32 N×3×H×W input: numpy, cupy or torch.
+    device_id : int, optional
+        The GPU the arrays are on (ignored on the host).
+    channels : int, optional
+        Channels of the output ``prob``, as its graph declares them (:func:`prob_channels`).
+
+    Returns
+    -------
+    array
+        float32 N×C×H×W probabilities, of the input's array library and device.
+    """
     module = type(images).__module__.split(".")[0]
     n, _, h, w = (int(v) for v in images.shape)
     c = channels
